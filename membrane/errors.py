@@ -1,0 +1,127 @@
+"""The MembraneError tree: every error MemBrane raises on purpose.
+
+Third-party exceptions (neo4j, ollama, httpx, sqlite3, llama.cpp) are
+translated into this tree at exactly one boundary each: graph.py for the
+driver, the backend modules for model clients, journal.py for SQLite. Above
+those boundaries code only catches MembraneError subclasses.
+
+    MembraneError
+    ├── ConfigError                 bad or missing setting (exit 2)
+    ├── RetryableError              try again later; never fails a capture
+    │   ├── ModelUnavailable        model server down, model loading, timeout
+    │   └── GraphUnavailable        Neo4j down, transient or expired session
+    └── PermanentError              retrying the same input cannot help
+        ├── CaptureRejected         unreadable, empty, oversized, unsafe file
+        ├── ExtractionFailed        no valid Extraction within the repair budget
+        ├── ModelNotFound           the configured model does not exist
+        └── GraphWriteError         Neo4j refused the write (constraint, syntax)
+
+The pipeline's policy is one line: RetryableError -> back off and retry,
+PermanentError -> the capture goes to failed/ with the error's reason and hint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CaptureRejected",
+    "ConfigError",
+    "ExtractionFailed",
+    "GraphUnavailable",
+    "GraphWriteError",
+    "MembraneError",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "PermanentError",
+    "RetryableError",
+]
+
+
+class MembraneError(Exception):
+    """Base of every error MemBrane raises on purpose.
+
+    `hint` is a sentence a person can act on; it ends up in failed/ sidecars,
+    `membrane status` and `doctor` output.
+    """
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class ConfigError(MembraneError):
+    """A setting is missing, unknown or has a bad value; names the key."""
+
+    def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+class RetryableError(MembraneError):
+    """The same work may succeed later; `retry_after` is a suggested delay in seconds."""
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class ModelUnavailable(RetryableError):
+    hint = "Check that the model server is running (`membrane doctor`)."
+
+
+class GraphUnavailable(RetryableError):
+    hint = "Check that Neo4j is running (`membrane doctor`); extracted facts wait in the journal."
+
+
+class PermanentError(MembraneError):
+    """Retrying the same input with the same model cannot succeed."""
+
+
+class CaptureRejected(PermanentError):
+    """The capture file itself is unusable (format, encoding, size, location)."""
+
+
+class ModelNotFound(PermanentError):
+    hint = "Pull or register the model, or change [model] in the config (`membrane models`)."
+
+
+class ExtractionFailed(PermanentError):
+    """The model gave no valid Extraction within the repair budget.
+
+    Carries everything needed to reproduce and debug it: each raw output,
+    each validation error, and the model.
+    """
+
+    hint = (
+        "The model could not produce valid output for this text; try a stronger "
+        "model (`membrane bench`) or split the capture, then move it back to the inbox."
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str,
+        raw_outputs: list[str],
+        errors: list[str],
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.model = model
+        self.raw_outputs = list(raw_outputs)
+        self.errors = list(errors)
+
+    def details(self) -> dict[str, Any]:
+        return {"model": self.model, "raw_outputs": self.raw_outputs, "errors": self.errors}
+
+
+class GraphWriteError(PermanentError):
+    hint = "Neo4j refused the write; see the error and `membrane doctor`."

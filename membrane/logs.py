@@ -1,0 +1,92 @@
+"""structlog setup, the only global logging state.
+
+JSON lines when stderr is not a terminal or when running under systemd
+(JOURNAL_STREAM / INVOCATION_ID set), readable console lines otherwise. Every
+event is a stable snake_case name (``capture_done``), with data in keys.
+A processor masks secrets: any key that looks like a credential, and the
+configured Neo4j password wherever it appears in a value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["RedactSecrets", "configure_logging", "get_logger"]
+
+_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key|auth", re.IGNORECASE)
+_URI_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+]+://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+MASK = "***"
+
+
+class RedactSecrets:
+    """Masks credential-like keys, passwords inside URIs, and known secret values."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        self.secrets = tuple(s for s in secrets if s)
+
+    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            if key != "event" and _SECRET_KEY.search(key) and value not in (None, ""):
+                event_dict[key] = MASK
+            else:
+                event_dict[key] = self._scrub(value)
+        return event_dict
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _URI_PASSWORD.sub(r"\g<scheme>" + MASK + "@", value)
+            for secret in self.secrets:
+                value = value.replace(secret, MASK)
+            return value
+        if isinstance(value, dict):
+            return {k: MASK if _SECRET_KEY.search(str(k)) else self._scrub(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._scrub(v) for v in value)
+        return value
+
+
+def _use_json(fmt: str, stream: TextIO) -> bool:
+    if fmt != "auto":
+        return fmt == "json"
+    under_systemd = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    return under_systemd or not stream.isatty()
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    secrets: tuple[str, ...] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog once for the process; safe to call again (tests, CLI)."""
+    stream = stream or sys.stderr
+    renderer: Any
+    if _use_json(fmt, stream):
+        renderer = structlog.processors.JSONRenderer(sort_keys=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            RedactSecrets(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,223 @@
+"""The data MemBrane extracts: Entity, Relationship, Extraction, and the JSON
+schema sent to models.
+
+Decisions (also in docs/design-notes.md):
+- Names are trimmed at both ends only; inner newlines, quotes and any script
+  are kept verbatim. Empty names and names over 200 characters are invalid.
+- A relation is normalised to UPPER_SNAKE_CASE ASCII (``deployed on`` ->
+  ``DEPLOYED_ON``) and must then match RELATION_PATTERN; this alphabet is what
+  makes a relationship type safe to use in Cypher.
+- A relationship whose endpoint is not among the entities *adds* that entity
+  (role subject for a source, object for a target): the model asserted a fact
+  about it, and dropping the fact loses more than it protects.
+- Duplicates (same name case-insensitively; same triple) are removed, first
+  occurrence wins; a self-loop (source == target) is dropped.
+- With a relation vocabulary configured, synonyms map to canonical names and
+  any other relation is a validation error (which triggers repair).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "RELATION_PATTERN",
+    "Entity",
+    "Extraction",
+    "ExtractionRules",
+    "Relationship",
+    "extraction_json_schema",
+    "normalize_relation",
+]
+
+MAX_NAME_LENGTH = 200
+RELATION_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+Role = Literal["subject", "object"]
+
+
+@dataclass(frozen=True)
+class ExtractionRules:
+    """Limits and vocabulary applied while validating and in the model's schema."""
+
+    max_entities: int = 24
+    max_relationships: int = 24
+    # Canonical relation types; empty means any type in the alphabet.
+    relation_vocabulary: tuple[str, ...] = ()
+    # Synonym (any spelling) -> canonical type.
+    relation_synonyms: Mapping[str, str] = field(default_factory=dict)
+
+    def canonical_relation(self, relation: str) -> str:
+        normalized = normalize_relation(relation)
+        synonyms = {normalize_relation(k): normalize_relation(v) for k, v in self.relation_synonyms.items()}
+        normalized = synonyms.get(normalized, normalized)
+        if self.relation_vocabulary and normalized not in self.relation_vocabulary:
+            allowed = ", ".join(self.relation_vocabulary)
+            raise ValueError(f"relation {relation!r} is not in the vocabulary ({allowed})")
+        return normalized
+
+
+def normalize_relation(raw: str) -> str:
+    """``'deployed on'`` -> ``'DEPLOYED_ON'``; raises ValueError if nothing valid remains."""
+    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
+    # camelCase -> camel_Case before upper-casing, so "deployedOn" -> DEPLOYED_ON
+    ascii_text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ascii_text)
+    snake = re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_").upper()
+    snake = snake[:64].rstrip("_")
+    if not RELATION_PATTERN.match(snake):
+        raise ValueError(
+            f"relation {raw!r} does not normalise to UPPER_SNAKE_CASE starting with a letter"
+        )
+    return snake
+
+
+def _clean_name(value: str) -> str:
+    name = value.strip()
+    if not name:
+        raise ValueError("name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"name is longer than {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def _rules(info: ValidationInfo) -> ExtractionRules:
+    context = info.context if isinstance(info.context, dict) else {}
+    rules = context.get("rules")
+    return rules if isinstance(rules, ExtractionRules) else ExtractionRules()
+
+
+class Entity(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    role: Role = "subject"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        return _clean_name(value) if isinstance(value, str) else value
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class Relationship(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    relation: str = Field(max_length=64)
+    target: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _endpoint(cls, value: Any) -> Any:
+        return _clean_name(value) if isinstance(value, str) else value
+
+    @field_validator("relation")
+    @classmethod
+    def _relation(cls, value: str, info: ValidationInfo) -> str:
+        return _rules(info).canonical_relation(value)
+
+    @property
+    def triple(self) -> tuple[str, str, str]:
+        return (self.source, self.relation, self.target)
+
+
+class Extraction(BaseModel):
+    """One capture's (or chunk's) entities and relationships, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entities: tuple[Entity, ...] = ()
+    relationships: tuple[Relationship, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Extraction:
+        rules = _rules(info)
+        entities: dict[str, Entity] = {}
+        for entity in self.entities:
+            entities.setdefault(entity.name.casefold(), entity)
+        relationships: dict[tuple[str, str, str], Relationship] = {}
+        for rel in self.relationships:
+            if rel.source.casefold() == rel.target.casefold():
+                continue
+            for name, role in ((rel.source, "subject"), (rel.target, "object")):
+                entities.setdefault(name.casefold(), Entity(name=name, role=role))
+            key = (rel.source.casefold(), rel.relation, rel.target.casefold())
+            relationships.setdefault(key, rel)
+        if len(entities) > rules.max_entities:
+            raise ValueError(f"more than {rules.max_entities} entities")
+        if len(relationships) > rules.max_relationships:
+            raise ValueError(f"more than {rules.max_relationships} relationships")
+        object.__setattr__(self, "entities", tuple(entities.values()))
+        object.__setattr__(self, "relationships", tuple(relationships.values()))
+        return self
+
+    @classmethod
+    def parse(cls, data: Any, rules: ExtractionRules | None = None) -> Extraction:
+        """Validate decoded JSON under `rules`; raises pydantic.ValidationError."""
+        return cls.model_validate(data, context={"rules": rules or ExtractionRules()})
+
+    @classmethod
+    def parse_json(cls, text: str, rules: ExtractionRules | None = None) -> Extraction:
+        return cls.model_validate_json(text, context={"rules": rules or ExtractionRules()})
+
+    def merged_with(self, other: Extraction, rules: ExtractionRules | None = None) -> Extraction:
+        """Union of two extractions (chunk results), deduplicated, limits not applied."""
+        unbounded = ExtractionRules(max_entities=10**9, max_relationships=10**9)
+        del rules
+        return Extraction.parse(
+            {
+                "entities": [e.model_dump() for e in (*self.entities, *other.entities)],
+                "relationships": [r.model_dump() for r in (*self.relationships, *other.relationships)],
+            },
+            unbounded,
+        )
+
+
+def extraction_json_schema(rules: ExtractionRules | None = None) -> dict[str, Any]:
+    """The JSON schema sent to models (Ollama ``format=``, llama.cpp response_format).
+
+    Generated from the pydantic models, then made friendly to grammar-constrained
+    decoding: flat (no $ref), no titles, every array bounded by maxItems, both
+    arrays and every field required, and the relation an enum when a vocabulary
+    is configured. Bounded arrays and strings make constrained decoding terminate.
+    """
+    rules = rules or ExtractionRules()
+    schema = Extraction.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: inline(v) for k, v in node.items() if k not in ("title", "default", "description")}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    flat = inline(schema)
+    props = flat["properties"]
+    props["entities"]["maxItems"] = rules.max_entities
+    props["relationships"]["maxItems"] = rules.max_relationships
+    for array in (props["entities"], props["relationships"]):
+        item = array["items"]
+        item["required"] = list(item["properties"])
+        item["additionalProperties"] = False
+    if rules.relation_vocabulary:
+        props["relationships"]["items"]["properties"]["relation"] = {
+            "type": "string",
+            "enum": list(rules.relation_vocabulary),
+        }
+    flat["required"] = ["entities", "relationships"]
+    flat["additionalProperties"] = False
+    return flat

