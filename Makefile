@@ -1,0 +1,38 @@
+# MemBrane developer commands. `make test` is the one CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+
+.PHONY: venv test demo neo4j-start neo4j-stop clean
+
+$(STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python 3.11+ is required)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# llama-cpp-python builds from source the first time (about 5-7 minutes on
+	# 2 cores); pip keeps the built wheel in its cache for later runs.
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The whole test suite against a real Neo4j (started here if not running,
+# and stopped again only if this target started it) and real tiny models.
+test: venv
+	@bash scripts/with-neo4j $(PY) -m pytest $(PYTEST_ARGS)
+
+# The main job on embedded defaults: sample captures through a temporary
+# inbox, the in-process tiny model and the journal-only store.
+demo: venv
+	@bash scripts/demo
+
+neo4j-start:
+	scripts/neo4j-local start
+
+neo4j-stop:
+	scripts/neo4j-local stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info demo-out bench-out
