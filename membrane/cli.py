@@ -129,10 +129,22 @@ for _name, (_help, _issue) in _PENDING.items():
 
 @main.command()
 @pass_app
-@handle_errors
 def doctor(app: AppContext) -> None:
     """Check config, inbox, Neo4j and the model backend; one line per check."""
-    fail("'doctor' is not built yet (issue 2)", EXIT_USAGE)
+    from membrane.doctor import run_checks
+
+    try:
+        settings = app.settings
+    except ConfigError as exc:
+        click.echo(f"FAIL  config   {exc} -- fix: {exc.hint or 'correct the key named above'}")
+        sys.exit(EXIT_USAGE)
+    source = app.config_path or "config/membrane.toml or defaults"
+    click.echo(f"ok    config   {source} loaded")
+    checks = run_checks(settings)
+    for check in checks:
+        fix = f" -- fix: {check.fix}" if check.ok is False and check.fix else ""
+        click.echo(f"{check.status:<5} {check.name:<8} {check.detail}{fix}")
+    sys.exit(EXIT_FAILED if any(c.ok is False for c in checks) else EXIT_OK)
 
 
 if __name__ == "__main__":  # pragma: no cover

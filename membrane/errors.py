@@ -10,6 +10,7 @@ those boundaries code only catches MembraneError subclasses.
     ├── RetryableError              try again later; never fails a capture
     │   ├── ModelUnavailable        model server down, model loading, timeout
     │   └── GraphUnavailable        Neo4j down, transient or expired session
+    │       └── GraphAuthFailed     Neo4j refused the credentials (fix the config)
     └── PermanentError              retrying the same input cannot help
         ├── CaptureRejected         unreadable, empty, oversized, unsafe file
         ├── ExtractionFailed        no valid Extraction within the repair budget
@@ -28,6 +29,7 @@ __all__ = [
     "CaptureRejected",
     "ConfigError",
     "ExtractionFailed",
+    "GraphAuthFailed",
     "GraphUnavailable",
     "GraphWriteError",
     "MembraneError",
@@ -79,6 +81,17 @@ class ModelUnavailable(RetryableError):
 
 class GraphUnavailable(RetryableError):
     hint = "Check that Neo4j is running (`membrane doctor`); extracted facts wait in the journal."
+
+
+class GraphAuthFailed(GraphUnavailable):
+    """Neo4j refused the user or password.
+
+    Retryable for the pipeline (extraction goes on and facts wait in the
+    journal until the credentials are fixed), but reported distinctly by
+    `membrane doctor`.
+    """
+
+    hint = "Check neo4j.user and the password (neo4j.password_file or the neo4j-password credential)."
 
 
 class PermanentError(MembraneError):

@@ -1,0 +1,123 @@
+"""Settings: the documented file, env overrides, and errors that name their key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from membrane.cli import main
+from membrane.config import Settings, load_settings
+from membrane.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_FILE = ROOT / "config" / "membrane.toml"
+
+
+def test_shipped_config_states_the_code_defaults() -> None:
+    """config/membrane.toml shows every default exactly as the code has it."""
+    assert load_settings(CONFIG_FILE, environ={}) == Settings()
+
+
+def test_shipped_config_documents_every_key() -> None:
+    """Every settings field appears in config/membrane.toml (set or commented)."""
+    text = CONFIG_FILE.read_text(encoding="utf-8")
+    for section_name, section in Settings.model_fields.items():
+        assert f"[{section_name}]" in text
+        for key in section.annotation.model_fields:  # type: ignore[union-attr]
+            assert f"{key} =" in text or f"[{section_name}.{key}" in text, f"{section_name}.{key} undocumented"
+
+
+def test_env_overrides_a_key(tmp_path: Path) -> None:
+    """MEMBRANE_<SECTION>__<KEY> overrides the file and is coerced to the key's type."""
+    settings = load_settings(
+        CONFIG_FILE,
+        environ={"MEMBRANE_NEO4J__URI": "bolt://127.0.0.1:7999", "MEMBRANE_DAEMON__CONCURRENCY": "3"},
+    )
+    assert settings.neo4j.uri == "bolt://127.0.0.1:7999"
+    assert settings.daemon.concurrency == 3
+
+
+def test_env_lists_as_json() -> None:
+    """A list-valued key can be given as JSON in the environment."""
+    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_BENCH__CANDIDATES": '["ollama:qwen2.5:1.5b"]'})
+    assert settings.bench.candidates == ("ollama:qwen2.5:1.5b",)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ('[daemon]\nconcurrency = "many"\n', "daemon.concurrency", "'many'"),
+        ('[neo4j]\nuri = "http://localhost:7474"\n', "neo4j.uri", "bolt://"),
+        ("[inbox]\nstable_secnds = 2\n", "inbox.stable_secnds", "unknown key"),
+        ("[nosuchsection]\nx = 1\n", "nosuchsection", "unknown key"),
+        ('[model]\nbackend = "openai"\n', "model.backend", "'embedded'"),
+    ],
+)
+def test_bad_value_names_key_value_and_expectation(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    """A bad or unknown key is reported with its dotted name and what was wrong."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == key
+    assert key in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    """An error from the environment says which variable it came from."""
+    with pytest.raises(ConfigError, match="MEMBRANE_INBOX__MAX_BYTES"):
+        load_settings(CONFIG_FILE, environ={"MEMBRANE_INBOX__MAX_BYTES": "-5"})
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    """A file that is not TOML is reported as such, with its path."""
+    path = tmp_path / "broken.toml"
+    path.write_text("[inbox\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path, environ={})
+
+
+def test_password_comes_from_file(tmp_path: Path) -> None:
+    """neo4j.password_file wins over an inline password."""
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n", encoding="utf-8")
+    settings = load_settings(
+        CONFIG_FILE,
+        environ={"MEMBRANE_NEO4J__PASSWORD": "inline", "MEMBRANE_NEO4J__PASSWORD_FILE": str(secret)},
+    )
+    assert settings.neo4j_password() == "from-file"
+
+
+def test_password_comes_from_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd, $CREDENTIALS_DIRECTORY/neo4j-password is used."""
+    (tmp_path / "neo4j-password").write_text("cred\n", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert Settings().neo4j_password() == "cred"
+
+
+def test_password_is_hidden_in_errors_and_repr() -> None:
+    """The password never shows in a settings repr or a config error."""
+    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_NEO4J__PASSWORD": "s3cret-value"})
+    assert "s3cret-value" not in repr(settings)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(CONFIG_FILE, environ={"MEMBRANE_NEO4J__PASSWORD": "s3cret-value", "MEMBRANE_NEO4J__URI": "x"})
+    assert "s3cret-value" not in str(caught.value)
+
+
+def test_cli_exits_2_on_bad_config(tmp_path: Path) -> None:
+    """Any command given a bad config exits 2 with the key in the message."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[journal]\npaht = 'x'\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(path), "doctor"])
+    assert result.exit_code == 2
+    assert "journal.paht" in result.output
+
+
+def test_config_file_is_valid_toml_with_all_sections() -> None:
+    """The shipped file parses and has one table per settings section."""
+    data = tomllib.loads(CONFIG_FILE.read_text(encoding="utf-8"))
+    assert set(data) == set(Settings.model_fields)
