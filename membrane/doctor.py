@@ -28,6 +28,11 @@ class Check:
     detail: str
     fix: str = ""
 
+    def __post_init__(self) -> None:
+        # One line per check: driver and server messages often span several.
+        object.__setattr__(self, "detail", " ".join(self.detail.split()))
+        object.__setattr__(self, "fix", " ".join(self.fix.split()))
+
     @property
     def status(self) -> str:
         return {True: "ok", False: "FAIL", None: "skip"}[self.ok]

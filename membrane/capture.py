@@ -1,0 +1,307 @@
+"""Reading one capture file: the formats, their metadata, the sha256, and the
+reasons a file is refused.
+
+Formats:
+- ``.txt``: the whole file is the text.
+- ``.md``: an optional YAML front matter block (``---`` ... ``---`` or ``...``
+  at the very top) becomes the capture's metadata; the rest is the text.
+- ``.json``: ``{"text": ..., "source": ..., "captured_at": ..., "tags": [...]}``;
+  only "text" is required; any other key is an error naming that key.
+
+Decisions (also in docs/design-notes.md, "Journal and inbox"):
+- The sha256 is of the file's bytes: the same bytes are the same capture.
+- A front matter block that is not valid YAML is a rejection naming the line:
+  the person meant metadata, and ingesting it as text would put YAML into the
+  graph. A block that parses to something other than a mapping (two
+  horizontal rules around a paragraph) is not front matter: all of it is text.
+- A file is opened with O_NONBLOCK|O_NOFOLLOW only after lstat says it is a
+  regular file (or a symlink to one inside the inbox), and fstat re-checks it:
+  a FIFO is never opened, and a swap between the checks is caught.
+- A file that disappears before it is read raises CaptureVanished, which is
+  not a failure: the caller just forgets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from membrane.config import InboxSettings
+from membrane.errors import CaptureRejected, MembraneError
+
+__all__ = [
+    "Capture",
+    "CaptureVanished",
+    "Rejection",
+    "read_capture",
+]
+
+# Nodes a front matter may expand to; YAML aliases can make a tiny file expand
+# exponentially when converted to JSON.
+MAX_METADATA_NODES = 10_000
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
+
+_HINTS = {
+    "unknown_extension": "Save the capture as {extensions} (inbox.extensions), then move it back to the inbox.",
+    "invalid_utf8": "Save the file as UTF-8 text, then move it back to the inbox.",
+    "binary": "Only text captures are read; save the text as .txt or .md, then move it back to the inbox.",
+    "empty": "Write some text into the capture, then move it back to the inbox.",
+    "too_large": "Split the capture into smaller files, or raise inbox.max_bytes.",
+    "symlink_outside": "Copy the file into the inbox instead of linking to a file outside it.",
+    "broken_symlink": "The link points at nothing; copy the real file into the inbox.",
+    "not_regular": "Only regular files are read; copy the content into a .txt file in the inbox.",
+    "bad_front_matter": "Fix the YAML between the --- lines at the top of the file (or remove it), "
+    "then move it back to the inbox.",
+    "bad_json": 'Write the capture as {{"text": "...", "source": "...", "captured_at": "...", "tags": [...]}}, '
+    "then move it back to the inbox.",
+}
+
+
+class Rejection(CaptureRejected):
+    """A capture file refused for a reason a person can act on; `code` names the reason."""
+
+    def __init__(self, code: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint if hint is not None else _HINTS.get(code, ""))
+        self.code = code
+
+
+class CaptureVanished(MembraneError):
+    """The file went away (or was replaced) before it was read: forget it, it is not a failure."""
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A capture file, read and parsed."""
+
+    path: Path
+    text: str
+    sha256: str  # of the file's bytes
+    format: str  # "txt", "md" or "json"
+    size: int
+    # The person's metadata: front matter, or the JSON capture's source/captured_at/tags.
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def read_capture(path: Path, settings: InboxSettings, *, root: Path | None = None) -> Capture:
+    """Read and parse the capture at `path`.
+
+    `root` (default: the inbox) is the folder a symlink must not lead out of.
+    Raises Rejection (a CaptureRejected) or CaptureVanished.
+    """
+    path = Path(path)
+    data = _read_bytes(path, settings, (root or settings.path))
+    digest = hashlib.sha256(data).hexdigest()
+    text = _decode(data)
+    fmt = path.suffix.lower().lstrip(".")
+    parse = {"md": _parse_markdown, "json": _parse_json}.get(fmt, _parse_text)
+    body, metadata = parse(text)
+    return Capture(path=path, text=body, sha256=digest, format=fmt, size=len(data), metadata=metadata)
+
+
+# ---------------------------------------------------------------- the file
+
+
+def _read_bytes(path: Path, settings: InboxSettings, root: Path) -> bytes:
+    info = _lstat(path)
+    target = path
+    if stat.S_ISLNK(info.st_mode):
+        target = _follow_link(path)
+        info = _lstat(target)
+    _check_inside(path, target, root)
+    if not stat.S_ISREG(info.st_mode):
+        raise Rejection("not_regular", f"not a regular file ({_kind(info.st_mode)})")
+    extensions = tuple(e.lower() for e in settings.extensions)
+    if path.suffix.lower() not in extensions:
+        shown = path.suffix or "(none)"
+        raise Rejection(
+            "unknown_extension",
+            f"unknown extension {shown}: captures are {', '.join(extensions)}",
+            hint=_HINTS["unknown_extension"].format(extensions=", ".join(extensions)),
+        )
+    _check_size(info.st_size, settings.max_bytes)
+    data = _read_regular(target, info, settings.max_bytes)
+    _check_size(len(data), settings.max_bytes)
+    return data
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError as exc:
+        raise CaptureVanished(f"{path} vanished before it was read") from exc
+    except OSError as exc:
+        raise Rejection("not_regular", f"cannot be read: {exc.strerror}", hint="Check the file's permissions.") from exc
+
+
+def _follow_link(path: Path) -> Path:
+    try:
+        return path.resolve(strict=True)
+    except FileNotFoundError as exc:
+        if not os.path.lexists(path):
+            raise CaptureVanished(f"{path} vanished before it was read") from exc
+        raise Rejection("broken_symlink", f"symlink to {os.readlink(path)!r}, which does not exist") from exc
+    except (OSError, RuntimeError) as exc:  # a loop
+        raise Rejection("broken_symlink", f"symlink that cannot be resolved ({exc})") from exc
+
+
+def _check_inside(path: Path, target: Path, root: Path) -> None:
+    real_root = root.resolve()
+    real = target.resolve() if target is not path else path.parent.resolve() / path.name
+    if not real.is_relative_to(real_root):
+        raise Rejection("symlink_outside", f"leads outside the inbox, to {str(real)!r}")
+
+
+def _kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise Rejection("too_large", f"too large: {size} bytes, the limit is {max_bytes} (inbox.max_bytes)")
+
+
+def _read_regular(target: Path, info: os.stat_result, max_bytes: int) -> bytes:
+    # O_NONBLOCK: if a FIFO was swapped in after lstat, open must not block.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except FileNotFoundError as exc:
+        raise CaptureVanished(f"{target} vanished before it was read") from exc
+    except OSError as exc:  # ELOOP: swapped for a symlink; EACCES: permissions
+        raise CaptureVanished(f"{target} changed before it was read ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            raise CaptureVanished(f"{target} was replaced while it was read")
+        return handle.read(max_bytes + 1)
+
+
+def _decode(data: bytes) -> str:
+    if not data:
+        raise Rejection("empty", "empty file")
+    offset = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte order mark
+    try:
+        text = data[offset:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start + offset
+        line = data[:at].count(b"\n") + 1
+        raise Rejection("invalid_utf8", f"not valid UTF-8: byte {at} (line {line}) is 0x{data[at]:02x}") from exc
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise Rejection("binary", f"binary content: a NUL byte at byte {len(text[:nul].encode()) + offset}")
+    return text
+
+
+def _require_text(text: str, what: str) -> str:
+    if not text.strip():
+        raise Rejection("empty", f"{what} contains only whitespace" if text else f"{what} is empty")
+    return text
+
+
+# ---------------------------------------------------------------- formats
+
+
+def _parse_text(text: str) -> tuple[str, dict[str, Any]]:
+    return _require_text(text, "the file"), {}
+
+
+def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        return _require_text(text, "the file"), {}
+    try:
+        loaded = yaml.safe_load(match["yaml"])
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 2}" if mark is not None else ""  # +1 for the opening ---, +1 1-based
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise Rejection("bad_front_matter", f"front matter is not valid YAML{where}: {problem}") from exc
+    if not isinstance(loaded, dict):
+        return _require_text(text, "the file"), {}
+    metadata = _json_safe(loaded, [MAX_METADATA_NODES])
+    return _require_text(text[match.end() :], "the text after the front matter"), metadata
+
+
+def _json_safe(value: Any, budget: list[int]) -> Any:
+    """YAML values as JSON data: dates as ISO strings, keys as strings; bounded in size."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise Rejection("bad_front_matter", f"front matter is too large (over {MAX_METADATA_NODES} values)")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, budget) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_json_safe(v, budget) for v in value]
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+class _JsonCapture(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: str
+    source: str | None = None
+    captured_at: str | None = None
+    tags: list[str] = []
+
+    @field_validator("captured_at")
+    @classmethod
+    def _iso(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("must be an ISO-8601 date or time, e.g. 2026-01-31T09:30:00Z") from None
+        return value
+
+
+def _parse_json(text: str) -> tuple[str, dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Rejection("bad_json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise Rejection("bad_json", f"a JSON capture must be an object, not {type(data).__name__}")
+    try:
+        capture = _JsonCapture.model_validate(data)
+    except ValidationError as exc:
+        raise Rejection("bad_json", _describe_json_errors(exc.errors())) from None
+    metadata = capture.model_dump(exclude={"text"}, exclude_none=True)
+    if not capture.tags:
+        metadata.pop("tags", None)
+    return _require_text(capture.text, "'text'"), metadata
+
+
+def _describe_json_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    for error in errors:
+        key = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r} (allowed: text, source, captured_at, tags)")
+        elif error["type"] == "missing":
+            parts.append(f"missing key {key!r}")
+        else:
+            parts.append(f"{key!r} {error['msg'].removeprefix('Value error, ')}")
+    return "JSON capture: " + "; ".join(parts)

@@ -1,0 +1,317 @@
+"""The inbox: real watchdog observers (inotify and polling), stability, ignore rules, moves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from membrane.config import Settings
+from membrane.inbox import Inbox, move_unique, sidecar_path
+
+OBSERVERS = [pytest.param(False, id="inotify"), pytest.param(True, id="polling")]
+
+
+@pytest.fixture
+def start_inbox(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Inbox]]:
+    """Start an Inbox with fast test timings; keyword args override [inbox] keys."""
+    started: list[Inbox] = []
+
+    def start(**overrides: object) -> Inbox:
+        values: dict[str, object] = {"stable_seconds": 0.2, "poll_interval_s": 0.1, "rescan_interval_s": 3600}
+        values.update(overrides)
+        inbox = Inbox(make_settings(inbox=values).inbox, tick_s=0.05)
+        inbox.start()
+        started.append(inbox)
+        return inbox
+
+    yield start
+    for inbox in started:
+        inbox.stop()
+
+
+def collect(inbox: Inbox, count: int, *, timeout: float = 10.0, settle: float = 0.6) -> list[Path]:
+    """Take `count` ready paths (failing after `timeout`), then check nothing more arrives for `settle` s."""
+    paths: list[Path] = []
+    deadline = time.monotonic() + timeout
+    while len(paths) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"only {len(paths)} of {count} files were handed out: {paths}"
+        path = inbox.get(timeout=remaining)
+        if path is not None:
+            paths.append(path)
+    extra = inbox.get(timeout=settle)
+    assert extra is None, f"unexpected extra path handed out: {extra}"
+    return paths
+
+
+@pytest.mark.parametrize("polling", OBSERVERS)
+def test_new_file_is_handed_out_once(start_inbox: Callable[..., Inbox], polling: bool) -> None:
+    """A file written into the inbox is handed out exactly once by either observer."""
+    inbox = start_inbox(polling=polling)
+    (inbox.root / "note.txt").write_text("hello", encoding="utf-8")
+    assert collect(inbox, 1) == [inbox.root / "note.txt"]
+
+
+@pytest.mark.parametrize("polling", OBSERVERS)
+def test_slow_write_is_never_handed_out_half_written(start_inbox: Callable[..., Inbox], polling: bool) -> None:
+    """A file written in pieces with pauses shorter than stable_seconds is handed out only when complete."""
+    inbox = start_inbox(polling=polling, stable_seconds=1.0)
+    path = inbox.root / "slow.txt"
+    pieces = [f"piece {i}\n" for i in range(12)]
+    with open(path, "w", encoding="utf-8") as handle:
+        for piece in pieces:
+            handle.write(piece)
+            handle.flush()
+            assert inbox.get(timeout=0.12) is None, "handed out while still being written"
+    assert collect(inbox, 1) == [path]
+    assert path.read_text(encoding="utf-8") == "".join(pieces)
+
+
+@pytest.mark.parametrize("polling", OBSERVERS)
+def test_atomic_move_into_the_inbox(start_inbox: Callable[..., Inbox], tmp_path: Path, polling: bool) -> None:
+    """A file written elsewhere (or as .part inside) and renamed in is handed out under its final name."""
+    inbox = start_inbox(polling=polling)
+    outside = tmp_path / "draft.txt"
+    outside.write_text("from outside", encoding="utf-8")
+    os.rename(outside, inbox.root / "moved.txt")
+    partial = inbox.root / "upload.md.part"
+    partial.write_text("# uploading", encoding="utf-8")
+    time.sleep(0.3)
+    os.rename(partial, inbox.root / "upload.md")
+    assert sorted(p.name for p in collect(inbox, 2)) == ["moved.txt", "upload.md"]
+
+
+@pytest.mark.parametrize("polling", OBSERVERS)
+def test_hundred_files_copied_at_once_each_once(
+    start_inbox: Callable[..., Inbox], tmp_path: Path, polling: bool
+) -> None:
+    """100 files copied into the inbox at once are each handed out exactly once."""
+    source = tmp_path / "batch"
+    source.mkdir()
+    for i in range(100):
+        (source / f"capture-{i:03d}.txt").write_text(f"capture number {i}", encoding="utf-8")
+    inbox = start_inbox(polling=polling)
+    for file in source.iterdir():
+        shutil.copy(file, inbox.root / file.name)
+    paths = collect(inbox, 100, timeout=30)
+    assert len(set(paths)) == 100
+    assert {p.name for p in paths} == {f.name for f in source.iterdir()}
+
+
+def test_files_present_at_start_are_found(make_settings: Callable[..., Settings]) -> None:
+    """Files already in the inbox when it starts are handed out by the start-up scan."""
+    settings = make_settings(inbox={"stable_seconds": 0.1})
+    settings.inbox.path.mkdir(parents=True)
+    for name in ("a.txt", "b.md"):
+        (settings.inbox.path / name).write_text("waiting", encoding="utf-8")
+    with Inbox(settings.inbox, tick_s=0.05) as inbox:
+        assert sorted(p.name for p in collect(inbox, 2)) == ["a.txt", "b.md"]
+
+
+def test_rescan_finds_files_the_observer_missed(start_inbox: Callable[..., Inbox]) -> None:
+    """With an observer too slow to notice, the periodic rescan still finds a new file."""
+    inbox = start_inbox(polling=True, poll_interval_s=3600, rescan_interval_s=0.5)
+    time.sleep(0.2)  # the polling observer has taken its first snapshot
+    (inbox.root / "missed.txt").write_text("the observer never polls again", encoding="utf-8")
+    assert collect(inbox, 1, timeout=5) == [inbox.root / "missed.txt"]
+
+
+def test_ignore_rules(start_inbox: Callable[..., Inbox]) -> None:
+    """Dotfiles, temporary names, processed/, failed/ and sub-folders (not recursive) are never handed out."""
+    inbox = start_inbox()
+    ignored = [".hidden.txt", "draft.txt.tmp", "big.txt.part", ".note.md.swp", "note.md~"]
+    for name in ignored:
+        (inbox.root / name).write_text("ignore me", encoding="utf-8")
+    (inbox.processed_dir / "old.txt").write_text("done before", encoding="utf-8")
+    (inbox.failed_dir / "bad.txt").write_text("failed before", encoding="utf-8")
+    (inbox.root / "sub").mkdir()
+    (inbox.root / "sub" / "nested.txt").write_text("not recursive", encoding="utf-8")
+    (inbox.root / "real.txt").write_text("take me", encoding="utf-8")
+    assert collect(inbox, 1) == [inbox.root / "real.txt"]
+    assert inbox.scan() == 0
+
+
+def test_recursive_inbox_takes_nested_files_and_moved_in_folders(
+    start_inbox: Callable[..., Inbox], tmp_path: Path
+) -> None:
+    """With recursion, files in sub-folders and in a folder moved in whole are handed out."""
+    inbox = start_inbox(recursive=True)
+    (inbox.root / "sub").mkdir()
+    (inbox.root / "sub" / "nested.txt").write_text("nested", encoding="utf-8")
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "one.md").write_text("one", encoding="utf-8")
+    (folder / "two.md").write_text("two", encoding="utf-8")
+    os.rename(folder, inbox.root / "project")
+    (inbox.processed_dir / "never.txt").write_text("processed is ignored", encoding="utf-8")
+    paths = collect(inbox, 3)
+    relative = sorted(str(p.relative_to(inbox.root)) for p in paths)
+    assert relative == ["project/one.md", "project/two.md", "sub/nested.txt"]
+
+
+@pytest.mark.parametrize("polling", OBSERVERS)
+def test_dead_observer_is_restarted(start_inbox: Callable[..., Inbox], polling: bool) -> None:
+    """When the observer thread dies it is restarted, and new files are handed out again."""
+    inbox = start_inbox(polling=polling)
+    observer = inbox._observer
+    assert observer is not None
+    observer.stop()
+    observer.join(timeout=5)
+    deadline = time.monotonic() + 5
+    while inbox.observer_restarts == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert inbox.observer_restarts == 1 and inbox.observer_alive and inbox._observer is not observer
+    (inbox.root / "after.txt").write_text("after the restart", encoding="utf-8")
+    assert collect(inbox, 1) == [inbox.root / "after.txt"]
+
+
+def test_file_deleted_before_it_is_stable_is_forgotten(start_inbox: Callable[..., Inbox]) -> None:
+    """A file removed during its quiet period is never handed out."""
+    inbox = start_inbox(stable_seconds=0.5)
+    path = inbox.root / "brief.txt"
+    path.write_text("here for a moment", encoding="utf-8")
+    time.sleep(0.15)
+    path.unlink()
+    assert inbox.get(timeout=1.0) is None
+    assert inbox.pending() == 0
+
+
+def test_fifo_is_handed_out_so_it_can_fail(start_inbox: Callable[..., Inbox]) -> None:
+    """A FIFO in the inbox is handed out (never opened) and moves to failed/ with a sidecar."""
+    inbox = start_inbox()
+    os.mkfifo(inbox.root / "pipe.txt")
+    [path] = collect(inbox, 1)
+    moved = inbox.move_to_failed(path, reason="not a regular file (a FIFO)", stage="read")
+    assert moved == inbox.failed_dir / "pipe.txt" and sidecar_path(moved).exists()
+    assert not (inbox.root / "pipe.txt").exists()
+
+
+def test_rewritten_after_hand_out_goes_back_to_the_tracker(start_inbox: Callable[..., Inbox]) -> None:
+    """A file changed after it was handed out is reported as changed and handed out again when stable."""
+    inbox = start_inbox()
+    path = inbox.root / "edited.txt"
+    path.write_text("first", encoding="utf-8")
+    assert collect(inbox, 1, settle=0) == [path]
+    assert inbox.unchanged(path)
+    path.write_text("second, longer", encoding="utf-8")
+    assert not inbox.unchanged(path)
+    assert collect(inbox, 1) == [path]
+
+
+def test_processed_names_never_overwrite(start_inbox: Callable[..., Inbox]) -> None:
+    """Two captures with the same name both survive in processed/, the second with a suffix."""
+    inbox = start_inbox()
+    for content in ("first version", "second version"):
+        path = inbox.root / "note.txt"
+        path.write_text(content, encoding="utf-8")
+        [ready] = collect(inbox, 1, settle=0)
+        inbox.move_to_processed(ready)
+    assert (inbox.processed_dir / "note.txt").read_text(encoding="utf-8") == "first version"
+    assert (inbox.processed_dir / "note-1.txt").read_text(encoding="utf-8") == "second version"
+    assert inbox.pending() == 0
+
+
+def test_failed_file_gets_a_sidecar_and_never_overwrites(start_inbox: Callable[..., Inbox]) -> None:
+    """move_to_failed writes <name>.error.json with reason, stage, hint, model and time, never overwriting."""
+    inbox = start_inbox()
+    (inbox.failed_dir / "bad.txt.error.json").write_text("{}", encoding="utf-8")  # an orphan sidecar
+    path = inbox.root / "bad.txt"
+    path.write_bytes(b"\xff\xfe")
+    [ready] = collect(inbox, 1)
+    moved = inbox.move_to_failed(
+        ready, reason="not valid UTF-8: byte 0", stage="read", hint="Save as UTF-8.", model="embedded:smollm2-135m"
+    )
+    assert moved == inbox.failed_dir / "bad-1.txt"
+    sidecar = json.loads(sidecar_path(moved).read_text(encoding="utf-8"))
+    assert sidecar["reason"] == "not valid UTF-8: byte 0" and sidecar["stage"] == "read"
+    assert sidecar["hint"] == "Save as UTF-8." and sidecar["model"] == "embedded:smollm2-135m"
+    assert sidecar["original_path"] == str(path) and sidecar["time"].endswith("Z")
+    assert (inbox.failed_dir / "bad.txt.error.json").read_text(encoding="utf-8") == "{}"
+
+
+def test_on_success_delete_removes_the_file(start_inbox: Callable[..., Inbox]) -> None:
+    """With on_success = "delete" a processed capture is deleted, not moved."""
+    inbox = start_inbox(on_success="delete")
+    (inbox.root / "gone.txt").write_text("delete me", encoding="utf-8")
+    [ready] = collect(inbox, 1)
+    assert inbox.move_to_processed(ready) is None
+    assert not ready.exists() and list(inbox.processed_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["line\nbreak.txt", "заметка.md", "笔记 2026.txt"])
+def test_unusual_names_are_handed_out_and_moved(start_inbox: Callable[..., Inbox], name: str) -> None:
+    """Names with newlines and non-Latin scripts are handed out and moved intact."""
+    inbox = start_inbox()
+    (inbox.root / name).write_text("text", encoding="utf-8")
+    [ready] = collect(inbox, 1)
+    assert ready.name == name
+    assert inbox.move_to_processed(ready) == inbox.processed_dir / name
+
+
+def test_move_across_filesystems_copies_and_never_overwrites(tmp_path: Path) -> None:
+    """Moving to another filesystem (/dev/shm) copies, keeps existing files and removes the source."""
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a different filesystem from tmp_path")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        target = Path(other)
+        (target / "note.txt").write_text("already there", encoding="utf-8")
+        source = tmp_path / "note.txt"
+        source.write_text("moved across", encoding="utf-8")
+        moved = move_unique(source, target)
+        assert moved == target / "note-1.txt" and moved.read_text(encoding="utf-8") == "moved across"
+        assert (target / "note.txt").read_text(encoding="utf-8") == "already there"
+        assert not source.exists()
+
+
+def test_concurrent_moves_of_same_name_never_overwrite(tmp_path: Path) -> None:
+    """Eight threads moving files of one name into one folder produce eight distinct files."""
+    target = tmp_path / "processed"
+    sources = []
+    for i in range(8):
+        folder = tmp_path / f"src{i}"
+        folder.mkdir()
+        (folder / "same.txt").write_text(f"content {i}", encoding="utf-8")
+        sources.append(folder / "same.txt")
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda s=s: results.append(move_unique(s, target))) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 8
+    assert sorted(p.read_text(encoding="utf-8") for p in results) == [f"content {i}" for i in range(8)]
+
+
+def test_before_move_runs_while_the_file_is_still_in_the_inbox(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The before_move barrier (journal.sync) runs before a file leaves the inbox, for both moves."""
+    from membrane.journal import Journal
+
+    settings = make_settings(inbox={"stable_seconds": 0.1})
+    seen: list[bool] = []
+    with Journal(tmp_path / "j.sqlite3", synchronous="NORMAL") as journal:
+
+        def barrier() -> None:
+            journal.sync()
+            seen.append(all(p.exists() for p in files))
+
+        with Inbox(settings.inbox, tick_s=0.05, before_move=barrier) as inbox:
+            files = [inbox.root / "ok.txt", inbox.root / "bad.txt"]
+            for file in files:
+                file.write_text("x", encoding="utf-8")
+            ready = sorted(collect(inbox, 2))
+            files = [ready[1]]
+            inbox.move_to_processed(ready[1])
+            files = [ready[0]]
+            inbox.move_to_failed(ready[0], reason="test", stage="read")
+    assert seen == [True, True]
+    assert (inbox.processed_dir / "ok.txt").exists() and (inbox.failed_dir / "bad.txt").exists()
