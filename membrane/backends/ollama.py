@@ -1,0 +1,149 @@
+"""The Ollama backend, through the official `ollama` client (httpx underneath).
+
+This module is the one boundary where ollama/httpx exceptions become
+membrane.errors:
+- ResponseError 404 -> ModelNotFound (permanent: pull or register the model);
+- ResponseError 5xx, connection refused, timeouts, broken streams ->
+  ModelUnavailable (retryable: the server is down, loading or overloaded);
+- any other 4xx -> ExtractionFailed (the server refuses this request as such,
+  so sending it again cannot help).
+
+Thinking: `think=False` is sent only to models whose `show()` capabilities
+list "thinking" (older servers and other models reject or ignore the field);
+capabilities are cached per model for the life of the backend.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+import ollama
+
+from membrane.backends import BackendCheck, Generation, GenerationRequest
+from membrane.errors import ExtractionFailed, ModelNotFound, ModelUnavailable
+from membrane.logs import get_logger
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+
+__all__ = ["OllamaBackend"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+_NS = 1e9
+
+
+class OllamaBackend:
+    """Chat with JSON-schema `format`, temperature, num_predict and num_ctx options."""
+
+    name = "ollama"
+
+    def __init__(self, settings: Settings) -> None:
+        self.host = settings.model.ollama_host
+        self.timeout_s = settings.model.timeout_s
+        self.keep_alive = settings.model.keep_alive
+        self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
+        self._capabilities: dict[str, tuple[str, ...]] = {}
+        self._lock = threading.Lock()
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        think = False if "thinking" in self.capabilities(request.model) else None
+        started = time.monotonic()
+        response = self._call(
+            request.model,
+            lambda: self._client.chat(
+                model=request.model,
+                messages=list(request.messages),
+                format=request.schema,
+                think=think,
+                options={
+                    "temperature": request.temperature,
+                    "num_predict": request.num_predict,
+                    "num_ctx": request.num_ctx,
+                    "seed": request.seed,
+                },
+                keep_alive=self.keep_alive,
+                stream=False,
+            ),
+        )
+        seconds = time.monotonic() - started
+        message = response.message
+        return Generation(
+            text=message.content or "",
+            model=request.model,
+            prompt_tokens=response.prompt_eval_count or 0,
+            completion_tokens=response.eval_count or 0,
+            seconds=(response.total_duration / _NS) if response.total_duration else seconds,
+            eval_seconds=(response.eval_duration / _NS) if response.eval_duration else None,
+            thinking=message.thinking or None,
+            done_reason=response.done_reason,
+        )
+
+    def capabilities(self, model: str) -> tuple[str, ...]:
+        """The model's `show()` capabilities ("completion", "thinking", ...), cached."""
+        with self._lock:
+            cached = self._capabilities.get(model)
+        if cached is not None:
+            return cached
+        shown = self._call(model, lambda: self._client.show(model))
+        capabilities = tuple(shown.capabilities or ())
+        with self._lock:
+            self._capabilities[model] = capabilities
+        return capabilities
+
+    def list_models(self) -> list[str]:
+        listed = self._call("", self._client.list)
+        return sorted(m.model for m in listed.models if m.model)
+
+    def parameters(self, model: str) -> str:
+        shown = self._call(model, lambda: self._client.show(model))
+        details = shown.details
+        return (details.parameter_size or "") if details else ""
+
+    def check(self, model: str) -> BackendCheck:
+        try:
+            capabilities = self.capabilities(model)
+        except ModelNotFound:
+            return BackendCheck(False, f"Ollama at {self.host} has no model {model!r}", f"ollama pull {model}")
+        except ModelUnavailable as exc:
+            return BackendCheck(False, f"Ollama at {self.host} does not answer: {exc}", "start it: ollama serve")
+        except ExtractionFailed as exc:
+            return BackendCheck(False, f"Ollama at {self.host} refused show({model!r}): {exc}")
+        thinking = " (thinking model: think=false is sent)" if "thinking" in capabilities else ""
+        return BackendCheck(True, f"Ollama at {self.host} serves {model}{thinking}")
+
+    def _call(self, model: str, call: Callable[[], T]) -> T:
+        """Run one client call, translating its exceptions (the only place that does)."""
+        try:
+            return call()
+        except ollama.ResponseError as exc:
+            raise _translate_response_error(model, exc) from exc
+        except ConnectionError as exc:  # the client's own "Failed to connect to Ollama"
+            raise ModelUnavailable(f"cannot connect to Ollama at {self.host}") from exc
+        except httpx.TimeoutException as exc:
+            raise ModelUnavailable(
+                f"Ollama at {self.host} did not answer within {self.timeout_s:g} s (model {model!r})",
+                retry_after=self.timeout_s,
+            ) from exc
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise ModelUnavailable(f"connection to Ollama at {self.host} failed: {exc}") from exc
+
+
+def _translate_response_error(model: str, exc: ollama.ResponseError) -> Exception:
+    status = exc.status_code
+    if status == 404:
+        return ModelNotFound(f"Ollama has no model {model!r}: {exc.error}", hint=f"Run `ollama pull {model}`.")
+    if status >= 500 or status < 0:  # -1: an error reported inside a stream
+        return ModelUnavailable(f"Ollama failed for model {model!r}: {exc.error} (HTTP {status})")
+    log.warning("ollama_request_refused", model=model, status=status, error=str(exc.error))
+    return ExtractionFailed(
+        f"Ollama refused the request for model {model!r}: {exc.error} (HTTP {status})",
+        model=model,
+        raw_outputs=[],
+        errors=[str(exc.error)],
+    )
+

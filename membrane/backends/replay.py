@@ -1,0 +1,118 @@
+"""The replay backend: answers with recorded raw outputs instead of a model.
+
+Records come from a JSONL file (``{"text": ..., "output": ...}`` per line;
+several lines with the same text are successive attempts: first answer, first
+repair, ...) or from the journal's successful extractions. A request is
+answered by its chunk text (``request.text``, whitespace-trimmed) and its
+attempt number; past the last recorded attempt the last output is repeated.
+An unrecorded text is a permanent ModelNotFound: replay cannot invent output.
+
+For tests, benchmarks and reproducing an incident without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from membrane.backends import BackendCheck, Generation, GenerationRequest
+from membrane.errors import ConfigError, ModelNotFound
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+
+__all__ = ["ReplayBackend", "read_jsonl"]
+
+
+def _key(text: str) -> str:
+    return text.strip()
+
+
+def read_jsonl(path: Path) -> list[tuple[str, str]]:
+    """(text, output) pairs from a replay file; a bad line is a ConfigError naming it."""
+    pairs: list[tuple[str, str]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"model.replay_file {str(path)!r}: {exc.strerror}", key="model.replay_file") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append((str(record["text"]), str(record["output"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{path}:{number}: expected a JSON object with 'text' and 'output' ({exc})",
+                key="model.replay_file",
+            ) from exc
+    return pairs
+
+
+class ReplayBackend:
+    """Recorded outputs keyed by chunk text and attempt."""
+
+    name = "replay"
+
+    def __init__(self, records: Iterable[tuple[str, str]], *, source: str = "records") -> None:
+        self.source = source
+        self._outputs: dict[str, list[str]] = {}
+        for text, output in records:
+            self._outputs.setdefault(_key(text), []).append(output)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ReplayBackend:
+        return cls(read_jsonl(path), source=str(path))
+
+    @classmethod
+    def from_journal(cls, journal_path: Path) -> ReplayBackend:
+        from membrane.journal import Journal  # lazily: the journal is built above the backends
+
+        journal = Journal(journal_path)
+        try:
+            records = list(journal.recorded_outputs())
+        finally:
+            journal.close()
+        return cls(records, source=f"journal {journal_path}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReplayBackend:
+        if settings.model.replay_file is not None:
+            return cls.from_file(settings.model.replay_file)
+        return cls.from_journal(settings.journal.path)
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        started = time.monotonic()
+        outputs = self._outputs.get(_key(request.text))
+        if not outputs:
+            digest = hashlib.sha256(_key(request.text).encode("utf-8")).hexdigest()[:12]
+            raise ModelNotFound(
+                f"replay ({self.source}) has no recorded output for this text "
+                f"(sha256 {digest}…, {len(request.text)} characters)",
+                hint="Record outputs for it first, or use a real backend.",
+            )
+        text = outputs[min(request.attempt, len(outputs) - 1)]
+        return Generation(
+            text=text,
+            model=request.model,
+            prompt_tokens=0,
+            completion_tokens=0,
+            seconds=time.monotonic() - started,
+            done_reason="stop",
+        )
+
+    def list_models(self) -> list[str]:
+        return ["replay"]
+
+    def parameters(self, model: str) -> str:
+        return ""
+
+    def check(self, model: str) -> BackendCheck:
+        count = len(self._outputs)
+        if not count:
+            return BackendCheck(False, f"replay ({self.source}) holds no recorded outputs", "record some first")
+        return BackendCheck(True, f"replay ({self.source}) holds outputs for {count} texts")

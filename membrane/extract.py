@@ -1,0 +1,425 @@
+"""Extraction: the versioned prompt, chunking, the model call, and the repair
+loop that turns any model's answer into a valid Extraction or a bounded error.
+
+Per chunk: send the prompt (the JSON schema included, as Ollama's docs advise)
+and the same schema as the decoding constraint; clean the answer (drop
+<think>...</think> reasoning and ``` fences); parse; validate. An invalid
+answer is sent back with the validator's first errors, at most
+`extraction.max_repairs` times; then ExtractionFailed carries every raw output
+and error. Backend errors pass through untouched: ModelUnavailable stays
+retryable, distinct from bad output.
+
+Termination: the schema bounds every array (maxItems) and string
+(maxLength/pattern), and the item bound is also sized so that the worst
+expected answer fits in num_predict (ENTITY_TOKENS, RELATIONSHIP_TOKENS). An
+answer that still hits the cap is a validation error whose repair halves the
+item bound.
+
+Long captures are split into chunks (paragraphs, then sentences, then words)
+that fit num_ctx next to the prompt, num_predict and one repair turn; each
+chunk keeps its character offsets; results are merged with
+Extraction.merged_with and the limits re-applied as limit x chunk count.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from membrane.backends import Backend, Generation, GenerationRequest, get_backend
+from membrane.errors import ExtractionFailed
+from membrane.logs import get_logger
+from membrane.schema import Extraction, ExtractionRules, extraction_json_schema
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+
+__all__ = [
+    "PROMPT_VERSION",
+    "Chunk",
+    "ExtractionResult",
+    "Extractor",
+    "InvalidOutput",
+    "build_extractor",
+    "build_messages",
+    "clean_output",
+    "item_budget",
+    "model_schema",
+    "parse_output",
+    "split_text",
+    "system_prompt",
+]
+
+log = get_logger(__name__)
+
+PROMPT_VERSION = "extract-v1"
+
+# English prose averages about 4 characters per token with SmolLM2/Llama-style
+# BPE vocabularies; 3 leaves room for names, code and accented text. Scripts
+# like CJK run near 1 character per token and can overflow (see design notes).
+CHARS_PER_TOKEN = 3.0
+# Tokens one array item costs in a typical constrained answer, about twice
+# what SmolLM2 and Gemma 270M spend (10 and 17), so the item bound keeps the
+# whole answer inside num_predict.
+ENTITY_TOKENS = 24
+RELATIONSHIP_TOKENS = 40
+ANSWER_OVERHEAD_TOKENS = 32
+# Names the model may write are capped shorter than the 200 characters
+# validation allows, so one runaway string cannot eat the token budget.
+MODEL_NAME_CHARS = 80
+MODEL_RELATION_PATTERN = "^[A-Z][A-Z0-9_]{0,39}$"
+# How much of an invalid answer is echoed back in a repair turn.
+REPAIR_ECHO_CHARS = 1500
+MAX_ERRORS_SHOWN = 3
+MIN_CHUNK_CHARS = 200
+
+
+# ---------------------------------------------------------------- prompt
+
+
+def _prompt_file(name: str) -> str:
+    return resources.files("membrane.prompts").joinpath(f"{PROMPT_VERSION}.{name}.txt").read_text("utf-8")
+
+
+# Keys only the decoder needs (it enforces them); left out of the prompt's copy
+# of the schema to keep the prompt short.
+_DECODER_ONLY_KEYS = frozenset({"additionalProperties", "minLength", "maxLength", "required"})
+
+
+def _prompt_schema(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _prompt_schema(v) for k, v in node.items() if k not in _DECODER_ONLY_KEYS}
+    if isinstance(node, list):
+        return [_prompt_schema(v) for v in node]
+    return node
+
+
+def system_prompt(schema: dict[str, Any]) -> str:
+    """The system message with `schema` written in compactly (decoder-only keys left out)."""
+    compact = json.dumps(_prompt_schema(schema), separators=(",", ":"), ensure_ascii=False)
+    return _prompt_file("system").replace("{schema}", compact).strip()
+
+
+def build_messages(text: str, schema: dict[str, Any], *, few_shot: bool = True) -> list[dict[str, str]]:
+    """System prompt, optional worked example, then the note as the user turn."""
+    messages = [{"role": "system", "content": system_prompt(schema)}]
+    if few_shot:
+        messages.append({"role": "user", "content": _prompt_file("example-note").strip()})
+        messages.append({"role": "assistant", "content": _prompt_file("example-answer").strip()})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+def _repair_message(errors: list[str]) -> str:
+    return _prompt_file("repair").replace("{errors}", "; ".join(errors)).strip()
+
+
+def item_budget(rules: ExtractionRules, num_predict: int) -> int:
+    """maxItems per array so the worst expected answer fits in num_predict tokens."""
+    per_pair = ENTITY_TOKENS + RELATIONSHIP_TOKENS
+    fits = max(1, (num_predict - ANSWER_OVERHEAD_TOKENS) // per_pair)
+    return min(fits, max(rules.max_entities, rules.max_relationships))
+
+
+def model_schema(rules: ExtractionRules, max_items: int | None = None) -> dict[str, Any]:
+    """The schema sent to the model: extraction_json_schema, tightened for decoding.
+
+    Arrays get min(rule limit, max_items) items; names at most MODEL_NAME_CHARS;
+    a free relation must already be UPPER_SNAKE_CASE (a pattern), an enum when
+    a vocabulary is configured.
+    """
+    schema = extraction_json_schema(rules)
+    props = schema["properties"]
+    if max_items is not None:
+        for key in ("entities", "relationships"):
+            props[key]["maxItems"] = max(1, min(props[key]["maxItems"], max_items))
+    props["entities"]["items"]["properties"]["name"]["maxLength"] = MODEL_NAME_CHARS
+    rel = props["relationships"]["items"]["properties"]
+    rel["source"]["maxLength"] = rel["target"]["maxLength"] = MODEL_NAME_CHARS
+    if "enum" not in rel["relation"]:
+        rel["relation"] = {"type": "string", "pattern": MODEL_RELATION_PATTERN}
+    return schema
+
+
+# ---------------------------------------------------------------- output
+
+
+class InvalidOutput(ValueError):
+    """A model answer that is not a valid Extraction; the message feeds repair."""
+
+
+_THINK_BLOCK = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)
+_THINK_OPEN = re.compile(r"<(think|thinking|reasoning)>", re.I)
+_THINK_CLOSE = re.compile(r"</(think|thinking|reasoning)>", re.I)
+_FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.S)
+
+
+def clean_output(raw: str) -> str:
+    """The JSON part of an answer: reasoning blocks and code fences removed."""
+    text = _THINK_BLOCK.sub("", raw)
+    closing = list(_THINK_CLOSE.finditer(text))
+    if closing:  # the template opened <think> inside the prompt: keep what follows it
+        text = text[closing[-1].end() :]
+    opening = _THINK_OPEN.search(text)
+    if opening:  # reasoning never closed: the budget ran out before any answer
+        text = text[: opening.start()]
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    text = text.strip()
+    if text and not text.startswith("{") and "{" in text:  # prose around the object
+        text = text[text.index("{") : text.rindex("}") + 1] if "}" in text else text[text.index("{") :]
+    return text
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
+        where = ".".join(str(p) for p in error["loc"]) or "answer"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    more = len(exc.errors()) - MAX_ERRORS_SHOWN
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_output(raw: str, rules: ExtractionRules) -> Extraction:
+    """Clean, parse and validate an answer; raises InvalidOutput saying what is wrong."""
+    text = clean_output(raw)
+    if not text or text[0] not in "{[":
+        raise InvalidOutput("the answer holds no JSON object")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidOutput(f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(data, dict):
+        raise InvalidOutput(f"expected a JSON object with entities and relationships, got {type(data).__name__}")
+    try:
+        return Extraction.parse(data, rules)
+    except ValidationError as exc:
+        raise InvalidOutput(f"does not match the schema: {_describe_validation(exc)}") from None
+
+
+# ---------------------------------------------------------------- chunking
+
+
+@dataclass(frozen=True)
+class Chunk:
+    text: str
+    start: int  # character offsets into the capture: text == capture[start:end]
+    end: int
+
+
+_PARAGRAPH = re.compile(r"\S(?:.*?\S)?(?=\s*\n\s*\n|\s*$)", re.S)
+_SENTENCE = re.compile(r"\S.*?(?:[.!?。！？](?=\s|$)|$)", re.S)
+_WORD_RUN = re.compile(r"\S+")
+
+
+def _spans(pattern: re.Pattern[str], text: str, start: int, end: int) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in pattern.finditer(text, start, end) if m.group().strip()]
+
+
+def _pieces(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:
+    """Spans no longer than max_chars: paragraphs, else sentences, else words, else hard cuts."""
+    if end - start <= max_chars:
+        return [(start, end)]
+    for pattern in (_PARAGRAPH, _SENTENCE, _WORD_RUN):
+        spans = _spans(pattern, text, start, end)
+        if len(spans) > 1:
+            return [piece for s, e in spans for piece in _pieces(text, s, e, max_chars)]
+    return [(s, min(s + max_chars, end)) for s in range(start, end, max_chars)]
+
+
+def split_text(text: str, max_chars: int) -> list[Chunk]:
+    """Chunks of at most max_chars, packing whole paragraphs (then sentences) greedily."""
+    stripped = text.strip()
+    if not stripped:
+        return []
+    first = text.index(stripped[0])
+    chunks: list[Chunk] = []
+    cur_start = cur_end = -1
+    for s, e in _pieces(text, first, first + len(stripped), max_chars):
+        if cur_start >= 0 and e - cur_start <= max_chars:
+            cur_end = e
+            continue
+        if cur_start >= 0:
+            chunks.append(Chunk(text[cur_start:cur_end], cur_start, cur_end))
+        cur_start, cur_end = s, e
+    chunks.append(Chunk(text[cur_start:cur_end], cur_start, cur_end))
+    return chunks
+
+
+# ---------------------------------------------------------------- extractor
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    extraction: Extraction
+    model: str
+    backend: str
+    prompt_version: str
+    raw_outputs: tuple[str, ...]
+    errors: tuple[str, ...]
+    calls: int
+    first_attempt_valid: bool
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    chunks: tuple[tuple[int, int], ...]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Tally:
+    """What the calls for one capture cost and said, across chunks and repairs."""
+
+    raw_outputs: list[str]
+    errors: list[str]
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_attempt_valid: bool = True
+
+    def add(self, generation: Generation) -> None:
+        self.calls += 1
+        self.raw_outputs.append(generation.text)
+        self.prompt_tokens += generation.prompt_tokens
+        self.completion_tokens += generation.completion_tokens
+
+
+class Extractor:
+    """Extracts a validated Extraction from a capture's text with one model."""
+
+    def __init__(self, backend: Backend, model: str, settings: Settings) -> None:
+        self.backend = backend
+        self.model = model
+        self.rules = settings.extraction.rules()
+        self.max_repairs = settings.extraction.max_repairs
+        self.few_shot = settings.extraction.few_shot
+        self.num_predict = settings.model.num_predict
+        self.temperature = settings.model.temperature
+        self.seed = settings.model.seed
+        self.num_ctx = settings.model.num_ctx
+        n_ctx = getattr(backend, "n_ctx", None)
+        if callable(n_ctx):  # an in-process model's context is fixed when it is loaded
+            self.num_ctx = min(self.num_ctx, int(n_ctx(model)))
+        self.chunk_chars = settings.extraction.chunk_chars or self._derived_chunk_chars()
+
+    def _derived_chunk_chars(self) -> int:
+        schema = model_schema(self.rules, item_budget(self.rules, self.num_predict))
+        prompt_chars = sum(len(m["content"]) for m in build_messages("", schema, few_shot=self.few_shot))
+        repair_chars = REPAIR_ECHO_CHARS + len(_repair_message(["x" * 200] * MAX_ERRORS_SHOWN))
+        spare_tokens = self.num_ctx - self.num_predict - (prompt_chars + repair_chars) / CHARS_PER_TOKEN
+        return max(MIN_CHUNK_CHARS, int(spare_tokens * CHARS_PER_TOKEN))
+
+    def extract(self, text: str) -> ExtractionResult:
+        """Extract from `text`; raises ExtractionFailed, ModelUnavailable or ModelNotFound."""
+        started = time.monotonic()
+        chunks = split_text(text, self.chunk_chars)
+        tally = _Tally(raw_outputs=[], errors=[])
+        parts = [self._extract_chunk(chunk, index, len(chunks), tally) for index, chunk in enumerate(chunks)]
+        result = ExtractionResult(
+            extraction=self._merge(parts),
+            model=self.model,
+            backend=self.backend.name,
+            prompt_version=PROMPT_VERSION,
+            raw_outputs=tuple(tally.raw_outputs),
+            errors=tuple(tally.errors),
+            calls=tally.calls,
+            first_attempt_valid=tally.first_attempt_valid,
+            prompt_tokens=tally.prompt_tokens,
+            completion_tokens=tally.completion_tokens,
+            seconds=time.monotonic() - started,
+            chunks=tuple((c.start, c.end) for c in chunks),
+        )
+        log.info(
+            "extraction_done",
+            model=self.model,
+            backend=self.backend.name,
+            chunks=len(chunks),
+            calls=result.calls,
+            repaired=len(result.errors),
+            entities=len(result.extraction.entities),
+            relationships=len(result.extraction.relationships),
+            seconds=round(result.seconds, 3),
+        )
+        return result
+
+    def _extract_chunk(self, chunk: Chunk, index: int, total: int, tally: _Tally) -> Extraction:
+        max_items = item_budget(self.rules, self.num_predict)
+        schema = model_schema(self.rules, max_items)
+        base = build_messages(chunk.text, schema, few_shot=self.few_shot)
+        messages = base
+        errors: list[str] = []
+        for attempt in range(self.max_repairs + 1):
+            generation = self.backend.generate(self._request(messages, schema, chunk.text, attempt))
+            tally.add(generation)
+            try:
+                return parse_output(generation.text, self.rules)
+            except InvalidOutput as exc:
+                error = str(exc)
+                if generation.truncated:
+                    error = f"cut off at the {self.num_predict}-token cap, give fewer items ({error})"
+                    max_items = max(1, max_items // 2)
+                    schema = model_schema(self.rules, max_items)
+                    base = [{"role": "system", "content": system_prompt(schema)}, *base[1:]]
+                errors.append(error)
+                tally.errors.append(error)
+                if attempt == 0:
+                    tally.first_attempt_valid = False
+                log.warning("extraction_output_invalid", model=self.model, attempt=attempt, chunk=index, error=error)
+                # Only the latest invalid answer goes back: the context holds one repair turn.
+                messages = [
+                    *base,
+                    {"role": "assistant", "content": generation.text[:REPAIR_ECHO_CHARS]},
+                    {"role": "user", "content": _repair_message([error])},
+                ]
+        where = f" (chunk {index + 1} of {total}, characters {chunk.start}-{chunk.end})" if total > 1 else ""
+        raise ExtractionFailed(
+            f"model {self.model!r} gave no valid extraction in {self.max_repairs + 1} calls{where}; "
+            f"last error: {errors[-1]}",
+            model=f"{self.backend.name}:{self.model}",
+            raw_outputs=tally.raw_outputs,
+            errors=tally.errors,
+        )
+
+    def _request(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], text: str, attempt: int
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            model=self.model,
+            messages=tuple(messages),
+            schema=schema,
+            num_predict=self.num_predict,
+            num_ctx=self.num_ctx,
+            temperature=self.temperature,
+            seed=self.seed,
+            text=text,
+            attempt=attempt,
+        )
+
+    def _merge(self, parts: list[Extraction]) -> Extraction:
+        if len(parts) <= 1:
+            return parts[0] if parts else Extraction()
+        merged = parts[0]
+        for part in parts[1:]:
+            merged = merged.merged_with(part)
+        # Each chunk was held to the limits; the capture may hold that much per chunk.
+        rules = ExtractionRules(
+            max_entities=self.rules.max_entities * len(parts),
+            max_relationships=self.rules.max_relationships * len(parts),
+        )
+        return Extraction.parse(merged.model_dump(), rules)
+
+
+def build_extractor(settings: Settings, *, backend: str | None = None, model: str | None = None) -> Extractor:
+    """An Extractor for `backend:model`, defaulting to [model] backend and name."""
+    backend_name = backend or settings.model.backend
+    return Extractor(get_backend(backend_name, settings), model or settings.model.name, settings)

@@ -1,0 +1,1 @@
+"""Prompt texts, versioned by file name: <version>.<part>.txt (see membrane.extract)."""

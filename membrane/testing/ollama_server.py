@@ -1,0 +1,406 @@
+"""FakeOllama: a local HTTP server speaking the documented Ollama API, for tests
+and benchmarks that need the real `ollama` client over real HTTP.
+
+Usage::
+
+    with FakeOllama() as server:
+        server.add_scripted("qwen3:fake", ['{"entities": [], "relationships": []}'],
+                            thinking="Let me think...")
+        server.add_gguf("smollm2", tiny_model_path, chat_format="chatml")
+        settings = make_settings(model={"backend": "ollama", "ollama_host": server.url,
+                                        "name": "qwen3:fake"})
+        ...
+        server.chat_requests()[-1]["format"]   # the schema the client sent
+        server.stop(); server.start()          # an outage, same port
+
+Endpoints: POST /api/chat (stream false, or true as NDJSON; the API's default
+is true), POST /api/generate (minimal), GET /api/tags, POST /api/show
+(capabilities, details.parameter_size), GET /api/ps, GET /api/version,
+POST /api/create (from an existing model, or files={name: digest} of an
+uploaded GGUF blob), HEAD/POST /api/blobs/<digest>. An unknown model answers
+404 {"error": "model '<name>' not found"}, like Ollama.
+
+Models:
+- ScriptedModel: `outputs` returned in turn (the last repeats); `thinking`
+  reasoning a thinking-capable model emits: as `message.thinking` when the
+  request says think=true, not at all for think=false, and, like a model
+  reasoning unasked, inlined as ``<think>...</think>`` before the content when
+  the request says nothing; `delay_s` before answering (client timeouts);
+  `eval_count` tokens reported ~ characters / 4.
+- GgufModel: a real GGUF through llama.cpp (membrane.backends.embedded),
+  honouring `format` as a JSON schema and the options num_predict,
+  temperature, seed.
+Every request is recorded in `requests` (method, path, parsed JSON body).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FakeOllama", "GgufModel", "RecordedRequest", "ScriptedModel"]
+
+VERSION = "0.12.6"
+
+
+@dataclass
+class ScriptedModel:
+    outputs: list[str]
+    thinking: str | None = None  # set: the model has the "thinking" capability
+    delay_s: float = 0.0
+    parameter_size: str = "1.5B"
+    family: str = "qwen3"
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def capabilities(self) -> list[str]:
+        return ["completion", "thinking"] if self.thinking is not None else ["completion"]
+
+    def answer(self, body: dict[str, Any]) -> tuple[str, str | None, str]:
+        """(content, thinking, done_reason) for one request."""
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        with self._lock:  # the server answers concurrent requests on threads
+            output = self.outputs[min(self.calls, len(self.outputs) - 1)]
+            self.calls += 1
+        think = body.get("think")
+        if self.thinking is None or think is False:
+            return output, None, "stop"
+        if think:
+            return output, self.thinking, "stop"
+        return f"<think>{self.thinking}</think>\n{output}", None, "stop"
+
+
+@dataclass
+class GgufModel:
+    path: Path
+    chat_format: str = "chatml"
+    n_ctx: int = 2048
+    parameter_size: str = "135M"
+    family: str = "llama"
+    capabilities: list[str] = field(default_factory=lambda: ["completion"])
+
+    def answer(self, body: dict[str, Any]) -> tuple[str, str | None, str]:
+        from membrane.backends.embedded import load_model
+
+        options = body.get("options") or {}
+        schema = body.get("format")
+        if schema == "json":
+            schema = {"type": "object"}
+        messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
+        response = load_model(self.path, self.chat_format, self.n_ctx).chat(
+            messages,
+            schema=schema or None,
+            max_tokens=int(options.get("num_predict", 256)),
+            temperature=float(options.get("temperature", 0.8)),
+            seed=int(options.get("seed", 0)),
+        )
+        choice = response["choices"][0]
+        return choice["message"].get("content") or "", None, choice.get("finish_reason") or "stop"
+
+
+Model = ScriptedModel | GgufModel
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    body: dict[str, Any]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class FakeOllama:
+    """The server; a context manager that starts on 127.0.0.1 and a free port."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.models: dict[str, Model] = {}
+        self.requests: list[RecordedRequest] = []
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._blob_dir = tempfile.TemporaryDirectory(prefix="fake-ollama-blobs-")
+        self._lock = threading.Lock()
+
+    # -- lifecycle
+    def start(self) -> FakeOllama:
+        """Start serving (again, on the same port after stop())."""
+        handler = type("Handler", (_Handler,), {"fake": self})
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="fake-ollama", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; connections are refused until start()."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def close(self) -> None:
+        self.stop()
+        self._blob_dir.cleanup()
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    # -- models
+    def add_scripted(self, name: str, outputs: list[str], **options: Any) -> ScriptedModel:
+        model = ScriptedModel(list(outputs), **options)
+        self.models[name] = model
+        return model
+
+    def add_gguf(self, name: str, path: Path, **options: Any) -> GgufModel:
+        model = GgufModel(Path(path), **options)
+        self.models[name] = model
+        return model
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """Bodies of the /api/chat requests received, oldest first."""
+        return [r.body for r in self.requests if r.path == "/api/chat"]
+
+    def blob_path(self, digest: str) -> Path:
+        return Path(self._blob_dir.name) / digest.replace(":", "-")
+
+    def record(self, method: str, path: str, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(RecordedRequest(method, path, body))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOllama
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        return
+
+    # -- plumbing
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            body = {}
+        return body if isinstance(body, dict) else {}
+
+    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")  # no pooled connection outlives stop()
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, parts: Iterator[dict[str, Any]]) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for part in parts:
+            line = json.dumps(part).encode("utf-8") + b"\n"
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _model(self, body: dict[str, Any]) -> tuple[str, Model | None]:
+        name = str(body.get("model") or body.get("name") or "")
+        model = self.fake.models.get(name)
+        if model is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"model '{name}' not found"})
+        return name, model
+
+    # -- routes
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.fake.record("GET", self.path, {})
+        if self.path == "/api/version":
+            self._send(HTTPStatus.OK, {"version": VERSION})
+        elif self.path == "/api/tags":
+            self._send(HTTPStatus.OK, {"models": [self._listing(n, m) for n, m in self.fake.models.items()]})
+        elif self.path == "/api/ps":
+            self._send(HTTPStatus.OK, {"models": [self._listing(n, m) for n, m in self.fake.models.items()]})
+        elif self.path in ("/", ""):
+            self._send(HTTPStatus.OK, "Ollama is running")
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.fake.record("HEAD", self.path, {})
+        exists = self.path.startswith("/api/blobs/") and self.fake.blob_path(self.path.rsplit("/", 1)[-1]).exists()
+        self.send_response(HTTPStatus.OK if exists else HTTPStatus.NOT_FOUND)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.startswith("/api/blobs/"):
+            self._blob()
+            return
+        body = self._body()
+        self.fake.record("POST", self.path, body)
+        routes = {"/api/chat": self._chat, "/api/generate": self._generate, "/api/show": self._show}
+        route = routes.get(self.path)
+        if route is not None:
+            route(body)
+        elif self.path == "/api/create":
+            self._create(body)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _listing(self, name: str, model: Model) -> dict[str, Any]:
+        return {
+            "name": name,
+            "model": name,
+            "modified_at": _now(),
+            "size": 0,
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": {"format": "gguf", "family": model.family, "parameter_size": model.parameter_size},
+        }
+
+    def _show(self, body: dict[str, Any]) -> None:
+        _, model = self._model(body)
+        if model is None:
+            return
+        self._send(
+            HTTPStatus.OK,
+            {
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": {"format": "gguf", "family": model.family, "parameter_size": model.parameter_size},
+                "model_info": {"general.parameter_count": 0},
+                "capabilities": list(model.capabilities),
+                "modified_at": _now(),
+            },
+        )
+
+    def _answer(self, body: dict[str, Any], model: Model) -> tuple[str, str | None, str, float]:
+        started = time.monotonic()
+        content, thinking, done_reason = model.answer(body)
+        return content, thinking, done_reason, time.monotonic() - started
+
+    def _counts(self, body: dict[str, Any], content: str, thinking: str | None, seconds: float) -> dict[str, Any]:
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages") or []) or len(
+            str(body.get("prompt", ""))
+        )
+        eval_count = max(1, (len(content) + len(thinking or "")) // 4)
+        nanos = max(1, int(seconds * 1e9))
+        return {
+            "total_duration": nanos,
+            "load_duration": 0,
+            "prompt_eval_count": max(1, prompt_chars // 4),
+            "prompt_eval_duration": nanos // 10,
+            "eval_count": eval_count,
+            "eval_duration": nanos - nanos // 10 or 1,
+        }
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        name, model = self._model(body)
+        if model is None:
+            return
+        content, thinking, done_reason, seconds = self._answer(body, model)
+        final = {"model": name, "created_at": _now(), "done": True, "done_reason": done_reason}
+        final |= self._counts(body, content, thinking, seconds)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking is not None:
+            message["thinking"] = thinking
+        if body.get("stream", True) is False:
+            self._send(HTTPStatus.OK, final | {"message": message})
+            return
+
+        def parts() -> Iterator[dict[str, Any]]:
+            if thinking is not None:
+                yield {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": "",
+                                                                        "thinking": thinking}, "done": False}
+            for i in range(0, len(content), 16):
+                yield {"model": name, "created_at": _now(), "message": {"role": "assistant",
+                                                                        "content": content[i : i + 16]}, "done": False}
+            yield final | {"message": {"role": "assistant", "content": ""}}
+
+        self._stream(parts())
+
+    def _generate(self, body: dict[str, Any]) -> None:
+        name, model = self._model(body)
+        if model is None:
+            return
+        content, thinking, done_reason, seconds = self._answer(body, model)
+        final = {"model": name, "created_at": _now(), "response": content, "done": True, "done_reason": done_reason}
+        final |= self._counts(body, content, thinking, seconds)
+        if thinking is not None:
+            final["thinking"] = thinking
+        if body.get("stream", True) is False:
+            self._send(HTTPStatus.OK, final)
+        else:
+            self._stream(iter([final]))
+
+    def _blob(self) -> None:
+        digest = self.path.rsplit("/", 1)[-1]
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length) if length else self._read_chunked()
+        self.fake.record("POST", self.path, {"bytes": len(data)})
+        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "digest mismatch"})
+            return
+        self.fake.blob_path(digest).write_bytes(data)
+        self.send_response(HTTPStatus.CREATED)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _read_chunked(self) -> bytes:
+        data = b""
+        while True:
+            size = int(self.rfile.readline().strip() or b"0", 16)
+            if size == 0:
+                self.rfile.readline()
+                return data
+            data += self.rfile.read(size)
+            self.rfile.readline()
+
+    def _create(self, body: dict[str, Any]) -> None:
+        name = str(body.get("model") or "")
+        files = body.get("files") or {}
+        source = self.fake.models.get(str(body.get("from") or ""))
+        if files:
+            digest = next(iter(files.values()))
+            path = self.fake.blob_path(str(digest))
+            if not path.exists():
+                self._send(HTTPStatus.BAD_REQUEST, {"error": f"blob {digest} not found"})
+                return
+            self.fake.models[name] = GgufModel(path)
+        elif source is not None:
+            self.fake.models[name] = source
+        else:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "neither 'from' nor 'files' names a model"})
+            return
+        if body.get("stream", True) is False:
+            self._send(HTTPStatus.OK, {"status": "success"})
+        else:
+            self._stream(iter([{"status": "using existing layer"}, {"status": "success"}]))
