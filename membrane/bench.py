@@ -1,0 +1,508 @@
+"""Benchmarks: candidate models over the gold set, reports (JSON, Markdown,
+PNG), the run recorded in the journal, and the scheduled re-benchmark.
+
+A candidate is a ModelRef ("backend:name"): the current champion, then
+bench.candidates, then Ollama models matching bench.ollama_pattern, then the
+embedded models when bench.include_embedded (``--models`` replaces the whole
+list). A candidate whose backend is down or whose model is missing is reported
+as unavailable; the run goes on with the others.
+
+The policy's decision is part of every report; it is applied (a promotion)
+only by the scheduler when bench.auto_promote, or by `membrane bench
+--promote` / `membrane promote`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from membrane.backends import get_backend
+from membrane.config import Settings
+from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
+from membrane.extract import Extractor
+from membrane.journal import Journal, ModelRef
+from membrane.logs import get_logger
+from membrane.promote import Decision, apply_decision, check_policy_settings, current_champion, decide
+from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
+
+__all__ = [
+    "BenchReport",
+    "BenchScheduler",
+    "ModelRun",
+    "Progress",
+    "bench_model",
+    "resolve_candidates",
+    "run_bench",
+    "run_scheduled_bench",
+]
+
+log = get_logger(__name__)
+
+# progress(model, cases done, cases in all); called once with 0 before the first case.
+Progress = Callable[[str, int, int], None]
+
+OK, UNAVAILABLE = "ok", "unavailable"
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One candidate's pass over the gold set."""
+
+    model: str
+    status: str  # "ok" or "unavailable"
+    detail: str = ""
+    parameters: str = ""
+    scores: Scores | None = None
+    completion_tokens: int = 0
+    generation_seconds: float = 0.0
+    calls: int = 0
+    latencies: tuple[float, ...] = ()
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+    def latency(self, percentile: float) -> float | None:
+        return float(np.percentile(self.latencies, percentile)) if self.latencies else None
+
+    def row(self) -> dict[str, Any]:
+        """The table row: the original benchmark's columns plus the relaxed score."""
+        metrics = self.scores.metrics() if self.scores else {}
+        return {
+            "model": self.model,
+            "parameters": self.parameters,
+            "status": self.status,
+            "valid_json": metrics.get("valid_json"),
+            "first_attempt_valid_json": metrics.get("first_attempt_valid_json"),
+            "entity_f1": metrics.get("entity_f1"),
+            "relationship_f1": metrics.get("relationship_f1"),
+            "relaxed_relationship_f1": metrics.get("relaxed_relationship_f1"),
+            "tokens_per_second": self.tokens_per_second if self.status == OK else None,
+            "p50_s": self.latency(50),
+            "p95_s": self.latency(95),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status,
+            "detail": self.detail,
+            "parameters": self.parameters,
+            "row": self.row(),
+            "completion_tokens": self.completion_tokens,
+            "generation_seconds": self.generation_seconds,
+            "calls": self.calls,
+            "latencies": list(self.latencies),
+            "scores": self.scores.to_dict() if self.scores else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRun:
+        return cls(
+            model=data["model"],
+            status=data["status"],
+            detail=data.get("detail", ""),
+            parameters=data.get("parameters", ""),
+            scores=Scores.from_dict(data["scores"]) if data.get("scores") else None,
+            completion_tokens=int(data.get("completion_tokens", 0)),
+            generation_seconds=float(data.get("generation_seconds", 0.0)),
+            calls=int(data.get("calls", 0)),
+            latencies=tuple(data.get("latencies", ())),
+        )
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """One bench run: every candidate's scores, the policy's view, where the files went."""
+
+    created_at: str
+    eval_file: str
+    eval_sha256: str
+    cases: int
+    champion: str
+    runs: tuple[ModelRun, ...]
+    decision: Decision | None = None
+    notes: tuple[str, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
+    id: int | None = None
+
+    def run_for(self, model: str) -> ModelRun | None:
+        return next((run for run in self.runs if run.model == model), None)
+
+    def scores_for(self, model: str) -> Scores | None:
+        run = self.run_for(model)
+        return run.scores if run else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "created_at": self.created_at,
+            "eval_file": self.eval_file,
+            "eval_sha256": self.eval_sha256,
+            "cases": self.cases,
+            "champion": self.champion,
+            "runs": [run.to_dict() for run in self.runs],
+            "decision": self.decision.to_dict() if self.decision else None,
+            "notes": list(self.notes),
+            "files": dict(self.files),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, report_id: int | None = None) -> BenchReport:
+        decision = data.get("decision")
+        if decision:
+            decision = Decision(**{**decision, "gates_failed": tuple(decision.get("gates_failed", ()))})
+        return cls(
+            created_at=data["created_at"],
+            eval_file=data["eval_file"],
+            eval_sha256=data["eval_sha256"],
+            cases=int(data["cases"]),
+            champion=data["champion"],
+            runs=tuple(ModelRun.from_dict(r) for r in data["runs"]),
+            decision=decision or None,
+            notes=tuple(data.get("notes", ())),
+            files=dict(data.get("files", {})),
+            id=report_id,
+        )
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Bench run {self.created_at}",
+            "",
+            f"Gold set: `{self.eval_file}` ({self.cases} cases, sha256 {self.eval_sha256[:12]}). "
+            f"Champion: `{self.champion}`.",
+            "",
+            markdown_table([run.row() for run in self.runs]),
+        ]
+        if self.decision:
+            verdict = "promote" if self.decision.promote else "keep the champion"
+            lines += ["", f"Policy: {verdict} (`{self.decision.challenger}`): {self.decision.reason}."]
+        lines += [f"\nNote: {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+TABLE_HEADER = (
+    "model", "parameters", "valid JSON %", "first-try valid %", "entity F1",
+    "relationship F1", "relaxed rel. F1", "tokens/s", "p50 s", "p95 s", "status",
+)  # fmt: skip
+
+
+def table_cells(row: Mapping[str, Any]) -> list[str]:
+    """One row's cells, formatted as in the table header."""
+    return [
+        str(row["model"]),
+        row["parameters"] or "?",
+        _pct(row["valid_json"]),
+        _pct(row["first_attempt_valid_json"]),
+        _num(row["entity_f1"], 3),
+        _num(row["relationship_f1"], 3),
+        _num(row["relaxed_relationship_f1"], 3),
+        _num(row["tokens_per_second"], 1),
+        _num(row["p50_s"]),
+        _num(row["p95_s"]),
+        row["status"],
+    ]
+
+
+def markdown_table(rows: list[Mapping[str, Any]]) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def resolve_candidates(
+    settings: Settings, champion: ModelRef, models: list[ModelRef] | None = None
+) -> tuple[list[ModelRef], list[str]]:
+    """The candidates to bench, in order without duplicates, and notes on what was skipped."""
+    if models:
+        return list(dict.fromkeys(models)), []
+    bench = settings.bench
+    notes: list[str] = []
+    refs = [champion]
+    for text in bench.candidates:
+        try:
+            refs.append(ModelRef.parse(text))
+        except MembraneError as exc:
+            raise ConfigError(f"bench.candidates: {exc}", key="bench.candidates", hint=exc.hint) from None
+    if bench.ollama_pattern:
+        try:
+            names = get_backend("ollama", settings).list_models()
+        except MembraneError as exc:
+            notes.append(f"Ollama models matching {bench.ollama_pattern!r} skipped: {exc}")
+            log.warning("bench_ollama_unavailable", pattern=bench.ollama_pattern, error=str(exc))
+        else:
+            refs += [ModelRef("ollama", n) for n in sorted(names) if fnmatch.fnmatchcase(n, bench.ollama_pattern)]
+    if bench.include_embedded:
+        refs += [ModelRef("embedded", name) for name in settings.model.embedded]
+    return list(dict.fromkeys(refs)), notes
+
+
+# ---------------------------------------------------------------- one model
+
+
+def _unavailable(ref: ModelRef, detail: str, parameters: str = "") -> ModelRun:
+    log.warning("bench_model_unavailable", model=str(ref), detail=detail)
+    return ModelRun(str(ref), UNAVAILABLE, detail=detail, parameters=parameters)
+
+
+def bench_model(settings: Settings, ref: ModelRef, gold: list[GoldCase], progress: Progress | None = None) -> ModelRun:
+    """Run one candidate over the gold set; unavailable (not raised) when its backend or model is missing."""
+    try:
+        backend = get_backend(ref.backend, settings)
+        check = backend.check(ref.name)
+        parameters = backend.parameters(ref.name) if check.ok else ""
+    except MembraneError as exc:
+        return _unavailable(ref, str(exc))
+    if not check.ok:
+        return _unavailable(ref, " ".join(part for part in (check.detail, check.fix) if part))
+    extractor = Extractor(backend, ref.name, settings)
+    cases, latencies = [], []
+    tokens, seconds, calls = 0, 0.0, 0
+    if progress:
+        progress(str(ref), 0, len(gold))
+    for done, case in enumerate(gold, start=1):
+        started = time.perf_counter()
+        try:
+            result = extractor.extract(case.text)
+        except ExtractionFailed as exc:
+            prediction = Prediction(case.id, None, False, error=str(exc))
+            calls += len(exc.raw_outputs)
+        except (ModelUnavailable, ModelNotFound) as exc:
+            # A partial run would be compared with full ones; report the model as unavailable instead.
+            return _unavailable(ref, f"after {done - 1} of {len(gold)} cases: {exc}", parameters)
+        else:
+            prediction = Prediction(case.id, result.extraction, result.first_attempt_valid)
+            tokens, seconds, calls = tokens + result.completion_tokens, seconds + result.seconds, calls + result.calls
+        latencies.append(time.perf_counter() - started)
+        cases.append(score_case(case, replace(prediction, seconds=latencies[-1])))
+        if progress:
+            progress(str(ref), done, len(gold))
+    run = ModelRun(str(ref), OK, "", parameters, Scores(tuple(cases)), tokens, seconds, calls, tuple(latencies))
+    log.info("bench_model_done", model=str(ref), cases=len(cases), **{k: v for k, v in run.row().items() if k in _LOGGED})
+    return run
+
+
+_LOGGED = ("valid_json", "entity_f1", "relationship_f1", "tokens_per_second", "p50_s")
+
+
+# ---------------------------------------------------------------- the run
+
+
+def choose_challenger(runs: tuple[ModelRun, ...], champion: str, settings: Settings) -> Decision | None:
+    """The policy's decision for the best challenger: the promotable one with the highest
+    lower bound, else the one with the highest composite (to show why it was not promoted)."""
+    champion_run = next((r for r in runs if r.model == champion and r.status == OK), None)
+    champion_scores = champion_run.scores if champion_run else None
+    decisions = [
+        decide(champion_scores, run.scores, settings, champion=champion, challenger=run.model)
+        for run in runs
+        if run.status == OK and run.scores is not None and run.model != champion
+    ]
+    if not decisions:
+        return None
+    promotable = [d for d in decisions if d.promote]
+    if promotable:
+        return max(promotable, key=lambda d: d.lower_bound or 0.0)
+    return max(decisions, key=lambda d: d.challenger_score if d.challenger_score is not None else float("-inf"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_bench(
+    settings: Settings,
+    journal: Journal,
+    *,
+    models: list[ModelRef] | None = None,
+    eval_file: Path | None = None,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
+    """Bench every candidate on the gold set, write the reports, record the run; promotes nothing."""
+    check_policy_settings(settings)
+    eval_path = eval_file or settings.bench.eval_file
+    gold = load_gold(eval_path)
+    champion = current_champion(settings, journal)
+    candidates, notes = resolve_candidates(settings, champion, models)
+    log.info("bench_started", cases=len(gold), candidates=[str(c) for c in candidates], champion=str(champion))
+    runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)
+    report = BenchReport(
+        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        eval_file=str(eval_path),
+        eval_sha256=_sha256(eval_path),
+        cases=len(gold),
+        champion=str(champion),
+        runs=runs,
+        decision=choose_challenger(runs, str(champion), settings),
+        notes=tuple(notes),
+    )
+    report = write_reports(report, out_dir or settings.bench.out_dir)
+    report = replace(report, id=journal.record_bench_run(report.to_dict()))
+    log.info("bench_done", run_id=report.id, files=dict(report.files), promote=bool(report.decision and report.decision.promote))
+    return report
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_reports(report: BenchReport, out_dir: Path) -> BenchReport:
+    """bench-<time>.json, .md and .png (the plot needs the `plot` extra) in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / ("bench-" + report.created_at.replace(":", "").replace("-", ""))
+    files = {"json": str(stem.with_suffix(".json")), "markdown": str(stem.with_suffix(".md"))}
+    notes = list(report.notes)
+    try:
+        plot_path = plot(report, stem.with_suffix(".png"))
+    except ImportError:
+        notes.append("No plot: matplotlib is not installed (pip install 'membrane[plot]').")
+    else:
+        if plot_path is not None:
+            files["plot"] = str(plot_path)
+    report = replace(report, files=files, notes=tuple(notes))
+    Path(files["json"]).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    Path(files["markdown"]).write_text(report.markdown(), encoding="utf-8")
+    return report
+
+
+def plot(report: BenchReport, path: Path) -> Path | None:
+    """F1 against tokens per second, one labelled point pair per model; None with nothing to plot."""
+    rows = [run.row() for run in report.runs if run.status == OK]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    speed = [r["tokens_per_second"] for r in rows]
+    axes.scatter(speed, [r["entity_f1"] for r in rows], marker="o", label="entity F1")
+    axes.scatter(speed, [r["relationship_f1"] for r in rows], marker="s", label="relationship F1")
+    for row in rows:
+        axes.annotate(row["model"], (row["tokens_per_second"], row["entity_f1"]), fontsize=8,
+                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    axes.set_xlabel("completion tokens per second of model-call time")
+    axes.set_ylabel("F1 (micro)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(f"{report.cases} gold cases, {report.created_at}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def run_scheduled_bench(settings: Settings, journal: Journal, is_idle: Callable[[], bool]) -> BenchReport | None:
+    """One scheduled run: skipped (None) while busy when only_when_idle; auto-promotes when configured."""
+    if settings.bench.only_when_idle and not is_idle():
+        log.info("bench_skipped_busy")
+        return None
+    report = run_bench(settings, journal)
+    decision = report.decision
+    if settings.bench.auto_promote and decision is not None and decision.promote:
+        requeued = apply_decision(decision, settings, journal, reason=f"scheduled bench run {report.id}: {decision.reason}")
+        log.info("bench_auto_promoted", model=decision.challenger, run_id=report.id, requeued=requeued)
+    return report
+
+
+class BenchScheduler:
+    """Scheduled re-benchmarks inside the daemon (APScheduler 3.x BackgroundScheduler).
+
+    Cron from bench.schedule, else an interval of bench.interval_hours. One run
+    at a time (max_instances=1); runs missed while one was going, or while the
+    process was busy, are coalesced into one.
+    """
+
+    JOB_ID = "membrane-bench"
+
+    def __init__(self, settings: Settings, journal: Journal, is_idle: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.is_idle = is_idle
+        self.last_report: BenchReport | None = None
+        self.runs = 0  # job executions, including skipped ones
+        self.finished = threading.Event()  # set after each execution; tests and shutdown wait on it
+        self._scheduler: Any = None
+
+    def trigger(self) -> Any:
+        """The APScheduler trigger for the configured schedule; ConfigError when there is none."""
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        bench = self.settings.bench
+        if bench.schedule:
+            try:
+                return CronTrigger.from_crontab(bench.schedule)
+            except ValueError as exc:
+                raise ConfigError(f"bench.schedule = {bench.schedule!r}: {exc}", key="bench.schedule") from None
+        if bench.interval_hours > 0:
+            return IntervalTrigger(hours=bench.interval_hours)
+        raise ConfigError("no bench schedule: set bench.schedule or bench.interval_hours", key="bench.schedule")
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        job = scheduler.add_job(
+            self._run,
+            self.trigger(),
+            id=self.JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,  # a late run still runs (once, coalesced)
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("bench_scheduler_started", next_run=str(job.next_run_time))
+
+    @property
+    def job(self) -> Any:
+        """The APScheduler job (trigger, next_run_time, max_instances, coalesce), or None when stopped."""
+        return self._scheduler.get_job(self.JOB_ID) if self._scheduler is not None else None
+
+    def run_now(self) -> None:
+        """Ask the scheduler to run the job at once (in its thread, under the same limits)."""
+        if self._scheduler is None:
+            raise MembraneError("the bench scheduler is not started")
+        self.finished.clear()
+        self._scheduler.modify_job(self.JOB_ID, next_run_time=datetime.now(timezone.utc))
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=wait)
+            self._scheduler = None
+            log.info("bench_scheduler_stopped")
+
+    def _run(self) -> None:
+        try:
+            self.last_report = run_scheduled_bench(self.settings, self.journal, self.is_idle) or self.last_report
+        except MembraneError as exc:  # the next scheduled run may succeed; never kill the scheduler
+            log.error("bench_failed", error=str(exc), hint=exc.hint)
+        finally:
+            self.runs += 1
+            self.finished.set()

@@ -1,0 +1,365 @@
+"""Scoring extractions against the gold set: the gold and prediction file
+formats, per-case matching, and micro-averaged metrics.
+
+Matching (also in docs/design-notes.md, "Bench and promotion"):
+- Entities are compared by key: the resolver's normalisation
+  (``membrane.resolve.entity_key``), so case, spacing and the other
+  differences the graph merges do not count as errors. Roles are not scored.
+- Relationships are compared as (source key, relation, target key), the
+  relation through ``schema.normalize_relation``; the relaxed score compares
+  (source key, target key) and ignores the label. Direction always counts.
+- Duplicates collapse: a prediction naming "Docker" twice scores once.
+- A relationship whose endpoint is missing from the predicted entities adds
+  that entity (schema.Extraction does), so it can count as a true or false
+  positive entity.
+- An invalid prediction (unparseable, schema violation, or missing) counts as
+  an empty prediction for precision/recall/F1 and as invalid for the
+  valid-JSON rates.
+- Precision with nothing predicted, and recall with nothing to find, are 1.0;
+  F1 is 0.0 when both precision and recall are 0.
+
+Prediction file (``membrane score GOLD PRED``): JSONL, one object per case:
+``{"id": ..., "raw": "<model output>"}`` or ``{"id": ..., "extraction":
+{"entities": [...], "relationships": [...]}}``, optionally
+``"first_attempt_valid": bool`` (default: whether this prediction is valid)
+and ``"seconds": float`` (latency, used for p50/p95).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from membrane.errors import ConfigError
+from membrane.schema import Extraction, ExtractionRules, normalize_relation
+
+__all__ = [
+    "METRICS",
+    "CaseScore",
+    "Counts",
+    "GoldCase",
+    "Prediction",
+    "Scores",
+    "load_gold",
+    "load_predictions",
+    "prediction_from_record",
+    "score_case",
+    "score_predictions",
+]
+
+# Metric names usable in bench.floors and bench.weights.
+METRICS = (
+    "valid_json",
+    "first_attempt_valid_json",
+    "entity_precision",
+    "entity_recall",
+    "entity_f1",
+    "relationship_precision",
+    "relationship_recall",
+    "relationship_f1",
+    "relaxed_relationship_precision",
+    "relaxed_relationship_recall",
+    "relaxed_relationship_f1",
+)
+
+# Scoring must not reject what a generous model predicts; limits are the extractor's job.
+_UNBOUNDED = ExtractionRules(max_entities=10**6, max_relationships=10**6)
+
+
+@cache
+def _key_function() -> Callable[[str], str]:
+    try:
+        from membrane.resolve import entity_key
+    except ImportError:  # resolve.py is built concurrently; same idea, fewer rules
+        return lambda name: " ".join(name.casefold().split())
+    return entity_key
+
+
+def entity_key(name: str) -> str:
+    """The key under which the graph merges `name` (the resolver's normalisation)."""
+    return _key_function()(name)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """True positives, false positives and false negatives of one comparison."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    @classmethod
+    def compare(cls, gold: set[Any], predicted: set[Any]) -> Counts:
+        hits = len(gold & predicted)
+        return cls(tp=hits, fp=len(predicted) - hits, fn=len(gold) - hits)
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_list(self) -> list[int]:
+        return [self.tp, self.fp, self.fn]
+
+
+@dataclass(frozen=True)
+class GoldCase:
+    id: str
+    text: str
+    extraction: Extraction
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model answer for one case; `extraction` is None when it was invalid."""
+
+    id: str
+    extraction: Extraction | None
+    first_attempt_valid: bool
+    error: str = ""
+    seconds: float | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.extraction is not None
+
+
+@dataclass(frozen=True)
+class CaseScore:
+    """How one prediction compares with one gold case."""
+
+    id: str
+    valid: bool
+    first_attempt_valid: bool
+    entities: Counts
+    relationships: Counts
+    relaxed: Counts
+    missing_entities: tuple[str, ...] = ()
+    spurious_entities: tuple[str, ...] = ()
+    missing_relationships: tuple[str, ...] = ()
+    spurious_relationships: tuple[str, ...] = ()
+    error: str = ""
+    seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "valid": self.valid,
+            "first_attempt_valid": self.first_attempt_valid,
+            "entities": self.entities.as_list(),
+            "relationships": self.relationships.as_list(),
+            "relaxed": self.relaxed.as_list(),
+            "missing_entities": list(self.missing_entities),
+            "spurious_entities": list(self.spurious_entities),
+            "missing_relationships": list(self.missing_relationships),
+            "spurious_relationships": list(self.spurious_relationships),
+            "error": self.error,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseScore:
+        return cls(
+            id=str(data["id"]),
+            valid=bool(data["valid"]),
+            first_attempt_valid=bool(data["first_attempt_valid"]),
+            entities=Counts(*data["entities"]),
+            relationships=Counts(*data["relationships"]),
+            relaxed=Counts(*data["relaxed"]),
+            missing_entities=tuple(data.get("missing_entities", ())),
+            spurious_entities=tuple(data.get("spurious_entities", ())),
+            missing_relationships=tuple(data.get("missing_relationships", ())),
+            spurious_relationships=tuple(data.get("spurious_relationships", ())),
+            error=str(data.get("error", "")),
+            seconds=data.get("seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's scores over a gold set: per-case details and micro averages."""
+
+    cases: tuple[CaseScore, ...] = field(default_factory=tuple)
+
+    def _total(self, attribute: str) -> Counts:
+        total = Counts()
+        for case in self.cases:
+            total = total + getattr(case, attribute)
+        return total
+
+    @property
+    def entity(self) -> Counts:
+        return self._total("entities")
+
+    @property
+    def relationship(self) -> Counts:
+        return self._total("relationships")
+
+    @property
+    def relaxed(self) -> Counts:
+        return self._total("relaxed")
+
+    def metrics(self) -> dict[str, float]:
+        """Every name in METRICS with its micro-averaged value (rates in 0..1)."""
+        n = len(self.cases) or 1
+        values = {
+            "valid_json": sum(c.valid for c in self.cases) / n,
+            "first_attempt_valid_json": sum(c.first_attempt_valid for c in self.cases) / n,
+        }
+        for prefix, counts in (
+            ("entity", self.entity),
+            ("relationship", self.relationship),
+            ("relaxed_relationship", self.relaxed),
+        ):
+            values[f"{prefix}_precision"] = counts.precision
+            values[f"{prefix}_recall"] = counts.recall
+            values[f"{prefix}_f1"] = counts.f1
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics(), "cases": [c.to_dict() for c in self.cases]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scores:
+        return cls(tuple(CaseScore.from_dict(c) for c in data["cases"]))
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{what} file {str(path)!r}: cannot read it ({exc.strerror})") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{what} file {str(path)!r} line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise ConfigError(f"{what} file {str(path)!r} line {number}: expected an object with an \"id\"")
+        yield number, record
+
+
+def load_gold(path: Path) -> list[GoldCase]:
+    """The gold cases of a JSONL file; raises ConfigError naming the bad line."""
+    cases: list[GoldCase] = []
+    seen: set[str] = set()
+    for number, record in _read_jsonl(path, "gold"):
+        case_id = str(record["id"])
+        if case_id in seen:
+            raise ConfigError(f"gold file {str(path)!r} line {number}: duplicate id {case_id!r}")
+        seen.add(case_id)
+        try:
+            extraction = Extraction.parse(
+                {"entities": record.get("entities", []), "relationships": record.get("relationships", [])},
+                _UNBOUNDED,
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): {exc}") from None
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): \"text\" is missing or empty")
+        cases.append(GoldCase(case_id, text, extraction, tuple(record.get("tags", ()))))
+    if not cases:
+        raise ConfigError(f"gold file {str(path)!r} holds no cases")
+    return cases
+
+
+def prediction_from_record(record: Mapping[str, Any], rules: ExtractionRules | None = None) -> Prediction:
+    """A Prediction from one line of a prediction file (see the module docstring)."""
+    from membrane.extract import InvalidOutput, parse_output
+
+    rules = rules or _UNBOUNDED
+    case_id = str(record["id"])
+    extraction: Extraction | None = None
+    error = ""
+    if "extraction" in record:
+        try:
+            extraction = Extraction.parse(record["extraction"], rules)
+        except ValidationError as exc:
+            error = f"does not match the schema: {exc.error_count()} error(s)"
+    elif "raw" in record:
+        try:
+            extraction = parse_output(str(record["raw"]), rules)
+        except InvalidOutput as exc:
+            error = str(exc)
+    else:
+        error = 'neither "raw" nor "extraction" given'
+    first = bool(record.get("first_attempt_valid", extraction is not None)) and extraction is not None
+    seconds = record.get("seconds")
+    return Prediction(case_id, extraction, first, error, float(seconds) if seconds is not None else None)
+
+
+def load_predictions(path: Path, rules: ExtractionRules | None = None) -> dict[str, Prediction]:
+    predictions: dict[str, Prediction] = {}
+    for number, record in _read_jsonl(path, "prediction"):
+        prediction = prediction_from_record(record, rules)
+        if prediction.id in predictions:
+            raise ConfigError(f"prediction file {str(path)!r} line {number}: duplicate id {prediction.id!r}")
+        predictions[prediction.id] = prediction
+    return predictions
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _entity_keys(extraction: Extraction) -> dict[str, str]:
+    return {entity_key(e.name): e.name for e in extraction.entities}
+
+
+def _relationship_keys(extraction: Extraction) -> dict[tuple[str, str, str], str]:
+    keys: dict[tuple[str, str, str], str] = {}
+    for rel in extraction.relationships:
+        key = (entity_key(rel.source), normalize_relation(rel.relation), entity_key(rel.target))
+        keys.setdefault(key, f"({rel.source}, {key[1]}, {rel.target})")
+    return keys
+
+
+def score_case(gold: GoldCase, prediction: Prediction | None) -> CaseScore:
+    """Compare one prediction (None: missing) with its gold case."""
+    predicted = prediction.extraction if prediction and prediction.extraction else Extraction()
+    gold_entities, pred_entities = _entity_keys(gold.extraction), _entity_keys(predicted)
+    gold_rels, pred_rels = _relationship_keys(gold.extraction), _relationship_keys(predicted)
+    gold_relaxed = {(s, t) for s, _, t in gold_rels}
+    pred_relaxed = {(s, t) for s, _, t in pred_rels}
+    return CaseScore(
+        id=gold.id,
+        valid=bool(prediction and prediction.valid),
+        first_attempt_valid=bool(prediction and prediction.valid and prediction.first_attempt_valid),
+        entities=Counts.compare(set(gold_entities), set(pred_entities)),
+        relationships=Counts.compare(set(gold_rels), set(pred_rels)),
+        relaxed=Counts.compare(gold_relaxed, pred_relaxed),
+        missing_entities=tuple(gold_entities[k] for k in gold_entities if k not in pred_entities),
+        spurious_entities=tuple(pred_entities[k] for k in pred_entities if k not in gold_entities),
+        missing_relationships=tuple(gold_rels[k] for k in gold_rels if k not in pred_rels),
+        spurious_relationships=tuple(pred_rels[k] for k in pred_rels if k not in gold_rels),
+        error=prediction.error if prediction else "no prediction for this case",
+        seconds=prediction.seconds if prediction else None,
+    )
+
+
+def score_predictions(gold: Iterable[GoldCase], predictions: Mapping[str, Prediction]) -> Scores:
+    """Scores over every gold case; a case without a prediction counts as invalid and empty."""
+    return Scores(tuple(score_case(case, predictions.get(case.id)) for case in gold))

@@ -1,0 +1,166 @@
+"""`membrane bench`: candidates, the run over the gold set with real tiny models,
+reports and the journal record, unavailable backends."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from membrane.bench import BenchReport, resolve_candidates, run_bench
+from membrane.cli import main
+from membrane.config import Settings
+from membrane.journal import Journal, ModelRef
+from membrane.testing.ollama_server import FakeOllama
+
+GOLD_FILE = Path(__file__).resolve().parents[1] / "config" / "eval" / "gold.jsonl"
+REFERENCE = {
+    "entities": [{"name": "Docker", "role": "subject"}, {"name": "Kubernetes cluster", "role": "object"},
+                 {"name": "DevOps team", "role": "subject"}],
+    "relationships": [{"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+                      {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"}],
+}  # fmt: skip
+EMPTY = {"entities": [], "relationships": []}
+
+
+def gold_subset(path: Path, ids: list[str]) -> Path:
+    lines = [line for line in GOLD_FILE.read_text(encoding="utf-8").splitlines() if json.loads(line)["id"] in ids]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def same_answer_gold(path: Path, cases: int) -> Path:
+    """A gold set whose every case has the reference labels, so one scripted answer is right for all."""
+    texts = ["Docker is deployed on the Kubernetes cluster managed by the DevOps team.",
+             "The DevOps team manages the Kubernetes cluster; Docker is deployed on it."]  # fmt: skip
+    records = [{"id": f"s{i:02d}", "text": texts[i % 2], **REFERENCE, "tags": []} for i in range(cases)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        server.add_scripted("good:1b", [json.dumps(REFERENCE)], parameter_size="1B")
+        server.add_scripted("bad:1b", [json.dumps(EMPTY)], parameter_size="1B")
+        server.add_scripted("other:7b", [json.dumps(EMPTY)])
+        yield server
+
+
+def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callable[..., Settings],
+                                                          ollama: FakeOllama) -> None:  # fmt: skip
+    """The champion first, then configured candidates, Ollama models matching the glob, embedded models; no duplicates."""
+    settings = make_settings(
+        model={"ollama_host": ollama.url},
+        bench={"candidates": ["ollama:bad:1b", "embedded:smollm2-135m"], "ollama_pattern": "*:1b"},
+    )
+    refs, notes = resolve_candidates(settings, ModelRef("embedded", "smollm2-135m"))
+    assert [str(r) for r in refs] == [
+        "embedded:smollm2-135m", "ollama:bad:1b", "ollama:good:1b", "embedded:gemma3-270m",
+    ]  # fmt: skip
+    assert notes == []
+    assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [ModelRef("ollama", "x")]
+
+
+def test_ollama_down_while_listing_is_a_note(make_settings: Callable[..., Settings]) -> None:
+    """An unreachable Ollama skips the pattern's models with a note instead of failing the run."""
+    settings = make_settings(
+        model={"ollama_host": f"http://127.0.0.1:{closed_port()}", "timeout_s": 2},
+        bench={"ollama_pattern": "qwen*", "include_embedded": False},
+    )
+    refs, notes = resolve_candidates(settings, ModelRef("embedded", "smollm2-135m"))
+    assert refs == [ModelRef("embedded", "smollm2-135m")]
+    assert len(notes) == 1 and "qwen*" in notes[0]
+
+
+def test_unavailable_candidate_is_reported_not_raised(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                      ollama: FakeOllama) -> None:  # fmt: skip
+    """A candidate whose server is down, or whose model is missing, is a row marked unavailable; the others run."""
+    settings = make_settings(model={"ollama_host": ollama.url, "timeout_s": 5})
+    gold = same_answer_gold(tmp_path / "gold.jsonl", 3)
+    with Journal(settings.journal.path) as journal:
+        report = run_bench(settings, journal, eval_file=gold,
+                           models=[ModelRef("ollama", "good:1b"), ModelRef("ollama", "missing:1b")])  # fmt: skip
+    assert [run.status for run in report.runs] == ["ok", "unavailable"]
+    assert "missing:1b" in report.runs[1].detail
+    ollama.stop()
+    with Journal(settings.journal.path) as journal:
+        report = run_bench(settings, journal, eval_file=gold, models=[ModelRef("ollama", "good:1b")])
+    assert report.runs[0].status == "unavailable" and report.runs[0].scores is None
+
+
+def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) -> None:
+    """`membrane bench --promote` prints the table, writes JSON/Markdown/PNG, records the run and promotes a clear winner."""
+    gold = same_answer_gold(tmp_path / "gold.jsonl", 12)
+    config = tmp_path / "membrane.toml"
+    config.write_text(
+        f'[model]\nbackend = "ollama"\nname = "bad:1b"\nollama_host = "{ollama.url}"\n'
+        f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_file = "{gold}"\ncandidates = ["ollama:good:1b"]\n'
+        "include_embedded = false\nbootstrap_samples = 500\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "bench", "--promote"])
+    assert result.exit_code == 0, result.output
+    assert "ollama:good:1b" in result.output and "promoted ollama:good:1b" in result.output
+    files = sorted(p.suffix for p in (tmp_path / "out").iterdir())
+    assert files == [".json", ".md", ".png"]
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        assert journal.active_model() == ModelRef("ollama", "good:1b")
+        stored = journal.bench_runs(1)[0]
+    report = BenchReport.from_dict(stored["report"], report_id=stored["id"])
+    good = report.run_for("ollama:good:1b")
+    assert good is not None and good.row()["entity_f1"] == 1.0 and good.row()["parameters"] == "1B"
+    assert report.run_for("ollama:bad:1b").row()["entity_f1"] == 0.0  # type: ignore[union-attr]
+    assert "| ollama:good:1b | 1B | 100.0 |" in Path(report.files["markdown"]).read_text(encoding="utf-8")
+
+
+def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
+    """With every candidate unavailable the run is still recorded, and the exit code is 1."""
+    config = tmp_path / "membrane.toml"
+    config.write_text(
+        f'[model]\nollama_host = "http://127.0.0.1:{closed_port()}"\ntimeout_s = 2.0\n'
+        f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n[bench]\nout_dir = "{tmp_path / "out"}"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "bench", "--models", "ollama:qwen2.5:1.5b"])
+    assert result.exit_code == 1
+    assert "unavailable" in result.output
+    assert CliRunner().invoke(main, ["--config", str(config), "bench", "--models", "nocolon"]).exit_code == 2
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings], tmp_path: Path,
+                                           tiny_model_path: Path, gemma_model_path: Path) -> None:  # fmt: skip
+    """Both real tiny models run through the embedded backend on 3 gold cases; scores, timings and files are real."""
+    settings = make_settings(model={"num_predict": 96}, extraction={"max_repairs": 1})
+    gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026", "g068"])
+    seen: list[tuple[str, int, int]] = []
+    with Journal(settings.journal.path) as journal:
+        report = run_bench(settings, journal, eval_file=gold, progress=lambda m, d, n: seen.append((m, d, n)),
+                           models=[ModelRef("embedded", "smollm2-135m"), ModelRef("embedded", "gemma3-270m")])  # fmt: skip
+        stored = journal.bench_runs(1)[0]
+    assert [(run.model, run.status, run.parameters) for run in report.runs] == [
+        ("embedded:smollm2-135m", "ok", "135M"), ("embedded:gemma3-270m", "ok", "270M"),
+    ]  # fmt: skip
+    for run in report.runs:
+        row: dict[str, Any] = run.row()
+        assert run.scores is not None and len(run.scores.cases) == 3 and len(run.latencies) == 3
+        assert 0.0 <= row["entity_f1"] <= 1.0 and 0.0 <= row["valid_json"] <= 1.0
+        assert row["tokens_per_second"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
+    assert seen[0] == ("embedded:smollm2-135m", 0, 3) and seen[-1] == ("embedded:gemma3-270m", 3, 3)
+    assert stored["id"] == report.id and len(stored["report"]["runs"]) == 2
+    assert Path(report.files["plot"]).stat().st_size > 1000
+    assert report.decision is not None and report.decision.challenger == "embedded:gemma3-270m"

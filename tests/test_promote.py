@@ -1,0 +1,198 @@
+"""The promotion policy on scripted score tables, promotion and rollback in the
+journal, and the `membrane models / promote / rollback` commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from membrane.cli import main
+from membrane.config import Settings
+from membrane.errors import ConfigError, MembraneError
+from membrane.journal import Journal, ModelRef
+from membrane.promote import apply_decision, bootstrap_improvement, current_champion, decide, promote
+from membrane.score import CaseScore, Counts, Scores
+
+
+def table(rows: list[tuple[int, int, int, int, int, int]], valid: list[bool] | None = None) -> Scores:
+    """Scores from per-case (entity tp, fp, fn, relationship tp, fp, fn) rows."""
+    valid = valid or [True] * len(rows)
+    return Scores(tuple(
+        CaseScore(f"c{i:02d}", ok, ok, Counts(*row[:3]), Counts(*row[3:]), Counts(*row[3:]))
+        for i, (row, ok) in enumerate(zip(rows, valid, strict=True))
+    ))  # fmt: skip
+
+
+MEDIOCRE = [(2, 1, 1, 1, 1, 1)] * 40  # entity F1 0.667, relationship F1 0.5
+STRONG = [(3, 0, 0, 2, 0, 0)] * 40  # everything right
+
+
+def noisy(wins: int, losses: int) -> list[tuple[int, int, int, int, int, int]]:
+    """MEDIOCRE, one case better per win and one worse per loss: a small, noisy difference."""
+    better, worse = (3, 0, 0, 2, 0, 0), (1, 2, 2, 0, 2, 2)
+    return [better] * wins + [worse] * losses + MEDIOCRE[: 40 - wins - losses]
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(bench={"bootstrap_samples": 1000})
+
+
+@pytest.fixture
+def journal(settings: Settings) -> Any:
+    with Journal(settings.journal.path) as journal:
+        yield journal
+
+
+def test_clear_win_promotes(settings: Settings) -> None:
+    """A challenger far better on every case passes the gates and the bootstrap bound is above zero."""
+    decision = decide(table(MEDIOCRE), table(STRONG), settings, champion="embedded:a", challenger="embedded:b")
+    assert decision.promote, decision.reason
+    assert decision.lower_bound is not None and decision.lower_bound > 0
+    assert decision.improvement == pytest.approx(0.4 * (1 - 2 / 3) + 0.5 * (1 - 0.5))
+
+
+def test_small_noisy_win_keeps_the_champion(settings: Settings) -> None:
+    """Three cases better and two worse out of 40 is a positive mean but not a clear win."""
+    decision = decide(table(MEDIOCRE), table(noisy(3, 2)), settings, champion="embedded:a", challenger="embedded:b")
+    assert decision.improvement is not None and decision.improvement > 0
+    assert not decision.promote
+    assert decision.lower_bound is not None and decision.lower_bound <= 0
+    assert "not a clear win" in decision.reason
+
+
+def test_gate_failure_keeps_the_champion(settings: Settings) -> None:
+    """A challenger that wins on F1 but has invalid JSON on 2 of 40 cases (95% < 99%) is refused."""
+    valid = [True] * 38 + [False] * 2
+    decision = decide(table(MEDIOCRE), table(STRONG, valid), settings, champion="embedded:a", challenger="embedded:b")
+    assert not decision.promote
+    assert decision.gates_failed and decision.gates_failed[0].startswith("valid_json 0.950")
+
+
+def test_metric_floor_is_a_gate(make_settings: Callable[..., Settings]) -> None:
+    """A metric under its configured floor fails the gates whatever the composite says."""
+    settings = make_settings(bench={"floors": {"relationship_f1": 0.9}})
+    decision = decide(table([(0, 3, 3, 0, 2, 2)] * 40), table(MEDIOCRE), settings, champion="x:a", challenger="x:b")
+    assert not decision.promote and "relationship_f1 0.500 < floor 0.900" in decision.reason
+
+
+def test_bootstrap_is_deterministic_and_paired(settings: Settings) -> None:
+    """The same tables always give the same bound; identical models give an improvement of exactly 0."""
+    first = bootstrap_improvement(table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95)
+    again = bootstrap_improvement(table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95)
+    assert first == again
+    assert bootstrap_improvement(table(noisy(5, 1)), table(noisy(5, 1)), {"entity_f1": 1.0},
+                                 samples=200, confidence=0.95) == (0.0, 0.0)  # fmt: skip
+
+
+def test_unknown_metric_in_weights_is_a_config_error(make_settings: Callable[..., Settings]) -> None:
+    """A weight on a metric the scorer does not produce is a ConfigError naming bench.weights."""
+    settings = make_settings(bench={"weights": {"entity_f2": 1.0}})
+    with pytest.raises(ConfigError) as info:
+        decide(table(MEDIOCRE), table(STRONG), settings)
+    assert info.value.key == "bench.weights"
+
+
+def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Settings, journal: Journal) -> None:
+    """Applying a promote decision changes the active model, stores the evidence, and requeues extraction failures."""
+    journal.enqueue("a" * 64, "inbox/a.txt", "some text")
+    assert journal.claim() is not None
+    journal.fail("a" * 64, stage="extract", reason="no valid extraction")
+    decision = decide(table(MEDIOCRE), table(STRONG), settings, champion="embedded:smollm2-135m",
+                      challenger="embedded:gemma3-270m")  # fmt: skip
+    assert apply_decision(decision, settings, journal) == 1
+    assert journal.active_model() == ModelRef("embedded", "gemma3-270m")
+    record = journal.promotions(1)[0]
+    assert record["previous"] == "embedded:smollm2-135m"
+    assert record["evidence"]["lower_bound"] == decision.lower_bound
+    assert journal.counts()["queued"] == 1
+
+
+def test_rollback_restores_the_last_champion(settings: Settings, journal: Journal) -> None:
+    """Two promotions then rollbacks walk back to the configured model; one more rollback is refused."""
+    assert current_champion(settings, journal) == ModelRef("embedded", "smollm2-135m")
+    promote(ModelRef("embedded", "gemma3-270m"), settings, journal, reason="test", evidence={})
+    promote(ModelRef("ollama", "qwen2.5:1.5b"), settings, journal, reason="test", evidence={})
+    assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "gemma3-270m")
+    assert current_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
+    assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "smollm2-135m")
+    with pytest.raises(MembraneError):
+        journal.rollback_active_model(reason="test")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "membrane.toml"
+    path.write_text(
+        f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[bench]\nout_dir = "{tmp_path / "bench"}"\nbootstrap_samples = 500\ninclude_embedded = true\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _record_run(tmp_path: Path, challenger_rows: list[tuple[int, int, int, int, int, int]]) -> None:
+    """A bench run in the journal where the configured champion scores MEDIOCRE."""
+    from membrane.bench import BenchReport, ModelRun
+
+    runs = (
+        ModelRun("embedded:smollm2-135m", "ok", scores=table(MEDIOCRE), latencies=(1.0,)),
+        ModelRun("embedded:gemma3-270m", "ok", scores=table(challenger_rows), latencies=(2.0,)),
+    )
+    report = BenchReport("2026-01-01T00:00:00Z", "gold.jsonl", "0" * 64, 40, "embedded:smollm2-135m", runs)
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        journal.record_bench_run(report.to_dict())
+
+
+def test_promote_command_follows_the_policy(tmp_path: Path) -> None:
+    """`membrane promote` refuses a noisy win (exit 1, champion kept) and accepts a clear one."""
+    config, runner = _config(tmp_path), CliRunner()
+    _record_run(tmp_path, noisy(3, 2))
+    result = runner.invoke(main, ["--config", str(config), "promote", "embedded:gemma3-270m"])
+    assert result.exit_code == 1 and "the policy keeps embedded:smollm2-135m" in result.output
+    _record_run(tmp_path, STRONG)
+    result = runner.invoke(main, ["--config", str(config), "promote", "embedded:gemma3-270m"])
+    assert result.exit_code == 0, result.output
+    assert "champion is now embedded:gemma3-270m" in result.output
+    result = runner.invoke(main, ["--config", str(config), "models", "--json"])
+    data = json.loads(result.output)
+    assert data["champion"] == "embedded:gemma3-270m" and data["promoted"]
+    assert data["last_bench_run"]["rows"]["embedded:gemma3-270m"]["entity_f1"] == 1.0
+
+
+def test_promote_force_and_rollback_commands(tmp_path: Path) -> None:
+    """--force promotes without scores, recording that it was forced; `membrane rollback` undoes it."""
+    config, runner = _config(tmp_path), CliRunner()
+    result = runner.invoke(main, ["--config", str(config), "promote", "ollama:qwen2.5:1.5b"])
+    assert result.exit_code == 1 and "no scores" in result.output
+    result = runner.invoke(main, ["--config", str(config), "promote", "ollama:qwen2.5:1.5b", "--force"])
+    assert result.exit_code == 0, result.output
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        assert journal.active_model() == ModelRef("ollama", "qwen2.5:1.5b")
+        assert journal.promotions(1)[0]["evidence"]["forced"] is True
+    result = runner.invoke(main, ["--config", str(config), "rollback"])
+    assert result.exit_code == 0 and "embedded:smollm2-135m" in result.output
+    result = runner.invoke(main, ["--config", str(config), "rollback"])
+    assert result.exit_code == 1 and "no previous champion" in result.output
+
+
+def test_models_command_lists_champion_and_candidates(tmp_path: Path) -> None:
+    """`membrane models` shows the configured champion and every embedded candidate, benched or not."""
+    result = CliRunner().invoke(main, ["--config", str(_config(tmp_path)), "models"])
+    assert result.exit_code == 0, result.output
+    assert "champion  embedded:smollm2-135m  (configured [model])" in result.output
+    assert "embedded:gemma3-270m" in result.output and "not benched" in result.output
+
+
+def test_promote_command_rejects_bad_names(tmp_path: Path) -> None:
+    """A name without a backend, or with an unknown backend, is a usage error (exit 2)."""
+    config, runner = _config(tmp_path), CliRunner()
+    assert runner.invoke(main, ["--config", str(config), "promote", "gemma"]).exit_code == 2
+    assert runner.invoke(main, ["--config", str(config), "promote", "nosuch:model", "--force"]).exit_code == 2
