@@ -28,15 +28,15 @@ and ``"seconds": float`` (latency, used for p50/p95).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from membrane.errors import ConfigError
+from membrane.resolve import entity_key
 from membrane.schema import Extraction, ExtractionRules, normalize_relation
 
 __all__ = [
@@ -70,20 +70,6 @@ METRICS = (
 
 # Scoring must not reject what a generous model predicts; limits are the extractor's job.
 _UNBOUNDED = ExtractionRules(max_entities=10**6, max_relationships=10**6)
-
-
-@cache
-def _key_function() -> Callable[[str], str]:
-    try:
-        from membrane.resolve import entity_key
-    except ImportError:  # resolve.py is built concurrently; same idea, fewer rules
-        return lambda name: " ".join(name.casefold().split())
-    return entity_key
-
-
-def entity_key(name: str) -> str:
-    """The key under which the graph merges `name` (the resolver's normalisation)."""
-    return _key_function()(name)
 
 
 @dataclass(frozen=True)
