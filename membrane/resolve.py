@@ -1,0 +1,208 @@
+"""Entity resolution: from one capture's validated Extraction to CaptureFacts,
+the deterministic, key-addressed facts the graph writer MERGEs.
+
+Owns entity keys, aliases, optional fuzzy matching against known keys, and
+the canonical relation types of relationships. Decisions (also in
+docs/design-notes.md, "## Graph"):
+
+- A key is the name under Unicode NFKC, case-folded, with punctuation turned
+  into spaces (except `.`, `&`, `'`, `/`, `@` between two word characters, as
+  in "node.js" or "at&t", and `#` right after one, as in "c#"), whitespace
+  collapsed, and one leading article ("the", "a", "an") dropped when a word
+  remains. A name of punctuation only keeps its case-folded form as the key.
+- Every surface form that resolved to a key in a capture is kept (sorted,
+  unique) in that entity's aliases; the first one is its display name.
+- With graph.fuzzy_threshold > 0, a key with no exact match takes the best
+  known key (rapidfuzz ratio) scoring at least the threshold; known keys are
+  the graph's (sorted, so ties resolve the same way every time) plus the keys
+  already resolved in the same capture.
+- Relation types go through the same ExtractionRules.canonical_relation the
+  validator uses, so synonyms map to canonical types here too.
+- ingested_at is normalised to UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (a naive
+  time counts as UTC), so string order is time order and re-projection writes
+  byte-identical values.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from rapidfuzz import fuzz, process
+
+from membrane.config import Settings
+from membrane.errors import GraphWriteError
+from membrane.logs import get_logger
+from membrane.schema import Extraction, ExtractionRules
+
+__all__ = [
+    "CaptureFacts",
+    "ResolvedEntity",
+    "ResolvedRelationship",
+    "Resolver",
+    "entity_key",
+    "normalize_timestamp",
+]
+
+log = get_logger(__name__)
+
+_ARTICLES = frozenset({"the", "a", "an"})
+# Joiners kept between two word characters ("node.js", "at&t", "o'neil", "tcp/ip").
+_INNER_JOINERS = frozenset(".&'/@")
+
+
+@dataclass(frozen=True)
+class ResolvedEntity:
+    key: str
+    name: str
+    role: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedRelationship:
+    source_key: str
+    type: str
+    target_key: str
+
+
+@dataclass(frozen=True)
+class CaptureFacts:
+    """Everything the graph holds about one capture, keyed deterministically."""
+
+    sha256: str
+    path: str
+    ingested_at: str
+    model: str
+    prompt_version: str
+    entities: tuple[ResolvedEntity, ...]
+    relationships: tuple[ResolvedRelationship, ...]
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or unicodedata.category(char) in ("Mn", "Mc")
+
+
+def _strip_punctuation(text: str) -> str:
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not unicodedata.category(char).startswith("P"):
+            out.append(char)
+            continue
+        before = text[i - 1] if i > 0 else " "
+        after = text[i + 1] if i + 1 < len(text) else " "
+        keep_inner = char in _INNER_JOINERS and _is_word(before) and _is_word(after)
+        keep_sharp = char == "#" and _is_word(before) and not _is_word(after)
+        out.append(char if keep_inner or keep_sharp else " ")
+    return "".join(out)
+
+
+def entity_key(name: str) -> str:
+    """The key under which every surface form of one entity meets: ``'The  Raspberry-Pi!'`` -> ``'raspberry pi'``."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    words = _strip_punctuation(folded).split()
+    if len(words) > 1 and words[0] in _ARTICLES:
+        words = words[1:]
+    return " ".join(words) or " ".join(folded.split())
+
+
+def normalize_timestamp(value: str) -> str:
+    """ISO-8601 -> UTC with microseconds and a Z; raises ValueError on anything else."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _KeyMatcher:
+    """Maps a fresh key to a known one when fuzzy matching is on."""
+
+    def __init__(self, threshold: float, known: Iterable[str]) -> None:
+        self.threshold = threshold
+        self.known: list[str] = sorted(set(known)) if threshold > 0 else []
+        self._known_set = set(self.known)
+
+    def match(self, key: str) -> str:
+        if self.threshold <= 0 or key in self._known_set:
+            return key
+        best = process.extractOne(key, self.known, scorer=fuzz.ratio, score_cutoff=self.threshold)
+        if best is None:
+            self.add(key)
+            return key
+        log.debug("entity_fuzzy_match", key=key, matched=best[0], score=round(best[1], 1))
+        return str(best[0])
+
+    def add(self, key: str) -> None:
+        if self.threshold > 0 and key not in self._known_set:
+            self._known_set.add(key)
+            self.known.append(key)
+
+
+class Resolver:
+    """Turns an Extraction into CaptureFacts; pure apart from reading known keys."""
+
+    def __init__(self, settings: Settings, known_keys: Callable[[], Iterable[str]] | None = None) -> None:
+        self.settings = settings
+        self.rules: ExtractionRules = settings.extraction.rules()
+        self._known_keys = known_keys
+
+    def resolve(
+        self,
+        extraction: Extraction,
+        *,
+        sha256: str,
+        path: str,
+        ingested_at: str,
+        model: str,
+        prompt_version: str,
+    ) -> CaptureFacts:
+        matcher = self._matcher()
+        forms: dict[str, list[str]] = {}
+        roles: dict[str, str] = {}
+        for entity in extraction.entities:
+            key = self._key(entity.name, matcher)
+            forms.setdefault(key, []).append(entity.name)
+            roles.setdefault(key, entity.role)
+        relationships: set[ResolvedRelationship] = set()
+        for rel in extraction.relationships:
+            ends = []
+            for name, role in ((rel.source, "subject"), (rel.target, "object")):
+                key = self._key(name, matcher)
+                forms.setdefault(key, []).append(name)
+                roles.setdefault(key, role)
+                ends.append(key)
+            if ends[0] != ends[1]:  # two spellings of one entity: a self-loop says nothing
+                relationships.add(ResolvedRelationship(ends[0], self._relation(rel.relation, sha256), ends[1]))
+        entities = tuple(
+            ResolvedEntity(key=key, name=names[0], role=roles[key], aliases=tuple(sorted(set(names))))
+            for key, names in sorted(forms.items())
+        )
+        return CaptureFacts(
+            sha256=sha256,
+            path=path,
+            ingested_at=normalize_timestamp(ingested_at),
+            model=model,
+            prompt_version=prompt_version,
+            entities=entities,
+            relationships=tuple(sorted(relationships, key=lambda r: (r.type, r.source_key, r.target_key))),
+        )
+
+    def _matcher(self) -> _KeyMatcher:
+        threshold = self.settings.graph.fuzzy_threshold
+        known = self._known_keys() if threshold > 0 and self._known_keys is not None else ()
+        return _KeyMatcher(threshold, known)
+
+    @staticmethod
+    def _key(name: str, matcher: _KeyMatcher) -> str:
+        return matcher.match(entity_key(name))
+
+    def _relation(self, relation: str, sha256: str) -> str:
+        try:
+            return self.rules.canonical_relation(relation)
+        except ValueError as exc:
+            # Only reachable when the extraction was validated under other rules
+            # (e.g. re-projecting an old journal entry after a vocabulary change).
+            raise GraphWriteError(f"capture {sha256}: {exc}") from exc
