@@ -51,7 +51,7 @@ from neo4j.exceptions import (
 )
 
 from membrane.config import Settings
-from membrane.errors import ConfigError, GraphUnavailable, GraphWriteError
+from membrane.errors import ConfigError, GraphAuthFailed, GraphUnavailable, GraphWriteError
 from membrane.logs import get_logger
 from membrane.resolve import CaptureFacts
 from membrane.schema import RELATION_PATTERN
@@ -433,8 +433,9 @@ class GraphStore:
 
     @classmethod
     def connect(cls, settings: Settings) -> GraphStore:
-        """Open and verify a connection; ConfigError when Neo4j is not configured
-        or refuses the credentials, GraphUnavailable when it does not answer."""
+        """Open and verify a connection; ConfigError when Neo4j is not configured,
+        GraphAuthFailed when it refuses the credentials, GraphUnavailable when it
+        does not answer."""
         neo4j = settings.neo4j
         if not neo4j.enabled:
             raise ConfigError("neo4j.uri is empty: Neo4j is not configured", key="neo4j.uri")
@@ -450,11 +451,8 @@ class GraphStore:
         store = cls(driver, settings)
         try:
             store.ping()
-        except GraphUnavailable as exc:
+        except GraphUnavailable:
             driver.close()
-            if isinstance(exc.__cause__, AuthError):
-                # Wrong credentials at start-up are a configuration error, not an outage.
-                raise ConfigError(str(exc), key="neo4j.password", hint=_AUTH_HINT) from exc
             raise
         return store
 
@@ -627,8 +625,9 @@ def _translate(exc: Exception, capture: str | None) -> Exception:
         return exc
     about = f"capture {capture}: " if capture else ""
     if isinstance(exc, AuthError):
-        # Mid-run, a changed password should hold captures in the journal, not fail them.
-        return GraphUnavailable(f"{about}Neo4j refused the credentials ({exc.code})", hint=_AUTH_HINT)
+        # Retryable: captures wait in the journal until the password is fixed;
+        # `membrane doctor` reports it as its own line.
+        return GraphAuthFailed(f"{about}Neo4j refused the credentials ({exc.code})", hint=_AUTH_HINT)
     if isinstance(exc, (ServiceUnavailable, SessionExpired, TransientError)):
         log.warning("graph_unavailable", sha256=capture, error=type(exc).__name__)
         return GraphUnavailable(f"{about}Neo4j is unavailable after retries: {exc}")

@@ -71,7 +71,7 @@ def normalize_relation(raw: str) -> str:
     ascii_text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ascii_text)
     snake = re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_").upper()
     snake = snake[:64].rstrip("_")
-    if not RELATION_PATTERN.match(snake):
+    if not RELATION_PATTERN.fullmatch(snake):
         raise ValueError(
             f"relation {raw!r} does not normalise to UPPER_SNAKE_CASE starting with a letter"
         )

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from membrane.cli import main
 from membrane.config import Settings
-from membrane.errors import ConfigError, GraphUnavailable, GraphWriteError
+from membrane.errors import GraphAuthFailed, GraphUnavailable, GraphWriteError
 from membrane.graph import MIGRATIONS_DIR, GraphStore, relationship_type_literal, write_queries
 from membrane.resolve import CaptureFacts, ResolvedEntity, ResolvedRelationship, Resolver
 from membrane.schema import Extraction
@@ -178,14 +178,15 @@ def test_unreachable_server_is_graph_unavailable(make_settings: Callable[..., Se
         GraphStore.connect(settings)
 
 
-def test_wrong_password_at_start_is_a_config_error(
+def test_wrong_password_at_start_is_an_auth_failure(
     make_settings: Callable[..., Settings], neo4j_settings: dict[str, Any]
 ) -> None:
-    """Refused credentials at connect name neo4j.password rather than looking like an outage."""
+    """Refused credentials raise GraphAuthFailed, distinct from an outage, with a password hint."""
     settings = make_settings(neo4j={**neo4j_settings, "password": "wrong-password", "max_retry_time_s": 0})
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(GraphAuthFailed) as caught:
         GraphStore.connect(settings)
-    assert caught.value.key == "neo4j.password"
+    assert "password" in caught.value.hint
+    assert "wrong-password" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- idempotence
