@@ -8,7 +8,7 @@ into the library; MembraneError subclasses are turned into one clear line.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
@@ -104,18 +104,6 @@ def not_built(name: str, issue: str) -> Callable[[], NoReturn]:
 # are registered through not_built() so `membrane --help` lists them all.
 
 _PENDING = {
-    "run": ("Run the daemon in the foreground: watch the inbox, extract, project.", "issue 5"),
-    "ingest": ("Process the given capture files now and exit (1 if any failed).", "issue 5"),
-    "extract": ("Extract entities and relationships from TEXT (or - for stdin) and print JSON.", "issue 3"),
-    "status": ("Counts per state, recent errors, active model, projection lag.", "issue 5"),
-    "migrate": ("Apply pending Neo4j migrations.", "issue 4"),
-    "sync": ("Project the journal into Neo4j (also after a wiped database).", "issue 5"),
-    "export": ("Write the graph out from the journal (cypher or jsonl).", "issue 5"),
-    "bench": ("Benchmark candidate models on the gold set.", "issue 6"),
-    "score": ("Score predictions against a gold set: membrane score GOLD PRED.", "issue 6"),
-    "models": ("Champion, candidates and their last scores.", "issue 6"),
-    "promote": ("Make NAME the active model (--force skips the policy).", "issue 6"),
-    "rollback": ("Restore the previous champion.", "issue 6"),
     "train": ("Fine-tune a small model with LoRA and register it as a candidate.", "not planned yet"),
 }
 
@@ -125,6 +113,22 @@ for _name, (_help, _issue) in _PENDING.items():
         help=f"{_help} [not built yet]",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )(not_built(_name, _issue))
+
+
+@main.command()
+@pass_app
+@handle_errors
+def migrate(app: AppContext) -> None:
+    """Apply pending Neo4j migrations (safe to run twice or from two processes)."""
+    from membrane.graph import GraphStore
+
+    with GraphStore.connect(app.settings) as graph:
+        applied = graph.migrate()
+    if applied:
+        for name in applied:
+            click.echo(f"applied {name}")
+    else:
+        click.echo("migrations: up to date")
 
 
 @main.command()
@@ -145,6 +149,387 @@ def doctor(app: AppContext) -> None:
         fix = f" -- fix: {check.fix}" if check.ok is False and check.fix else ""
         click.echo(f"{check.status:<5} {check.name:<8} {check.detail}{fix}")
     sys.exit(EXIT_FAILED if any(c.ok is False for c in checks) else EXIT_OK)
+
+
+@main.command()
+@click.argument("text")
+@click.option("--raw", is_flag=True, help="Also show the model's raw output, tokens and timings.")
+@click.option("--model", "model_name", help="Model name (overrides model.name).")
+@click.option("--backend", "backend_name", help="Backend: embedded, ollama or replay (overrides model.backend).")
+@pass_app
+@handle_errors
+def extract(app: AppContext, text: str, raw: bool, model_name: str | None, backend_name: str | None) -> None:
+    """Extract entities and relationships from TEXT (or - for stdin) and print JSON."""
+    import json
+
+    from membrane.errors import ExtractionFailed
+    from membrane.extract import build_extractor
+
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        fail("nothing to extract: TEXT is empty", EXIT_USAGE)
+    extractor = build_extractor(app.settings, backend=backend_name, model=model_name)
+    try:
+        result = extractor.extract(text)
+    except ExtractionFailed as exc:
+        if raw:
+            click.echo(json.dumps(exc.details(), ensure_ascii=False, indent=2), err=True)
+        raise
+    extraction = result.extraction.model_dump(mode="json")
+    if not raw:
+        click.echo(json.dumps(extraction, ensure_ascii=False, indent=2))
+        return
+    report = {
+        "extraction": extraction,
+        "model": f"{result.backend}:{result.model}",
+        "prompt_version": result.prompt_version,
+        "raw_outputs": list(result.raw_outputs),
+        "errors": list(result.errors),
+        "calls": result.calls,
+        "chunks": [list(span) for span in result.chunks],
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "seconds": round(result.seconds, 3),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+    }
+    click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+
+
+# ---------------------------------------------------------------- daemon commands (issue 5)
+# run, ingest, status, export, sync: thin shells over membrane.daemon,
+# membrane.pipeline and membrane.export.
+
+
+@main.command()
+@pass_app
+@handle_errors
+def run(app: AppContext) -> None:
+    """Run the daemon in the foreground: watch the inbox, extract, project."""
+    from membrane.daemon import Daemon
+
+    sys.exit(Daemon(app.settings).run())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@pass_app
+@handle_errors
+def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
+    """Process the given capture files (or folders; none: the inbox) now and exit (1 if any failed)."""
+    from membrane.daemon import ingest as ingest_paths
+
+    settings = app.settings
+    report = ingest_paths(settings, list(paths) or [settings.inbox.path])
+    for outcome in report.outcomes:
+        detail = f" ({outcome.stage}: {outcome.reason})" if outcome.reason else ""
+        click.echo(f"{outcome.state:<9} {_printable(outcome.path)}{detail}")
+    done = sum(o.state == "done" for o in report.outcomes)
+    click.echo(
+        f"{len(report.outcomes)} files: {done} done, {len(report.failed)} failed, "
+        f"{len(report.unfinished)} waiting to retry ({report.seconds:.1f} s)"
+    )
+    sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+def _printable(path: str) -> str:
+    # File names may hold newlines or control characters; one line per file.
+    return path.encode("unicode_escape").decode("ascii") if not path.isprintable() else path
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--errors", "error_count", default=10, show_default=True, help="Recent errors to show.")
+@pass_app
+@handle_errors
+def status(app: AppContext, as_json: bool, error_count: int) -> None:
+    """Counts per state, recent errors, active model, projection lag."""
+    import json
+
+    from membrane.journal import Journal
+    from membrane.pipeline import active_model
+
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        lag = journal.projection_lag()
+        report = {
+            "journal": str(settings.journal.path),
+            "inbox": str(settings.inbox.path),
+            "neo4j": settings.neo4j.uri or None,
+            "active_model": str(active_model(settings, journal)),
+            "promoted": journal.active_model() is not None,
+            "counts": journal.counts(),
+            "projection_lag": {"count": lag.count, "oldest_extracted_at": lag.oldest_extracted_at,
+                               "oldest_age_s": lag.oldest_age_s},
+            "recent_errors": journal.recent_errors(error_count),
+        }
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    counts = report["counts"]
+    click.echo(f"journal       {report['journal']}")
+    click.echo(f"neo4j         {report['neo4j'] or 'none (journal-only: membrane export)'}")
+    click.echo(f"active model  {report['active_model']}" + ("  (promoted)" if report["promoted"] else ""))
+    click.echo("captures      " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    if settings.neo4j.enabled:
+        age = f", oldest {lag.oldest_age_s:.0f} s" if lag.oldest_age_s is not None else ""
+        click.echo(f"projection    {lag.count} waiting{age}")
+    for error in report["recent_errors"]:
+        retry = f", retry at {error['next_attempt_at']}" if error.get("next_attempt_at") else ""
+        click.echo(f"  {error['time']}  {error['state']:<9} {_printable(error['path'])}: "
+                   f"{error['stage']}: {error['reason']}{retry}")
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["cypher", "jsonl"]), default="jsonl", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="File to write (default: stdout).")
+@pass_app
+@handle_errors
+def export(app: AppContext, fmt: str, out: Path | None) -> None:
+    """Write the graph out from the journal (cypher or jsonl); no Neo4j needed."""
+    from membrane.export import export as export_graph
+    from membrane.journal import Journal
+
+    with Journal(app.settings.journal.path) as journal:
+        if out is None:
+            export_graph(app.settings, journal, fmt, sys.stdout)  # type: ignore[arg-type]
+            return
+        temporary = out.with_name(f".{out.name}.tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            lines = export_graph(app.settings, journal, fmt, handle)  # type: ignore[arg-type]
+        temporary.replace(out)
+    click.echo(f"wrote {lines} lines to {out}", err=True)
+
+
+@main.command()
+@pass_app
+@handle_errors
+def sync(app: AppContext) -> None:
+    """Project the journal into Neo4j (also after a wiped database)."""
+    from membrane.journal import Journal
+    from membrane.pipeline import sync as sync_graph
+
+    with Journal(app.settings.journal.path) as journal:
+        report = sync_graph(app.settings, journal)
+    click.echo(f"projected {report.projected} captures, retracted {report.retracted} ({report.seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- bench commands (issue 6)
+# bench, score, models, promote, rollback: thin shells over membrane.bench,
+# membrane.score and membrane.promote.
+
+
+def _echo_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for line in (header, *rows):
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
+
+
+def _parse_model(text: str) -> Any:
+    from membrane.journal import ModelRef
+
+    try:
+        return ModelRef.parse(text)
+    except MembraneError as exc:
+        raise click.BadParameter(f"{exc} ({exc.hint})") from None
+
+
+class _BenchProgress:
+    """One click progress bar per candidate, on stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, model: str, done: int, total: int) -> None:
+        if done == 0:
+            self.bar = click.progressbar(length=total, label=model, file=sys.stderr, show_pos=True)
+            self.bar.render_progress()
+            return
+        self.bar.update(1)
+        if done == total:
+            self.bar.render_finish()
+
+
+@main.command()
+@click.argument("gold", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("pred", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Metrics and per-case details as JSON.")
+@handle_errors
+def score(gold: Path, pred: Path, as_json: bool) -> None:
+    """Score predictions against a gold set: membrane score GOLD PRED.
+
+    PRED is JSONL, one object per case: {"id", "raw": MODEL OUTPUT} or
+    {"id", "extraction": {...}}, optionally "first_attempt_valid" and "seconds".
+    A case without a prediction counts as invalid and empty.
+    """
+    import json
+
+    from membrane.score import load_gold, load_predictions, score_predictions
+
+    cases = load_gold(gold)
+    predictions = load_predictions(pred)
+    scores = score_predictions(cases, predictions)
+    unknown = sorted(set(predictions) - {c.id for c in cases})
+    if as_json:
+        click.echo(json.dumps({**scores.to_dict(), "unknown_ids": unknown}, ensure_ascii=False, indent=2))
+        return
+    m = scores.metrics()
+    click.echo(f"{len(cases)} cases: valid JSON {100 * m['valid_json']:.1f}% after repair, "
+               f"{100 * m['first_attempt_valid_json']:.1f}% on the first attempt")
+    _echo_table(("", "precision", "recall", "F1"), [
+        (label, *(f"{m[f'{prefix}_{k}']:.3f}" for k in ("precision", "recall", "f1")))
+        for label, prefix in (("entities", "entity"), ("relationships", "relationship"),
+                              ("relaxed relationships", "relaxed_relationship"))
+    ])  # fmt: skip
+    click.echo("")
+    _echo_table(("case", "valid", "entity F1", "rel. F1", "missing", "spurious", "error"), [
+        (c.id, "yes" if c.valid else "NO", f"{c.entities.f1:.2f}", f"{c.relationships.f1:.2f}",
+         str(len(c.missing_entities) + len(c.missing_relationships)),
+         str(len(c.spurious_entities) + len(c.spurious_relationships)), c.error[:60])
+        for c in scores.cases
+    ])  # fmt: skip
+    if unknown:
+        click.echo(f"ignored predictions for ids not in the gold set: {', '.join(unknown)}", err=True)
+
+
+@main.command()
+@click.option("--models", "models_option", help="Comma-separated backend:name list; replaces the configured candidates.")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path, dir_okay=False), help="Gold set (default: bench.eval_file).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Report folder (default: bench.out_dir).")
+@click.option("--promote", "apply", is_flag=True, help="Apply the policy: promote a challenger that clearly wins.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_app
+@handle_errors
+def bench(app: AppContext, models_option: str | None, eval_file: Path | None, out_dir: Path | None,
+          apply: bool, as_json: bool) -> None:  # fmt: skip
+    """Benchmark candidate models on the gold set (exit 1 if no candidate could run)."""
+    import json
+
+    from membrane.bench import TABLE_HEADER, run_bench, table_cells
+    from membrane.journal import Journal
+    from membrane.promote import apply_decision
+
+    refs = [_parse_model(m) for m in models_option.split(",") if m.strip()] if models_option else None
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        report = run_bench(settings, journal, models=refs, eval_file=eval_file, out_dir=out_dir,
+                           progress=None if as_json else _BenchProgress())  # fmt: skip
+        decision = report.decision
+        requeued = apply_decision(decision, settings, journal) if apply and decision and decision.promote else None
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "id": report.id, "promoted": requeued is not None}, indent=2))
+    else:
+        _echo_table(TABLE_HEADER, [table_cells(run.row()) for run in report.runs])
+        for run in report.runs:
+            if run.detail:
+                click.echo(f"{run.model}: {run.detail}")
+        if decision:
+            verdict = "promote" if decision.promote else "keep the champion"
+            click.echo(f"policy ({decision.challenger} vs {report.champion}): {verdict}: {decision.reason}")
+        if requeued is not None:
+            click.echo(f"promoted {decision.challenger}; {requeued} failed captures requeued")  # type: ignore[union-attr]
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"bench run {report.id}: " + ", ".join(report.files.values()))
+    if not any(run.status == "ok" for run in report.runs):
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def models(app: AppContext, as_json: bool) -> None:
+    """Champion, candidates and their last scores."""
+    import json
+
+    from membrane.bench import TABLE_HEADER, BenchReport, resolve_candidates, table_cells
+    from membrane.journal import Journal
+    from membrane.promote import current_champion
+
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        champion = current_champion(settings, journal)
+        promoted = journal.active_model() is not None
+        candidates, notes = resolve_candidates(settings, champion)
+        runs = journal.bench_runs(1)
+        last = BenchReport.from_dict(runs[0]["report"], report_id=runs[0]["id"]) if runs else None
+        promotions = journal.promotions(5)
+    rows = {run.model: run.row() for run in last.runs} if last else {}
+    if as_json:
+        click.echo(json.dumps({
+            "champion": str(champion), "promoted": promoted, "candidates": [str(c) for c in candidates],
+            "last_bench_run": {"id": last.id, "created_at": last.created_at, "rows": rows} if last else None,
+            "promotions": promotions, "notes": notes,
+        }, indent=2, default=str))  # fmt: skip
+        return
+    click.echo(f"champion  {champion}" + ("  (promoted)" if promoted else "  (configured [model])"))
+    if last:
+        click.echo(f"last bench run {last.id} at {last.created_at} ({last.cases} cases):")
+    empty = dict.fromkeys(("parameters", "valid_json", "first_attempt_valid_json", "entity_f1", "relationship_f1",
+                           "relaxed_relationship_f1", "tokens_per_second", "p50_s", "p95_s"))  # fmt: skip
+    _echo_table(TABLE_HEADER, [
+        table_cells(rows.get(str(c)) or {**empty, "model": str(c), "status": "not benched"}) for c in candidates
+    ])  # fmt: skip
+    for note in notes:
+        click.echo(f"note: {note}")
+    for row in promotions:
+        click.echo(f"{row['created_at']}  {row['kind']:<8} {row['previous']} -> {row['new']}: {row['reason']}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Skip the policy (the promotion is still recorded).")
+@pass_app
+@handle_errors
+def promote(app: AppContext, name: str, force: bool) -> None:
+    """Make NAME ("backend:name") the active model; without --force only if the
+    policy, on the last bench run's per-case scores, says it clearly beats the champion."""
+    from membrane.backends import backend_names
+    from membrane.bench import BenchReport
+    from membrane.journal import Journal
+    from membrane.promote import apply_decision, current_champion, decide
+    from membrane.promote import promote as promote_model
+
+    ref = _parse_model(name)
+    if ref.backend not in backend_names():
+        raise ConfigError(f"unknown backend {ref.backend!r} in {name!r}; known: {', '.join(backend_names())}")
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        champion = current_champion(settings, journal)
+        if ref == champion:
+            click.echo(f"{ref} is already the champion")
+            return
+        runs = journal.bench_runs(1)
+        last = BenchReport.from_dict(runs[0]["report"], report_id=runs[0]["id"]) if runs else None
+        scores = last.scores_for(str(ref)) if last else None
+        decision = decide(last.scores_for(str(champion)), scores, settings, champion=str(champion),
+                          challenger=str(ref)) if last and scores else None  # fmt: skip
+        if force:
+            evidence = {"forced": True, "bench_run": last.id if last else None,
+                        "decision": decision.to_dict() if decision else None}  # fmt: skip
+            requeued = promote_model(ref, settings, journal, reason="manual promotion (--force)", evidence=evidence)
+        elif decision is None:
+            where = f"bench run {last.id}" if last else "any bench run"
+            fail(f"{ref} has no scores in {where}; run `membrane bench --models {ref},{champion}` or use --force")
+        elif not decision.promote:
+            fail(f"the policy keeps {champion}: {decision.reason} (--force overrides)")
+        else:
+            requeued = apply_decision(decision, settings, journal,
+                                      reason=f"manual promotion, bench run {last.id}: {decision.reason}")  # type: ignore[union-attr]  # fmt: skip
+    click.echo(f"champion is now {ref} (was {champion}); {requeued} failed captures requeued")
+
+
+@main.command()
+@pass_app
+@handle_errors
+def rollback(app: AppContext) -> None:
+    """Restore the previous champion."""
+    from membrane.journal import Journal
+
+    with Journal(app.settings.journal.path) as journal:
+        ref = journal.rollback_active_model(reason="manual rollback (membrane rollback)")
+    click.echo(f"champion is now {ref}")
 
 
 if __name__ == "__main__":  # pragma: no cover

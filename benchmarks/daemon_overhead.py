@@ -1,0 +1,107 @@
+"""Daemon overhead: captures per second and per-capture cost excluding model time.
+
+1,000 captures go through the whole pipeline (`membrane ingest`'s code path:
+read + sha256 + journal enqueue, claim, extract, store the extraction,
+resolve, project, move to processed/, mark done) with the replay backend
+answering from recorded outputs, so the model costs ~nothing and what is left
+is MemBrane's own work. Model time (the extraction's recorded seconds) is
+subtracted all the same. Journal-only, and with Neo4j when --neo4j is given
+(the server from MEMBRANE_TEST_NEO4J_URI / _USER / _PASSWORD[_FILE], as
+`scripts/neo4j-local env` prints them; its data is wiped).
+
+    .venv/bin/python benchmarks/daemon_overhead.py [--captures 1000] [--neo4j]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_pipeline_support import note, replay_for, settings_sections  # noqa: E402
+
+from membrane.config import Settings  # noqa: E402
+from membrane.daemon import ingest  # noqa: E402
+from membrane.journal import Journal  # noqa: E402
+from membrane.logs import configure_logging  # noqa: E402
+
+
+def _neo4j() -> dict[str, Any]:
+    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
+    if not uri:
+        raise SystemExit("--neo4j needs MEMBRANE_TEST_NEO4J_URI: eval \"$(scripts/neo4j-local env)\"")
+    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
+    if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
+        password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
+    return {"uri": uri, "user": os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), "password": password}
+
+
+def _wipe(neo4j: dict[str, Any]) -> None:
+    from neo4j import GraphDatabase
+
+    with GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
+        driver.execute_query("MATCH (n) WHERE NOT n:MembraneMigration DETACH DELETE n")
+
+
+def run(captures: int, neo4j: dict[str, Any] | None, *, synchronous: str = "FULL",
+        tmp_dir: str | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="membrane-overhead-", dir=tmp_dir) as tmp:
+        root = Path(tmp)
+        replay = replay_for(captures, root / "replay.jsonl")
+        settings = Settings.model_validate(settings_sections(root, replay, neo4j=neo4j))
+        settings.inbox.path.mkdir(parents=True)
+        for i in range(captures):
+            name, text, _ = note(i)
+            (settings.inbox.path / name).write_text(text, encoding="utf-8")
+        if neo4j:
+            _wipe(neo4j)
+        with Journal(settings.journal.path, synchronous=synchronous) as journal:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            report = ingest(settings, [settings.inbox.path], journal=journal)
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            model_s = sum(e.seconds for _, e in journal.facts())
+            done = journal.counts()["done"]
+    if not report.ok or done != captures:
+        raise SystemExit(f"benchmark run incomplete: {done}/{captures} done")
+    overhead_ms = (wall - model_s) / captures * 1000
+    return {
+        "mode": "neo4j" if neo4j else "journal-only",
+        "journal_synchronous": synchronous,
+        "filesystem": tmp_dir or tempfile.gettempdir(),
+        "captures": captures,
+        "wall_s": round(wall, 2),
+        "captures_per_s": round(captures / wall, 1),
+        "model_s_total": round(model_s, 3),
+        "overhead_ms_per_capture": round(overhead_ms, 2),
+        # CPU of this process (all threads), model included; the rest of the wall time is
+        # waiting: fsync of the journal and of moved files, Neo4j round trips.
+        "cpu_ms_per_capture": round(cpu / captures * 1000, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--captures", type=int, default=1000)
+    parser.add_argument("--neo4j", action="store_true", help="also measure with projection into Neo4j")
+    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
+                        help="the journal's SQLite synchronous mode (MemBrane uses FULL)")
+    parser.add_argument("--tmp-dir", help="where the inbox and journal live (e.g. /dev/shm: no disk flushes)")
+    args = parser.parse_args()
+    configure_logging("warning", "console")
+    results = [run(args.captures, None, synchronous=args.synchronous, tmp_dir=args.tmp_dir)]
+    if args.neo4j:
+        results.append(run(args.captures, _neo4j(), synchronous=args.synchronous, tmp_dir=args.tmp_dir))
+    for result in results:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,527 @@
+"""The long-running service and the burst run: start-up checks, the inbox
+watcher, the worker threads, SIGTERM, the bench scheduler, sd_notify.
+
+`Daemon.run()` (``membrane run``): open the journal, run graph migrations when
+Neo4j is configured, recover captures stopped between stages, start the inbox
+watcher and `daemon.concurrency` workers, then send READY=1. While the workers
+and the watcher are alive it pings WATCHDOG=1 at half of $WATCHDOG_USEC and
+sends STATUS= lines. SIGTERM/SIGINT: each worker finishes the capture in hand
+(up to daemon.shutdown_timeout_s); the rest stays queued in the journal.
+
+`ingest()` (``membrane ingest PATH...``): the same pipeline, once, for the
+given files and folders, until nothing is left to do (arq's burst mode).
+
+sd_notify is a datagram on the AF_UNIX socket named by $NOTIFY_SOCKET ('@' is
+the abstract namespace); outside systemd it is unset and notifying is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from membrane.config import Settings
+from membrane.errors import GraphUnavailable, MembraneError
+from membrane.journal import Journal, JournalError
+from membrane.logs import get_logger
+from membrane.pipeline import GraphLink, Outcome, Pipeline, active_model, file_sha256
+
+if TYPE_CHECKING:
+    from membrane.inbox import Inbox
+
+__all__ = ["Daemon", "DeletionWatch", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
+
+log = get_logger(__name__)
+
+
+# ---------------------------------------------------------------- sd_notify
+
+
+class Notifier:
+    """Sends sd_notify messages; silent when $NOTIFY_SOCKET is not set."""
+
+    def __init__(self, address: str | None = None) -> None:
+        raw = os.environ.get("NOTIFY_SOCKET", "") if address is None else address
+        # Abstract-namespace sockets are written with a leading '@' and sent with a NUL.
+        self.address = "\0" + raw[1:] if raw.startswith("@") else raw
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, *lines: str) -> bool:
+        """Send one message made of `KEY=value` lines; False when not sent."""
+        if not self.enabled:
+            return False
+        message = "\n".join(line.replace("\n", " ") for line in lines).encode("utf-8")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(self.address)
+                sock.sendall(message)
+        except OSError as exc:
+            # systemd going away must never take the daemon down with it.
+            log.warning("sd_notify_failed", error=str(exc))
+            return False
+        return True
+
+    def ready(self, status: str = "") -> bool:
+        return self.send("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def stopping(self, status: str = "") -> bool:
+        return self.send("STOPPING=1", *([f"STATUS={status}"] if status else []))
+
+
+def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings: half of $WATCHDOG_USEC, or None when unset.
+
+    $WATCHDOG_PID, when set, must be this process (systemd sets it for the main PID).
+    """
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid and pid != str(os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+# ---------------------------------------------------------------- workers
+
+
+class _Worker(threading.Thread):
+    """Claims captures and carries each to its end; stops between captures."""
+
+    def __init__(self, index: int, pipeline: Pipeline, stop: threading.Event, wake: threading.Event,
+                 idle_s: float, *, burst: bool = False) -> None:
+        super().__init__(name=f"membrane-worker-{index}", daemon=True)
+        self.worker_id = f"w{index}"
+        self.pipeline = pipeline
+        self.stop = stop
+        self.wake = wake
+        self.idle_s = idle_s
+        self.burst = burst
+        self.outcomes: list[Outcome] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                outcome = self.pipeline.work_once(self.worker_id)
+                if outcome is not None:
+                    self.outcomes.append(outcome)
+                    continue
+                self.outcomes.extend(self.pipeline.project_due())
+                if self.burst:
+                    return
+                self.wake.wait(self.idle_s)
+                self.wake.clear()
+        except JournalError as exc:
+            # The journal is the source of truth; without it nothing is safe to do.
+            self.error = exc
+            log.error("worker_stopped", worker=self.worker_id, error=str(exc))
+        except BaseException as exc:  # noqa: BLE001 - a dead worker must be visible to the watchdog
+            self.error = exc
+            log.exception("worker_crashed", worker=self.worker_id)
+
+
+# ---------------------------------------------------------------- burst mode
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What `membrane ingest` did: one final Outcome per file given."""
+
+    outcomes: tuple[Outcome, ...]
+    seconds: float
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.failed]
+
+    @property
+    def unfinished(self) -> list[Outcome]:
+        """Captures left waiting for a retry (model or Neo4j unavailable)."""
+        return [o for o in self.outcomes if o.state in ("queued", "extracted", "waiting")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.unfinished
+
+
+def _candidate_files(paths: Sequence[Path], inbox: Inbox) -> list[Path]:
+    """Files named, and the captures in folders named (the inbox's ignore rules)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            files.extend(_scan_folder(path, inbox))
+        else:
+            files.append(path)
+    return files
+
+
+def _scan_folder(folder: Path, inbox: Inbox) -> list[Path]:
+    from membrane.inbox import IGNORED_PATTERNS
+
+    absolute = Path(os.path.abspath(folder))
+    if absolute == inbox.root or absolute.is_relative_to(inbox.root):
+        pattern = "**/*" if inbox.settings.recursive else "*"
+        return sorted(p for p in absolute.glob(pattern) if not inbox.is_ignored(p) and not p.is_dir())
+    return sorted(
+        p for p in absolute.iterdir()
+        if not p.is_dir() and not any(fnmatch.fnmatchcase(p.name, pattern) for pattern in IGNORED_PATTERNS)
+    )
+
+
+def ingest(settings: Settings, paths: Sequence[Path], *, journal: Journal | None = None,
+           pipeline: Pipeline | None = None) -> IngestReport:
+    """Process the given files (and folders' captures) now, through the whole pipeline, and return."""
+    started = time.monotonic()
+    own_journal = journal is None
+    journal = journal or Journal(settings.journal.path)
+    pipeline = pipeline or Pipeline(settings, journal)
+    try:
+        pipeline.recover()
+        admitted = [pipeline.admit(path) for path in _candidate_files(paths, pipeline.files)]
+        _drain(pipeline, settings.daemon.concurrency)
+        outcomes = tuple(_final(journal, outcome) for outcome in admitted)
+    finally:
+        pipeline.graph.close()
+        if own_journal:
+            journal.close()
+    report = IngestReport(outcomes, time.monotonic() - started)
+    log.info("ingest_finished", files=len(outcomes), failed=len(report.failed),
+             unfinished=len(report.unfinished), seconds=round(report.seconds, 3))
+    return report
+
+
+def _drain(pipeline: Pipeline, concurrency: int) -> None:
+    stop, wake = threading.Event(), threading.Event()
+    workers = [_Worker(i, pipeline, stop, wake, 0.0, burst=True) for i in range(concurrency)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    errors = [w.error for w in workers if w.error is not None]
+    if errors:
+        raise errors[0] if isinstance(errors[0], MembraneError) else MembraneError(str(errors[0]))
+
+
+def _final(journal: Journal, outcome: Outcome) -> Outcome:
+    """The admitted file's state after the drain, read back from the journal."""
+    if outcome.sha256 is None or outcome.failed:
+        return outcome
+    record = journal.get(outcome.sha256)
+    if record is None:
+        return outcome
+    return Outcome(outcome.path, record.state, record.sha256, record.stage or "", record.last_error or "")
+
+
+# ---------------------------------------------------------------- deletion
+
+
+class DeletionWatch:
+    """graph.on_capture_deleted = "retract": a file deleted from processed/ (or moved
+    out of it) while the daemon runs retracts its capture's facts, unless another
+    file in processed/ holds the same bytes.
+
+    Deleting a capture means deleting its file from processed/: that is where
+    every capture's file ends up (with inbox.on_success = "move"). Only
+    deletions seen as they happen count; a file missing at start-up is not
+    taken as deleted (processed/ may be on a disk that is not mounted yet).
+    """
+
+    def __init__(self, pipeline: Pipeline, retractions: queue.Queue[str]) -> None:
+        self.pipeline = pipeline
+        self.folder = Path(os.path.abspath(pipeline.settings.inbox.processed))
+        self.retractions = retractions
+        self._lock = threading.Lock()
+        self._index: dict[Path, str] = {}
+        self._observer: Any = None
+
+    def start(self) -> None:
+        from watchdog.observers import Observer
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self.folder.rglob("*"):
+            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    self._index[path] = file_sha256(path)
+        self.pipeline.on_processed = self.moved_in
+        observer = Observer()
+        observer.schedule(_DeletionHandler(self), str(self.folder), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        self.pipeline.on_processed = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def moved_in(self, path: Path, sha256: str) -> None:
+        with self._lock:
+            self._index[Path(os.path.abspath(path))] = sha256
+
+    def gone(self, path: Path) -> None:
+        """A file left processed/: queue its capture for retraction if no copy remains."""
+        with self._lock:
+            sha256 = self._index.pop(Path(os.path.abspath(path)), None)
+            if sha256 is None or sha256 in self._index.values():
+                return
+        log.info("processed_file_deleted", path=str(path), sha256=sha256)
+        self.retractions.put(sha256)
+
+    def renamed(self, source: Path, target: Path) -> None:
+        target = Path(os.path.abspath(target))
+        if not target.is_relative_to(self.folder):
+            self.gone(source)
+            return
+        with self._lock:
+            sha256 = self._index.pop(Path(os.path.abspath(source)), None)
+            if sha256 is not None:
+                self._index[target] = sha256
+
+
+class _DeletionHandler(FileSystemEventHandler):
+    """Runs on the observer thread: only bookkeeping, the retraction happens elsewhere."""
+
+    def __init__(self, watch: DeletionWatch) -> None:
+        self.watch = watch
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.watch.gone(Path(os.fsdecode(event.src_path)))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.watch.renamed(Path(os.fsdecode(event.src_path)), Path(os.fsdecode(event.dest_path)))
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+class Daemon:
+    """`membrane run`: watcher + workers + scheduler until SIGTERM."""
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
+                 install_signals: bool = True) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.install_signals = install_signals
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        self.journal: Journal | None = None
+        self.pipeline: Pipeline | None = None
+        self.workers: list[_Worker] = []
+        self.watcher: Any = None
+        self.scheduler: Any = None
+        self.admitter: threading.Thread | None = None
+        self.deletions: DeletionWatch | None = None
+        self.retractions: queue.Queue[str] = queue.Queue()
+
+    # -- lifecycle
+
+    def request_stop(self, *_: Any) -> None:
+        """Finish the captures in hand and stop (the SIGTERM handler)."""
+        if not self.stop_event.is_set():
+            log.info("daemon_stopping")
+        self.stop_event.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        """Run until stopped; returns the process exit code (0 clean, 1 a part died)."""
+        if self.install_signals:
+            self._install_signals()
+        try:
+            self.start()
+            return self._supervise()
+        finally:
+            self.shutdown()
+
+    def start(self) -> None:
+        """Start-up checks, recovery, watcher, workers, scheduler; then READY=1."""
+        self.notifier.status("starting: journal")
+        self.journal = Journal(self.settings.journal.path)
+        graph = GraphLink(self.settings)
+        from membrane.inbox import Inbox
+
+        self.pipeline = Pipeline(self.settings, self.journal, graph=graph, inbox=Inbox(self.settings.inbox))
+        if graph.enabled:
+            self.notifier.status("starting: Neo4j migrations")
+            try:
+                graph.store()
+            except GraphUnavailable as exc:
+                # Extraction goes on without Neo4j; projection resumes when it is back.
+                log.warning("graph_unavailable_at_start", error=str(exc))
+                graph.reset(pause_s=self.settings.daemon.retry_base_s)
+        self.pipeline.recover()
+        if self.settings.graph.on_capture_deleted == "retract" and self.settings.inbox.on_success == "move":
+            self.deletions = DeletionWatch(self.pipeline, self.retractions)
+            self.deletions.start()
+        self.watcher = self._start_watcher()
+        self.admitter = threading.Thread(target=self._admit_loop, name="membrane-admitter", daemon=True)
+        self.admitter.start()
+        self.workers = [
+            _Worker(i, self.pipeline, self.stop_event, self.wake, self.settings.daemon.idle_poll_s)
+            for i in range(self.settings.daemon.concurrency)
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.scheduler = self._start_scheduler()
+        log.info("daemon_ready", inbox=str(self.settings.inbox.path), concurrency=len(self.workers),
+                 neo4j=graph.enabled, model=str(active_model(self.settings, self.journal)))
+        self.notifier.ready(self.status_line())
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def _supervise(self) -> int:
+        interval = watchdog_interval()
+        tick = min(interval, 5.0) if interval else 5.0
+        last_status = ""
+        while not self.stop_event.wait(tick):
+            if not self.healthy():
+                log.error("daemon_unhealthy", workers=[w.is_alive() for w in self.workers])
+                self.notifier.status("unhealthy: a worker or the inbox watcher died")
+                return 1
+            self.notifier.watchdog()
+            line = self.status_line()
+            if line != last_status:
+                self.notifier.status(line)
+                last_status = line
+        return 0
+
+    def healthy(self) -> bool:
+        """Workers alive and the inbox watcher alive (it restarts its own observer)."""
+        parts_alive = [w.is_alive() for w in self.workers]
+        parts_alive.append(self.admitter is not None and self.admitter.is_alive())
+        parts_alive.append(bool(self.watcher is not None and self.watcher.alive))
+        if self.deletions is not None:
+            parts_alive.append(self.deletions.alive)
+        return all(parts_alive)
+
+    def shutdown(self) -> None:
+        """Stop admitting, let workers finish the capture in hand, then close everything."""
+        self.request_stop()
+        self.notifier.stopping("stopping: finishing the captures in hand")
+        if self.admitter is not None:
+            self.admitter.join(timeout=5)
+        stops: list[Callable[[], Any]] = []
+        if self.scheduler is not None:
+            # A bench in progress is abandoned, not awaited: SIGTERM must not wait for minutes.
+            stops.append(lambda: self.scheduler.shutdown(wait=False))
+        stops += [part.stop for part in (self.watcher, self.deletions) if part is not None]
+        for stop in stops:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - shutting down: log and go on
+                log.exception("daemon_part_stop_failed")
+        deadline = time.monotonic() + self.settings.daemon.shutdown_timeout_s
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        busy = [w.worker_id for w in self.workers if w.is_alive()]
+        if busy:
+            # Their claims stay 'extracting'; the journal returns them to queued at the next start.
+            log.warning("shutdown_timeout", workers=busy)
+        if self.pipeline is not None:
+            self.pipeline.graph.close()
+        if self.journal is not None and not busy:
+            self.journal.close()
+        log.info("daemon_stopped")
+
+    # -- parts
+
+    def _admit_loop(self) -> None:
+        """Admit each stable file the inbox hands out, then wake a worker."""
+        assert self.pipeline is not None and self.watcher is not None
+        while not self.stop_event.is_set():
+            self._retract_deleted()
+            path = self.watcher.get(timeout=0.2)
+            if path is None:
+                continue
+            try:
+                outcome = self.pipeline.admit(path)
+            except JournalError as exc:
+                log.error("admitter_stopped", error=str(exc))
+                raise
+            except Exception:  # noqa: BLE001 - one odd file must not stop admission (or crash-loop us)
+                log.exception("admit_failed", path=str(path))
+                self.watcher.release(path)
+                continue
+            if outcome.state == "gone":
+                self.watcher.release(path)
+            self.wake.set()
+
+    def _retract_deleted(self) -> None:
+        assert self.pipeline is not None
+        while True:
+            try:
+                sha256 = self.retractions.get_nowait()
+            except queue.Empty:
+                return
+            self.pipeline.retract(sha256, reason="file deleted from processed/")
+
+    def _start_watcher(self) -> Any:
+        from membrane.inbox import Inbox
+
+        assert self.pipeline is not None
+        watcher = self.pipeline.files
+        if not isinstance(watcher, Inbox):
+            raise MembraneError("the pipeline's inbox is not an Inbox")
+        watcher.start()
+        return watcher
+
+    def _start_scheduler(self) -> Any:
+        bench = self.settings.bench
+        if not (bench.schedule or bench.interval_hours):
+            return None
+        try:
+            from membrane.bench import BenchScheduler
+        except ImportError:
+            log.warning("bench_scheduler_unavailable", reason="membrane.bench is not installed")
+            return None
+        journal, inbox = self.journal, self.watcher
+        assert journal is not None and inbox is not None
+        scheduler = BenchScheduler(
+            self.settings, journal, is_idle=lambda: journal.pending() == 0 and inbox.pending() == 0
+        )
+        scheduler.start()
+        return scheduler
+
+    def status_line(self) -> str:
+        if self.journal is None:
+            return "starting"
+        counts = self.journal.counts()
+        shown = ", ".join(f"{state} {counts[state]}" for state in ("queued", "extracting", "extracted",
+                                                                    "done", "failed") if counts[state])
+        return f"{shown or 'idle'}; model {active_model(self.settings, self.journal)}"
+

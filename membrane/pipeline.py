@@ -1,0 +1,595 @@
+"""The stages for one capture, the journal updates between them, and the
+retry-or-fail policy.
+
+    admit:   stable file -> parse (capture.py) -> journal.enqueue     (or failed/ + sidecar)
+    work:    journal.claim -> extract (active model) -> journal.record_extraction
+    finish:  resolve -> project into Neo4j (replace an edited path's old version)
+             -> journal.mark_projected -> move the file to processed/ -> journal.mark_done
+
+Policy, one line per error branch (membrane.errors):
+- RetryableError: the capture keeps its state and is due again after
+  backoff_delay(attempts, daemon.retry_base_s, daemon.retry_max_s); it never fails.
+- PermanentError: journal.fail(stage, reason, hint), then the file goes to
+  failed/ with `<name>.error.json` beside it.
+
+Ordering is what makes a SIGKILL at any point harmless: the file is touched
+only after the journal committed the facts it would lose, every graph write is
+an idempotent upsert, and `recover()` carries every intermediate state
+(extracted, projected, file left in the inbox) to the end at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from membrane.capture import Capture, CaptureVanished, read_capture
+from membrane.config import Settings
+from membrane.errors import (
+    CaptureRejected,
+    ConfigError,
+    GraphUnavailable,
+    MembraneError,
+    PermanentError,
+    RetryableError,
+)
+from membrane.journal import (
+    DEFAULT_LEASE_S,
+    CaptureRecord,
+    Journal,
+    JournalError,
+    ModelRef,
+    StaleClaim,
+    backoff_delay,
+)
+from membrane.logs import get_logger
+from membrane.schema import Extraction, ExtractionRules
+
+if TYPE_CHECKING:
+    from membrane.extract import Extractor
+    from membrane.inbox import Inbox
+    from membrane.graph import GraphStore
+    from membrane.resolve import CaptureFacts
+
+__all__ = [
+    "ExtractorCache",
+    "GraphLink",
+    "Outcome",
+    "Pipeline",
+    "SyncReport",
+    "active_model",
+    "capture_facts",
+    "file_sha256",
+    "sync",
+]
+
+log = get_logger(__name__)
+
+# Stored extractions were validated under the limits of their day; re-reading
+# them must not fail because the limits changed since.
+_STORED_RULES = ExtractionRules(max_entities=10**9, max_relationships=10**9)
+# States whose facts are committed in the journal: the file may leave the inbox.
+_FACT_STATES = ("extracted", "projected", "done")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one capture (or file) in one pass through the pipeline.
+
+    state: done | extracted (facts in the journal, projection waiting) |
+    queued (retry scheduled) | failed | rejected (never became a capture) |
+    waiting (queued or in work elsewhere) | gone (file vanished).
+    """
+
+    path: str
+    state: str
+    sha256: str | None = None
+    stage: str = ""
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.state in ("failed", "rejected")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a regular file's bytes ("" for anything else: never open a FIFO)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def active_model(settings: Settings, journal: Journal) -> ModelRef:
+    """The promoted champion, else the configured [model]; looked up for every capture."""
+    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    try:
+        return file_sha256(path) == sha256
+    except OSError:
+        return False
+
+
+class _LeaseKeeper:
+    """Renews a claim's lease while a long extraction runs (a slow CPU, many chunks),
+    so another worker does not take the capture as abandoned."""
+
+    def __init__(self, journal: Journal, sha256: str, every_s: float = DEFAULT_LEASE_S / 3) -> None:
+        self.journal, self.sha256, self.every_s = journal, sha256, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="membrane-lease", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.journal.renew(self.sha256)
+            except JournalError as exc:  # the claim is gone; the pipeline finds out when it records
+                log.warning("lease_renewal_failed", sha256=self.sha256, error=str(exc))
+                return
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class ExtractorCache:
+    """One Extractor per ModelRef, built on first use (loading a model is expensive)."""
+
+    def __init__(self, settings: Settings, build: Callable[[ModelRef], Extractor] | None = None) -> None:
+        self._settings = settings
+        self._build = build or self._default_build
+        self._extractors: dict[ModelRef, Extractor] = {}
+        self._lock = threading.Lock()
+
+    def _default_build(self, ref: ModelRef) -> Extractor:
+        from membrane.extract import build_extractor
+
+        return build_extractor(self._settings, backend=ref.backend, model=ref.name)
+
+    def get(self, ref: ModelRef) -> Extractor:
+        with self._lock:
+            extractor = self._extractors.get(ref)
+            if extractor is None:
+                extractor = self._extractors[ref] = self._build(ref)
+            return extractor
+
+
+class GraphLink:
+    """The Neo4j connection, opened lazily and reopened after an outage.
+
+    None of this exists in journal-only mode (no neo4j.uri): `enabled` is False.
+    """
+
+    def __init__(self, settings: Settings, store: GraphStore | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._lock = threading.Lock()
+        self.migrated = False
+        self._retry_at = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._store is not None or self._settings.neo4j.enabled
+
+    def store(self) -> GraphStore:
+        """The connected store; raises GraphUnavailable (retryable) when Neo4j is down.
+
+        After an outage was seen, calls fail at once until the pause given to
+        reset() has passed: a backlog must not wait out the driver's connection
+        timeout and retries once per capture.
+        """
+        with self._lock:
+            if self._store is None and time.monotonic() < self._retry_at:
+                raise GraphUnavailable("Neo4j was unavailable moments ago; waiting before reconnecting")
+            if self._store is None:
+                from membrane.graph import GraphStore
+
+                self._store = GraphStore.connect(self._settings)
+            if not self.migrated:
+                self._store.migrate()
+                self.migrated = True
+            return self._store
+
+    def reset(self, pause_s: float = 0.0) -> None:
+        """Drop the connection after an outage; the next call reconnects after `pause_s`."""
+        with self._lock:
+            store, self._store = self._store, None
+            self.migrated = False
+            self._retry_at = time.monotonic() + pause_s
+        if store is not None:
+            try:
+                store.close()
+            except MembraneError:  # closing a dead connection; nothing left to save
+                pass
+
+    def close(self) -> None:
+        self.reset()
+
+
+def capture_facts(record: CaptureRecord, journal: Journal, settings: Settings,
+                  known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
+    """Resolve a capture's latest stored extraction into the facts the graph holds."""
+    from membrane.resolve import Resolver
+
+    stored = journal.latest_extraction(record.sha256)
+    if stored is None:
+        raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
+    extraction = Extraction.parse(dict(stored.extraction), _STORED_RULES)
+    return Resolver(settings, known_keys).resolve(
+        extraction,
+        sha256=record.sha256,
+        path=record.path,
+        ingested_at=record.ingested_at,
+        model=f"{stored.backend}:{stored.model}",
+        prompt_version=stored.prompt_version,
+    )
+
+
+class Pipeline:
+    """Carries captures through the stages; safe to call from several worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        *,
+        graph: GraphLink | None = None,
+        extractors: ExtractorCache | None = None,
+        inbox: Inbox | None = None,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.graph = graph or GraphLink(settings)
+        self.extractors = extractors or ExtractorCache(settings)
+        self._finishing = threading.Lock()
+        self._moving = threading.Lock()
+        self._pending_retractions: set[str] = set()
+        # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
+        self.on_processed: Callable[[Path, str], None] | None = None
+        if inbox is None:
+            from membrane.inbox import Inbox
+
+            inbox = Inbox(settings.inbox)  # not started: only its moves are used
+        self.files = inbox
+        self.inbox = Path(os.path.abspath(settings.inbox.path))
+
+    # -- paths
+
+    def capture_path(self, path: Path) -> str:
+        """The capture's identity: its path relative to the inbox, or absolute when outside it."""
+        absolute = Path(os.path.abspath(path))
+        try:
+            return absolute.relative_to(self.inbox).as_posix()
+        except ValueError:
+            return absolute.as_posix()
+
+    def _in_inbox(self, capture_path: str) -> Path | None:
+        """The file for a capture path when it lives in the inbox (None for outside files)."""
+        candidate = Path(capture_path)
+        return None if candidate.is_absolute() else self.inbox / candidate
+
+    # -- admit: a stable file becomes a capture
+
+    def admit(self, path: Path) -> Outcome:
+        """Read and parse a stable file and record it in the journal.
+
+        A rejected file goes to failed/ with its sidecar; a capture already
+        carried to its facts (same bytes) only has its file moved out.
+        """
+        name = self.capture_path(path)
+        try:
+            capture = self._parse_file(path)
+        except (CaptureVanished, FileNotFoundError):
+            log.info("capture_vanished", path=name)
+            return Outcome(name, "gone")
+        except CaptureRejected as exc:
+            return self._reject(path, name, exc)
+        result = self.journal.enqueue(capture.sha256, name, capture.text, capture.metadata)
+        record = result.record
+        log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
+        if record.state in _FACT_STATES:
+            # Same bytes already carried to their facts: not extracted again. A
+            # capture not yet done is finished by the worker (project_due, recover).
+            self._dispose_success(path, record.sha256)
+            return Outcome(name, "done" if record.state == "done" else "extracted", record.sha256)
+        if record.state == "failed":
+            self._dispose_failure(path, name, stage=record.stage or "", model="", sha256=record.sha256,
+                                  error=PermanentError(record.last_error or "failed", hint=record.hint or ""))
+            return Outcome(name, "failed", record.sha256, record.stage or "", record.last_error or "")
+        return Outcome(name, "waiting", record.sha256)
+
+    def _parse_file(self, path: Path) -> Capture:
+        # A file named on the command line outside the inbox may not link out of its folder.
+        inside = self._in_inbox(self.capture_path(path)) is not None
+        root = self.inbox if inside else Path(os.path.abspath(path)).parent
+        return read_capture(path, self.settings.inbox, root=root)
+
+    def _reject(self, path: Path, name: str, exc: MembraneError) -> Outcome:
+        self.journal.record_rejection(name, reason=exc.reason, hint=exc.hint, stage="read")
+        log.warning("capture_rejected", path=name, reason=exc.reason)
+        self._dispose_failure(path, name, stage="read", error=exc, model="", sha256=None)
+        return Outcome(name, "rejected", None, "read", exc.reason)
+
+    # -- work: extraction of a claimed capture
+
+    def work_once(self, worker: str = "worker") -> Outcome | None:
+        """Claim the oldest due queued capture and carry it as far as it goes; None when idle."""
+        record = self.journal.claim(worker)
+        if record is None:
+            return None
+        try:
+            return self._extract(record)
+        except StaleClaim as exc:  # the lease ran out and someone else holds it now
+            log.warning("capture_claim_lost", sha256=record.sha256, error=str(exc))
+            return Outcome(record.path, "waiting", record.sha256)
+
+    def _extract(self, record: CaptureRecord) -> Outcome:
+        ref = active_model(self.settings, self.journal)
+        try:
+            with _LeaseKeeper(self.journal, record.sha256):
+                result = self.extractors.get(ref).extract(record.text)
+        except RetryableError as exc:
+            delay = self._delay(record.attempts + 1, exc)
+            self.journal.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+            return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
+        except PermanentError as exc:
+            return self._fail(record, "extract", exc, str(ref))
+        self.journal.record_extraction(
+            record.sha256,
+            model=result.model,
+            backend=result.backend,
+            prompt_version=result.prompt_version,
+            extraction=result.extraction.model_dump(mode="json"),
+            raw_outputs=result.raw_outputs,
+            errors=result.errors,
+            calls=result.calls,
+            first_attempt_valid=result.first_attempt_valid,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            seconds=result.seconds,
+            chunks=result.chunks,
+        )
+        extracted = self.journal.get(record.sha256)
+        assert extracted is not None
+        return self.finish(extracted)
+
+    def _delay(self, attempts: int, exc: RetryableError) -> float:
+        daemon = self.settings.daemon
+        delay = backoff_delay(attempts, daemon.retry_base_s, daemon.retry_max_s)
+        return max(delay, min(exc.retry_after or 0.0, daemon.retry_max_s))
+
+    def _retry_delay(self, attempts: int, exc: MembraneError) -> float:
+        if isinstance(exc, RetryableError):
+            return self._delay(attempts, exc)
+        daemon = self.settings.daemon
+        return backoff_delay(attempts, daemon.retry_base_s, daemon.retry_max_s)
+
+    # -- finish: projection, file, done
+
+    def finish(self, record: CaptureRecord) -> Outcome:
+        """extracted|projected -> done: project (unless journal-only), move the file, mark done."""
+        if record.state == "extracted":
+            outcome = self._project(record)
+            if outcome is not None:
+                return outcome
+        self._dispose_all(record.sha256)
+        self.journal.mark_done(record.sha256)
+        log.info("capture_done", sha256=record.sha256, path=record.path)
+        return Outcome(record.path, "done", record.sha256)
+
+    def _project(self, record: CaptureRecord) -> Outcome | None:
+        """Project into Neo4j; an Outcome when the capture stops short of done."""
+        old = self.journal.last_capture_for_path(record.path, exclude=record.sha256)
+        if not self.graph.enabled:
+            if old is not None:
+                self.journal.mark_retracted(old.sha256)
+            return None
+        try:
+            store = self.graph.store()
+            facts = capture_facts(record, self.journal, self.settings, store.entity_keys)
+            if old is not None:
+                store.replace(old.sha256, facts)
+            else:
+                store.upsert(facts)
+        except (GraphUnavailable, ConfigError) as exc:
+            # ConfigError here: Neo4j refused new credentials on reconnect; wait, like an outage.
+            delay = self._retry_delay(record.attempts + 1, exc)
+            self.graph.reset(pause_s=min(delay, self.settings.daemon.retry_base_s))
+            self.journal.defer(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+            # The facts are committed in the journal, so the file may leave the inbox now.
+            self._dispose_all(record.sha256)
+            log.warning("projection_deferred", sha256=record.sha256, error=str(exc))
+            return Outcome(record.path, "extracted", record.sha256, "project", str(exc))
+        except PermanentError as exc:
+            return self._fail(record, "project", exc, "")
+        if old is not None:
+            self.journal.mark_retracted(old.sha256)
+        self.journal.mark_projected(record.sha256)
+        return None
+
+    def project_due(self, limit: int = 100) -> list[Outcome]:
+        """Retry projection of extracted captures whose backoff has passed.
+
+        One thread at a time: the claim protects extraction, this lock protects
+        projection retries, so no capture is finished twice at once.
+        """
+        if not self._finishing.acquire(blocking=False):
+            return []
+        try:
+            self._retract_pending()
+            return [self._finish_safely(r) for r in self.journal.due_for_projection(limit=limit)]
+        finally:
+            self._finishing.release()
+
+    def _finish_safely(self, record: CaptureRecord) -> Outcome:
+        try:
+            return self.finish(record)
+        except StaleClaim as exc:  # another pass finished (or retracted) it meanwhile
+            log.info("capture_finish_skipped", sha256=record.sha256, error=str(exc))
+            return Outcome(record.path, "waiting", record.sha256)
+
+    # -- failure
+
+    def _fail(self, record: CaptureRecord, stage: str, exc: MembraneError, model: str) -> Outcome:
+        self.journal.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
+        for name in self.journal.paths(record.sha256):
+            inbox_file = self._in_inbox(name)
+            if inbox_file is not None and _holds(inbox_file, record.sha256):
+                self._dispose_failure(inbox_file, name, stage=stage, error=exc, model=model, sha256=record.sha256)
+        return Outcome(record.path, "failed", record.sha256, stage, exc.reason)
+
+    def _dispose_failure(self, path: Path, name: str, *, stage: str, error: MembraneError,
+                         model: str, sha256: str | None) -> None:
+        """Move a failed file to failed/ with its sidecar; files outside the inbox stay put."""
+        if self._in_inbox(name) is None:
+            return
+        # One mover at a time: two threads moving one file could leave a copy under a second name.
+        with self._moving:
+            self._move_failed(path, name, stage=stage, error=error, model=model, sha256=sha256)
+
+    def _move_failed(self, path: Path, name: str, *, stage: str, error: MembraneError,
+                     model: str, sha256: str | None) -> None:
+        if not os.path.lexists(path):
+            self.files.release(path)
+            return
+        try:
+            self.files.move_to_failed(path, reason=error.reason, stage=stage, hint=error.hint, model=model or None,
+                                      details={"path": name, "sha256": sha256, "error": type(error).__name__})
+        except OSError as exc:
+            log.error("capture_move_failed", path=name, error=str(exc))
+
+    def _dispose_all(self, sha256: str) -> None:
+        """Move out every inbox file that holds these bytes (the same capture may arrive twice)."""
+        for name in self.journal.paths(sha256):
+            inbox_file = self._in_inbox(name)
+            if inbox_file is not None and os.path.lexists(inbox_file):
+                self._dispose_success(inbox_file, sha256)
+
+    def _dispose_success(self, path: Path, sha256: str) -> None:
+        """Move (or delete) a processed file, only if it still holds these bytes."""
+        name = self.capture_path(path)
+        if self._in_inbox(name) is None:
+            return
+        with self._moving:
+            self._move_processed(path, name, sha256)
+
+    def _move_processed(self, path: Path, name: str, sha256: str) -> None:
+        try:
+            if file_sha256(path) != sha256:
+                # Edited since it was read: the new bytes are a new capture, for the next scan.
+                self.files.release(path)
+                return
+            moved = self.files.move_to_processed(path)
+            if moved is not None and self.on_processed is not None:
+                self.on_processed(moved, sha256)
+        except FileNotFoundError:
+            self.files.release(path)  # already moved (by another pass) or deleted by the person
+        except OSError as exc:
+            log.error("capture_move_failed", path=name, error=str(exc))
+
+    # -- deletion
+
+    def retract(self, sha256: str, *, reason: str) -> bool:
+        """Withdraw a capture's facts (its file was deleted): journal first, then the graph.
+
+        Returns False when the capture holds no facts. If Neo4j is down the graph
+        retraction is retried with the projection retries (and `membrane sync`
+        would also remove it, since the journal no longer holds its facts).
+        """
+        record = self.journal.get(sha256)
+        if record is None or record.state not in _FACT_STATES:
+            return False
+        self.journal.mark_retracted(sha256)
+        log.info("capture_retracted", sha256=sha256, path=record.path, reason=reason)
+        with self._moving:
+            self._pending_retractions.add(sha256)
+        self._retract_pending()
+        return True
+
+    def _retract_pending(self) -> None:
+        with self._moving:
+            pending, self._pending_retractions = self._pending_retractions, set()
+        if not pending or not self.graph.enabled:
+            return
+        try:
+            store = self.graph.store()
+            for sha256 in sorted(pending):
+                store.retract(sha256)
+                pending.discard(sha256)
+        except (GraphUnavailable, ConfigError) as exc:
+            self.graph.reset(pause_s=self.settings.daemon.retry_base_s)
+            log.warning("graph_retraction_deferred", count=len(pending), error=str(exc))
+            with self._moving:
+                self._pending_retractions |= pending
+
+    # -- recovery
+
+    def recover(self) -> list[Outcome]:
+        """At start-up: carry every capture stopped between stages to the end.
+
+        Claims of dead processes were returned to queued when the journal opened;
+        here extracted and projected captures are finished (projection skipped
+        when Neo4j is down: they wait). Files still in the inbox are found by the
+        start-up scan and admitted again, which moves out those already done.
+        """
+        with self._finishing:
+            return [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What `membrane sync` did."""
+
+    projected: int
+    retracted: int
+    seconds: float
+
+
+def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -> SyncReport:
+    """Make Neo4j the projection of the journal: upsert every capture with current
+    facts (also into a wiped database), retract captures the journal no longer
+    holds facts for. Idempotent; raises GraphUnavailable when Neo4j is down."""
+    started = time.monotonic()
+    link = graph or GraphLink(settings)
+    if not link.enabled:
+        from membrane.errors import ConfigError
+
+        raise ConfigError("neo4j.uri is empty: there is no Neo4j to sync into", key="neo4j.uri",
+                          hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
+    try:
+        store = link.store()
+        records = [record for record, _ in journal.facts()]
+        store.upsert_many(capture_facts(r, journal, settings, store.entity_keys) for r in records)
+        current = {record.sha256 for record in records}
+        for record in records:
+            if record.state == "extracted":
+                try:
+                    journal.mark_projected(record.sha256)
+                except StaleClaim:  # the daemon moved it on meanwhile
+                    pass
+        stale = store.capture_shas() - current
+        for sha256 in sorted(stale):
+            store.retract(sha256)
+    finally:
+        if graph is None:
+            link.close()
+    report = SyncReport(len(current), len(stale), time.monotonic() - started)
+    log.info("sync_finished", projected=report.projected, retracted=report.retracted,
+             seconds=round(report.seconds, 3))
+    return report
