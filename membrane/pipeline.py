@@ -408,7 +408,8 @@ class Pipeline:
             else:
                 store.upsert(facts)
         except (GraphUnavailable, ConfigError) as exc:
-            # ConfigError here: Neo4j refused new credentials on reconnect; wait, like an outage.
+            # GraphUnavailable includes GraphAuthFailed (refused credentials); ConfigError is a
+            # URI the driver rejects. Either way the facts wait in the journal, like an outage.
             delay = self._retry_delay(record.attempts + 1, exc)
             self.graph.reset(pause_s=min(delay, self.settings.daemon.retry_base_s))
             self.journal.defer(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)

@@ -190,6 +190,8 @@ def test_deleting_a_processed_file_retracts_its_facts(
     (processed / note(0)[0]).unlink()
     (processed / note(2)[0]).unlink()  # its bytes live on in processed/copy-of-2.txt
     wait_for(lambda: _counts(settings)["retracted"] == 1, 30, "the deleted capture retracted")
+    # The journal is marked first, then the graph: wait for the graph to follow.
+    wait_for(lambda: len(graph_snapshot(neo4j)["captures"]) == 2, 30, "the graph retraction")
     snapshot = graph_snapshot(neo4j)
     assert sorted(path for _, path, _ in snapshot["captures"]) == [note(1)[0], note(2)[0]]
     assert len(snapshot["facts"]) == 2
