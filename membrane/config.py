@@ -104,6 +104,7 @@ class ExtractionSettings(_Section):
     max_repairs: int = Field(2, ge=0, le=10)
     few_shot: bool = True
     chunk_chars: int = Field(0, ge=0)  # 0: derived from model.num_ctx
+    grounding_threshold: float = Field(90.0, ge=0, le=100)  # 0: keep ungrounded entities
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
 

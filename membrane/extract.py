@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from rapidfuzz import fuzz
 
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
 from membrane.errors import ExtractionFailed
@@ -294,6 +296,39 @@ class _Tally:
         self.completion_tokens += generation.completion_tokens
 
 
+def _comparable(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def ground(extraction: Extraction, text: str, threshold: float) -> tuple[Extraction, tuple[str, ...]]:
+    """Keep the entities `text` mentions, and the relationships between them.
+
+    A name counts as mentioned when it matches some stretch of the text with a
+    rapidfuzz partial_ratio of at least `threshold` (after NFKC, case folding
+    and whitespace collapsing). Returns the grounded extraction and the names
+    dropped. Small models copy names from the prompt's example or invent them;
+    such facts have no provenance in the capture.
+    """
+    if threshold <= 0 or not extraction.entities:
+        return extraction, ()
+    haystack = _comparable(text)
+    kept = {e.name for e in extraction.entities if fuzz.partial_ratio(_comparable(e.name), haystack) >= threshold}
+    dropped = tuple(e.name for e in extraction.entities if e.name not in kept)
+    if not dropped:
+        return extraction, ()
+    unbounded = ExtractionRules(max_entities=10**9, max_relationships=10**9)
+    grounded = Extraction.parse(
+        {
+            "entities": [e.model_dump() for e in extraction.entities if e.name in kept],
+            "relationships": [
+                r.model_dump() for r in extraction.relationships if r.source in kept and r.target in kept
+            ],
+        },
+        unbounded,
+    )
+    return grounded, dropped
+
+
 class Extractor:
     """Extracts a validated Extraction from a capture's text with one model."""
 
@@ -303,6 +338,7 @@ class Extractor:
         self.rules = settings.extraction.rules()
         self.max_repairs = settings.extraction.max_repairs
         self.few_shot = settings.extraction.few_shot
+        self.grounding_threshold = settings.extraction.grounding_threshold
         self.num_predict = settings.model.num_predict
         self.temperature = settings.model.temperature
         self.seed = settings.model.seed
@@ -362,7 +398,7 @@ class Extractor:
             generation = self.backend.generate(self._request(messages, schema, chunk.text, attempt))
             tally.add(generation)
             try:
-                return parse_output(generation.text, self.rules)
+                extraction = parse_output(generation.text, self.rules)
             except InvalidOutput as exc:
                 error = str(exc)
                 if generation.truncated:
@@ -381,6 +417,11 @@ class Extractor:
                     {"role": "assistant", "content": generation.text[:REPAIR_ECHO_CHARS]},
                     {"role": "user", "content": _repair_message([error])},
                 ]
+                continue
+            grounded, dropped = ground(extraction, chunk.text, self.grounding_threshold)
+            if dropped:
+                log.info("extraction_ungrounded_dropped", model=self.model, chunk=index, names=list(dropped))
+            return grounded
         where = f" (chunk {index + 1} of {total}, characters {chunk.start}-{chunk.end})" if total > 1 else ""
         raise ExtractionFailed(
             f"model {self.model!r} gave no valid extraction in {self.max_repairs + 1} calls{where}; "

@@ -378,3 +378,53 @@ def test_cli_extract_unknown_backend_exits_2(tmp_path: Path) -> None:
     config = _config(tmp_path, [(NOTE, GOOD)])
     result = CliRunner().invoke(main, ["--config", str(config), "extract", NOTE, "--backend", "nope"])
     assert result.exit_code == 2 and "unknown model backend" in result.stderr
+
+
+# ---------------------------------------------------------------- grounding
+
+COPIED = json.dumps({
+    "entities": [{"name": "Alice", "role": "subject"}, {"name": "k3s", "role": "object"},
+                 {"name": "Gitea", "role": "object"}, {"name": "NAS", "role": "object"}],
+    "relationships": [{"source": "Alice", "relation": "DEPLOYED_ON", "target": "k3s"},
+                      {"source": "Gitea", "relation": "RUNS_ON", "target": "NAS"},
+                      {"source": "Alice", "relation": "MOVED", "target": "Gitea"}],
+})  # fmt: skip
+
+
+def test_ungrounded_entities_and_their_relationships_are_dropped(
+    replay_settings: Callable[..., Settings],
+) -> None:
+    """Names the note never mentions (copied from the prompt's example) are dropped with their facts."""
+    settings = replay_settings([(NOTE, COPIED)])
+    result = build_extractor(settings).extract(NOTE)
+    assert [e.name for e in result.extraction.entities] == ["Alice", "k3s"]
+    assert [r.triple for r in result.extraction.relationships] == [("Alice", "DEPLOYED_ON", "k3s")]
+    assert result.raw_outputs == (COPIED,)  # the journal still gets what the model said
+
+
+def test_grounding_can_be_turned_off(replay_settings: Callable[..., Settings]) -> None:
+    """grounding_threshold = 0 keeps every validated entity."""
+    settings = replay_settings([(NOTE, COPIED)], grounding_threshold=0)
+    result = build_extractor(settings).extract(NOTE)
+    assert {e.name for e in result.extraction.entities} == {"Alice", "k3s", "Gitea", "NAS"}
+    assert len(result.extraction.relationships) == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("Kubernetes clusters", "Docker runs on the production kubernetes cluster."),
+        ("DevOps  Team", "It is managed by the devops team."),
+        ("東京", "私は東京に住んでいます。"),
+        ("Node.js 20", "We upgraded to Node.js 20 last week."),
+    ],
+)
+def test_grounding_tolerates_case_spacing_and_plurals(name: str, text: str) -> None:
+    """Small differences of case, spacing or number still count as mentioned."""
+    from membrane.extract import ground
+    from membrane.schema import Extraction
+
+    extraction = Extraction.parse({"entities": [{"name": name, "role": "subject"}], "relationships": []})
+    grounded, dropped = ground(extraction, text, 90)
+    assert dropped == ()
+    assert grounded == extraction

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,9 +194,13 @@ def test_two_threads_never_claim_the_same_capture(tmp_path: Path) -> None:
         digests = {add(journal, f"capture {i}") for i in range(150)}
         claimed: dict[str, list[str]] = {"a": [], "b": []}
 
+        start = threading.Barrier(len(claimed))
+
         def worker(name: str) -> None:
+            start.wait()
             while (record := journal.claim(name)) is not None:
                 claimed[name].append(record.sha256)
+                time.sleep(0.001)  # hold the capture briefly, as a worker would, so claims interleave
 
         threads = [threading.Thread(target=worker, args=(name,)) for name in claimed]
         for thread in threads:

@@ -226,10 +226,11 @@ def test_cypher_export_rebuilds_the_synced_graph(make_settings: Callable[..., Se
     """Running the Cypher export on an empty database gives the graph sync writes, hostile names included."""
     output = {"entities": [{"name": HOSTILE, "role": "subject"}, {"name": "Paris", "role": "object"}],
               "relationships": [{"source": HOSTILE, "relation": "lives in", "target": "Paris"}]}
-    replay = replay_for(3, tmp_path / "replay.jsonl", extra=[("A hostile note.", json.dumps(output))])
+    note_text = f"{HOSTILE} lives in Paris."  # the names are in the text, so grounding keeps them
+    replay = replay_for(3, tmp_path / "replay.jsonl", extra=[(note_text, json.dumps(output))])
     settings = make_settings(**settings_sections(tmp_path, replay, neo4j=neo4j_settings))
     _drop(settings, range(3))
-    (settings.inbox.path / "hostile.txt").write_text("A hostile note.", encoding="utf-8")
+    (settings.inbox.path / "hostile.txt").write_text(note_text, encoding="utf-8")
     assert ingest(settings, [settings.inbox.path]).ok
     synced = graph_snapshot(neo4j)
     assert any(name == HOSTILE for _, name, _ in synced["entities"])
