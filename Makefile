@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
 
-.PHONY: venv test demo neo4j-start neo4j-stop clean
+.PHONY: venv lint test demo neo4j-start neo4j-stop clean
 
 $(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python 3.11+ is required)" >&2; exit 1; }
@@ -18,9 +18,12 @@ $(STAMP):
 
 venv: $(STAMP)
 
-# The whole test suite against a real Neo4j (started here if not running,
-# and stopped again only if this target started it) and real tiny models.
-test: venv
+lint: venv
+	$(VENV)/bin/ruff check membrane tests benchmarks
+
+# Lint, then the whole test suite against a real Neo4j (started here if not
+# running, and stopped again only if this target started it) and real tiny models.
+test: lint
 	@bash scripts/with-neo4j $(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job on embedded defaults: sample captures through a temporary

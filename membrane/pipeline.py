@@ -54,8 +54,8 @@ from membrane.schema import Extraction, ExtractionRules
 
 if TYPE_CHECKING:
     from membrane.extract import Extractor
-    from membrane.inbox import Inbox
     from membrane.graph import GraphStore
+    from membrane.inbox import Inbox
     from membrane.resolve import CaptureFacts
 
 __all__ = [

@@ -25,7 +25,6 @@ docs/design-notes.md, "## Graph"):
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
