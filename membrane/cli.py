@@ -314,6 +314,57 @@ def sync(app: AppContext) -> None:
     click.echo(f"projected {report.projected} captures, retracted {report.retracted} ({report.seconds:.1f} s)")
 
 
+@main.command()
+@click.argument("target")
+@pass_app
+@handle_errors
+def forget(app: AppContext, target: str) -> None:
+    """Retract the facts of one capture. TARGET is its sha256, or its file as
+    first seen in the inbox or as moved to processed/.
+
+    For captures deleted while the daemon was stopped, or not kept at all
+    (inbox.on_success = "delete"); the daemon retracts live deletions itself."""
+    from membrane.journal import Journal
+    from membrane.pipeline import Pipeline
+
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        pipeline = Pipeline(settings, journal)
+        try:
+            record = _capture_for(pipeline, journal, target)
+            if record is None:
+                fail(f"no capture with facts matches {target!r} (see `membrane status`)")
+            pipeline.retract(record.sha256, reason="forget")
+            waiting = record.sha256 in pipeline.pending_retractions
+        finally:
+            pipeline.graph.close()
+    click.echo(f"retracted {record.sha256[:12]} ({_printable(record.path)})")
+    if waiting:
+        fail("Neo4j is unavailable: the journal no longer holds these facts; `membrane sync` removes them "
+             "from the graph once Neo4j is back")
+
+
+def _capture_for(pipeline: Any, journal: Any, target: str) -> Any:
+    """The capture holding facts that `target` names: a sha256, or an inbox or processed/ path."""
+    from membrane.journal import FACT_STATES
+
+    if len(target) == 64 and all(c in "0123456789abcdef" for c in target.lower()):
+        record = journal.get(target.lower())
+        return record if record is not None and record.state in FACT_STATES else None
+    path = Path(target)
+    candidates = [pipeline.capture_path(path)]
+    processed = pipeline.settings.inbox.processed.resolve()
+    try:
+        candidates.append(path.resolve().relative_to(processed).as_posix())
+    except ValueError:
+        pass
+    for candidate in candidates:
+        record = journal.last_capture_for_path(candidate)
+        if record is not None:
+            return record
+    return None
+
+
 # ---------------------------------------------------------------- bench commands (issue 6)
 # bench, score, models, promote, rollback: thin shells over membrane.bench,
 # membrane.score and membrane.promote.

@@ -42,6 +42,7 @@ from membrane.errors import (
 )
 from membrane.journal import (
     DEFAULT_LEASE_S,
+    FACT_STATES,
     CaptureRecord,
     Journal,
     JournalError,
@@ -76,7 +77,6 @@ log = get_logger(__name__)
 # them must not fail because the limits changed since.
 _STORED_RULES = ExtractionRules(max_entities=10**9, max_relationships=10**9)
 # States whose facts are committed in the journal: the file may leave the inbox.
-_FACT_STATES = ("extracted", "projected", "done")
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ class Pipeline:
         result = self.journal.enqueue(capture.sha256, name, capture.text, capture.metadata)
         record = result.record
         log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
-        if record.state in _FACT_STATES:
+        if record.state in FACT_STATES:
             # Same bytes already carried to their facts: not extracted again. A
             # capture not yet done is finished by the worker (project_due, recover).
             self._dispose_success(path, record.sha256)
@@ -514,7 +514,7 @@ class Pipeline:
         would also remove it, since the journal no longer holds its facts).
         """
         record = self.journal.get(sha256)
-        if record is None or record.state not in _FACT_STATES:
+        if record is None or record.state not in FACT_STATES:
             return False
         self.journal.mark_retracted(sha256)
         log.info("capture_retracted", sha256=sha256, path=record.path, reason=reason)
@@ -522,6 +522,12 @@ class Pipeline:
             self._pending_retractions.add(sha256)
         self._retract_pending()
         return True
+
+    @property
+    def pending_retractions(self) -> frozenset[str]:
+        """Captures retracted in the journal whose graph retraction waits for Neo4j."""
+        with self._moving:
+            return frozenset(self._pending_retractions)
 
     def _retract_pending(self) -> None:
         with self._moving:

@@ -3,14 +3,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
-from test_pipeline_support import note, replay_for, settings_sections, start_daemon, toml_text, wait_for
+from test_pipeline_support import (
+    graph_snapshot,
+    note,
+    replay_for,
+    settings_sections,
+    start_daemon,
+    toml_text,
+    wait_for,
+)
 
 from membrane.cli import main
 
@@ -103,3 +114,32 @@ def test_run_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         listener.close()
         os.unlink(address)
     assert any(m.startswith("READY=1\nSTATUS=") for m in messages)
+
+
+@pytest.mark.neo4j
+def test_forget_retracts_a_capture_by_path_or_sha256(tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+    """`forget` takes a processed/ path or a sha256, retracts the facts in journal and graph, and exits 1 when nothing matches."""
+    sections = settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings)
+    config = tmp_path / "membrane.toml"
+    config.write_text(toml_text(sections), encoding="utf-8")
+    inbox = Path(sections["inbox"]["path"])
+    inbox.mkdir(parents=True)
+    for i in range(2):
+        (inbox / note(i)[0]).write_text(note(i)[1], encoding="utf-8")
+    runner = CliRunner()
+    assert runner.invoke(main, ["--config", str(config), "ingest"]).exit_code == 0
+    assert len(graph_snapshot(neo4j)["captures"]) == 2
+
+    by_path = runner.invoke(main, ["--config", str(config), "forget", str(inbox / "processed" / note(0)[0])])
+    assert by_path.exit_code == 0, by_path.output
+    assert f"({note(0)[0]})" in by_path.stdout
+    sha = hashlib.sha256(note(1)[1].encode("utf-8")).hexdigest()
+    by_sha = runner.invoke(main, ["--config", str(config), "forget", sha])
+    assert by_sha.exit_code == 0, by_sha.output
+
+    assert graph_snapshot(neo4j)["captures"] == []
+    status = json.loads(runner.invoke(main, ["--config", str(config), "status", "--json"]).stdout)
+    assert status["counts"]["retracted"] == 2
+    again = runner.invoke(main, ["--config", str(config), "forget", sha])
+    assert again.exit_code == 1
+    assert "no capture with facts matches" in again.output
