@@ -7,6 +7,9 @@ those boundaries code only catches MembraneError subclasses.
 
     MembraneError
     ├── ConfigError                 bad or missing setting (exit 2)
+    ├── JournalError                SQLite failed or a transition is not allowed
+    │   │                           (the daemon stops, systemd restarts it; no capture fails)
+    │   └── StaleClaim              the capture moved on (lease lost, retracted)
     ├── RetryableError              try again later; never fails a capture
     │   ├── ModelUnavailable        model server down, model loading, timeout
     │   └── GraphUnavailable        Neo4j down, transient or expired session
@@ -32,11 +35,13 @@ __all__ = [
     "GraphAuthFailed",
     "GraphUnavailable",
     "GraphWriteError",
+    "JournalError",
     "MembraneError",
     "ModelNotFound",
     "ModelUnavailable",
     "PermanentError",
     "RetryableError",
+    "StaleClaim",
 ]
 
 
@@ -65,6 +70,20 @@ class ConfigError(MembraneError):
     def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.key = key
+
+
+class JournalError(MembraneError):
+    """The journal cannot do what was asked: SQLite failed, or a transition is not allowed.
+
+    Neither retryable nor a capture's fault: the daemon should stop and be
+    restarted rather than fail captures because of it.
+    """
+
+    hint = "Check the journal file (journal.path): disk space, permissions, only MemBrane writing it."
+
+
+class StaleClaim(JournalError):
+    """The capture is no longer in the state the caller holds it in (lease lost, retracted)."""
 
 
 class RetryableError(MembraneError):

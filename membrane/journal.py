@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from membrane.errors import MembraneError
+from membrane.errors import JournalError, MembraneError, StaleClaim
 from membrane.logs import get_logger
 
 __all__ = [
@@ -85,20 +85,6 @@ CAPTURE_STATES = ("queued", "extracting", "extracted", "projected", "done", "fai
 FACT_STATES = ("extracted", "projected", "done")
 DEFAULT_LEASE_S = 900.0
 BUSY_TIMEOUT_MS = 30_000
-
-
-class JournalError(MembraneError):
-    """The journal cannot do what was asked: SQLite failed, or a transition is not allowed.
-
-    Neither retryable nor a capture's fault: the daemon should stop and be
-    restarted rather than fail captures because of it.
-    """
-
-    hint = "Check the journal file (journal.path): disk space, permissions, only MemBrane writing it."
-
-
-class StaleClaim(JournalError):
-    """The capture is no longer in the state the caller holds it in (lease lost, retracted)."""
 
 
 def iso_utc(epoch: float | None = None) -> str:
