@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -62,7 +63,16 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _migrations_dir() -> Path:
+    """The checkout's migrations/ (editable installs, tests), else the copy a
+    wheel installs under <prefix>/share/membrane/migrations."""
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    return checkout if checkout.is_dir() else Path(sys.prefix) / "share" / "membrane" / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIGRATION_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.cypher$")
 # A MERGE racing another under a uniqueness constraint can still fail its check;
