@@ -28,6 +28,7 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,7 @@ MIN_CHUNK_CHARS = 200
 # ---------------------------------------------------------------- prompt
 
 
+@cache
 def _prompt_file(name: str) -> str:
     return resources.files("membrane.prompts").joinpath(f"{PROMPT_VERSION}.{name}.txt").read_text("utf-8")
 

@@ -461,7 +461,7 @@ class GraphStore:
         store = cls(driver, settings)
         try:
             store.ping()
-        except GraphUnavailable:
+        except BaseException:  # GraphUnavailable, or GraphWriteError for a missing database
             driver.close()
             raise
         return store

@@ -20,7 +20,16 @@ import structlog
 
 __all__ = ["RedactSecrets", "configure_logging", "get_logger"]
 
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api_?key|auth", re.IGNORECASE)
+# Whole words of a key ("neo4j_password", "auth_token", "apiKey"), so that
+# "tokens_per_second" or "author" are not taken for secrets.
+_SECRET_WORD = re.compile(r"(?:^|_)(?:pass(?:word)?|passwd|secret|token|credentials?|api_?key|auth)(?:_|$)")
+
+
+def _is_secret_key(key: object) -> bool:
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(key))  # camelCase -> camel_Case
+    return bool(_SECRET_WORD.search(re.sub(r"[^a-z0-9]+", "_", words.lower())))
+
+
 _URI_PASSWORD = re.compile(r"(?P<scheme>[a-z0-9+]+://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 MASK = "***"
 
@@ -33,7 +42,7 @@ class RedactSecrets:
 
     def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key, value in list(event_dict.items()):
-            if key != "event" and _SECRET_KEY.search(key) and value not in (None, ""):
+            if key != "event" and _is_secret_key(key) and value not in (None, ""):
                 event_dict[key] = MASK
             else:
                 event_dict[key] = self._scrub(value)
@@ -46,7 +55,7 @@ class RedactSecrets:
                 value = value.replace(secret, MASK)
             return value
         if isinstance(value, dict):
-            return {k: MASK if _SECRET_KEY.search(str(k)) else self._scrub(v) for k, v in value.items()}
+            return {k: MASK if _is_secret_key(k) else self._scrub(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self._scrub(v) for v in value)
         return value

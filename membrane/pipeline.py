@@ -344,8 +344,12 @@ class Pipeline:
         try:
             with _LeaseKeeper(self.journal, record.sha256):
                 result = self.extractors.get(ref).extract(record.text)
-        except RetryableError as exc:
-            delay = self._delay(record.attempts + 1, exc)
+        except (RetryableError, ConfigError) as exc:
+            # ConfigError: the active model's backend or name is misconfigured (say, a champion
+            # whose backend was removed). The capture is not at fault: it waits for the fix.
+            if isinstance(exc, ConfigError):
+                log.error("extraction_misconfigured", sha256=record.sha256, model=str(ref), error=str(exc))
+            delay = self._retry_delay(record.attempts + 1, exc)
             self.journal.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
             return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
         except PermanentError as exc:
@@ -451,8 +455,12 @@ class Pipeline:
         self.journal.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
         for name in self.journal.paths(record.sha256):
             inbox_file = self._in_inbox(name)
-            if inbox_file is not None and _holds(inbox_file, record.sha256):
+            if inbox_file is None:
+                continue
+            if _holds(inbox_file, record.sha256):
                 self._dispose_failure(inbox_file, name, stage=stage, error=exc, model=model, sha256=record.sha256)
+            else:  # edited or deleted meanwhile: the inbox must hand out what is there now
+                self.files.release(inbox_file)
         return Outcome(record.path, "failed", record.sha256, stage, exc.reason)
 
     def _dispose_failure(self, path: Path, name: str, *, stage: str, error: MembraneError,
@@ -479,8 +487,12 @@ class Pipeline:
         """Move out every inbox file that holds these bytes (the same capture may arrive twice)."""
         for name in self.journal.paths(sha256):
             inbox_file = self._in_inbox(name)
-            if inbox_file is not None and os.path.lexists(inbox_file):
+            if inbox_file is None:
+                continue
+            if os.path.lexists(inbox_file):
                 self._dispose_success(inbox_file, sha256)
+            else:  # deleted while queued: a new file under this name must be handed out again
+                self.files.release(inbox_file)
 
     def _dispose_success(self, path: Path, sha256: str) -> None:
         """Move (or delete) a processed file, only if it still holds these bytes."""

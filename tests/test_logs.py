@@ -69,3 +69,18 @@ def test_cli_never_logs_the_neo4j_password(tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(main, ["--log-level", "debug", "doctor"])
     assert "neo4j" in result.output
     assert secret not in result.output
+
+
+def test_only_credential_keys_are_masked() -> None:
+    """Keys that merely contain 'token' or 'auth' (tokens_per_second, author) keep their values."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    get_logger("t").info(
+        "bench_model_done", tokens_per_second=42.5, prompt_tokens=100, author="me",
+        neo4j_password="p", auth_token="t", apiKey="k", credentials="c",
+    )  # fmt: skip
+    record = json.loads(stream.getvalue())
+    assert record["tokens_per_second"] == 42.5
+    assert record["prompt_tokens"] == 100
+    assert record["author"] == "me"
+    assert {record[k] for k in ("neo4j_password", "auth_token", "apiKey", "credentials")} == {"***"}

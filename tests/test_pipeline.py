@@ -275,3 +275,44 @@ def test_edit_replaces_the_old_version_in_the_graph(make_settings: Callable[...,
     snapshot = graph_snapshot(neo4j)
     assert [c[1] for c in snapshot["captures"]] == ["edited.txt"]
     assert {k for k, _, _ in snapshot["entities"]} == _keys(2)
+
+
+def _replay_settings(make_settings: Callable[..., Settings], tmp_path: Path, count: int) -> Settings:
+    settings = make_settings(model={"backend": "replay", "replay_file": replay_for(count, tmp_path / "r.jsonl")})
+    settings.inbox.path.mkdir(parents=True)
+    return settings
+
+
+def test_a_misconfigured_model_keeps_the_capture_queued(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A champion whose backend does not exist leaves the capture queued with the error instead of killing the worker."""
+    settings = _replay_settings(make_settings, tmp_path, 1)
+    path = settings.inbox.path / note(0)[0]
+    path.write_text(note(0)[1], encoding="utf-8")
+    with Journal(settings.journal.path) as journal:
+        journal.set_active_model(ModelRef("nosuch", "model"), reason="test", evidence={})
+        pipeline = Pipeline(settings, journal)
+        pipeline.admit(path)
+        outcome = pipeline.work_once()
+        assert outcome is not None and (outcome.state, outcome.stage) == ("queued", "extract")
+        record = journal.get(outcome.sha256 or "")
+        assert record is not None and record.state == "queued"
+        assert "ConfigError" in (record.last_error or "")
+    assert path.exists()
+
+
+def test_a_file_deleted_while_queued_is_released(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A file deleted after the inbox handed it out leaves the inbox idle, and a new file under its name is handed out."""
+    settings = _replay_settings(make_settings, tmp_path, 2)
+    path = settings.inbox.path / note(0)[0]
+    path.write_text(note(0)[1], encoding="utf-8")
+    with Journal(settings.journal.path) as journal:
+        pipeline = Pipeline(settings, journal)
+        with pipeline.files:
+            assert pipeline.files.get(timeout=10) == path
+            pipeline.admit(path)
+            path.unlink()
+            outcome = pipeline.work_once()
+            assert outcome is not None and outcome.state == "done"
+            assert pipeline.files.pending() == 0
+            path.write_text(note(1)[1], encoding="utf-8")
+            assert pipeline.files.get(timeout=10) == path

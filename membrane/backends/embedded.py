@@ -111,6 +111,7 @@ class EmbeddedBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.models: dict[str, EmbeddedModel] = dict(settings.model.embedded)
+        self._paths: dict[str, Path] = {}  # config path spec -> located GGUF file
 
     def _config(self, model: str) -> EmbeddedModel:
         config = self.models.get(model)
@@ -124,7 +125,10 @@ class EmbeddedBackend:
 
     def load(self, model: str) -> LoadedModel:
         config = self._config(model)
-        return load_model(locate_gguf(config.path), config.chat_format, config.n_ctx)
+        path = self._paths.get(config.path)
+        if path is None:  # finding a packaged model imports and globs: once per model, not per call
+            path = self._paths.setdefault(config.path, locate_gguf(config.path))
+        return load_model(path, config.chat_format, config.n_ctx)
 
     def n_ctx(self, model: str) -> int:
         return self._config(model).n_ctx
@@ -160,8 +164,7 @@ class EmbeddedBackend:
     def check(self, model: str) -> BackendCheck:
         try:
             config = self._config(model)
-            path = locate_gguf(config.path)
-            self.load(model)
+            path = self.load(model).path
         except MembraneError as exc:
             return BackendCheck(False, f"embedded model {model!r}: {exc}", exc.hint)
         return BackendCheck(True, f"embedded model {model} loads from {path} (chat format {config.chat_format})")

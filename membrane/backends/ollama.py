@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import ollama
@@ -47,7 +47,7 @@ class OllamaBackend:
         self.timeout_s = settings.model.timeout_s
         self.keep_alive = settings.model.keep_alive
         self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
-        self._capabilities: dict[str, tuple[str, ...]] = {}
+        self._shown: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def generate(self, request: GenerationRequest) -> Generation:
@@ -83,25 +83,27 @@ class OllamaBackend:
             done_reason=response.done_reason,
         )
 
-    def capabilities(self, model: str) -> tuple[str, ...]:
-        """The model's `show()` capabilities ("completion", "thinking", ...), cached."""
+    def _show(self, model: str) -> Any:
+        """The model's `show()` response, fetched once per model."""
         with self._lock:
-            cached = self._capabilities.get(model)
+            cached = self._shown.get(model)
         if cached is not None:
             return cached
         shown = self._call(model, lambda: self._client.show(model))
-        capabilities = tuple(shown.capabilities or ())
         with self._lock:
-            self._capabilities[model] = capabilities
-        return capabilities
+            self._shown[model] = shown
+        return shown
+
+    def capabilities(self, model: str) -> tuple[str, ...]:
+        """The model's `show()` capabilities ("completion", "thinking", ...), cached."""
+        return tuple(self._show(model).capabilities or ())
 
     def list_models(self) -> list[str]:
         listed = self._call("", self._client.list)
         return sorted(m.model for m in listed.models if m.model)
 
     def parameters(self, model: str) -> str:
-        shown = self._call(model, lambda: self._client.show(model))
-        details = shown.details
+        details = self._show(model).details
         return (details.parameter_size or "") if details else ""
 
     def check(self, model: str) -> BackendCheck:
