@@ -551,7 +551,7 @@ class Pipeline:
             for sha256 in sorted(pending):
                 store.retract(sha256)
                 pending.discard(sha256)
-        except (GraphUnavailable, ConfigError) as exc:
+        except MembraneError as exc:  # an outage, or a refused write: keep them for the next try
             self.graph.reset(pause_s=self.settings.daemon.retry_base_s)
             log.warning("graph_retraction_deferred", count=len(pending), error=str(exc))
             with self._moving:
@@ -568,7 +568,29 @@ class Pipeline:
         start-up scan and admitted again, which moves out those already done.
         """
         with self._finishing:
-            return [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
+            outcomes = [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
+        self._reconcile_retractions()
+        return outcomes
+
+    def _reconcile_retractions(self) -> None:
+        """Retract from the graph every capture the journal marks retracted but the graph
+        still holds: retractions pending when the process died, or after a failed attempt.
+        Derived from the journal (the source of truth), not from memory."""
+        if not self.graph.enabled:
+            return
+        retracted = {record.sha256 for record in self.journal.captures(["retracted"])}
+        if not retracted:
+            return
+        try:
+            stale = retracted & self.graph.store().capture_shas()
+        except GraphUnavailable as exc:  # down: the next start or `membrane sync` does it
+            log.warning("graph_retraction_reconcile_deferred", count=len(retracted), error=str(exc))
+            return
+        if stale:
+            log.info("graph_retractions_reconciled", count=len(stale))
+            with self._moving:
+                self._pending_retractions |= stale
+            self._retract_pending()
 
 
 @dataclass(frozen=True)

@@ -316,3 +316,25 @@ def test_a_file_deleted_while_queued_is_released(make_settings: Callable[..., Se
             assert pipeline.files.pending() == 0
             path.write_text(note(1)[1], encoding="utf-8")
             assert pipeline.files.get(timeout=10) == path
+
+
+@pytest.mark.neo4j
+def test_recover_finishes_a_retraction_the_graph_missed(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                        neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+    """A capture retracted in the journal but still in the graph (a crash between the two) is removed at start-up."""
+    settings = make_settings(**settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
+    settings.inbox.path.mkdir(parents=True)
+    for i in range(2):
+        (settings.inbox.path / note(i)[0]).write_text(note(i)[1], encoding="utf-8")
+    assert ingest(settings, [settings.inbox.path]).ok
+    assert len(graph_snapshot(neo4j)["captures"]) == 2
+    with Journal(settings.journal.path) as journal:
+        gone = journal.last_capture_for_path(note(0)[0])
+        assert gone is not None
+        journal.mark_retracted(gone.sha256)  # the journal's half of a retraction, then a crash
+        pipeline = Pipeline(settings, journal)
+        try:
+            pipeline.recover()
+        finally:
+            pipeline.graph.close()
+    assert [path for _, path, _ in graph_snapshot(neo4j)["captures"]] == [note(1)[0]]
