@@ -25,7 +25,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +55,7 @@ from membrane.logs import get_logger
 from membrane.schema import Extraction, ExtractionRules
 
 if TYPE_CHECKING:
-    from membrane.extract import Extractor
+    from membrane.extract import ExtractionResult, Extractor
     from membrane.graph import GraphStore
     from membrane.inbox import Inbox
     from membrane.resolve import CaptureFacts
@@ -260,6 +261,9 @@ class Pipeline:
         self._finishing = threading.Lock()
         self._moving = threading.Lock()
         self._pending_retractions: set[str] = set()
+        # Captures a worker is carrying to done, so project_due leaves them alone.
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
         # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
         self.on_processed: Callable[[Path, str], None] | None = None
         if inbox is None:
@@ -354,6 +358,10 @@ class Pipeline:
             return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
         except PermanentError as exc:
             return self._fail(record, "extract", exc, str(ref))
+        with self._holding(record.sha256):  # taken before the capture becomes due for projection
+            return self._record_and_finish(record, result)
+
+    def _record_and_finish(self, record: CaptureRecord, result: ExtractionResult) -> Outcome:
         self.journal.record_extraction(
             record.sha256,
             model=result.model,
@@ -438,9 +446,27 @@ class Pipeline:
             return []
         try:
             self._retract_pending()
-            return [self._finish_safely(r) for r in self.journal.due_for_projection(limit=limit)]
+            outcomes = []
+            for record in self.journal.due_for_projection(limit=limit):
+                with self._holding(record.sha256) as mine:
+                    if mine:  # not one a worker is finishing right now
+                        outcomes.append(self._finish_safely(record))
+            return outcomes
         finally:
             self._finishing.release()
+
+    @contextmanager
+    def _holding(self, sha256: str) -> Iterator[bool]:
+        """Hold a capture while finishing it; yields False if another thread holds it."""
+        with self._held_lock:
+            mine = sha256 not in self._held
+            self._held.add(sha256)
+        try:
+            yield mine
+        finally:
+            if mine:
+                with self._held_lock:
+                    self._held.discard(sha256)
 
     def _finish_safely(self, record: CaptureRecord) -> Outcome:
         try:

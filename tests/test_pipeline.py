@@ -338,3 +338,23 @@ def test_recover_finishes_a_retraction_the_graph_missed(make_settings: Callable[
         finally:
             pipeline.graph.close()
     assert [path for _, path, _ in graph_snapshot(neo4j)["captures"]] == [note(1)[0]]
+
+
+def test_project_due_leaves_alone_a_capture_a_worker_is_finishing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """With several workers, a capture one of them is carrying to done is not finished a second time."""
+    settings = _replay_settings(make_settings, tmp_path, 1)
+    path = settings.inbox.path / note(0)[0]
+    path.write_text(note(0)[1], encoding="utf-8")
+    with Journal(settings.journal.path) as journal:
+        pipeline = Pipeline(settings, journal)
+        pipeline.admit(path)
+        record = journal.claim("worker-1")
+        assert record is not None
+        with pipeline._holding(record.sha256):  # worker-1 between record_extraction and done
+            journal.record_extraction(record.sha256, model="recorded", backend="replay", prompt_version="v",
+                                      extraction={"entities": [], "relationships": []}, raw_outputs=("{}",))
+            assert pipeline.project_due() == []
+            assert journal.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
+        assert [outcome.state for outcome in pipeline.project_due()] == ["done"]
