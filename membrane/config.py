@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from membrane.errors import ConfigError
 from membrane.schema import ExtractionRules
@@ -122,6 +122,18 @@ class ExtractionSettings(_Section):
         from membrane.schema import normalize_relation
 
         return tuple(normalize_relation(v) for v in value)
+
+    @field_validator("relation_synonyms")
+    @classmethod
+    def _synonyms(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        from membrane.schema import normalize_relation
+
+        synonyms = {normalize_relation(k): normalize_relation(v) for k, v in value.items()}
+        vocabulary = info.data.get("relation_vocabulary") or ()
+        outside = sorted({v for v in synonyms.values() if vocabulary and v not in vocabulary})
+        if outside:
+            raise ValueError(f"maps to {', '.join(outside)}, which relation_vocabulary does not list")
+        return synonyms
 
 
 class Neo4jSettings(_Section):

@@ -38,7 +38,7 @@ from rapidfuzz import fuzz
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
-from membrane.schema import Extraction, ExtractionRules, extraction_json_schema
+from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema
 
 if TYPE_CHECKING:
     from membrane.config import Settings
@@ -318,7 +318,6 @@ def ground(extraction: Extraction, text: str, threshold: float) -> tuple[Extract
     dropped = tuple(e.name for e in extraction.entities if e.name not in kept)
     if not dropped:
         return extraction, ()
-    unbounded = ExtractionRules(max_entities=10**9, max_relationships=10**9)
     grounded = Extraction.parse(
         {
             "entities": [e.model_dump() for e in extraction.entities if e.name in kept],
@@ -326,7 +325,7 @@ def ground(extraction: Extraction, text: str, threshold: float) -> tuple[Extract
                 r.model_dump() for r in extraction.relationships if r.source in kept and r.target in kept
             ],
         },
-        unbounded,
+        UNBOUNDED_RULES,
     )
     return grounded, dropped
 

@@ -52,7 +52,7 @@ from membrane.journal import (
     backoff_delay,
 )
 from membrane.logs import get_logger
-from membrane.schema import Extraction, ExtractionRules
+from membrane.schema import UNBOUNDED_RULES, Extraction
 
 if TYPE_CHECKING:
     from membrane.extract import ExtractionResult, Extractor
@@ -74,10 +74,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-# Stored extractions were validated under the limits of their day; re-reading
-# them must not fail because the limits changed since.
-_STORED_RULES = ExtractionRules(max_entities=10**9, max_relationships=10**9)
-# States whose facts are committed in the journal: the file may leave the inbox.
 
 
 @dataclass(frozen=True)
@@ -231,7 +227,8 @@ def capture_facts(record: CaptureRecord, journal: Journal, settings: Settings,
     stored = journal.latest_extraction(record.sha256)
     if stored is None:
         raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
-    extraction = Extraction.parse(dict(stored.extraction), _STORED_RULES)
+    # Validated under the limits of its day: re-reading must not fail because they changed.
+    extraction = Extraction.parse(dict(stored.extraction), UNBOUNDED_RULES)
     return Resolver(settings, known_keys).resolve(
         extraction,
         sha256=record.sha256,
@@ -635,8 +632,6 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
     started = time.monotonic()
     link = graph or GraphLink(settings)
     if not link.enabled:
-        from membrane.errors import ConfigError
-
         raise ConfigError("neo4j.uri is empty: there is no Neo4j to sync into", key="neo4j.uri",
                           hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
     try:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 __all__ = [
     "MAX_NAME_LENGTH",
     "RELATION_PATTERN",
+    "UNBOUNDED_RULES",
     "Entity",
     "Extraction",
     "ExtractionRules",
@@ -54,14 +55,23 @@ class ExtractionRules:
     # Synonym (any spelling) -> canonical type.
     relation_synonyms: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Normalised once here, not for every relationship validated.
+        synonyms = {normalize_relation(k): normalize_relation(v) for k, v in self.relation_synonyms.items()}
+        object.__setattr__(self, "relation_synonyms", synonyms)
+
     def canonical_relation(self, relation: str) -> str:
         normalized = normalize_relation(relation)
-        synonyms = {normalize_relation(k): normalize_relation(v) for k, v in self.relation_synonyms.items()}
-        normalized = synonyms.get(normalized, normalized)
+        normalized = self.relation_synonyms.get(normalized, normalized)
         if self.relation_vocabulary and normalized not in self.relation_vocabulary:
             allowed = ", ".join(self.relation_vocabulary)
             raise ValueError(f"relation {relation!r} is not in the vocabulary ({allowed})")
         return normalized
+
+
+# No count limits: for merging chunk results and re-reading stored or scored
+# extractions, which were held to the limits of their day when they were made.
+UNBOUNDED_RULES = ExtractionRules(max_entities=10**9, max_relationships=10**9)
 
 
 def normalize_relation(raw: str) -> str:
@@ -173,14 +183,13 @@ class Extraction(BaseModel):
 
     def merged_with(self, other: Extraction, rules: ExtractionRules | None = None) -> Extraction:
         """Union of two extractions (chunk results), deduplicated, limits not applied."""
-        unbounded = ExtractionRules(max_entities=10**9, max_relationships=10**9)
         del rules
         return Extraction.parse(
             {
                 "entities": [e.model_dump() for e in (*self.entities, *other.entities)],
                 "relationships": [r.model_dump() for r in (*self.relationships, *other.relationships)],
             },
-            unbounded,
+            UNBOUNDED_RULES,
         )
 
 

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from membrane.errors import ConfigError
 from membrane.resolve import entity_key
-from membrane.schema import Extraction, ExtractionRules, normalize_relation
+from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, normalize_relation
 
 __all__ = [
     "METRICS",
@@ -68,8 +68,6 @@ METRICS = (
     "relaxed_relationship_f1",
 )
 
-# Scoring must not reject what a generous model predicts; limits are the extractor's job.
-_UNBOUNDED = ExtractionRules(max_entities=10**6, max_relationships=10**6)
 
 
 @dataclass(frozen=True)
@@ -260,7 +258,7 @@ def load_gold(path: Path) -> list[GoldCase]:
         try:
             extraction = Extraction.parse(
                 {"entities": record.get("entities", []), "relationships": record.get("relationships", [])},
-                _UNBOUNDED,
+                UNBOUNDED_RULES,
             )
         except ValidationError as exc:
             raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): {exc}") from None
@@ -277,7 +275,7 @@ def prediction_from_record(record: Mapping[str, Any], rules: ExtractionRules | N
     """A Prediction from one line of a prediction file (see the module docstring)."""
     from membrane.extract import InvalidOutput, parse_output
 
-    rules = rules or _UNBOUNDED
+    rules = rules or UNBOUNDED_RULES
     case_id = str(record["id"])
     extraction: Extraction | None = None
     error = ""

@@ -121,3 +121,27 @@ def test_config_file_is_valid_toml_with_all_sections() -> None:
     """The shipped file parses and has one table per settings section."""
     data = tomllib.loads(CONFIG_FILE.read_text(encoding="utf-8"))
     assert set(data) == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[extraction]\nrelation_vocabulary = ["USES"]\nrelation_synonyms = { utilises = "RUNS_ON" }\n', "RUNS_ON"),
+        ('[extraction]\nrelation_synonyms = { utilises = "123" }\n', "UPPER_SNAKE_CASE"),
+    ],
+)
+def test_bad_relation_synonyms_are_config_errors(tmp_path: Path, text: str, fragment: str) -> None:
+    """A synonym outside the vocabulary, or one that cannot be a relation type, is named at load time."""
+    path = tmp_path / "synonyms.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.key == "extraction.relation_synonyms"
+    assert fragment in str(caught.value)
+
+
+def test_relation_synonyms_are_normalised() -> None:
+    """Synonyms in any spelling become UPPER_SNAKE_CASE on both sides."""
+    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__RELATION_SYNONYMS": '{"runs on": "deployed-on"}'})
+    assert settings.extraction.relation_synonyms == {"RUNS_ON": "DEPLOYED_ON"}
+    assert settings.extraction.rules().canonical_relation("runs on") == "DEPLOYED_ON"
