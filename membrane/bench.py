@@ -33,7 +33,8 @@ from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelN
 from membrane.extract import Extractor
 from membrane.journal import Journal, ModelRef
 from membrane.logs import get_logger
-from membrane.promote import Decision, apply_decision, check_policy_settings, current_champion, decide
+from membrane.pipeline import active_model
+from membrane.promote import Decision, apply_decision, check_policy_settings, decide
 from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
 
 __all__ = [
@@ -344,7 +345,7 @@ def run_bench(
     check_policy_settings(settings)
     eval_path = eval_file or settings.bench.eval_file
     gold = load_gold(eval_path)
-    champion = current_champion(settings, journal)
+    champion = active_model(settings, journal)
     candidates, notes = resolve_candidates(settings, champion, models)
     log.info("bench_started", cases=len(gold), candidates=[str(c) for c in candidates], champion=str(champion))
     runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)

@@ -496,11 +496,11 @@ def models(app: AppContext, as_json: bool) -> None:
 
     from membrane.bench import TABLE_HEADER, BenchReport, resolve_candidates, table_cells
     from membrane.journal import Journal
-    from membrane.promote import current_champion
+    from membrane.pipeline import active_model
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        champion = current_champion(settings, journal)
+        champion = active_model(settings, journal)
         promoted = journal.active_model() is not None
         candidates, notes = resolve_candidates(settings, champion)
         runs = journal.bench_runs(1)
@@ -539,7 +539,8 @@ def promote(app: AppContext, name: str, force: bool) -> None:
     from membrane.backends import backend_names
     from membrane.bench import BenchReport
     from membrane.journal import Journal
-    from membrane.promote import apply_decision, current_champion, decide
+    from membrane.pipeline import active_model
+    from membrane.promote import apply_decision, decide
     from membrane.promote import promote as promote_model
 
     ref = _parse_model(name)
@@ -547,7 +548,7 @@ def promote(app: AppContext, name: str, force: bool) -> None:
         raise ConfigError(f"unknown backend {ref.backend!r} in {name!r}; known: {', '.join(backend_names())}")
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        champion = current_champion(settings, journal)
+        champion = active_model(settings, journal)
         if ref == champion:
             click.echo(f"{ref} is already the champion")
             return

@@ -103,14 +103,12 @@ def check_neo4j(settings: Settings) -> Check:
 def check_model(settings: Settings) -> Check:
     from membrane.backends import get_backend
     from membrane.journal import Journal, ModelRef
+    from membrane.pipeline import active_model
 
     ref = ModelRef(settings.model.backend, settings.model.name)
-    if settings.journal.path.exists():
-        journal = Journal(settings.journal.path)
-        try:
-            ref = journal.active_model() or ref
-        finally:
-            journal.close()
+    if settings.journal.path.exists():  # doctor must not create a journal
+        with Journal(settings.journal.path) as journal:
+            ref = active_model(settings, journal)
     try:
         result = get_backend(ref.backend, settings).check(ref.name)
     except MembraneError as exc:

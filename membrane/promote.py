@@ -28,6 +28,7 @@ from membrane.config import Settings
 from membrane.errors import ConfigError
 from membrane.journal import Journal, ModelRef
 from membrane.logs import get_logger
+from membrane.pipeline import active_model
 from membrane.score import METRICS, Scores
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "bootstrap_improvement",
     "check_policy_settings",
     "composite",
-    "current_champion",
     "decide",
     "gate_failures",
     "promote",
@@ -100,11 +100,6 @@ def gate_failures(metrics: Mapping[str, float], settings: Settings) -> list[str]
         if metrics[name] < floor:
             failures.append(f"{name} {metrics[name]:.3f} < floor {floor:.3f}")
     return failures
-
-
-def current_champion(settings: Settings, journal: Journal) -> ModelRef:
-    """The promoted champion, else the configured [model]."""
-    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -233,7 +228,7 @@ def apply_decision(decision: Decision, settings: Settings, journal: Journal, *, 
 
 def promote(ref: ModelRef, settings: Settings, journal: Journal, *, reason: str, evidence: Mapping[str, Any]) -> int:
     """Record `ref` as champion; requeue extraction failures if configured. Returns the count requeued."""
-    champion = current_champion(settings, journal)
+    champion = active_model(settings, journal)
     journal.set_active_model(ref, reason=reason, evidence=evidence, replacing=champion)
     requeued = journal.requeue_failed("extract") if settings.bench.retry_failed_after_promotion else 0
     log.info("champion_changed", previous=str(champion), new=str(ref), reason=reason, requeued=requeued)

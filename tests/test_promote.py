@@ -15,7 +15,8 @@ from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError
 from membrane.journal import Journal, ModelRef
-from membrane.promote import apply_decision, bootstrap_improvement, current_champion, decide, promote
+from membrane.pipeline import active_model
+from membrane.promote import apply_decision, bootstrap_improvement, decide, promote
 from membrane.score import CaseScore, Counts, Scores
 
 
@@ -115,11 +116,11 @@ def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Set
 
 def test_rollback_restores_the_last_champion(settings: Settings, journal: Journal) -> None:
     """Two promotions then rollbacks walk back to the configured model; one more rollback is refused."""
-    assert current_champion(settings, journal) == ModelRef("embedded", "smollm2-135m")
+    assert active_model(settings, journal) == ModelRef("embedded", "smollm2-135m")
     promote(ModelRef("embedded", "gemma3-270m"), settings, journal, reason="test", evidence={})
     promote(ModelRef("ollama", "qwen2.5:1.5b"), settings, journal, reason="test", evidence={})
     assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "gemma3-270m")
-    assert current_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
+    assert active_model(settings, journal) == ModelRef("embedded", "gemma3-270m")
     assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "smollm2-135m")
     with pytest.raises(MembraneError):
         journal.rollback_active_model(reason="test")
