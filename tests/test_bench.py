@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_pipeline_support import REFERENCE
 
 from membrane.bench import BenchReport, resolve_candidates, run_bench
 from membrane.cli import main
@@ -19,12 +20,6 @@ from membrane.journal import Journal, ModelRef
 from membrane.testing.ollama_server import FakeOllama
 
 GOLD_FILE = Path(__file__).resolve().parents[1] / "config" / "eval" / "gold.jsonl"
-REFERENCE = {
-    "entities": [{"name": "Docker", "role": "subject"}, {"name": "Kubernetes cluster", "role": "object"},
-                 {"name": "DevOps team", "role": "subject"}],
-    "relationships": [{"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
-                      {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"}],
-}  # fmt: skip
 EMPTY = {"entities": [], "relationships": []}
 
 

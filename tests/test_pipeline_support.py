@@ -23,6 +23,15 @@ PLACES = ["Acme Corp", "the Raspberry Pi", "Nextcloud", "Neo4j", "Debian", "the 
 VERBS = ["WORKS_AT", "DEPLOYED_ON", "USES", "MAINTAINS"]
 
 
+# The DESIGN example as an extraction: the reference answer for bench and schedule tests.
+REFERENCE = {
+    "entities": [{"name": "Docker", "role": "subject"}, {"name": "Kubernetes cluster", "role": "object"},
+                 {"name": "DevOps team", "role": "subject"}],
+    "relationships": [{"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+                      {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"}],
+}  # fmt: skip
+
+
 def note(i: int) -> tuple[str, str, str]:
     """(file name, text, recorded model output) of the i-th sample capture."""
     person = f"{PEOPLE[i % len(PEOPLE)]} {i}"

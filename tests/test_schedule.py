@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from test_pipeline_support import REFERENCE
 
 from membrane.bench import BenchScheduler
 from membrane.config import Settings
@@ -18,13 +19,6 @@ from membrane.daemon import Daemon
 from membrane.errors import ConfigError
 from membrane.journal import Journal, ModelRef
 from membrane.testing.ollama_server import FakeOllama
-
-REFERENCE = {
-    "entities": [{"name": "Docker", "role": "subject"}, {"name": "Kubernetes cluster", "role": "object"},
-                 {"name": "DevOps team", "role": "subject"}],
-    "relationships": [{"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
-                      {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"}],
-}  # fmt: skip
 
 
 def same_answer_gold(path: Path, cases: int) -> Path:
