@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-12)
+# The stamp changes with the dependencies and with the llama.cpp CPU flags this machine gets.
+STAMP := $(VENV)/.installed-$(shell { cat pyproject.toml constraints.txt scripts/llama-wheel; bash scripts/llama-wheel flags; } 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: venv lint test demo neo4j-start neo4j-stop clean
 
@@ -11,8 +12,11 @@ $(STAMP):
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (Python 3.11+ is required)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# llama-cpp-python builds from source the first time (about 5-7 minutes on
-	# 2 cores); pip keeps the built wheel in its cache for later runs.
+	# llama-cpp-python is built from source with explicit CPU flags (never
+	# GGML_NATIVE, never AMX: the native build crashes on AMX Xeons), the first
+	# time in about 5 minutes on 2 cores, into a wheel folder keyed by the flags.
+	# It is installed first, so the line after it finds it satisfied.
+	PYTHON=$(PY) scripts/llama-wheel install $(PY)
 	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
