@@ -18,6 +18,7 @@ those boundaries code only catches MembraneError subclasses.
         ├── CaptureRejected         unreadable, empty, oversized, unsafe file
         ├── ExtractionFailed        no valid Extraction within the repair budget
         ├── ModelNotFound           the configured model does not exist
+        ├── ModelRejected           the model server refused to register a model
         └── GraphWriteError         Neo4j refused the write (constraint, syntax)
 
 The pipeline's policy is one line: RetryableError -> back off and retry,
@@ -38,6 +39,7 @@ __all__ = [
     "JournalError",
     "MembraneError",
     "ModelNotFound",
+    "ModelRejected",
     "ModelUnavailable",
     "PermanentError",
     "RetryableError",
@@ -123,6 +125,12 @@ class CaptureRejected(PermanentError):
 
 class ModelNotFound(PermanentError):
     hint = "Pull or register the model, or change [model] in the config (`membrane models`)."
+
+
+class ModelRejected(PermanentError):
+    """The model server refused to register a model: a bad GGUF, adapter, template or parameter."""
+
+    hint = "Check the GGUF and adapter files and the template and parameters given with them."
 
 
 class ExtractionFailed(PermanentError):

@@ -4,6 +4,10 @@ Neo4j comes from MEMBRANE_TEST_NEO4J_URI / _USER / _PASSWORD (or
 _PASSWORD_FILE), as `scripts/neo4j-local env` prints them; else from
 testcontainers when a Docker engine answers; else every test that needs it
 fails with a message naming scripts/neo4j-local. It is never skipped.
+
+The real Ollama server comes from MEMBRANE_TEST_OLLAMA_HOST, as
+`scripts/ollama-local env` prints it (`make test` starts it); without it the
+tests that need it are skipped, and in CI they fail.
 """
 
 from __future__ import annotations
@@ -117,6 +121,43 @@ def pristine_neo4j(neo4j_driver: Any) -> Any:
     """A driver on an empty database: no data, no constraints, no indexes."""
     wipe_graph(neo4j_driver, schema=True)
     return neo4j_driver
+
+
+@dataclass(frozen=True)
+class OllamaServer:
+    """A real Ollama server with the tiny models that scripts/ollama-local imports."""
+
+    host: str
+    version: str
+    smollm2: str = "smollm2-135m"
+    gemma: str = "gemma3-270m"
+
+
+def _ollama_unavailable(message: str) -> None:
+    message += " Run `scripts/ollama-local start` and `eval \"$(scripts/ollama-local env)\"` (or `make test`)."
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def ollama_server() -> OllamaServer:
+    """The real Ollama server from MEMBRANE_TEST_OLLAMA_HOST, answering and holding both tiny models."""
+    import httpx
+
+    host = os.environ.get("MEMBRANE_TEST_OLLAMA_HOST", "")
+    if not host:
+        _ollama_unavailable("No Ollama for the tests: MEMBRANE_TEST_OLLAMA_HOST is not set.")
+    try:
+        version = httpx.get(f"{host}/api/version", timeout=5).json()["version"]
+        names = {m["model"] for m in httpx.get(f"{host}/api/tags", timeout=5).json()["models"]}
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        _ollama_unavailable(f"Ollama at {host} does not answer ({exc}).")
+    server = OllamaServer(host, version)
+    missing = {f"{server.smollm2}:latest", f"{server.gemma}:latest"} - names
+    if missing:
+        _ollama_unavailable(f"Ollama at {host} lacks the tiny models {sorted(missing)}.")
+    return server
 
 
 def _gguf(spec: str) -> Path:

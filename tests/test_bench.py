@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import OllamaServer
 from test_pipeline_support import REFERENCE
 
 from membrane.bench import BenchReport, resolve_candidates, run_bench
@@ -159,3 +160,27 @@ def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings
     assert stored["id"] == report.id and len(stored["report"]["runs"]) == 2
     assert Path(report.files["plot"]).stat().st_size > 1000
     assert report.decision is not None and report.decision.challenger == "embedded:gemma3-270m"
+
+
+@pytest.mark.ollama
+@pytest.mark.slow
+def test_bench_command_with_a_real_ollama_candidate(tmp_path: Path, ollama_server: OllamaServer) -> None:
+    """`membrane bench --models ollama:smollm2-135m` runs the real server's model on 2 gold cases, recording a row."""
+    gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026"])
+    config = tmp_path / "membrane.toml"
+    config.write_text(
+        f'[model]\nollama_host = "{ollama_server.host}"\nnum_predict = 96\ntimeout_s = 120.0\n'
+        f'[extraction]\nmax_repairs = 1\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_file = "{gold}"\ninclude_embedded = false\n',
+        encoding="utf-8",
+    )
+    model = f"ollama:{ollama_server.smollm2}"
+    result = CliRunner().invoke(main, ["--config", str(config), "bench", "--models", model])
+    assert result.exit_code == 0, result.output
+    assert model in result.output
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        stored = journal.bench_runs(1)[0]
+    run = BenchReport.from_dict(stored["report"], report_id=stored["id"]).run_for(model)
+    assert run is not None and run.status == "ok" and run.scores is not None and len(run.scores.cases) == 2
+    row: dict[str, Any] = run.row()
+    assert str(row["parameters"]).endswith("M") and row["tokens_per_second"] > 0 and 0 < row["p50_s"] <= row["p95_s"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import OllamaServer
 
 from membrane.cli import main
 
@@ -126,14 +126,27 @@ def test_ollama_down_fails_with_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert line.startswith("FAIL") and "fix: " in line
 
 
-def test_ollama_model_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A model the Ollama server lists passes the model check."""
-    from membrane.testing.ollama_server import FakeOllama
+@pytest.mark.ollama
+def test_ollama_model_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ollama_server: OllamaServer) -> None:
+    """A model the real Ollama server has passes the model check, naming the host and the model."""
+    result = _doctor(
+        monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME=ollama_server.smollm2,
+        MEMBRANE_MODEL__OLLAMA_HOST=ollama_server.host,
+    )  # fmt: skip
+    line = _line(result.output, "model")
+    assert line.startswith("ok") and ollama_server.host in line and ollama_server.smollm2 in line, result.output
+    assert result.exit_code == 0, result.output
 
-    factory: Callable[..., Any] = FakeOllama
-    with factory() as server:
-        server.add_scripted("tiny:1b", ['{"entities": [], "relationships": []}'])
-        result = _doctor(
-            monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME="tiny:1b", MEMBRANE_MODEL__OLLAMA_HOST=server.url
-        )
-    assert _line(result.output, "model").startswith("ok"), result.output
+
+@pytest.mark.ollama
+def test_ollama_model_missing_fails_with_pull_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ollama_server: OllamaServer
+) -> None:
+    """A model the real Ollama server lacks is a FAIL whose fix is the ollama pull command."""
+    result = _doctor(
+        monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME="no-such-model:1b",
+        MEMBRANE_MODEL__OLLAMA_HOST=ollama_server.host,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = _line(result.output, "model")
+    assert line.startswith("FAIL") and "fix: ollama pull no-such-model:1b" in line, result.output

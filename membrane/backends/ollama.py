@@ -6,7 +6,11 @@ membrane.errors:
 - ResponseError 5xx, connection refused, timeouts, broken streams ->
   ModelUnavailable (retryable: the server is down, loading or overloaded);
 - any other 4xx -> ExtractionFailed (the server refuses this request as such,
-  so sending it again cannot help).
+  so sending it again cannot help), or ModelRejected when registering a model.
+
+Registration: `create_model` uploads a local GGUF (and a LoRA adapter GGUF) as
+blobs and creates a named model from them, with an optional template,
+parameters and system prompt; the fine-tuning helper registers its models so.
 
 Thinking: `think=False` is sent only to models whose `show()` capabilities
 list "thinking" (older servers and other models reject or ignore the field);
@@ -17,14 +21,16 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import ollama
 
 from membrane.backends import BackendCheck, Generation, GenerationRequest
-from membrane.errors import ExtractionFailed, ModelNotFound, ModelUnavailable
+from membrane.errors import ExtractionFailed, ModelNotFound, ModelRejected, ModelUnavailable
 from membrane.logs import get_logger
 
 if TYPE_CHECKING:
@@ -47,8 +53,15 @@ class OllamaBackend:
         self.timeout_s = settings.model.timeout_s
         self.keep_alive = settings.model.keep_alive
         self._client = ollama.Client(host=self.host, timeout=self.timeout_s)
+        # Ollama keeps connections alive: close the pool with the backend rather
+        # than leave its sockets to the garbage collector (a ResourceWarning each).
+        self._closer = weakref.finalize(self, self._client.close)
         self._shown: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the pooled connections now (done anyway when the backend is collected)."""
+        self._closer()
 
     def generate(self, request: GenerationRequest) -> Generation:
         think = False if "thinking" in self.capabilities(request.model) else None
@@ -106,6 +119,45 @@ class OllamaBackend:
         details = self._show(model).details
         return (details.parameter_size or "") if details else ""
 
+    def create_model(
+        self,
+        name: str,
+        gguf: Path,
+        *,
+        adapter: Path | None = None,
+        template: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        system: str | None = None,
+    ) -> None:
+        """Register `name` on the server from a local GGUF, optionally with a LoRA adapter GGUF.
+
+        An existing model of that name is replaced. Raises ModelNotFound for a
+        missing file, ModelRejected when the server refuses the files, template
+        or parameters, ModelUnavailable when it cannot be reached.
+        """
+        # Fixed blob names: the server tells GGUF from safetensors by the ".gguf" suffix.
+        files = {"model.gguf": self._upload(name, gguf)}
+        adapters = {"adapter.gguf": self._upload(name, adapter)} if adapter is not None else None
+        response = self._call(
+            name,
+            lambda: self._client.create(
+                model=name, files=files, adapters=adapters, template=template,
+                parameters=parameters, system=system, stream=False,
+            ),  # fmt: skip
+            registering=True,
+        )
+        if response.status != "success":
+            raise ModelRejected(f"Ollama did not register {name!r}: status {response.status!r}")
+        with self._lock:  # a re-registered name may have other capabilities
+            self._shown.pop(name, None)
+        log.info("ollama_model_created", model=name, gguf=str(gguf), adapter=str(adapter) if adapter else None)
+
+    def _upload(self, name: str, path: Path) -> str:
+        """The blob digest of a local file, uploaded to the server."""
+        if not path.is_file():
+            raise ModelNotFound(f"cannot register {name!r}: {str(path)!r} is not a file")
+        return self._call(name, lambda: self._client.create_blob(path), registering=True)
+
     def check(self, model: str) -> BackendCheck:
         try:
             capabilities = self.capabilities(model)
@@ -118,11 +170,14 @@ class OllamaBackend:
         thinking = " (thinking model: think=false is sent)" if "thinking" in capabilities else ""
         return BackendCheck(True, f"Ollama at {self.host} serves {model}{thinking}")
 
-    def _call(self, model: str, call: Callable[[], T]) -> T:
+    def _call(self, model: str, call: Callable[[], T], *, registering: bool = False) -> T:
         """Run one client call, translating its exceptions (the only place that does)."""
         try:
             return call()
         except ollama.ResponseError as exc:
+            if registering and 400 <= exc.status_code < 500:
+                refused = f"Ollama refused to register {model!r}: {exc.error} (HTTP {exc.status_code})"
+                raise ModelRejected(refused) from exc
             raise _translate_response_error(model, exc) from exc
         except ConnectionError as exc:  # the client's own "Failed to connect to Ollama"
             raise ModelUnavailable(f"cannot connect to Ollama at {self.host}") from exc

@@ -1,12 +1,22 @@
-"""FakeOllama: a local HTTP server speaking the documented Ollama API, for tests
-and benchmarks that need the real `ollama` client over real HTTP.
+"""FakeOllama: a local HTTP server imitating the Ollama API, only for what the real
+server cannot produce with the tiny models MemBrane tests with.
+
+Everything a real Ollama can serve is tested against the real server
+(scripts/ollama-local, the `ollama_server` fixture). FakeOllama is for:
+- a thinking model that reasons before it answers (think=true/false, and
+  reasoning inlined as ``<think>...</think>`` when the request says nothing);
+- malformed output: scripted answers that are broken JSON, prose, or exactly
+  the reference labels (the bench's scoring and promotion tests);
+- a hang: `delay_s` before answering, for client timeouts;
+- an outage: stop() and start() again on the same port.
+tests/test_backend_ollama.py sends the same requests to it and to the real
+server and compares the answers' keys and value types, so it cannot drift.
 
 Usage::
 
     with FakeOllama() as server:
         server.add_scripted("qwen3:fake", ['{"entities": [], "relationships": []}'],
                             thinking="Let me think...")
-        server.add_gguf("smollm2", tiny_model_path, chat_format="chatml")
         settings = make_settings(model={"backend": "ollama", "ollama_host": server.url,
                                         "name": "qwen3:fake"})
         ...
@@ -15,29 +25,22 @@ Usage::
 
 Endpoints: POST /api/chat (stream false, or true as NDJSON; the API's default
 is true), POST /api/generate (minimal), GET /api/tags, POST /api/show
-(capabilities, details.parameter_size), GET /api/ps, GET /api/version,
-POST /api/create (from an existing model, or files={name: digest} of an
-uploaded GGUF blob), HEAD/POST /api/blobs/<digest>. An unknown model answers
-404 {"error": "model '<name>' not found"}, like Ollama.
+(capabilities, details.parameter_size), GET /api/ps, GET /api/version. An
+unknown model answers 404 {"error": "model '<name>' not found"}, like Ollama.
+No blobs and no create: register models on the real server.
 
-Models:
-- ScriptedModel: `outputs` returned in turn (the last repeats); `thinking`
-  reasoning a thinking-capable model emits: as `message.thinking` when the
-  request says think=true, not at all for think=false, and, like a model
-  reasoning unasked, inlined as ``<think>...</think>`` before the content when
-  the request says nothing; `delay_s` before answering (client timeouts);
-  `eval_count` tokens reported ~ characters / 4.
-- GgufModel: a real GGUF through llama.cpp (membrane.backends.embedded),
-  honouring `format` as a JSON schema and the options num_predict,
-  temperature, seed.
-Every request is recorded in `requests` (method, path, parsed JSON body).
+ScriptedModel: `outputs` returned in turn (the last repeats); `thinking`
+reasoning a thinking-capable model emits: as `message.thinking` when the
+request says think=true, not at all for think=false, inlined when the request
+says nothing; `delay_s` before answering; `eval_count` tokens reported ~
+characters / 4. Every request is recorded in `requests` (method, path, parsed
+JSON body).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -45,10 +48,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-__all__ = ["FakeOllama", "GgufModel", "RecordedRequest", "ScriptedModel"]
+__all__ = ["FakeOllama", "RecordedRequest", "ScriptedModel"]
 
 VERSION = "0.12.6"
 
@@ -82,35 +84,7 @@ class ScriptedModel:
         return f"<think>{self.thinking}</think>\n{output}", None, "stop"
 
 
-@dataclass
-class GgufModel:
-    path: Path
-    chat_format: str = "chatml"
-    n_ctx: int = 2048
-    parameter_size: str = "135M"
-    family: str = "llama"
-    capabilities: list[str] = field(default_factory=lambda: ["completion"])
-
-    def answer(self, body: dict[str, Any]) -> tuple[str, str | None, str]:
-        from membrane.backends.embedded import load_model
-
-        options = body.get("options") or {}
-        schema = body.get("format")
-        if schema == "json":
-            schema = {"type": "object"}
-        messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
-        response = load_model(self.path, self.chat_format, self.n_ctx).chat(
-            messages,
-            schema=schema or None,
-            max_tokens=int(options.get("num_predict", 256)),
-            temperature=float(options.get("temperature", 0.8)),
-            seed=int(options.get("seed", 0)),
-        )
-        choice = response["choices"][0]
-        return choice["message"].get("content") or "", None, choice.get("finish_reason") or "stop"
-
-
-Model = ScriptedModel | GgufModel
+Model = ScriptedModel
 
 
 @dataclass(frozen=True)
@@ -133,7 +107,6 @@ class FakeOllama:
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._blob_dir = tempfile.TemporaryDirectory(prefix="fake-ollama-blobs-")
         self._lock = threading.Lock()
 
     # -- lifecycle
@@ -158,7 +131,6 @@ class FakeOllama:
 
     def close(self) -> None:
         self.stop()
-        self._blob_dir.cleanup()
 
     def __enter__(self) -> FakeOllama:
         return self.start()
@@ -176,17 +148,9 @@ class FakeOllama:
         self.models[name] = model
         return model
 
-    def add_gguf(self, name: str, path: Path, **options: Any) -> GgufModel:
-        model = GgufModel(Path(path), **options)
-        self.models[name] = model
-        return model
-
     def chat_requests(self) -> list[dict[str, Any]]:
         """Bodies of the /api/chat requests received, oldest first."""
         return [r.body for r in self.requests if r.path == "/api/chat"]
-
-    def blob_path(self, digest: str) -> Path:
-        return Path(self._blob_dir.name) / digest.replace(":", "-")
 
     def record(self, method: str, path: str, body: dict[str, Any]) -> None:
         with self._lock:
@@ -251,26 +215,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self.fake.record("HEAD", self.path, {})
-        exists = self.path.startswith("/api/blobs/") and self.fake.blob_path(self.path.rsplit("/", 1)[-1]).exists()
-        self.send_response(HTTPStatus.OK if exists else HTTPStatus.NOT_FOUND)
-        self.send_header("Content-Length", "0")
-        self.send_header("Connection", "close")
-        self.end_headers()
-
     def do_POST(self) -> None:  # noqa: N802
-        if self.path.startswith("/api/blobs/"):
-            self._blob()
-            return
         body = self._body()
         self.fake.record("POST", self.path, body)
         routes = {"/api/chat": self._chat, "/api/generate": self._generate, "/api/show": self._show}
         route = routes.get(self.path)
         if route is not None:
             route(body)
-        elif self.path == "/api/create":
-            self._create(body)
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
@@ -359,48 +310,3 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, final)
         else:
             self._stream(iter([final]))
-
-    def _blob(self) -> None:
-        digest = self.path.rsplit("/", 1)[-1]
-        length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length) if length else self._read_chunked()
-        self.fake.record("POST", self.path, {"bytes": len(data)})
-        if f"sha256:{hashlib.sha256(data).hexdigest()}" != digest:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "digest mismatch"})
-            return
-        self.fake.blob_path(digest).write_bytes(data)
-        self.send_response(HTTPStatus.CREATED)
-        self.send_header("Content-Length", "0")
-        self.send_header("Connection", "close")
-        self.end_headers()
-
-    def _read_chunked(self) -> bytes:
-        data = b""
-        while True:
-            size = int(self.rfile.readline().strip() or b"0", 16)
-            if size == 0:
-                self.rfile.readline()
-                return data
-            data += self.rfile.read(size)
-            self.rfile.readline()
-
-    def _create(self, body: dict[str, Any]) -> None:
-        name = str(body.get("model") or "")
-        files = body.get("files") or {}
-        source = self.fake.models.get(str(body.get("from") or ""))
-        if files:
-            digest = next(iter(files.values()))
-            path = self.fake.blob_path(str(digest))
-            if not path.exists():
-                self._send(HTTPStatus.BAD_REQUEST, {"error": f"blob {digest} not found"})
-                return
-            self.fake.models[name] = GgufModel(path)
-        elif source is not None:
-            self.fake.models[name] = source
-        else:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "neither 'from' nor 'files' names a model"})
-            return
-        if body.get("stream", True) is False:
-            self._send(HTTPStatus.OK, {"status": "success"})
-        else:
-            self._stream(iter([{"status": "using existing layer"}, {"status": "success"}]))
