@@ -17,6 +17,12 @@ capture whose stored fingerprint matches is skipped, and otherwise values are
 only written when they change, so re-ingesting a capture leaves every node,
 relationship and property as it was (element ids included).
 
+Saved questions (membrane/queries/*.cypher) are the read queries people run:
+each file is a Neo4j Browser favourite as it stands (a title comment, a
+`// :param name => example` line per parameter, the query), and
+`saved_questions()` strips the comments so the CLI runs the very same query
+with driver parameters (see docs/design-notes.md, "The graph people see").
+
 Relationship types travel as data: an existing fact is found by expanding out
 of its source entity (a unique-key seek) to the target and filtering on the
 type; a new one is CREATEd with the dynamic type `$(row.type)`. (A dynamic
@@ -34,8 +40,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -50,6 +57,9 @@ from neo4j.exceptions import (
     SessionExpired,
     TransientError,
 )
+from neo4j.graph import Node, Relationship
+from neo4j.graph import Path as GraphPath
+from neo4j.time import DateTime
 
 from membrane.config import Settings
 from membrane.errors import ConfigError, GraphAuthFailed, GraphUnavailable, GraphWriteError
@@ -57,7 +67,16 @@ from membrane.logs import get_logger
 from membrane.resolve import CaptureFacts
 from membrane.schema import RELATION_PATTERN
 
-__all__ = ["MIGRATIONS_DIR", "GraphStore", "fingerprint", "relationship_type_literal", "write_queries"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "QUERIES_DIR",
+    "GraphStore",
+    "SavedQuestion",
+    "fingerprint",
+    "relationship_type_literal",
+    "saved_questions",
+    "write_queries",
+]
 
 log = get_logger(__name__)
 
@@ -73,6 +92,7 @@ def _migrations_dir() -> Path:
 
 
 MIGRATIONS_DIR = _migrations_dir()
+QUERIES_DIR = Path(__file__).resolve().parent / "queries"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIGRATION_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.cypher$")
 # A MERGE racing another under a uniqueness constraint can still fail its check;
@@ -285,6 +305,79 @@ def write_queries() -> dict[str, str]:
         "refresh_entities": _REFRESH_ENTITIES,
         "delete_orphans": _DELETE_ORPHANS,
     }
+
+
+# ---------------------------------------------------------------- saved questions
+
+# "// :param name => example": a comment, so the favourite stays one statement
+# (Browser shows a multi-statement run as summaries, without the graph).
+_PARAM_LINE = re.compile(r"^//\s*:param\s+([A-Za-z_][A-Za-z0-9_]*)\s*=>")
+
+
+@dataclass(frozen=True)
+class SavedQuestion:
+    """One file of membrane/queries: `text` is what Neo4j Browser takes (a
+    favourite), `query` what the driver runs, `params` the names its
+    `// :param` lines set, in order, and `param_commands` those lines as the
+    Browser commands to run first (with their example values)."""
+
+    name: str
+    title: str
+    text: str
+    query: str
+    params: tuple[str, ...]
+    param_commands: tuple[str, ...]
+
+
+def _saved_question(path: Path) -> SavedQuestion:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    title = lines[0].removeprefix("//").strip() if lines and lines[0].startswith("//") else path.stem
+    declared = [(m.group(1), line.removeprefix("//").strip()) for line in lines if (m := _PARAM_LINE.match(line))]
+    body = [line for line in lines if not line.lstrip().startswith("//")]
+    return SavedQuestion(path.stem, title, text, "\n".join(body).strip(),
+                         tuple(name for name, _ in declared), tuple(command for _, command in declared))  # fmt: skip
+
+
+@cache
+def saved_questions() -> dict[str, SavedQuestion]:
+    """Every saved question by name (the file stem), read once."""
+    return {path.stem: _saved_question(path) for path in sorted(QUERIES_DIR.glob("*.cypher"))}
+
+
+_ENTITY_NAMES = "MATCH (e:Entity) RETURN e.key AS key, e.name AS name, e.aliases AS aliases ORDER BY key"
+
+
+def _iso(moment: DateTime) -> str:
+    """A stored DATETIME in resolve.normalize_timestamp's form, so the graph and
+    the journal print the same string."""
+    return moment.to_native().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _plain(value: Any) -> Any:
+    """Driver values as plain Python: nodes as property dicts, DATETIMEs as ISO strings."""
+    if isinstance(value, DateTime):
+        return _iso(value)
+    if isinstance(value, Node):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Relationship):
+        ends = {"start": _plain(value.start_node), "end": _plain(value.end_node)}
+        return {"type": value.type, **ends, **{k: _plain(v) for k, v in value.items()}}
+    if isinstance(value, GraphPath):
+        return {"nodes": [_plain(n) for n in value.nodes], "relationships": [_plain(r) for r in value.relationships]}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _ask(tx: ManagedTransaction, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    question = saved_questions()[name]
+    missing = sorted(set(question.params) - set(params))
+    if missing:  # a programming error: the caller must pass what the Browser's :param lines set
+        raise ValueError(f"saved question {name!r} needs the parameters {', '.join(missing)}")
+    return [{k: _plain(v) for k, v in record.items()} for record in tx.run(question.query, params)]
 
 
 # ---------------------------------------------------------------- rows
@@ -585,6 +678,16 @@ class GraphStore:
     def entity_keys(self) -> list[str]:
         rows = self._read(lambda tx: _run(tx, "MATCH (e:Entity) RETURN e.key AS key ORDER BY key"))
         return [r["key"] for r in rows]
+
+    def ask(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Run the saved question `name` (membrane/queries/NAME.cypher) with
+        `params`; rows as plain Python (nodes and relationships as property
+        dicts, a relationship with its type and both end nodes)."""
+        return self._read(lambda tx: _ask(tx, name, params))
+
+    def entity_names(self) -> list[dict[str, Any]]:
+        """key, name and aliases of every entity, by key (for resolving a name)."""
+        return self._read(lambda tx: _run(tx, _ENTITY_NAMES))
 
     def counts(self) -> dict[str, int]:
         """captures, entities, mentions and relationships (between entities)."""
