@@ -365,6 +365,92 @@ def _capture_for(pipeline: Any, journal: Any, target: str) -> Any:
     return None
 
 
+# ---------------------------------------------------------------- explore commands (issue 11)
+# show, facts: thin shells over membrane.explore (Neo4j when configured, else the journal).
+
+
+def _visible(text: str) -> str:
+    # Names are model output: quotes, backticks and any script print as they are;
+    # only characters that would break the line or reorder the terminal are escaped.
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _print_report(report: Any, lines: Callable[..., list[str]], as_json: bool) -> None:
+    import dataclasses
+    import json
+
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report), ensure_ascii=False, indent=2))
+        return
+    for line in lines(report, _visible):
+        click.echo(line)
+
+
+def _not_found(exc: Any, as_json: bool) -> NoReturn:
+    import json
+
+    if as_json:
+        click.echo(json.dumps({"error": str(exc), "candidates": list(exc.candidates)}, ensure_ascii=False, indent=2))
+    click.echo(f"membrane: {_visible(str(exc))}", err=True)
+    if exc.candidates:
+        click.echo("  close candidates:", err=True)
+        for candidate in exc.candidates:
+            click.echo(f"    {_visible(candidate)}", err=True)
+    elif exc.hint:
+        click.echo(f"  hint: {exc.hint}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def show(app: AppContext, name: str, as_json: bool) -> None:
+    """What MemBrane knows about the entity NAME: aliases, relationships both
+    ways, the captures behind each fact, first and last seen (exit 1 if unknown)."""
+    from membrane.errors import NotFound
+    from membrane.explore import entity_lines, open_reader, resolve_name
+
+    settings = app.settings
+    with open_reader(settings) as reader:
+        try:
+            entity = resolve_name(name, reader.entity_names(), settings.graph.fuzzy_threshold)
+        except NotFound as exc:
+            _not_found(exc, as_json)
+        report = reader.entity(entity.key)
+    if report is None:  # removed between the two reads
+        _not_found(NotFound(f"the entity {entity.key!r} is no longer in the graph"), as_json)
+    _print_report(report, entity_lines, as_json)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def facts(app: AppContext, target: str, as_json: bool) -> None:
+    """What one capture produced: its entities and relationships. TARGET is its
+    sha256, or its file as first seen in the inbox or as moved to processed/."""
+    from membrane.errors import NotFound
+    from membrane.explore import capture_lines, open_reader
+    from membrane.journal import Journal
+    from membrane.pipeline import Pipeline
+
+    settings = app.settings
+    with Journal(settings.journal.path) as journal:
+        record = _capture_for(Pipeline(settings, journal), journal, target)
+        if record is None:
+            _not_found(NotFound(f"no capture with facts matches {target!r}",
+                                hint="See `membrane status`; a failed or retracted capture has no facts."), as_json)  # fmt: skip
+        with open_reader(settings, journal) as reader:
+            report = reader.capture(record.sha256)
+    if report is None:
+        _not_found(NotFound(f"capture {record.sha256[:12]} ({record.path}) is not in Neo4j yet",
+                            hint="`membrane status` shows the projection lag; `membrane sync` projects it."), as_json)  # fmt: skip
+    _print_report(report, capture_lines, as_json)
+
+
 # ---------------------------------------------------------------- bench commands (issue 6)
 # bench, score, models, promote, rollback: thin shells over membrane.bench,
 # membrane.score and membrane.promote.

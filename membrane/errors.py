@@ -7,6 +7,7 @@ those boundaries code only catches MembraneError subclasses.
 
     MembraneError
     ├── ConfigError                 bad or missing setting (exit 2)
+    ├── NotFound                    `show`/`facts`: no such entity or capture; close candidates (exit 1)
     ├── JournalError                SQLite failed or a transition is not allowed
     │   │                           (the daemon stops, systemd restarts it; no capture fails)
     │   └── StaleClaim              the capture moved on (lease lost, retracted)
@@ -41,6 +42,7 @@ __all__ = [
     "ModelNotFound",
     "ModelRejected",
     "ModelUnavailable",
+    "NotFound",
     "PermanentError",
     "RetryableError",
     "StaleClaim",
@@ -72,6 +74,15 @@ class ConfigError(MembraneError):
     def __init__(self, message: str, *, key: str | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.key = key
+
+
+class NotFound(MembraneError):
+    """The entity or capture a person asked about is not there, or the name fits
+    several; `candidates` are the close matches to offer instead (display strings)."""
+
+    def __init__(self, message: str, *, candidates: tuple[str, ...] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.candidates = tuple(candidates)
 
 
 class JournalError(MembraneError):

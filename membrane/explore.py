@@ -1,0 +1,403 @@
+"""What MemBrane knows, as a person asks it: `membrane show NAME` (an entity)
+and `membrane facts PATH|SHA256` (one capture).
+
+Owns the two reports (EntityReport, CaptureReport), how a typed name finds an
+entity, and the two stores they are read from:
+
+- Neo4j, through graph.py's saved questions `entity` and `capture` (the same
+  Cypher people run as Neo4j Browser favourites);
+- the journal alone, through export.collect (the graph as `membrane export`
+  and `membrane sync` build it).
+
+Both give the same reports for the same captures, because every list is
+sorted here, never by a store: facts by (direction, type, other entity's key),
+captures by (ingested_at, sha256), aliases as stored (sorted). What can differ
+is only what each store holds: Neo4j has what was projected (captures still
+waiting for it show in `membrane status` as projection lag).
+
+A name is resolved the way ingestion resolves it (resolve.entity_key, then an
+alias, then fuzzy matching when graph.fuzzy_threshold > 0); a name that fits
+no entity, or several, raises NotFound with close candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from rapidfuzz import fuzz, process
+
+from membrane.errors import NotFound
+from membrane.resolve import entity_key
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+    from membrane.export import ExportedGraph
+    from membrane.graph import GraphStore
+    from membrane.journal import Journal
+
+__all__ = [
+    "Candidate",
+    "CaptureFact",
+    "CaptureReport",
+    "EntityName",
+    "EntityReport",
+    "Fact",
+    "GraphReader",
+    "JournalReader",
+    "Mention",
+    "Reader",
+    "Source",
+    "capture_lines",
+    "entity_lines",
+    "open_reader",
+    "resolve_name",
+]
+
+# Unknown names: how many close candidates to offer, and how close they must be.
+CANDIDATES = 5
+CANDIDATE_CUTOFF = 70.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """A capture as provenance: where and when it was written, which model read it."""
+
+    sha256: str
+    path: str
+    ingested_at: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One relationship of an entity; `direction` "out" when the entity is its source."""
+
+    direction: Literal["out", "in"]
+    type: str
+    other_key: str
+    other_name: str
+    first_seen: str
+    last_seen: str
+    model: str
+    sources: tuple[Source, ...]
+
+
+@dataclass(frozen=True)
+class EntityReport:
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    first_seen: str
+    last_seen: str
+    mentioned_in: tuple[Source, ...]
+    facts: tuple[Fact, ...]
+
+
+@dataclass(frozen=True)
+class Mention:
+    """An entity as one capture names it (role and surface forms in that capture)."""
+
+    key: str
+    name: str
+    role: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CaptureFact:
+    """A relationship the capture supports; `other_sources`: how many other captures support it too."""
+
+    source_key: str
+    source_name: str
+    type: str
+    target_key: str
+    target_name: str
+    other_sources: int
+
+
+@dataclass(frozen=True)
+class CaptureReport:
+    sha256: str
+    path: str
+    ingested_at: str
+    model: str
+    prompt_version: str
+    entities: tuple[Mention, ...]
+    facts: tuple[CaptureFact, ...]
+
+
+@dataclass(frozen=True)
+class EntityName:
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str
+    name: str
+    score: float
+
+
+class Reader(Protocol):
+    """A store the reports are read from."""
+
+    def entity_names(self) -> list[EntityName]: ...
+
+    def entity(self, key: str) -> EntityReport | None: ...
+
+    def capture(self, sha256: str) -> CaptureReport | None: ...
+
+
+# ---------------------------------------------------------------- resolving a name
+
+
+def resolve_name(name: str, entities: Sequence[EntityName], fuzzy_threshold: float) -> EntityName:
+    """The entity `name` means: its key, else an alias, else (fuzzy_threshold > 0)
+    the best fuzzy key as ingestion would pick it; NotFound otherwise or on a tie."""
+    key = entity_key(name)
+    by_key = {e.key: e for e in entities}
+    if key in by_key:
+        return by_key[key]
+    aliased = [e for e in entities if name in e.aliases or key in map(entity_key, e.aliases)]
+    if len(aliased) == 1:
+        return aliased[0]
+    if aliased:
+        raise _ambiguous(name, [Candidate(e.key, e.name, 100.0) for e in aliased])
+    if fuzzy_threshold > 0:
+        matches = process.extract(key, sorted(by_key), scorer=fuzz.ratio, score_cutoff=fuzzy_threshold, limit=2)
+        if len(matches) == 2 and matches[0][1] == matches[1][1]:
+            raise _ambiguous(name, [Candidate(m[0], by_key[m[0]].name, m[1]) for m in matches])
+        if matches:
+            return by_key[matches[0][0]]
+    raise NotFound(
+        f"no entity is called {name!r} (key {key!r})",
+        candidates=tuple(_describe(c) for c in close_candidates(key, entities)),
+        hint="Names are matched by key (case, punctuation and a leading article do not count) and by alias.",
+    )
+
+
+def close_candidates(key: str, entities: Sequence[EntityName]) -> list[Candidate]:
+    """Entities whose key or an alias's key is close to `key`, best first."""
+    choices: dict[str, str] = {}
+    for entity in entities:
+        for form in (entity.key, *map(entity_key, entity.aliases)):
+            choices.setdefault(form, entity.key)
+    best: dict[str, float] = {}
+    for form, score, _ in process.extract(key, list(choices), scorer=fuzz.WRatio, score_cutoff=CANDIDATE_CUTOFF,
+                                          limit=None):  # fmt: skip
+        best[choices[form]] = max(best.get(choices[form], 0.0), score)
+    names = {e.key: e.name for e in entities}
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:CANDIDATES]
+    return [Candidate(k, names[k], round(score, 1)) for k, score in ranked]
+
+
+def _ambiguous(name: str, candidates: list[Candidate]) -> NotFound:
+    return NotFound(
+        f"{name!r} fits {len(candidates)} entities",
+        candidates=tuple(_describe(c) for c in sorted(candidates, key=lambda c: c.key)),
+        hint="Ask again with one of these names (or its key).",
+    )
+
+
+def _describe(candidate: Candidate) -> str:
+    return f"{candidate.name} (key {candidate.key!r}, score {candidate.score:g})"
+
+
+# ---------------------------------------------------------------- building reports
+
+
+def _source(row: dict[str, Any]) -> Source:
+    return Source(row["sha256"], row["path"], row["ingested_at"], row["model"])
+
+
+def _sources(rows: Iterable[dict[str, Any]]) -> tuple[Source, ...]:
+    unique = {row["sha256"]: _source(row) for row in rows}
+    return tuple(sorted(unique.values(), key=lambda s: (s.ingested_at, s.sha256)))
+
+
+def _entity_report(entity: dict[str, Any], mentioned_in: Iterable[dict[str, Any]], facts: Iterable[Fact]) -> EntityReport:
+    return EntityReport(
+        key=entity["key"],
+        name=entity["name"],
+        aliases=tuple(entity["aliases"]),
+        first_seen=entity["first_seen"],
+        last_seen=entity["last_seen"],
+        mentioned_in=_sources(mentioned_in),
+        facts=tuple(sorted(facts, key=lambda f: (f.direction != "out", f.type, f.other_key))),
+    )
+
+
+def _fact(rel: dict[str, Any], direction: Literal["out", "in"], other: dict[str, Any],
+          sources: Iterable[dict[str, Any]]) -> Fact:  # fmt: skip
+    return Fact(direction, rel["type"], other["key"], other["name"], rel["first_seen"], rel["last_seen"],
+                rel["model"], _sources(sources))  # fmt: skip
+
+
+def _capture_report(capture: dict[str, Any], mentions: Iterable[Mention], facts: Iterable[CaptureFact]) -> CaptureReport:
+    return CaptureReport(
+        sha256=capture["sha256"],
+        path=capture["path"],
+        ingested_at=capture["ingested_at"],
+        model=capture["model"],
+        prompt_version=capture["prompt_version"],
+        entities=tuple(sorted({m.key: m for m in mentions}.values(), key=lambda m: m.key)),
+        facts=tuple(sorted(set(facts), key=lambda f: (f.source_key, f.type, f.target_key))),
+    )
+
+
+class GraphReader:
+    """Reports from Neo4j, through the saved questions `entity` and `capture`."""
+
+    def __init__(self, graph: GraphStore) -> None:
+        self._graph = graph
+
+    def entity_names(self) -> list[EntityName]:
+        return [EntityName(r["key"], r["name"], tuple(r["aliases"] or ())) for r in self._graph.entity_names()]
+
+    def entity(self, key: str) -> EntityReport | None:
+        rows = self._graph.ask("entity", key=key)
+        if not rows:
+            return None
+        facts = []
+        for row in rows:
+            rel = row["fact"]
+            if rel is not None:
+                direction: Literal["out", "in"] = "out" if rel["start"].get("key") == key else "in"
+                facts.append(_fact(rel, direction, row["other"], row["sources"]))
+        return _entity_report(rows[0]["entity"], rows[0]["mentioned_in"], facts)
+
+    def capture(self, sha256: str) -> CaptureReport | None:
+        rows = self._graph.ask("capture", sha256=sha256)
+        if not rows:
+            return None
+        mentions = [
+            Mention(row["entity"]["key"], row["entity"]["name"], row["mention"]["role"],
+                    tuple(row["mention"]["aliases"]))
+            for row in rows if row["entity"] is not None
+        ]  # fmt: skip
+        facts = [
+            CaptureFact(row["entity"]["key"], row["entity"]["name"], row["fact"]["type"], row["target"]["key"],
+                        row["target"]["name"], len(row["fact"]["sources"]) - 1)
+            for row in rows if row["fact"] is not None
+        ]  # fmt: skip
+        return _capture_report(rows[0]["capture"], mentions, facts)
+
+
+class JournalReader:
+    """Reports from the journal alone: the graph export.collect builds, merged as Neo4j merges it."""
+
+    def __init__(self, graph: ExportedGraph) -> None:
+        self._graph = graph
+        self._captures = {c["sha256"]: c for c in graph.captures}
+
+    @classmethod
+    def from_journal(cls, settings: Settings, journal: Journal) -> JournalReader:
+        from membrane.export import collect
+
+        return cls(collect(settings, journal))
+
+    def entity_names(self) -> list[EntityName]:
+        return [EntityName(e["key"], e["name"], tuple(e["aliases"])) for _, e in sorted(self._graph.entities.items())]
+
+    def entity(self, key: str) -> EntityReport | None:
+        entity = self._graph.entities.get(key)
+        if entity is None:
+            return None
+        mentioned = [self._captures[m["sha256"]] for m in self._graph.mentions if m["key"] == key]
+        facts = []
+        for rel in self._graph.relationships.values():
+            for direction, end, other in (("out", "source", "target"), ("in", "target", "source")):
+                if rel[end] == key:
+                    sources = [self._captures[sha] for sha in rel["sources"]]
+                    facts.append(_fact(rel, direction, self._graph.entities[rel[other]], sources))  # type: ignore[arg-type]
+        return _entity_report(entity, mentioned, facts)
+
+    def capture(self, sha256: str) -> CaptureReport | None:
+        capture = self._captures.get(sha256)
+        if capture is None:
+            return None
+        entities = self._graph.entities
+        mentions = [
+            Mention(m["key"], entities[m["key"]]["name"], m["role"], tuple(m["aliases"]))
+            for m in self._graph.mentions if m["sha256"] == sha256
+        ]  # fmt: skip
+        facts = [
+            CaptureFact(r["source"], entities[r["source"]]["name"], r["type"], r["target"],
+                        entities[r["target"]]["name"], len(r["sources"]) - 1)
+            for r in self._graph.relationships.values() if sha256 in r["sources"]
+        ]  # fmt: skip
+        return _capture_report(capture, mentions, facts)
+
+
+@contextmanager
+def open_reader(settings: Settings, journal: Journal | None = None) -> Iterator[Reader]:
+    """Neo4j when neo4j.uri is set (GraphUnavailable when it does not answer),
+    else the journal alone (`journal`, or the configured one opened here)."""
+    if settings.neo4j.enabled:
+        from membrane.graph import GraphStore
+
+        with GraphStore.connect(settings) as graph:
+            yield GraphReader(graph)
+        return
+    if journal is not None:
+        yield JournalReader.from_journal(settings, journal)
+        return
+    from membrane.journal import Journal
+
+    with Journal(settings.journal.path) as opened:
+        yield JournalReader.from_journal(settings, opened)
+
+
+# ---------------------------------------------------------------- text
+
+
+def _short(sha256: str) -> str:
+    return sha256[:12]
+
+
+def _source_line(source: Source, printable: Callable[[str], str]) -> str:
+    return f"{source.ingested_at}  {printable(source.path)}  {source.model}  {_short(source.sha256)}"
+
+
+def entity_lines(report: EntityReport, printable: Callable[[str], str] = str) -> list[str]:
+    """`membrane show` as text; `printable` escapes what must not reach a terminal raw."""
+    p = printable
+    lines = [
+        f"{p(report.name)}  (key: {p(report.key)})",
+        f"  aliases     {', '.join(p(a) for a in report.aliases)}",
+        f"  first seen  {report.first_seen}",
+        f"  last seen   {report.last_seen}",
+        f"  mentioned in {len(report.mentioned_in)} capture(s):",
+        *(f"    {_source_line(s, p)}" for s in report.mentioned_in),
+        f"  relationships ({len(report.facts)}):",
+    ]
+    for fact in report.facts:
+        arrow = f"-[:{fact.type}]->" if fact.direction == "out" else f"<-[:{fact.type}]-"
+        lines.append(f"    {arrow} {p(fact.other_name)}  (first {fact.first_seen}, last {fact.last_seen}, "
+                     f"model {fact.model})")  # fmt: skip
+        lines.extend(f"        {_source_line(s, p)}" for s in fact.sources)
+    return lines
+
+
+def capture_lines(report: CaptureReport, printable: Callable[[str], str] = str) -> list[str]:
+    """`membrane facts` as text."""
+    p = printable
+    lines = [
+        f"{p(report.path)}  (sha256 {report.sha256})",
+        f"  ingested    {report.ingested_at}",
+        f"  model       {report.model}  (prompt {report.prompt_version})",
+        f"  entities ({len(report.entities)}):",
+    ]
+    for mention in report.entities:
+        forms = f"  as {', '.join(p(a) for a in mention.aliases)}" if mention.aliases != (mention.name,) else ""
+        lines.append(f"    {p(mention.name)}  [{mention.role}]{forms}")
+    lines.append(f"  relationships ({len(report.facts)}):")
+    for fact in report.facts:
+        shared = f"  (also {fact.other_sources} other capture(s))" if fact.other_sources else "  (only this capture)"
+        lines.append(f"    {p(fact.source_name)} -[:{fact.type}]-> {p(fact.target_name)}{shared}")
+    return lines
