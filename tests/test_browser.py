@@ -154,11 +154,17 @@ def _run(driver: Any, text: str) -> None:
 
 
 def _post_connect_style(neo4j: Any) -> bool:
-    """Whether the server tells Browser to apply MemBrane's style on connect (scripts/neo4j-local does)."""
+    """Whether the server tells Browser to apply MemBrane's style on connect (scripts/neo4j-local does);
+    fails when it applies another version of the style."""
     rows = neo4j.execute_query(
         "CALL dbms.clientConfig() YIELD name, value WHERE name = 'browser.post_connect_cmd' RETURN value"
     ).records
-    return bool(rows) and '"node.Capture"' in rows[0]["value"]
+    command = rows[0]["value"] if rows else ""
+    if not command.startswith("style {"):
+        return False
+    preloaded = json.loads(command.removeprefix("style "))
+    assert preloaded == json.loads(GRASS.read_text(encoding="utf-8")), "restart scripts/neo4j-local: its style is stale"
+    return True
 
 
 @pytest.mark.neo4j
