@@ -401,6 +401,18 @@ def _not_found(exc: Any, as_json: bool) -> NoReturn:
     sys.exit(EXIT_FAILED)
 
 
+def _capture_by_prefix(journal: Any, target: str) -> Any:
+    """The capture with facts whose sha256 starts with `target` (8 to 63 hex digits, as `show` prints
+    12), when exactly one does."""
+    from membrane.journal import FACT_STATES
+
+    prefix = target.lower()
+    if not 8 <= len(prefix) < 64 or any(c not in "0123456789abcdef" for c in prefix):
+        return None
+    matches = [r for r in journal.captures(FACT_STATES) if r.sha256.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
+
+
 @main.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -431,7 +443,8 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 @handle_errors
 def facts(app: AppContext, target: str, as_json: bool) -> None:
     """What one capture produced: its entities and relationships. TARGET is its
-    sha256, or its file as first seen in the inbox or as moved to processed/."""
+    sha256 (or a unique prefix of 8+ digits, as `show` prints them), or its file
+    as first seen in the inbox or as moved to processed/."""
     from membrane.errors import NotFound
     from membrane.explore import capture_lines, open_reader
     from membrane.journal import Journal
@@ -439,7 +452,7 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        record = _capture_for(Pipeline(settings, journal), journal, target)
+        record = _capture_by_prefix(journal, target) or _capture_for(Pipeline(settings, journal), journal, target)
         if record is None:
             _not_found(NotFound(f"no capture with facts matches {target!r}",
                                 hint="See `membrane status`; a failed or retracted capture has no facts."), as_json)  # fmt: skip

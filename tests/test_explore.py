@@ -61,6 +61,7 @@ def test_facts_is_identical_from_neo4j_and_the_journal(stores: Stores) -> None:
         journal, graph = both(stores, "facts", sha)
         assert journal.exit_code == graph.exit_code == 0
         assert journal.stdout == graph.stdout, path
+        assert cli(stores.journal_only, "facts", sha[:12]).stdout == graph.stdout  # the prefix `show` prints
     homelab = json.loads(cli(stores.neo4j, "facts", str(stores.inbox / "homelab.txt"), "--json").stdout)
     assert [(f["source_name"], f["type"], f["target_name"], f["other_sources"]) for f in homelab["facts"]] == [
         ("Alice", "DEPLOYED", "Nextcloud", 1), ("Debian 12", "RUNS_ON", "Raspberry Pi", 0),
