@@ -263,13 +263,13 @@ class GraphReader:
         rows = self._graph.ask("entity", key=key)
         if not rows:
             return None
-        facts = []
-        for row in rows:
-            rel = row["fact"]
-            if rel is not None:
-                direction: Literal["out", "in"] = "out" if rel["start"].get("key") == key else "in"
-                facts.append(_fact(rel, direction, row["other"], row["sources"]))
-        return _entity_report(rows[0]["entity"], rows[0]["mentioned_in"], facts)
+        row = rows[0]
+        facts = [
+            _fact(item["fact"], "out" if item["fact"]["start"].get("key") == key else "in", item["other"],
+                  item["sources"])
+            for item in row["facts"]
+        ]  # fmt: skip
+        return _entity_report(row["entity"], row["mentioned_in"], facts)
 
     def capture(self, sha256: str) -> CaptureReport | None:
         rows = self._graph.ask("capture", sha256=sha256)
