@@ -1,0 +1,110 @@
+"""`membrane show` / `membrane facts` latency, from Neo4j and from the journal alone.
+
+N captures (the deterministic notes of tests/test_pipeline_support: one person,
+one place, one fact each; 7 places shared by all, so a place is a hub with
+about N/7 supporting captures per fact) are ingested with the replay backend
+into a journal, then synced into Neo4j (the server from MEMBRANE_TEST_NEO4J_URI
+/ _USER / _PASSWORD[_FILE], as `scripts/neo4j-local env` prints them; its data
+is wiped). Then each question is asked as the CLI asks it, store opened and
+closed every time (the journal store rebuilds the graph from every capture,
+the Neo4j store connects and runs two queries), without Python's start-up:
+
+    eval "$(scripts/neo4j-local env)"
+    .venv/bin/python benchmarks/explore.py [--captures 2000] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from daemon_overhead import _neo4j, _wipe  # noqa: E402
+from test_pipeline_support import note, replay_for, settings_sections  # noqa: E402
+
+from membrane.config import Settings  # noqa: E402
+from membrane.daemon import ingest  # noqa: E402
+from membrane.explore import open_reader, resolve_name  # noqa: E402
+from membrane.journal import Journal  # noqa: E402
+from membrane.logs import configure_logging  # noqa: E402
+from membrane.pipeline import sync  # noqa: E402
+
+
+def _build(root: Path, captures: int, neo4j: dict[str, Any]) -> tuple[Settings, Settings]:
+    replay = replay_for(captures, root / "replay.jsonl")
+    journal_only = Settings.model_validate(settings_sections(root, replay))
+    journal_only.inbox.path.mkdir(parents=True)
+    for i in range(captures):
+        name, text, _ = note(i)
+        (journal_only.inbox.path / name).write_text(text, encoding="utf-8")
+    report = ingest(journal_only, [journal_only.inbox.path])
+    assert report.ok, "ingest failed"
+    graph = Settings.model_validate(settings_sections(root, replay, neo4j=neo4j))
+    _wipe(neo4j)
+    with Journal(graph.journal.path) as journal:
+        sync(graph, journal)
+    return journal_only, graph
+
+
+def _show(settings: Settings, name: str) -> int:
+    with open_reader(settings) as reader:
+        entity = resolve_name(name, reader.entity_names(), settings.graph.fuzzy_threshold)
+        report = reader.entity(entity.key)
+    assert report is not None
+    return len(report.facts)
+
+
+def _facts(settings: Settings, sha256: str) -> int:
+    with Journal(settings.journal.path) as journal, open_reader(settings, journal) as reader:
+        report = reader.capture(sha256)
+    assert report is not None
+    return len(report.facts)
+
+
+def _timed(work: Callable[[], int], repeat: int) -> tuple[float, float]:
+    work()  # warm-up: imports, plan cache
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captures", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    configure_logging("warning", "console")
+    neo4j = _neo4j()
+    with tempfile.TemporaryDirectory(prefix="membrane-explore-") as tmp:
+        started = time.perf_counter()
+        journal_only, graph = _build(Path(tmp), args.captures, neo4j)
+        print(f"{args.captures} captures ingested and synced in {time.perf_counter() - started:.1f} s")
+        with Journal(journal_only.journal.path) as journal:
+            sha = journal.captures(limit=1)[0].sha256
+        questions = {
+            "show hub (Nextcloud)": lambda s: _show(s, "Nextcloud"),
+            "show leaf (Alice 0)": lambda s: _show(s, "Alice 0"),
+            "facts (one capture)": lambda s: _facts(s, sha),
+        }
+        print("| question | store | median ms | max ms |")
+        print("| --- | --- | --- | --- |")
+        for label, ask in questions.items():
+            for store, settings in (("journal only", journal_only), ("Neo4j", graph)):
+                median, worst = _timed(lambda a=ask, s=settings: a(s), args.repeat)
+                print(f"| {label} | {store} | {median:.0f} | {worst:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
