@@ -33,7 +33,7 @@ from test_pipeline_support import note, replay_for, settings_sections  # noqa: E
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
-from membrane.explore import open_reader, resolve_name  # noqa: E402
+from membrane.explore import find_entity, open_reader  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
 from membrane.pipeline import sync  # noqa: E402
@@ -57,10 +57,7 @@ def _build(root: Path, captures: int, neo4j: dict[str, Any]) -> tuple[Settings, 
 
 def _show(settings: Settings, name: str) -> int:
     with open_reader(settings) as reader:
-        entity = resolve_name(name, reader.entity_names(), settings.graph.fuzzy_threshold)
-        report = reader.entity(entity.key)
-    assert report is not None
-    return len(report.facts)
+        return len(find_entity(reader, name, settings.graph.fuzzy_threshold).facts)
 
 
 def _facts(settings: Settings, sha256: str) -> int:

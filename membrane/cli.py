@@ -422,17 +422,14 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     """What MemBrane knows about the entity NAME: aliases, relationships both
     ways, the captures behind each fact, first and last seen (exit 1 if unknown)."""
     from membrane.errors import NotFound
-    from membrane.explore import entity_lines, open_reader, resolve_name
+    from membrane.explore import entity_lines, find_entity, open_reader
 
     settings = app.settings
     with open_reader(settings) as reader:
         try:
-            entity = resolve_name(name, reader.entity_names(), settings.graph.fuzzy_threshold)
+            report = find_entity(reader, name, settings.graph.fuzzy_threshold)
         except NotFound as exc:
             _not_found(exc, as_json)
-        report = reader.entity(entity.key)
-    if report is None:  # removed between the two reads
-        _not_found(NotFound(f"the entity {entity.key!r} is no longer in the graph"), as_json)
     _print_report(report, entity_lines, as_json)
 
 
