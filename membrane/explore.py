@@ -51,6 +51,7 @@ __all__ = [
     "Reader",
     "Source",
     "capture_lines",
+    "close_candidates",
     "entity_lines",
     "find_entity",
     "open_reader",
