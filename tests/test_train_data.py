@@ -1,0 +1,113 @@
+"""The hand-labelled training data in config/train/*.jsonl: valid labels, and no overlap with the gold set."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rapidfuzz import fuzz, process
+
+from membrane.schema import RELATION_PATTERN, Extraction
+from membrane.score import load_gold
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_DIR = ROOT / "config" / "train"
+GOLD_FILE = ROOT / "config" / "eval" / "gold.jsonl"
+NEAR_GOLD = 85  # rapidfuzz.fuzz.ratio at or above this counts as a copy of a gold text
+FIELDS = {"id", "text", "entities", "relationships", "tags"}
+TAGS = {
+    "plain", "several-facts", "coreference", "list", "negation", "uncertain", "passive", "punctuation",
+    "version", "unicode", "people", "org", "personal", "infra", "general", "long", "entities-only",
+    "near-duplicates", "reference-example",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Case:
+    where: str  # "cases-a.jsonl:12 (ta0012)", for failure messages
+    record: dict[str, Any]
+
+
+def _load_cases() -> list[Case]:
+    cases: list[Case] = []
+    for path in sorted(TRAIN_DIR.glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                record = json.loads(line)
+                cases.append(Case(f"{path.name}:{number} ({record.get('id')})", record))
+    return cases
+
+
+CASES = _load_cases()
+
+
+def test_training_files_hold_cases() -> None:
+    """config/train holds at least one JSONL file with at least 300 cases in all."""
+    assert len(CASES) >= 300, f"only {len(CASES)} training cases"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
+def test_case_validates_as_an_extraction_unchanged(case: Case) -> None:
+    """A case has exactly the five fields and its labels validate as an Extraction with nothing dropped or renamed."""
+    record = case.record
+    assert set(record) == FIELDS, case.where
+    assert isinstance(record["text"], str) and record["text"].strip(), case.where
+    raw = {"entities": record["entities"], "relationships": record["relationships"]}
+    parsed = Extraction.parse(raw)
+    # Validation silently removes duplicates and self-loops and normalises names;
+    # a training label must already be in that final form.
+    assert [e.model_dump() for e in parsed.entities] == record["entities"], case.where
+    assert [r.model_dump() for r in parsed.relationships] == record["relationships"], case.where
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
+def test_case_names_and_relations_are_grounded(case: Case) -> None:
+    """Every entity name occurs in the text, every endpoint is a listed entity, every relation is UPPER_SNAKE_CASE."""
+    record = case.record
+    text = record["text"].casefold()
+    names = [e["name"] for e in record["entities"]]
+    missing = [n for n in names if n.casefold() not in text]
+    assert not missing, f"{case.where}: names not in the text: {missing}"
+    for rel in record["relationships"]:
+        assert RELATION_PATTERN.fullmatch(rel["relation"]), f"{case.where}: {rel['relation']!r}"
+        assert rel["source"] in names and rel["target"] in names, f"{case.where}: {rel}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
+def test_case_roles_and_tags_follow_the_labelling_rules(case: Case) -> None:
+    """An entity is an object exactly when it is only ever a target, and every tag is one LABELLING.md defines."""
+    record = case.record
+    sources = {r["source"] for r in record["relationships"]}
+    targets = {r["target"] for r in record["relationships"]}
+    for entity in record["entities"]:
+        expected = "object" if entity["name"] in targets and entity["name"] not in sources else "subject"
+        assert entity["role"] == expected, f"{case.where}: {entity}"
+    assert record["tags"] and set(record["tags"]) <= TAGS, f"{case.where}: {record['tags']}"
+    assert ("entities-only" in record["tags"]) == (not record["relationships"]), f"{case.where}: entities-only tag"
+
+
+def test_training_ids_are_unique() -> None:
+    """No id is used by two training cases, across all the files."""
+    counts = Counter(c.record["id"] for c in CASES)
+    assert not [i for i, n in counts.items() if n > 1]
+
+
+def test_no_two_training_cases_share_a_text() -> None:
+    """No training text appears twice (after trimming and case-folding)."""
+    counts = Counter(c.record["text"].strip().casefold() for c in CASES)
+    dupes = [c.where for c in CASES if counts[c.record["text"].strip().casefold()] > 1]
+    assert not dupes, f"duplicate texts: {dupes}"
+
+
+def test_no_training_text_equals_or_is_near_a_gold_text() -> None:
+    """No training text scores rapidfuzz ratio >= 85 against any gold text (the message names only case ids and scores)."""
+    gold = [g.text for g in load_gold(GOLD_FILE)]
+    train = [c.record["text"] for c in CASES]
+    scores = process.cdist(train, gold, scorer=fuzz.ratio, score_cutoff=NEAR_GOLD, workers=1)
+    near = [f"{CASES[i].where}: {scores[i].max():.0f}" for i in range(len(train)) if scores[i].max() >= NEAR_GOLD]
+    # Never print a gold text: the held-out set must not leak into logs or into the next labeller's head.
+    assert not near, f"training cases near a gold text: {near}"
