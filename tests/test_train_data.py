@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from pydantic import ValidationError
 from rapidfuzz import fuzz, process
 
 from membrane.schema import RELATION_PATTERN, Extraction
@@ -50,44 +51,75 @@ def test_training_files_hold_cases() -> None:
     assert len(CASES) >= 300, f"only {len(CASES)} training cases"
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
-def test_case_validates_as_an_extraction_unchanged(case: Case) -> None:
-    """A case has exactly the five fields and its labels validate as an Extraction with nothing dropped or renamed."""
+def _problems(check: Callable[[Case], list[str]]) -> list[str]:
+    return [f"{case.where}: {problem}" for case in CASES for problem in check(case)]
+
+
+def _validation_problems(case: Case) -> list[str]:
     record = case.record
-    assert set(record) == FIELDS, case.where
-    assert isinstance(record["text"], str) and record["text"].strip(), case.where
-    raw = {"entities": record["entities"], "relationships": record["relationships"]}
-    parsed = Extraction.parse(raw)
+    if set(record) != FIELDS:
+        return [f"fields {sorted(record)}"]
+    if not isinstance(record["text"], str) or not record["text"].strip():
+        return ["empty text"]
+    try:
+        parsed = Extraction.parse({"entities": record["entities"], "relationships": record["relationships"]})
+    except ValidationError as exc:
+        return [str(exc)]
     # Validation silently removes duplicates and self-loops and normalises names;
     # a training label must already be in that final form.
-    assert [e.model_dump() for e in parsed.entities] == record["entities"], case.where
-    assert [r.model_dump() for r in parsed.relationships] == record["relationships"], case.where
+    problems = []
+    if [e.model_dump() for e in parsed.entities] != record["entities"]:
+        problems.append("entities change under validation (duplicate, untrimmed, or a missing endpoint)")
+    if [r.model_dump() for r in parsed.relationships] != record["relationships"]:
+        problems.append("relationships change under validation (duplicate, self-loop, or relation not normalised)")
+    return problems
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
-def test_case_names_and_relations_are_grounded(case: Case) -> None:
-    """Every entity name occurs in the text, every endpoint is a listed entity, every relation is UPPER_SNAKE_CASE."""
+def _grounding_problems(case: Case) -> list[str]:
     record = case.record
     text = record["text"].casefold()
     names = [e["name"] for e in record["entities"]]
-    missing = [n for n in names if n.casefold() not in text]
-    assert not missing, f"{case.where}: names not in the text: {missing}"
+    problems = [f"name not in the text: {n!r}" for n in names if n.casefold() not in text]
     for rel in record["relationships"]:
-        assert RELATION_PATTERN.fullmatch(rel["relation"]), f"{case.where}: {rel['relation']!r}"
-        assert rel["source"] in names and rel["target"] in names, f"{case.where}: {rel}"
+        if not RELATION_PATTERN.fullmatch(rel["relation"]):
+            problems.append(f"relation not UPPER_SNAKE_CASE: {rel['relation']!r}")
+        if rel["source"] not in names or rel["target"] not in names:
+            problems.append(f"endpoint not a listed entity: {rel}")
+    return problems
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.where)
-def test_case_roles_and_tags_follow_the_labelling_rules(case: Case) -> None:
-    """An entity is an object exactly when it is only ever a target, and every tag is one LABELLING.md defines."""
+def _rule_problems(case: Case) -> list[str]:
     record = case.record
     sources = {r["source"] for r in record["relationships"]}
     targets = {r["target"] for r in record["relationships"]}
+    problems = []
     for entity in record["entities"]:
         expected = "object" if entity["name"] in targets and entity["name"] not in sources else "subject"
-        assert entity["role"] == expected, f"{case.where}: {entity}"
-    assert record["tags"] and set(record["tags"]) <= TAGS, f"{case.where}: {record['tags']}"
-    assert ("entities-only" in record["tags"]) == (not record["relationships"]), f"{case.where}: entities-only tag"
+        if entity["role"] != expected:
+            problems.append(f"role of {entity['name']!r} should be {expected}")
+    if not record["tags"] or not set(record["tags"]) <= TAGS:
+        problems.append(f"tags {record['tags']} not all from LABELLING.md")
+    if ("entities-only" in record["tags"]) != (not record["relationships"]):
+        problems.append("tag entities-only must be set exactly when there is no relationship")
+    return problems
+
+
+def test_every_case_validates_as_an_extraction_unchanged() -> None:
+    """Every case has exactly the five fields and its labels validate as an Extraction with nothing dropped or renamed."""
+    problems = _problems(_validation_problems)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_name_is_grounded_and_every_endpoint_listed() -> None:
+    """Every entity name occurs in its text, every endpoint is a listed entity, every relation is UPPER_SNAKE_CASE."""
+    problems = _problems(_grounding_problems)
+    assert not problems, "\n".join(problems)
+
+
+def test_roles_and_tags_follow_the_labelling_rules() -> None:
+    """An entity is an object exactly when it is only ever a target, and every tag is one LABELLING.md defines."""
+    problems = _problems(_rule_problems)
+    assert not problems, "\n".join(problems)
 
 
 def test_training_ids_are_unique() -> None:
