@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz, process, utils
 
 from membrane.schema import RELATION_PATTERN, Extraction
 from membrane.score import load_gold
@@ -139,7 +139,10 @@ def test_no_training_text_equals_or_is_near_a_gold_text() -> None:
     """No training text scores rapidfuzz ratio >= 85 against any gold text (the message names only case ids and scores)."""
     gold = [g.text for g in load_gold(GOLD_FILE)]
     train = [c.record["text"] for c in CASES]
-    scores = process.cdist(train, gold, scorer=fuzz.ratio, score_cutoff=NEAR_GOLD, workers=1)
+    # Case and punctuation folded first, so a copy with changed capitalisation still counts.
+    scores = process.cdist(
+        train, gold, scorer=fuzz.ratio, processor=utils.default_process, score_cutoff=NEAR_GOLD, workers=1
+    )
     near = [f"{CASES[i].where}: {scores[i].max():.0f}" for i in range(len(train)) if scores[i].max() >= NEAR_GOLD]
     # Never print a gold text: the held-out set must not leak into logs or into the next labeller's head.
     assert not near, f"training cases near a gold text: {near}"
