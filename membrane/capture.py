@@ -19,6 +19,11 @@ Decisions (also in docs/design-notes.md, "Journal and inbox"):
   a FIFO is never opened, and a swap between the checks is caught.
 - A file that disappears before it is read raises CaptureVanished, which is
   not a failure: the caller just forgets it.
+- Parsed data must be storable as UTF-8 JSON: a JSON or YAML escape of a lone
+  surrogate (``"\\ud800"``), a number over Python's int-to-str digit limit, or
+  nesting past MAX_METADATA_DEPTH (or the parser's recursion limit) is a
+  rejection naming the problem, never an exception further down (fuzzing,
+  docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ __all__ = [
 # Nodes a front matter may expand to; YAML aliases can make a tiny file expand
 # exponentially when converted to JSON.
 MAX_METADATA_NODES = 10_000
+# Levels of nesting a front matter may hold; a self-referencing alias is endless.
+MAX_METADATA_DEPTH = 32
+# libyaml's safe loader when PyYAML has it: the pure-Python scanner takes seconds
+# (quadratic) on a front matter of 64 KiB of "[", libyaml caps nesting at once.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 
 _HINTS = {
@@ -228,27 +238,34 @@ def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
     if match is None:
         return _require_text(text, "the file"), {}
     try:
-        loaded = yaml.safe_load(match["yaml"])
+        loaded = yaml.load(match["yaml"], Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 2}" if mark is not None else ""  # +1 for the opening ---, +1 1-based
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise Rejection("bad_front_matter", f"front matter is not valid YAML{where}: {problem}") from exc
+    except RecursionError:
+        raise Rejection("bad_front_matter", "front matter is nested too deep") from None
+    except (ValueError, OverflowError) as exc:  # PyYAML builds dates and ints without catching these
+        raise Rejection("bad_front_matter", f"front matter holds a value that cannot be read: {exc}") from None
     if not isinstance(loaded, dict):
         return _require_text(text, "the file"), {}
     metadata = _json_safe(loaded, [MAX_METADATA_NODES])
+    _require_storable(metadata, "bad_front_matter", "front matter")
     return _require_text(text[match.end() :], "the text after the front matter"), metadata
 
 
-def _json_safe(value: Any, budget: list[int]) -> Any:
-    """YAML values as JSON data: dates as ISO strings, keys as strings; bounded in size."""
+def _json_safe(value: Any, budget: list[int], depth: int = 0) -> Any:
+    """YAML values as JSON data: dates as ISO strings, keys as strings; bounded in size and depth."""
     budget[0] -= 1
     if budget[0] < 0:
         raise Rejection("bad_front_matter", f"front matter is too large (over {MAX_METADATA_NODES} values)")
+    if depth > MAX_METADATA_DEPTH:
+        raise Rejection("bad_front_matter", f"front matter is nested too deep (over {MAX_METADATA_DEPTH} levels)")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v, budget) for k, v in value.items()}
+        return {str(k): _json_safe(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v, budget) for v in value]
+        return [_json_safe(v, budget, depth + 1) for v in value]
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, bytes):
@@ -282,6 +299,10 @@ def _parse_json(text: str) -> tuple[str, dict[str, Any]]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejection("bad_json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError:
+        raise Rejection("bad_json", "not valid JSON: nested too deep") from None
+    except ValueError as exc:  # a number over Python's int-to-str digit limit
+        raise Rejection("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise Rejection("bad_json", f"a JSON capture must be an object, not {type(data).__name__}")
     try:
@@ -291,7 +312,17 @@ def _parse_json(text: str) -> tuple[str, dict[str, Any]]:
     metadata = capture.model_dump(exclude={"text"}, exclude_none=True)
     if not capture.tags:
         metadata.pop("tags", None)
+    _require_storable({"text": capture.text, **metadata}, "bad_json", "JSON capture")
     return _require_text(capture.text, "'text'"), metadata
+
+
+def _require_storable(value: Any, code: str, what: str) -> None:
+    """Reject data the journal (UTF-8 JSON) could not store: lone surrogates from escapes."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise Rejection(code, f"{what} holds an escaped lone surrogate ({bad}), which is not text") from None
 
 
 def _describe_json_errors(errors: Sequence[Mapping[str, Any]]) -> str:

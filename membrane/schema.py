@@ -3,7 +3,8 @@ schema sent to models.
 
 Decisions (also in docs/design-notes.md):
 - Names are trimmed at both ends only; inner newlines, quotes and any script
-  are kept verbatim. Empty names and names over 200 characters are invalid.
+  are kept verbatim. Empty names, names over 200 characters and names holding
+  a lone surrogate (a JSON escape such as \\ud800, not text) are invalid.
 - A relation is normalised to UPPER_SNAKE_CASE ASCII (``deployed on`` ->
   ``DEPLOYED_ON``) and must then match RELATION_PATTERN; this alphabet is what
   makes a relationship type safe to use in Cypher.
@@ -88,10 +89,15 @@ def normalize_relation(raw: str) -> str:
     return snake
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean_name(value: str) -> str:
     name = value.strip()
     if not name:
         raise ValueError("name is empty")
+    if _SURROGATE.search(name):  # from a JSON escape like "\ud800": no UTF-8 store accepts it
+        raise ValueError("name holds an escaped lone surrogate, which is not text")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"name is longer than {MAX_NAME_LENGTH} characters")
     return name
