@@ -17,6 +17,8 @@ Decisions (also in docs/design-notes.md, "Journal and inbox"):
 - A file is opened with O_NONBLOCK|O_NOFOLLOW only after lstat says it is a
   regular file (or a symlink to one inside the inbox), and fstat re-checks it:
   a FIFO is never opened, and a swap between the checks is caught.
+- A file name that is not valid UTF-8 is a rejection (bad_name), like
+  undecodable text: the journal and Neo4j store names as text.
 - A file that disappears before it is read raises CaptureVanished, which is
   not a failure: the caller just forgets it.
 - Parsed data must be storable as UTF-8 JSON: a JSON or YAML escape of a lone
@@ -60,6 +62,7 @@ MAX_METADATA_DEPTH = 32
 # libyaml's safe loader when PyYAML has it: the pure-Python scanner takes seconds
 # (quadratic) on a front matter of 64 KiB of "[", libyaml caps nesting at once.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 
 _HINTS = {
@@ -73,6 +76,7 @@ _HINTS = {
     "not_regular": "Only regular files are read; copy the content into a .txt file in the inbox.",
     "bad_front_matter": "Fix the YAML between the --- lines at the top of the file (or remove it), "
     "then move it back to the inbox.",
+    "bad_name": "Rename the file with a UTF-8 name, then move it back to the inbox.",
     "bad_json": 'Write the capture as {{"text": "...", "source": "...", "captured_at": "...", "tags": [...]}}, '
     "then move it back to the inbox.",
 }
@@ -129,6 +133,7 @@ def _read_bytes(path: Path, settings: InboxSettings, root: Path) -> bytes:
         target = _follow_link(path)
         info = _lstat(target)
     _check_inside(path, target, root)
+    _check_name(path)
     if not stat.S_ISREG(info.st_mode):
         raise Rejection("not_regular", f"not a regular file ({_kind(info.st_mode)})")
     extensions = tuple(e.lower() for e in settings.extensions)
@@ -170,6 +175,15 @@ def _check_inside(path: Path, target: Path, root: Path) -> None:
     real = target.resolve() if target is not path else path.parent.resolve() / path.name
     if not real.is_relative_to(real_root):
         raise Rejection("symlink_outside", f"leads outside the inbox, to {str(real)!r}")
+
+
+def _check_name(path: Path) -> None:
+    # Python holds undecodable name bytes as lone surrogates, which neither the
+    # journal nor Neo4j can store: such a name is refused like undecodable text.
+    name = path.name
+    if _SURROGATE.search(name):
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise Rejection("bad_name", f"the file name {shown!r} is not valid UTF-8")
 
 
 def _kind(mode: int) -> str:

@@ -60,6 +60,8 @@ log = get_logger(__name__)
 
 IGNORED_PATTERNS = (".*", "*.tmp", "*.part", "*.swp", "*~")
 SIDECAR_SUFFIX = ".error.json"
+# The longest file name most filesystems allow, in bytes.
+NAME_MAX = 255
 RESTART_INTERVAL_S = 1.0
 # errno values meaning "hard links are not possible here": copy instead.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES}
@@ -402,8 +404,8 @@ class Inbox:
             moved = self._move(path, self.failed_dir, sidecar=True)
             if moved is not None:
                 record = {
-                    "file": moved.name,
-                    "original_path": str(path),
+                    "file": _text(moved.name),
+                    "original_path": _text(str(path)),
                     "reason": reason,
                     "stage": stage,
                     "hint": hint,
@@ -442,14 +444,29 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def _names(name: str) -> Iterator[str]:
-    yield name
+def _text(name: str) -> str:
+    """A name as storable text: undecodable bytes as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _fit(stem: str, suffix: str, max_bytes: int) -> str:
+    """stem + suffix in at most max_bytes, the stem cut at a character boundary."""
+    while stem and len(os.fsencode(stem + suffix)) > max_bytes:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+def _names(name: str, max_bytes: int = NAME_MAX) -> Iterator[str]:
+    """`name`, then "-1", "-2", ... before the extension; each cut to max_bytes."""
     stem, suffix = os.path.splitext(name)
     if not stem:  # ".txt": no stem to number
         stem, suffix = name, ""
+    if len(os.fsencode(suffix)) > max_bytes // 2:  # a "suffix" that is most of the name
+        stem, suffix = name, ""
+    yield _fit(stem, suffix, max_bytes)
     n = 1
     while True:
-        yield f"{stem}-{n}{suffix}"
+        yield _fit(stem, f"-{n}{suffix}", max_bytes)
         n += 1
 
 
@@ -457,12 +474,14 @@ def move_unique(source: Path, folder: Path, *, reserve_sidecar: bool = False) ->
     """Move `source` into `folder` without overwriting anything; returns the new path.
 
     A taken name gets "-1", "-2", ... before the extension. With
-    reserve_sidecar, a name whose `.error.json` exists is taken too. Raises
+    reserve_sidecar, a name whose `.error.json` exists is taken too, and names
+    are cut short enough for the sidecar's name to fit NAME_MAX. Raises
     FileNotFoundError if the source is gone.
     """
     folder.mkdir(parents=True, exist_ok=True)
     os.lstat(source)  # FileNotFoundError before any name is chosen
-    for name in _names(source.name):
+    room = NAME_MAX - (len(SIDECAR_SUFFIX) if reserve_sidecar else 0)
+    for name in _names(source.name, room):
         target = folder / name
         if reserve_sidecar and os.path.lexists(sidecar_path(target)):
             continue
@@ -504,7 +523,8 @@ def _copy_exclusive(source: Path, target: Path) -> bool:
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     # The temporary name starts with "." so that no inbox ever picks it up.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    # Not derived from the name: a long name plus this suffix would not fit NAME_MAX.
+    temporary = path.with_name(f".membrane-{os.getpid()}-{threading.get_ident()}.tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(data, handle, ensure_ascii=False, indent=2, default=str)
         handle.write("\n")

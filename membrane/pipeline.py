@@ -276,9 +276,11 @@ class Pipeline:
         """The capture's identity: its path relative to the inbox, or absolute when outside it."""
         absolute = Path(os.path.abspath(path))
         try:
-            return absolute.relative_to(self.inbox).as_posix()
+            name = absolute.relative_to(self.inbox).as_posix()
         except ValueError:
-            return absolute.as_posix()
+            name = absolute.as_posix()
+        # Undecodable name bytes (rejected as bad_name) shown as \xNN: the journal stores text.
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
     def _in_inbox(self, capture_path: str) -> Path | None:
         """The file for a capture path when it lives in the inbox (None for outside files)."""
