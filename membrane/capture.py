@@ -16,7 +16,9 @@ Decisions (also in docs/design-notes.md, "Journal and inbox"):
   horizontal rules around a paragraph) is not front matter: all of it is text.
 - A file is opened with O_NONBLOCK|O_NOFOLLOW only after lstat says it is a
   regular file (or a symlink to one inside the inbox), and fstat re-checks it:
-  a FIFO is never opened, and a swap between the checks is caught.
+  a FIFO is never opened, and a swap between the checks is caught; on Linux
+  the open file's own path (/proc/self/fd) must lie inside the inbox too, so
+  a folder swapped for a symlink on the way is caught as well.
 - A file name that is not valid UTF-8 is a rejection (bad_name), like
   undecodable text: the journal and Neo4j store names as text.
 - A file that disappears before it is read raises CaptureVanished, which is
@@ -145,7 +147,7 @@ def _read_bytes(path: Path, settings: InboxSettings, root: Path) -> bytes:
             hint=_HINTS["unknown_extension"].format(extensions=", ".join(extensions)),
         )
     _check_size(info.st_size, settings.max_bytes)
-    data = _read_regular(target, info, settings.max_bytes)
+    data = _read_regular(target, info, settings.max_bytes, root)
     _check_size(len(data), settings.max_bytes)
     return data
 
@@ -172,7 +174,10 @@ def _follow_link(path: Path) -> Path:
 
 def _check_inside(path: Path, target: Path, root: Path) -> None:
     real_root = root.resolve()
-    real = target.resolve() if target is not path else path.parent.resolve() / path.name
+    try:
+        real = target.resolve() if target is not path else path.parent.resolve() / path.name
+    except (OSError, RuntimeError) as exc:  # a folder on the way was swapped or removed meanwhile
+        raise CaptureVanished(f"{path} changed before it was read ({exc})") from exc
     if not real.is_relative_to(real_root):
         raise Rejection("symlink_outside", f"leads outside the inbox, to {str(real)!r}")
 
@@ -202,7 +207,15 @@ def _check_size(size: int, max_bytes: int) -> None:
         raise Rejection("too_large", f"too large: {size} bytes, the limit is {max_bytes} (inbox.max_bytes)")
 
 
-def _read_regular(target: Path, info: os.stat_result, max_bytes: int) -> bytes:
+def _opened_path(fd: int) -> Path | None:
+    """Where an open file really is (Linux /proc), None where that cannot be told."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
+def _read_regular(target: Path, info: os.stat_result, max_bytes: int, root: Path) -> bytes:
     # O_NONBLOCK: if a FIFO was swapped in after lstat, open must not block.
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -215,6 +228,12 @@ def _read_regular(target: Path, info: os.stat_result, max_bytes: int) -> bytes:
         opened = os.fstat(handle.fileno())
         if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
             raise CaptureVanished(f"{target} was replaced while it was read")
+        # O_NOFOLLOW guards the last name only: a folder on the way swapped for a symlink
+        # (after lstat and the inside check) is caught by where the open file really is.
+        # Forgotten, not failed: moving that path would move the outside file.
+        really = _opened_path(handle.fileno())
+        if really is not None and not really.is_relative_to(root.resolve()):
+            raise CaptureVanished(f"{target} was swapped for a file outside the inbox while it was read")
         return handle.read(max_bytes + 1)
 
 
