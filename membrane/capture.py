@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -61,6 +62,9 @@ __all__ = [
 MAX_METADATA_NODES = 10_000
 # Levels of nesting a front matter may hold; a self-referencing alias is endless.
 MAX_METADATA_DEPTH = 32
+# Characters a front matter block may hold: metadata is a few lines, and
+# 400 KB of YAML took 9 s to load on a busy 2-core machine (fuzzing).
+MAX_FRONT_MATTER_CHARS = 64 * 1024
 # libyaml's safe loader when PyYAML has it: the pure-Python scanner takes seconds
 # (quadratic) on a front matter of 64 KiB of "[", libyaml caps nesting at once.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -270,6 +274,9 @@ def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
     match = _FRONT_MATTER.match(text)
     if match is None:
         return _require_text(text, "the file"), {}
+    if len(match["yaml"]) > MAX_FRONT_MATTER_CHARS:
+        raise Rejection("bad_front_matter", f"front matter is too large ({len(match['yaml'])} characters, "
+                        f"the limit is {MAX_FRONT_MATTER_CHARS})")
     try:
         loaded = yaml.load(match["yaml"], Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
@@ -279,7 +286,9 @@ def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
         raise Rejection("bad_front_matter", f"front matter is not valid YAML{where}: {problem}") from exc
     except RecursionError:
         raise Rejection("bad_front_matter", "front matter is nested too deep") from None
-    except (ValueError, OverflowError) as exc:  # PyYAML builds dates and ints without catching these
+    except (ValueError, OverflowError, AttributeError, TypeError) as exc:
+        # PyYAML's constructors raise these for values its resolver let through
+        # (2001-13-45, a 5,000-digit int, "!!timestamp x").
         raise Rejection("bad_front_matter", f"front matter holds a value that cannot be read: {exc}") from None
     if not isinstance(loaded, dict):
         return _require_text(text, "the file"), {}
@@ -303,6 +312,8 @@ def _json_safe(value: Any, budget: list[int], depth: int = 0) -> Any:
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf: not JSON
+        return str(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
@@ -350,12 +361,14 @@ def _parse_json(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _require_storable(value: Any, code: str, what: str) -> None:
-    """Reject data the journal (UTF-8 JSON) could not store: lone surrogates from escapes."""
+    """Reject data the journal (UTF-8 JSON) could not store: lone surrogates, over-long numbers."""
     try:
         json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
         raise Rejection(code, f"{what} holds an escaped lone surrogate ({bad}), which is not text") from None
+    except ValueError as exc:  # a hex int (0xfff...) past the int-to-str digit limit in decimal
+        raise Rejection(code, f"{what} holds a number too large to store ({exc})") from None
 
 
 def _describe_json_errors(errors: Sequence[Mapping[str, Any]]) -> str:

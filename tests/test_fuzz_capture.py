@@ -53,6 +53,10 @@ def test_any_capture_file_is_parsed_or_rejected(case: tuple[str, bytes]) -> None
 @example(b"---\na: &a [*a]\n---\nbody\n")  # a self-referencing alias: endless recursion
 @example(b"---\n" + b"[" * 5000 + b"\n---\nbody\n")  # deeper than the recursion limit
 @example(b'---\nk: "\\ud800"\n---\nbody\n')  # a lone surrogate cannot be stored
+@example(b"---\nkey: !!timestamp x\n---\nbody\n")  # AttributeError from PyYAML (benchmarks/fuzz_inputs.py)
+@example(b"---\nkey: 0x" + b"f" * 5000 + b"\n---\nbody\n")  # fine in hex, over the limit in decimal
+@example(b"---\nkey: .nan\nother: -.inf\n---\nbody\n")  # not JSON
+@example(b"---\n" + b"\n".join(b"k%d: v%d" % (i, i) for i in range(30_000)) + b"\n---\nbody\n")  # 9 s to load
 def test_any_front_matter_is_parsed_or_rejected(content: bytes) -> None:
     """Markdown front matter that is broken, huge, deep or aliased is metadata or a reasoned rejection."""
     _check(".md", content)

@@ -87,8 +87,10 @@ class _BoltLog(logging.Handler):
         super().__init__(logging.DEBUG)
         self.queries: list[str] = []
         self.lines: list[str] = []
+        self.everything: list[str] = []  # every line, HELLO and LOGON included
 
     def emit(self, record: logging.LogRecord) -> None:
+        self.everything.append(record.getMessage())
         if "C: RUN" not in str(record.msg):
             return
         fields = record.args[-1] if isinstance(record.args, tuple) else ""
@@ -184,6 +186,9 @@ def test_payloads_are_stored_verbatim_or_rejected_and_never_become_query_text(
     assert not built, f"query texts that are not constants of graph.py: {sorted(built)[:3]}"
     assert len(set(sent_queries)) < 40  # a few constants, not one text per payload
     assert repr(PAYLOADS[3].strip())[1:-1] in sent, "payloads travel as parameters"
+    bolt = "\n".join(bolt_log.everything)
+    assert "C: LOGON" in bolt or "C: HELLO" in bolt
+    assert neo4j_settings["password"] not in bolt, "the driver's log shows the password"
 
 
 def test_the_bolt_log_catches_a_query_built_from_a_payload(neo4j: Any, bolt_log: _BoltLog) -> None:
