@@ -8,7 +8,8 @@ with a reason, lost, duplicated facts, the graph's difference from a clean
 `membrane ingest` of the final files, wall time, the daemon's peak RSS. A
 rewritten file may be captured once (its final bytes) or twice (an edit: the
 first version's facts are replaced); either way the graph must hold the final
-version only.
+version only. Half of them are rewritten after the daemon took the first
+version (an edit at the same path: its facts must be retracted).
 
     eval "$(scripts/neo4j-local env)"
     .venv/bin/python benchmarks/faults_volume.py [--captures 1000] [--duplicates 20] [--rewritten 10]
@@ -62,11 +63,20 @@ def _write_slowly(path: Path, text: str, pieces: int = 6, pause_s: float = 0.02)
 
 
 def _rewrite_all(workspace: Workspace, count: int) -> None:
-    for k in range(count):
-        path = workspace.inbox / f"rewritten-{k:03d}.txt"
+    """Odd k: rewritten in place at once, while the daemon watches (and may be reading) it.
+    Even k: rewritten at the same path after the daemon took the first version (an edit)."""
+    paths = [workspace.inbox / f"rewritten-{k:03d}.txt" for k in range(count)]
+    for k, path in enumerate(paths):
         _write_slowly(path, _rewritten(k, "A")[0])
-        time.sleep(0.05 * (k % 4))  # sometimes read before the rewrite, sometimes not
-        _write_slowly(path, _rewritten(k, "B")[0])
+        if k % 2:
+            time.sleep(0.05 * (k % 4))
+            _write_slowly(path, _rewritten(k, "B")[0])
+    deadline = time.monotonic() + 900
+    for k, path in enumerate(paths):
+        if k % 2 == 0:
+            while path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _write_slowly(path, _rewritten(k, "B")[0])
 
 
 def main() -> None:
@@ -115,6 +125,8 @@ def main() -> None:
         # A rewritten file captured twice leaves two files in processed/: count captures by their final bytes.
         processed = {p.read_text(encoding="utf-8") for p in workspace.settings.inbox.processed.iterdir()}
         counts["lost"] = sum(1 for text in set(final.values()) if text not in processed) + counts["left_in_inbox"]
+        counts["processed_files"] = counts["done"]  # first versions of edited files included
+        counts["done"] = len(final) - counts["lost"] - counts["failed_with_reason"] - counts["failed_without_reason"]
         figures = report(
             "faults_volume",
             {"captures": args.captures, "duplicates": args.duplicates, "rewritten": args.rewritten},
