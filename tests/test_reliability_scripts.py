@@ -1,0 +1,49 @@
+"""The reliability benchmarks run from a checkout and report their promises kept, at a tiny scale.
+
+The full runs and their figures are in docs/reliability.md; these keep the
+scripts from rotting (a script that cannot run measures nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from test_pipeline_support import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(script: str, *args: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    import os
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_fuzz_inputs_reports_every_target_and_no_broken_contract() -> None:
+    """fuzz_inputs.py at 15 inputs per target prints six targets and a total with nothing broken."""
+    lines = _run("fuzz_inputs.py", "--examples", "15")
+    assert [line["target"] for line in lines][-1] == "total" and len(lines) == 7
+    assert lines[-1]["inputs"] >= 6 * 10 and lines[-1]["broke_contract"] == 0
+
+
+@pytest.mark.neo4j
+@pytest.mark.parametrize("script,args", [
+    ("faults_volume.py", ["--captures", "20", "--duplicates", "2", "--rewritten", "2"]),
+    ("faults_model.py", ["--captures", "20"]),
+])
+def test_fault_scripts_report_nothing_lost_or_doubled(neo4j: object, neo4j_server: Any, script: str,
+                                                     args: list[str]) -> None:
+    """The fault benchmarks run end to end against the test Neo4j and report 0 lost, 0 duplicated, no diff."""
+    env = {"MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri, "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user,
+           "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
+    figures = _run(script, *args, env=env)[-1]
+    assert figures["ok"] and figures["lost"] == 0 and figures["duplicated_facts"] == 0
+    assert not any(figures["graph_diff_from_clean"].values()) and figures["daemon_peak_rss_mib"] > 0
+
