@@ -62,6 +62,7 @@ class ScriptedModel:
     delay_s: float = 0.0
     parameter_size: str = "1.5B"
     family: str = "qwen3"
+    quantization_level: str = "Q4_K_M"
     calls: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -209,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/api/tags":
             self._send(HTTPStatus.OK, {"models": [self._listing(n, m) for n, m in self.fake.models.items()]})
         elif self.path == "/api/ps":
-            self._send(HTTPStatus.OK, {"models": [self._listing(n, m) for n, m in self.fake.models.items()]})
+            self._send(HTTPStatus.OK, {"models": [self._running(n, m) for n, m in self.fake.models.items()]})
         elif self.path in ("/", ""):
             self._send(HTTPStatus.OK, "Ollama is running")
         else:
@@ -225,6 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
+    @staticmethod
+    def _details(model: Model) -> dict[str, Any]:
+        return {"parent_model": "", "format": "gguf", "family": model.family, "families": [model.family],
+                "parameter_size": model.parameter_size, "quantization_level": model.quantization_level}  # fmt: skip
+
     def _listing(self, name: str, model: Model) -> dict[str, Any]:
         return {
             "name": name,
@@ -232,7 +238,20 @@ class _Handler(BaseHTTPRequestHandler):
             "modified_at": _now(),
             "size": 0,
             "digest": hashlib.sha256(name.encode()).hexdigest(),
-            "details": {"format": "gguf", "family": model.family, "parameter_size": model.parameter_size},
+            "details": self._details(model),
+        }
+
+    def _running(self, name: str, model: Model) -> dict[str, Any]:
+        """An /api/ps entry: every registered model counts as loaded, on the CPU."""
+        return {
+            "name": name,
+            "model": name,
+            "size": 0,
+            "digest": hashlib.sha256(name.encode()).hexdigest(),
+            "details": self._details(model),
+            "expires_at": _now(),
+            "size_vram": 0,
+            "context_length": 4096,
         }
 
     def _show(self, body: dict[str, Any]) -> None:
@@ -245,8 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "modelfile": "",
                 "parameters": "",
                 "template": "",
-                "details": {"format": "gguf", "family": model.family, "parameter_size": model.parameter_size},
-                "model_info": {"general.parameter_count": 0},
+                "details": self._details(model),
+                "model_info": {"general.architecture": model.family, "general.parameter_count": 0},
+                "tensors": [{"name": "token_embd.weight", "type": "Q4_K", "shape": [1024, 151936]}],
                 "capabilities": list(model.capabilities),
                 "modified_at": _now(),
             },
@@ -272,9 +292,16 @@ class _Handler(BaseHTTPRequestHandler):
             "eval_duration": nanos - nanos // 10 or 1,
         }
 
+    def _thinking_refused(self, name: str, model: Model, body: dict[str, Any]) -> bool:
+        """Like Ollama: think=true for a model without the thinking capability is a 400."""
+        if body.get("think") is True and "thinking" not in model.capabilities:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": f'"{name}" does not support thinking'})
+            return True
+        return False
+
     def _chat(self, body: dict[str, Any]) -> None:
         name, model = self._model(body)
-        if model is None:
+        if model is None or self._thinking_refused(name, model, body):
             return
         content, thinking, done_reason, seconds = self._answer(body, model)
         final = {"model": name, "created_at": _now(), "done": True, "done_reason": done_reason}
