@@ -212,6 +212,43 @@ def test_create_model_replaces_and_forgets_cached_capabilities(
     assert real_backend.parameters(name) != first
 
 
+def tiny_lora(path: Path, scale: float) -> Path:
+    """A rank-8 LoRA GGUF on SmolLM2's attention queries (every layer), random A and B times `scale`."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package (fine-tuning extra) writes the adapter")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", 8.0)
+    for layer in range(30):  # numpy shapes are ggml's reversed: A (r, n_embd), B (n_embd, r)
+        for suffix, shape in (("lora_a", (8, 576)), ("lora_b", (576, 8))):
+            weights = (rng.standard_normal(shape) * scale).astype(np.float32)
+            writer.add_tensor(f"blk.{layer}.attn_q.weight.{suffix}", weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.ollama
+def test_create_model_with_a_lora_adapter(
+    real_backend: OllamaBackend, client: ollama.Client, tiny_model_path: Path, tmp_path: Path, registered: list[str]
+) -> None:
+    """A GGUF LoRA adapter registered with create_model is stored as the model's adapter and changes its answers."""
+    base, tuned = "membrane-test-base:latest", "membrane-test-lora:latest"
+    registered.extend([base, tuned])
+    real_backend.create_model(base, tiny_model_path, template=CHATML)
+    real_backend.create_model(tuned, tiny_model_path, adapter=tiny_lora(tmp_path / "lora.gguf", 0.5), template=CHATML)
+    assert "ADAPTER" in (client.show(tuned).modelfile or "") and "ADAPTER" not in (client.show(base).modelfile or "")
+    ask = request(base, "Name three colours.", num_predict=12)
+    plain = real_backend.generate(ask).text
+    adapted = real_backend.generate(GenerationRequest(tuned, ask.messages, None, 12, 1024)).text
+    assert adapted != plain
+
+
 @pytest.mark.ollama
 def test_create_model_refusals(real_backend: OllamaBackend, tmp_path: Path, registered: list[str]) -> None:
     """A missing file is ModelNotFound; a file that is no GGUF is refused by the real server as ModelRejected."""
