@@ -36,6 +36,7 @@ import os
 import signal
 import struct
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, Any
@@ -133,6 +134,7 @@ class Engine:
         if not self.spec.reuse_prefix:
             self.llama.reset()
         schema = request.get("schema")
+        started = time.perf_counter()
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         response: dict[str, Any] = self.llama.create_chat_completion(
             messages=messages,
@@ -144,7 +146,8 @@ class Engine:
         perf = llama_cpp.llama_perf_context(self.llama.ctx)
         # n_p_eval: tokens decoded in prompt batches this call (the suffix after the reused prefix).
         response["membrane"] = {"prompt_eval_tokens": perf.n_p_eval, "prompt_eval_ms": perf.t_p_eval_ms,
-                                "eval_tokens": perf.n_eval, "eval_ms": perf.t_eval_ms}
+                                "eval_tokens": perf.n_eval, "eval_ms": perf.t_eval_ms,
+                                "chat_ms": (time.perf_counter() - started) * 1000}
         return response
 
     def close(self) -> None:
