@@ -75,6 +75,9 @@ class EmbeddedModel(_Section):
     chat_format: str = "chatml"
     n_ctx: int = Field(4096, gt=0)
     parameters: str = ""  # for reports, e.g. "135M"
+    # A GGUF LoRA adapter applied over the model: a file path, "pypi:<distribution>", or a
+    # path relative to the package's shipped models (membrane/models/). Empty: none.
+    lora_path: str = ""
 
 
 def _default_embedded() -> dict[str, EmbeddedModel]:
@@ -174,6 +177,7 @@ class DaemonSettings(_Section):
     retry_max_s: float = Field(900.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     idle_poll_s: float = Field(1.0, gt=0)
+    max_model_crashes: int = Field(3, ge=1)
 
 
 class BenchSettings(_Section):

@@ -13,6 +13,8 @@ those boundaries code only catches MembraneError subclasses.
     │   └── StaleClaim              the capture moved on (lease lost, retracted)
     ├── RetryableError              try again later; never fails a capture
     │   ├── ModelUnavailable        model server down, model loading, timeout
+    │   │   └── ModelCrashed        the embedded model's child process died (a signal);
+    │   │                           retried daemon.max_model_crashes times, then fails
     │   └── GraphUnavailable        Neo4j down, transient or expired session
     │       └── GraphAuthFailed     Neo4j refused the credentials (fix the config)
     └── PermanentError              retrying the same input cannot help
@@ -24,6 +26,8 @@ those boundaries code only catches MembraneError subclasses.
 
 The pipeline's policy is one line: RetryableError -> back off and retry,
 PermanentError -> the capture goes to failed/ with the error's reason and hint.
+One exception to it: ModelCrashed is retried only daemon.max_model_crashes
+times per capture, so a capture that crashes the model every time still ends.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "GraphWriteError",
     "JournalError",
     "MembraneError",
+    "ModelCrashed",
     "ModelNotFound",
     "ModelRejected",
     "ModelUnavailable",
@@ -109,6 +114,19 @@ class RetryableError(MembraneError):
 
 class ModelUnavailable(RetryableError):
     hint = "Check that the model server is running (`membrane doctor`)."
+
+
+class ModelCrashed(ModelUnavailable):
+    """The process generating with the model died from native code (SIGSEGV, SIGILL,
+    SIGABRT, SIGKILL from the OOM killer). The message names the model, its file and
+    the signal; the hint is the fix for that signal. The next call starts a new process.
+    """
+
+    hint = "The model process crashed; see the signal in the message and `membrane doctor`."
+
+    def __init__(self, message: str, *, signal: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.signal = signal  # "SIGSEGV", or "exit 3" for a non-signal exit
 
 
 class GraphUnavailable(RetryableError):

@@ -137,6 +137,8 @@ class CaptureRecord:
     hint: str | None
     next_attempt_at: str | None  # ISO-8601 UTC; None: due now
     claimed_by: str | None
+    # Times its extraction died in native code: the process (an interrupted claim) or the model's child.
+    interrupted: int = 0
 
 
 @dataclass(frozen=True)
@@ -571,9 +573,12 @@ class Journal:
             self._require(db, sha256, ("extracting",))
             db.execute("UPDATE captures SET lease_until = ? WHERE sha256 = ?", (now + lease_s, sha256))
 
-    def release(self, sha256: str, *, error: str, delay_s: float) -> CaptureRecord:
-        """A retryable error while extracting: back to queued, due again after delay_s."""
-        return self._retry(sha256, ("extracting",), "queued", error, delay_s)
+    def release(self, sha256: str, *, error: str, delay_s: float, crashed: bool = False) -> CaptureRecord:
+        """A retryable error while extracting: back to queued, due again after delay_s.
+
+        crashed: the model's process died on it (ModelCrashed); counted with the interruptions.
+        """
+        return self._retry(sha256, ("extracting",), "queued", error, delay_s, crashed=crashed)
 
     def defer(self, sha256: str, *, error: str, delay_s: float) -> CaptureRecord:
         """A retryable error in a later stage (projection): same state, due again after delay_s."""
@@ -582,15 +587,16 @@ class Journal:
             raise StaleClaim(f"capture {sha256} is not in the journal")
         return self._retry(sha256, (record.state,), record.state, error, delay_s)
 
-    def _retry(self, sha256: str, states: tuple[str, ...], to: str, error: str, delay_s: float) -> CaptureRecord:
+    def _retry(self, sha256: str, states: tuple[str, ...], to: str, error: str, delay_s: float,
+               *, crashed: bool = False) -> CaptureRecord:
         now = self._now()
         with self._write("retry") as db:
             self._require(db, sha256, states)
             db.execute(
-                """UPDATE captures SET state = ?, attempts = attempts + 1, last_error = ?,
-                   next_attempt_at = ?, claimed_by = NULL, lease_until = NULL, updated_at = ?
+                """UPDATE captures SET state = ?, attempts = attempts + 1, interrupted = interrupted + ?,
+                   last_error = ?, next_attempt_at = ?, claimed_by = NULL, lease_until = NULL, updated_at = ?
                    WHERE sha256 = ?""",
-                (to, error, now + max(0.0, delay_s), iso_utc(now), sha256),
+                (to, int(crashed), error, now + max(0.0, delay_s), iso_utc(now), sha256),
             )
             record = self._get(db, sha256)
         assert record is not None
@@ -986,6 +992,7 @@ def _capture(row: sqlite3.Row) -> CaptureRecord:
         hint=row["hint"],
         next_attempt_at=_iso_or_none(row["next_attempt_at"]),
         claimed_by=row["claimed_by"],
+        interrupted=row["interrupted"],
     )
 
 

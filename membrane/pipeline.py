@@ -11,6 +11,10 @@ Policy, one line per error branch (membrane.errors):
   backoff_delay(attempts, daemon.retry_base_s, daemon.retry_max_s); it never fails.
 - PermanentError: journal.fail(stage, reason, hint), then the file goes to
   failed/ with `<name>.error.json` beside it.
+- ModelCrashed (a RetryableError): retried with the same backoff, but the
+  daemon.max_model_crashes-th crash on one capture fails it with the crash's
+  reason and fix (counted in the journal with the capture's interruptions,
+  so a capture that kills the model every time ends, even across restarts).
 
 Ordering is what makes a SIGKILL at any point harmless: the file is touched
 only after the journal committed the facts it would lose, every graph write is
@@ -38,6 +42,7 @@ from membrane.errors import (
     ConfigError,
     GraphUnavailable,
     MembraneError,
+    ModelCrashed,
     PermanentError,
     RetryableError,
 )
@@ -347,6 +352,8 @@ class Pipeline:
         try:
             with _LeaseKeeper(self.journal, record.sha256):
                 result = self.extractors.get(ref).extract(record.text)
+        except ModelCrashed as exc:
+            return self._crashed(record, exc, str(ref))
         except (RetryableError, ConfigError) as exc:
             # ConfigError: the active model's backend or name is misconfigured (say, a champion
             # whose backend was removed). The capture is not at fault: it waits for the fix.
@@ -379,6 +386,21 @@ class Pipeline:
         extracted = self.journal.get(record.sha256)
         assert extracted is not None
         return self.finish(extracted)
+
+    def _crashed(self, record: CaptureRecord, exc: ModelCrashed, model: str) -> Outcome:
+        """Back off and retry (the next call gets a new model process), or fail the capture
+        once it has crashed the model daemon.max_model_crashes times."""
+        crashes = record.interrupted + 1
+        limit = self.settings.daemon.max_model_crashes
+        log.error("model_crashed", sha256=record.sha256, model=model, signal=exc.signal, crashes=crashes,
+                  error=str(exc))
+        if crashes >= limit:
+            final = ModelCrashed(f"{exc} (crash {crashes} of daemon.max_model_crashes = {limit} on this capture)",
+                                 signal=exc.signal, hint=exc.hint)
+            return self._fail(record, "extract", final, model)
+        delay = self._delay(record.attempts + 1, exc)
+        self.journal.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay, crashed=True)
+        return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
 
     def _delay(self, attempts: int, exc: RetryableError) -> float:
         daemon = self.settings.daemon

