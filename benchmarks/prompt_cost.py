@@ -70,19 +70,39 @@ def anchor_prompts(anchors: Path) -> dict[str, tuple[str, str]]:
     return {name: (prompt, schema) for name, (prompt, schema) in json.loads(done.stdout).items()}
 
 
-def ours() -> dict[str, tuple[str, str]]:
+def our_messages() -> dict[str, list[dict[str, str]]]:
+    """Our messages for an empty note: extract-v1 with and without its example, and extract-t1."""
     from membrane.config import Settings
-    from membrane.extract import build_messages, item_budget, model_schema
+    from membrane.extract import TUNED_PROMPT_VERSION, build_messages, item_budget, model_schema
 
     settings = Settings()
     rules = settings.extraction.rules()
     schema = model_schema(rules, item_budget(rules, settings.model.num_predict))
-    rows = {}
-    for few_shot in (True, False):
-        messages = build_messages("", schema, few_shot=few_shot)
-        prompt = "\n".join(m["content"] for m in messages)
-        rows[f"MemBrane extract-v1 ({'with' if few_shot else 'no'} example)"] = (prompt, json.dumps(schema))
-    return rows
+    return {
+        "MemBrane extract-v1 (with example)": build_messages("", schema, few_shot=True),
+        "MemBrane extract-v1 (no example)": build_messages("", schema, few_shot=False),
+        "MemBrane extract-t1 (tuned models)": build_messages("", schema, version=TUNED_PROMPT_VERSION),
+    }
+
+
+def ours() -> dict[str, tuple[str, str]]:
+    from membrane.config import Settings
+    from membrane.extract import item_budget, model_schema
+
+    rules = Settings().extraction.rules()
+    schema = json.dumps(model_schema(rules, item_budget(rules, Settings().model.num_predict)))
+    return {name: ("\n".join(m["content"] for m in messages), schema) for name, messages in our_messages().items()}
+
+
+def rendered_tokens(vocab: object) -> dict[str, int]:
+    """Prompt tokens per call as llama.cpp evaluates them: chatml-rendered, empty note."""
+    from llama_cpp import llama_chat_format
+
+    out = {}
+    for name, messages in our_messages().items():
+        prompt = llama_chat_format.format_chatml(messages=messages).prompt
+        out[name] = len(vocab.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))  # type: ignore[attr-defined]
+    return out
 
 
 def main() -> None:
@@ -116,6 +136,11 @@ def main() -> None:
         else:
             why = found[0][:80] if found else "not installed"
             print(f"| {name} | {chars:,} | – | {schema_chars:,} | – | measured elsewhere ({why}) |")
+    print()
+    print("| prompt | tokens per call (chatml-rendered, empty note, SmolLM2 tokenizer) |")
+    print("| --- | ---: |")
+    for name, count in rendered_tokens(vocab).items():
+        print(f"| {name} | {count:,} |")
 
 
 if __name__ == "__main__":

@@ -40,12 +40,15 @@ from membrane.backends import Backend, Generation, GenerationRequest, get_backen
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
 from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema
+from membrane.train.registry import prompt_version_for
 
 if TYPE_CHECKING:
     from membrane.config import Settings
 
 __all__ = [
     "PROMPT_VERSION",
+    "PROMPT_VERSIONS",
+    "TUNED_PROMPT_VERSION",
     "Chunk",
     "ExtractionResult",
     "Extractor",
@@ -63,6 +66,13 @@ __all__ = [
 log = get_logger(__name__)
 
 PROMPT_VERSION = "extract-v1"
+# The prompt a fine-tuned model was trained on: one paragraph, no schema text
+# and no worked example (the tuning taught the format; constrained decoding
+# still enforces it). A trained model's manifest names its version.
+TUNED_PROMPT_VERSION = "extract-t1"
+PROMPT_VERSIONS = (PROMPT_VERSION, TUNED_PROMPT_VERSION)
+# Versions whose system prompt embeds the schema and that may add the example.
+_SCHEMA_IN_PROMPT = frozenset({PROMPT_VERSION})
 
 # English prose averages about 4 characters per token with SmolLM2/Llama-style
 # BPE vocabularies; 3 leaves room for names, code and accented text. Scripts
@@ -88,8 +98,8 @@ MIN_CHUNK_CHARS = 200
 
 
 @cache
-def _prompt_file(name: str) -> str:
-    return resources.files("membrane.prompts").joinpath(f"{PROMPT_VERSION}.{name}.txt").read_text("utf-8")
+def _prompt_file(name: str, version: str = PROMPT_VERSION) -> str:
+    return resources.files("membrane.prompts").joinpath(f"{version}.{name}.txt").read_text("utf-8")
 
 
 # Keys only the decoder needs (it enforces them); left out of the prompt's copy
@@ -105,24 +115,29 @@ def _prompt_schema(node: Any) -> Any:
     return node
 
 
-def system_prompt(schema: dict[str, Any]) -> str:
-    """The system message with `schema` written in compactly (decoder-only keys left out)."""
-    compact = json.dumps(_prompt_schema(schema), separators=(",", ":"), ensure_ascii=False)
-    return _prompt_file("system").replace("{schema}", compact).strip()
+def system_prompt(schema: dict[str, Any], version: str = PROMPT_VERSION) -> str:
+    """The system message of `version`, with `schema` written in compactly when the version embeds it."""
+    text = _prompt_file("system", version)
+    if version in _SCHEMA_IN_PROMPT:
+        compact = json.dumps(_prompt_schema(schema), separators=(",", ":"), ensure_ascii=False)
+        text = text.replace("{schema}", compact)
+    return text.strip()
 
 
-def build_messages(text: str, schema: dict[str, Any], *, few_shot: bool = True) -> list[dict[str, str]]:
-    """System prompt, optional worked example, then the note as the user turn."""
-    messages = [{"role": "system", "content": system_prompt(schema)}]
-    if few_shot:
-        messages.append({"role": "user", "content": _prompt_file("example-note").strip()})
-        messages.append({"role": "assistant", "content": _prompt_file("example-answer").strip()})
+def build_messages(
+    text: str, schema: dict[str, Any], *, few_shot: bool = True, version: str = PROMPT_VERSION
+) -> list[dict[str, str]]:
+    """System prompt, optional worked example (schema-bearing versions only), then the note as the user turn."""
+    messages = [{"role": "system", "content": system_prompt(schema, version)}]
+    if few_shot and version in _SCHEMA_IN_PROMPT:
+        messages.append({"role": "user", "content": _prompt_file("example-note", version).strip()})
+        messages.append({"role": "assistant", "content": _prompt_file("example-answer", version).strip()})
     messages.append({"role": "user", "content": text})
     return messages
 
 
-def _repair_message(errors: list[str]) -> str:
-    return _prompt_file("repair").replace("{errors}", "; ".join(errors)).strip()
+def _repair_message(errors: list[str], version: str = PROMPT_VERSION) -> str:
+    return _prompt_file("repair", version).replace("{errors}", "; ".join(errors)).strip()
 
 
 def item_budget(rules: ExtractionRules, num_predict: int) -> int:
@@ -377,12 +392,16 @@ class Extractor:
         n_ctx = getattr(backend, "n_ctx", None)
         if callable(n_ctx):  # an in-process model's context is fixed when it is loaded
             self.num_ctx = min(self.num_ctx, int(n_ctx(model)))
+        self.prompt_version = prompt_version_for(settings, backend.name, model)
         self.chunk_chars = settings.extraction.chunk_chars or self._derived_chunk_chars()
+
+    def _messages(self, text: str, schema: dict[str, Any]) -> list[dict[str, str]]:
+        return build_messages(text, schema, few_shot=self.few_shot, version=self.prompt_version)
 
     def _derived_chunk_chars(self) -> int:
         schema = model_schema(self.rules, item_budget(self.rules, self.num_predict))
-        prompt_chars = sum(len(m["content"]) for m in build_messages("", schema, few_shot=self.few_shot))
-        repair_chars = REPAIR_ECHO_CHARS + len(_repair_message(["x" * 200] * MAX_ERRORS_SHOWN))
+        prompt_chars = sum(len(m["content"]) for m in self._messages("", schema))
+        repair_chars = REPAIR_ECHO_CHARS + len(_repair_message(["x" * 200] * MAX_ERRORS_SHOWN, self.prompt_version))
         spare_tokens = self.num_ctx - self.num_predict - (prompt_chars + repair_chars) / CHARS_PER_TOKEN
         return max(MIN_CHUNK_CHARS, int(spare_tokens * CHARS_PER_TOKEN))
 
@@ -396,7 +415,7 @@ class Extractor:
             extraction=self._merge(parts),
             model=self.model,
             backend=self.backend.name,
-            prompt_version=PROMPT_VERSION,
+            prompt_version=self.prompt_version,
             raw_outputs=tuple(tally.raw_outputs),
             errors=tuple(tally.errors),
             calls=tally.calls,
@@ -422,7 +441,7 @@ class Extractor:
     def _extract_chunk(self, chunk: Chunk, index: int, total: int, tally: _Tally) -> Extraction:
         max_items = item_budget(self.rules, self.num_predict)
         schema = model_schema(self.rules, max_items)
-        base = build_messages(chunk.text, schema, few_shot=self.few_shot)
+        base = self._messages(chunk.text, schema)
         messages = base
         errors: list[str] = []
         for attempt in range(self.max_repairs + 1):
@@ -436,7 +455,7 @@ class Extractor:
                     error = f"cut off at the {self.num_predict}-token cap, give fewer items ({error})"
                     max_items = max(1, max_items // 2)
                     schema = model_schema(self.rules, max_items)
-                    base = [{"role": "system", "content": system_prompt(schema)}, *base[1:]]
+                    base = [{"role": "system", "content": system_prompt(schema, self.prompt_version)}, *base[1:]]
                 errors.append(error)
                 tally.errors.append(error)
                 if attempt == 0:
@@ -446,7 +465,7 @@ class Extractor:
                 messages = [
                     *base,
                     {"role": "assistant", "content": generation.text[:REPAIR_ECHO_CHARS]},
-                    {"role": "user", "content": _repair_message([error])},
+                    {"role": "user", "content": _repair_message([error], self.prompt_version)},
                 ]
                 continue
             grounded, dropped = ground(extraction, chunk.text, self.grounding_threshold)
