@@ -236,8 +236,8 @@ def resolve_candidates(
     settings: Settings, champion: ModelRef, models: list[ModelRef] | None = None
 ) -> tuple[list[ModelRef], list[str]]:
     """The candidates to bench, in order without duplicates, and notes on what was skipped."""
-    if models:
-        return list(dict.fromkeys(models)), []
+    if models:  # a decision needs the champion's scores on the same gold set, so it always runs
+        return list(dict.fromkeys([champion, *models])), []
     bench = settings.bench
     notes: list[str] = []
     refs = [champion]
@@ -255,7 +255,7 @@ def resolve_candidates(
         else:
             refs += [ModelRef("ollama", n) for n in sorted(names) if fnmatch.fnmatchcase(n, bench.ollama_pattern)]
     if bench.include_embedded:
-        refs += [ModelRef("embedded", name) for name in settings.model.embedded]
+        refs += [ModelRef("embedded", name) for name in get_backend("embedded", settings).list_models()]
     return list(dict.fromkeys(refs)), notes
 
 

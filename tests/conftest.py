@@ -203,6 +203,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "inbox": {"path": tmp_path / "inbox", "stable_seconds": 0.2},
             "journal": {"path": tmp_path / "journal.sqlite3"},
             "bench": {"out_dir": tmp_path / "bench"},
+            "train": {"models_dir": tmp_path / "models", "work_dir": tmp_path / "train"},
         }
         for name, values in sections.items():
             data[name] = {**data.get(name, {}), **values}

@@ -66,7 +66,15 @@ def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callabl
         "embedded:smollm2-135m", "ollama:bad:1b", "ollama:good:1b", "embedded:gemma3-270m",
     ]  # fmt: skip
     assert notes == []
-    assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [ModelRef("ollama", "x")]
+    assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [refs[0], ModelRef("ollama", "x")]
+
+
+def test_explicit_models_always_include_the_champion(make_settings: Callable[..., Settings]) -> None:
+    """`--models` without the champion still benches it first, so the policy has something to compare with."""
+    settings = make_settings()
+    champion = ModelRef("embedded", "smollm2-135m")
+    refs, _ = resolve_candidates(settings, champion, [ModelRef("embedded", "gemma3-270m"), champion])
+    assert refs == [champion, ModelRef("embedded", "gemma3-270m")]
 
 
 def test_ollama_down_while_listing_is_a_note(make_settings: Callable[..., Settings]) -> None:

@@ -36,6 +36,7 @@ from membrane.backends import BackendCheck, Generation, GenerationRequest
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS, ModelSpec, read_frame, write_frame
 from membrane.backends.gguf import locate_gguf, locate_lora
 from membrane.errors import (
+from membrane.train.registry import extra_embedded_models
     ConfigError,
     ExtractionFailed,
     MembraneError,
@@ -288,7 +289,7 @@ class EmbeddedBackend:
     name = "embedded"
 
     def __init__(self, settings: Settings, *, reuse_prefix: bool = True) -> None:
-        self.models: dict[str, EmbeddedModel] = dict(settings.model.embedded)
+        self.models: dict[str, EmbeddedModel] = {**extra_embedded_models(settings), **settings.model.embedded}
         self.reuse_prefix = reuse_prefix
         self._paths: dict[str, Path | None] = {}  # config path spec -> located file
 

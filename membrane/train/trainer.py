@@ -1,0 +1,266 @@
+"""`membrane train` end to end: resolve the base, gather and check the cases,
+render them, run the loop, export the GGUF LoRA, score the trained model on
+the validation split through llama.cpp, and write the manifest.
+
+The result is a folder train.models_dir/<name>/ (adapter.gguf +
+manifest.json) that the embedded backend offers as a model at once; it only
+becomes the champion through the bench and the promotion policy.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from membrane.errors import ConfigError
+from membrane.extract import TUNED_PROMPT_VERSION
+from membrane.logs import get_logger
+from membrane.train.data import (
+    Case,
+    data_sha256,
+    distilled_cases,
+    gold_overlaps,
+    labelled_cases,
+    split_cases,
+)
+from membrane.train.registry import ADAPTER_FILE
+
+if TYPE_CHECKING:
+    from membrane.config import Settings
+    from membrane.train.loop import Progress, RunResult
+    from membrane.train.render import Example, Tokenizer
+
+__all__ = ["Base", "TrainOptions", "TrainReport", "resolve_base", "train"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Base:
+    """The model trained on, and how inference will run it."""
+
+    name: str
+    folder: Path  # the folder transformers loads from
+    gguf_file: str | None  # the GGUF inside `folder`; None for a Hugging Face folder
+    inference_path: str  # the base GGUF spec the trained model runs on ("" if none)
+    chat_format: str
+    n_ctx: int
+    parameters: str
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What the command line adds to the [train] settings."""
+
+    resume: bool = False
+    limit: int = 0  # use only the first N cases (0: all), for quick measurements
+    max_steps: int = 0  # stop after N optimizer steps in this process (0: run to the end)
+    max_minutes: float = 0  # stop (evaluate, checkpoint, export) after this much training time (0: no limit)
+    chat_format: str = "chatml"  # for a Hugging Face folder base
+    base_gguf: str = ""  # the GGUF a Hugging Face folder base runs on at inference
+    score: bool = True  # score the trained model on the validation split through llama.cpp
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    name: str
+    folder: Path
+    manifest: dict[str, Any]
+    result: RunResult
+
+
+def resolve_base(settings: Settings, options: TrainOptions) -> Base:
+    """train.base as a [model.embedded] name (GGUF) or a Hugging Face model folder."""
+    from membrane.backends.gguf import locate_gguf
+
+    spec = settings.train.base
+    configured = settings.model.embedded.get(spec)
+    if configured is not None:
+        if configured.lora_path:
+            raise ConfigError(f"train.base = {spec!r} is itself a trained model; train from its base",
+                              key="train.base")
+        path = locate_gguf(configured.path)
+        return Base(spec, path.parent, path.name, configured.path, configured.chat_format,
+                    configured.n_ctx, configured.parameters)
+    folder = Path(spec).expanduser()
+    if (folder / "config.json").is_file():
+        return Base(folder.name, folder, None, options.base_gguf, options.chat_format,
+                    settings.model.num_ctx, "")
+    known = ", ".join(sorted(settings.model.embedded))
+    raise ConfigError(f"train.base = {spec!r} is neither a [model.embedded] name ({known}) nor a "
+                      "Hugging Face model folder (with config.json)", key="train.base")
+
+
+def _tokenizer(base: Base) -> Tokenizer:
+    from membrane.train.render import HFTokenizer, LlamaTokenizer
+
+    return LlamaTokenizer(base.folder / base.gguf_file) if base.gguf_file else HFTokenizer(base.folder)
+
+
+def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
+    """Labelled and distilled cases, refused if any equals or nears a gold text."""
+    from membrane.score import load_gold
+
+    cases = labelled_cases(settings.train.data)
+    if settings.train.distill_from:
+        from membrane.journal import Journal
+
+        with Journal(settings.journal.path) as journal:
+            cases += distilled_cases(journal, settings.train.distill_from,
+                                     threshold=settings.extraction.grounding_threshold)
+    if limit:
+        cases = cases[:limit]
+    if not cases:
+        raise ConfigError(f"no training cases in {', '.join(settings.train.data)}"
+                          + (f" or from {', '.join(settings.train.distill_from)}" if settings.train.distill_from else ""),
+                          key="train.data")
+    overlaps = gold_overlaps(cases, [g.text for g in load_gold(settings.bench.eval_file)])
+    if overlaps:
+        raise ConfigError(f"{len(overlaps)} training cases equal or near a gold text: {', '.join(overlaps[:10])}",
+                          key="train.data", hint="Training data never overlaps the gold set; remove those cases.")
+    return cases
+
+
+def _render_all(cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: int) -> tuple[list[Example], int]:
+    from membrane.train.render import render_case
+
+    examples = [render_case(case, tokenizer, base.chat_format) for case in cases]
+    kept = [e for e in examples if len(e.input_ids) <= max_len]
+    return kept, len(examples) - len(kept)
+
+
+def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int, n_val: int) -> Any:
+    from membrane.train.loop import RunConfig
+
+    t = settings.train
+    return RunConfig(
+        base=base.name, data_sha256=data_sha256(cases), rank=t.rank, alpha=t.alpha, dropout=t.dropout,
+        learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
+        grad_accumulation=t.grad_accumulation, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+        seed=t.seed, max_seq_len=t.max_seq_len, train_cases=n_train, val_cases=n_val,
+    )
+
+
+def model_name(settings: Settings) -> str:
+    return settings.train.name or f"{Path(settings.train.base).name}-membrane"
+
+
+def train(settings: Settings, options: TrainOptions, progress: Callable[[Progress], None] | None = None) -> TrainReport:
+    """Train, export and describe one model; returns its folder and manifest."""
+    from membrane.train import export, loop
+
+    started = time.monotonic()
+    base = resolve_base(settings, options)
+    cases = gather_cases(settings, options.limit)
+    train_cases, val_cases = split_cases(cases, settings.train.val_fraction, settings.train.seed)
+    tokenizer = _tokenizer(base)
+    train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len)
+    val_examples, long_val = _render_all(val_cases, tokenizer, base, settings.train.max_seq_len)
+    if not train_examples:
+        raise ConfigError("every training case is longer than train.max_seq_len", key="train.max_seq_len")
+    config = _run_config(settings, base, cases, len(train_examples), len(val_examples))
+    name = model_name(settings)
+    work_dir = Path(settings.train.work_dir) / name
+    log.info("train_started", name=name, base=base.name, train_cases=len(train_examples),
+             val_cases=len(val_examples), config=asdict(config))
+    model = loop.load_base(base.folder, base.gguf_file)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+    result = loop.run(model, train_examples, val_examples, config, work_dir, pad_id=int(pad_id or 0),
+                      threads=settings.train.threads, resume=options.resume, progress=progress,
+                      stop_after=options.max_steps or None,
+                      max_seconds=options.max_minutes * 60 or None)
+    folder = Path(settings.train.models_dir) / name
+    base_config = export.save_base_config(model, base.folder, base.gguf_file, work_dir / "base-config")
+    adapter = export.convert_lora(result.adapter_dir, base_config, folder, settings.train.outtype)
+    merged = _merged(settings, base, result, work_dir, folder) if settings.train.merged else None
+    manifest = _manifest(settings, options, base, cases, val_cases, config, result, adapter, merged,
+                         long_train + long_val, time.monotonic() - started)
+    export.write_manifest(folder, manifest)
+    if options.score and val_cases and base.inference_path:
+        manifest["validation"]["scores"] = validation_scores(settings, name, val_cases)
+        export.write_manifest(folder, manifest)
+    log.info("train_done", name=name, folder=str(folder), steps=result.steps, best_val_loss=result.best_val_loss)
+    return TrainReport(name, folder, manifest, result)
+
+
+def _merged(settings: Settings, base: Base, result: RunResult, work_dir: Path, folder: Path) -> Path:
+    from peft import PeftModel
+
+    from membrane.train import export, loop
+
+    merged_dir = work_dir / "merged"
+    model = PeftModel.from_pretrained(loop.load_base(base.folder, base.gguf_file), str(result.adapter_dir))
+    model.merge_and_unload().save_pretrained(str(merged_dir))
+    export.save_base_config(model, base.folder, base.gguf_file, merged_dir)
+    return export.convert_merged(merged_dir, folder, settings.train.merged)
+
+
+def validation_scores(settings: Settings, name: str, val_cases: list[Case]) -> dict[str, Any]:
+    """The trained model's bench row on the validation split (llama.cpp, base + adapter)."""
+    from membrane.bench import bench_model
+    from membrane.journal import ModelRef
+    from membrane.score import GoldCase
+
+    gold = [GoldCase(c.id, c.text, c.extraction) for c in val_cases]
+    run = bench_model(settings, ModelRef("embedded", name), gold)
+    return {k: v for k, v in run.row().items() if k not in ("model", "parameters")} | {"detail": run.detail}
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "peft", "gguf", "llama-cpp-python", "membrane"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _data_files(settings: Settings, cases: list[Case]) -> list[dict[str, Any]]:
+    from membrane.train.export import file_sha256
+
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.source] = counts.get(case.source, 0) + 1
+    return [{"source": source, "cases": n, **({"sha256": file_sha256(Path(source))} if Path(source).is_file() else {})}
+            for source, n in counts.items()]
+
+
+def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list[Case], val_cases: list[Case],
+              config: Any, result: RunResult, adapter: Path, merged: Path | None, too_long: int,
+              wall_s: float) -> dict[str, Any]:
+    from membrane.train.export import file_sha256
+
+    base_file = base.folder / base.gguf_file if base.gguf_file else None
+    return {
+        "name": model_name(settings),
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "base": {"name": base.name, "path": base.inference_path, "n_ctx": base.n_ctx,
+                 "parameters": base.parameters, "sha256": file_sha256(base_file) if base_file else ""},
+        "prompt_version": TUNED_PROMPT_VERSION,
+        "chat_format": base.chat_format,
+        "adapter": {"file": ADAPTER_FILE, "sha256": file_sha256(adapter), "bytes": adapter.stat().st_size,
+                    "outtype": settings.train.outtype},
+        "merged": {"file": merged.name, "sha256": file_sha256(merged)} if merged else None,
+        "data": {"sha256": config.data_sha256, "cases": len(cases), "train_cases": config.train_cases,
+                 "val_cases": config.val_cases, "left_out_too_long": too_long,
+                 "val_ids": sorted(c.id for c in val_cases), "files": _data_files(settings, cases),
+                 "distill_from": list(settings.train.distill_from)},
+        "hyperparameters": {**asdict(replace(config)), "target_modules": "all-linear",
+                            "optimizer": "AdamW", "schedule": "linear warm-up, cosine to 10%"},
+        "training": {"steps": result.steps, "max_steps": result.max_steps, "resumed_from": result.resumed_from,
+                     "wall_time_s": round(wall_s, 1), "loop_seconds": round(result.seconds, 1),
+                     "tokens": result.train_tokens, "tokens_per_second": round(result.tokens_per_second, 1),
+                     "first_loss": result.first_loss, "last_loss": result.last_loss,
+                     "threads": settings.train.threads, "seed": settings.train.seed},
+        "validation": {"loss": result.best_val_loss, "initial_loss": result.initial_val_loss, "scores": None},
+        "command": options.command,
+        "versions": _versions(),
+    }

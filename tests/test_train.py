@@ -1,0 +1,176 @@
+"""Fine-tuning with the real parts: SmolLM2-135M loaded by transformers from
+its PyPI GGUF, real LoRA steps with peft, llama.cpp's converter, and the
+adapter applied by llama.cpp at inference. One short run is shared by the
+tests (a few steps on a handful of cases), stopped half-way and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # in CI a missing extra fails
+    pytest.importorskip("torch", reason="the train extra is not installed")
+    pytest.importorskip("peft", reason="the train extra is not installed")
+
+from membrane.config import Settings  # noqa: E402
+from membrane.schema import Extraction  # noqa: E402
+from membrane.train.data import Case  # noqa: E402
+from membrane.train.loop import RunConfig, batch_indices  # noqa: E402
+from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE  # noqa: E402
+from membrane.train.render import IGNORE_INDEX, LlamaTokenizer, render_case, training_messages  # noqa: E402
+
+CASES = [
+    ("t1", "Priya deployed Jellyfin on the Synology NAS.",
+     [("Priya", "subject"), ("Jellyfin", "object"), ("Synology NAS", "object")],
+     [("Priya", "DEPLOYED", "Jellyfin"), ("Jellyfin", "RUNS_ON", "Synology NAS")]),
+    ("t2", "Tomasz works at Allegro in Poznań.",
+     [("Tomasz", "subject"), ("Allegro", "object"), ("Poznań", "object")],
+     [("Tomasz", "WORKS_AT", "Allegro"), ("Allegro", "LOCATED_IN", "Poznań")]),
+    ("t3", "Home Assistant runs on the Intel NUC.",
+     [("Home Assistant", "subject"), ("Intel NUC", "object")], [("Home Assistant", "RUNS_ON", "Intel NUC")]),
+    ("t4", "Lena is reading Piranesi by Susanna Clarke.",
+     [("Lena", "subject"), ("Piranesi", "object"), ("Susanna Clarke", "object")],
+     [("Lena", "READS", "Piranesi"), ("Susanna Clarke", "WROTE", "Piranesi")]),
+    ("t5", "Buy oat milk and bread tomorrow.", [], []),
+    ("t6", "Kenji manages the Tokyo office of Mercari.",
+     [("Kenji", "subject"), ("Tokyo office", "object"), ("Mercari", "object")],
+     [("Kenji", "MANAGES", "Tokyo office"), ("Tokyo office", "PART_OF", "Mercari")]),
+]
+
+
+def _rows() -> list[dict[str, Any]]:
+    return [{"id": i, "text": t, "entities": [{"name": n, "role": r} for n, r in ents],
+             "relationships": [{"source": s, "relation": rel, "target": o} for s, rel, o in rels], "tags": []}
+            for i, t, ents, rels in CASES]
+
+
+def _case(row: dict[str, Any]) -> Case:
+    return Case(row["id"], row["text"], Extraction.parse(row), "test")
+
+
+@pytest.mark.parametrize(("fixture", "chat_format"), [("tiny_model_path", "chatml"), ("gemma_model_path", "gemma")])
+def test_training_prompt_tokens_equal_llamacpp_inference(fixture: str, chat_format: str,
+                                                          request: pytest.FixtureRequest) -> None:  # fmt: skip
+    """The prompt part of a training example is token for token what llama.cpp evaluates at inference."""
+    from llama_cpp import Llama
+
+    gguf: Path = request.getfixturevalue(fixture)
+    case = _case(_rows()[1])
+    example = render_case(case, LlamaTokenizer(gguf), chat_format)
+    n_prompt = example.labels.index(next(label for label in example.labels if label != IGNORE_INDEX))
+    llama = Llama(model_path=str(gguf), chat_format=chat_format, n_ctx=1024, verbose=False)
+    try:
+        response = llama.create_chat_completion(messages=training_messages(case.text), max_tokens=1, temperature=0)
+        evaluated = [int(t) for t in llama.input_ids[: response["usage"]["prompt_tokens"]]]
+        answer = llama.tokenize(case.answer().encode(), add_bos=False, special=True)
+    finally:
+        llama.close()
+    assert list(example.input_ids[:n_prompt]) == evaluated
+    assert list(example.input_ids[n_prompt : n_prompt + len(answer)]) == answer
+    assert all(label == IGNORE_INDEX for label in example.labels[:n_prompt])
+    assert example.labels[n_prompt:] == example.input_ids[n_prompt:]
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    """Every epoch visits each case once, and the same (seed, step) always picks the same cases."""
+    config = RunConfig("b", "d", 8, 16, 0.0, 1e-3, 2, 2, 1, 10, 10, 3, 512, train_cases=5, val_cases=0)
+    first_epoch = [i for step in range(3) for i in batch_indices(step, 0, config)][:5]
+    assert sorted(first_epoch) == [0, 1, 2, 3, 4]
+    assert batch_indices(4, 0, config) == batch_indices(4, 0, config)
+
+
+def _settings(root: Path) -> Settings:
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "cases.jsonl").write_text("\n".join(json.dumps(r) for r in _rows()) + "\n", encoding="utf-8")
+    return Settings.model_validate({
+        "journal": {"path": root / "journal.sqlite3"},
+        "bench": {"out_dir": root / "bench"},
+        "model": {"num_predict": 256},
+        "train": {"data": [str(root / "data" / "*.jsonl")], "models_dir": root / "models",
+                  "work_dir": root / "work", "name": "tiny-tuned", "rank": 4, "alpha": 8,
+                  "learning_rate": 3e-3, "epochs": 3, "batch_size": 2, "val_fraction": 0.34,
+                  "eval_every": 2, "checkpoint_every": 3, "threads": 2, "outtype": "f16"},
+    })
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, Settings]]:
+    """A run stopped after 3 of its 6 steps, then the same run resumed to the end."""
+    from membrane.train.trainer import TrainOptions, train
+
+    settings = _settings(tmp_path_factory.mktemp("train"))
+    stopped = train(settings, TrainOptions(max_steps=3, score=False))
+    resumed = train(settings, TrainOptions(resume=True))
+    yield stopped, resumed, settings
+    from membrane.backends.embedded import close_models
+
+    close_models()
+
+
+def test_training_lowers_the_loss_and_changes_the_adapter(runs: tuple[Any, Any, Settings]) -> None:
+    """A few real steps bring the validation loss below the base's, and the LoRA B matrices leave zero."""
+    from safetensors.torch import load_file
+
+    _, resumed, _ = runs
+    validation = resumed.manifest["validation"]
+    assert validation["loss"] < validation["initial_loss"]
+    weights = load_file(str(resumed.result.adapter_dir / "adapter_model.safetensors"))
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and all(float(t.abs().max()) > 0 for t in lora_b)
+
+
+def test_resume_continues_from_the_checkpoint_step(runs: tuple[Any, Any, Settings]) -> None:
+    """--resume starts at the checkpoint's step and keeps the losses already logged."""
+    stopped, resumed, _ = runs
+    assert (stopped.result.steps, stopped.result.max_steps) == (3, 6)
+    assert (resumed.result.resumed_from, resumed.result.steps) == (3, 6)
+    assert resumed.result.losses[:3] == stopped.result.losses
+
+
+def test_export_is_a_manifested_gguf_lora(runs: tuple[Any, Any, Settings]) -> None:
+    """The folder holds a GGUF LoRA adapter and a manifest naming base, data, prompt and training facts."""
+    import gguf
+
+    _, resumed, settings = runs
+    folder = Path(settings.train.models_dir) / "tiny-tuned"
+    reader = gguf.GGUFReader(str(folder / ADAPTER_FILE))
+    assert bytes(reader.fields["general.type"].parts[-1]).decode() == "adapter"
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert manifest["prompt_version"] == "extract-t1" and manifest["chat_format"] == "chatml"
+    assert len(manifest["base"]["sha256"]) == 64 and len(manifest["data"]["sha256"]) == 64
+    assert manifest["hyperparameters"]["rank"] == 4 and manifest["training"]["steps"] == 6
+    assert manifest["validation"]["scores"]["valid_json"] == 1.0
+
+
+def test_llamacpp_applies_the_adapter_and_extracts(runs: tuple[Any, Any, Settings]) -> None:
+    """The trained model loads in llama.cpp as base + lora_path and gives a valid extraction with extract-t1."""
+    from membrane.backends import get_backend
+    from membrane.extract import Extractor
+
+    _, _, settings = runs
+    backend = get_backend("embedded", settings)
+    assert backend.models["tiny-tuned"].lora_path.endswith(ADAPTER_FILE)  # type: ignore[attr-defined]
+    result = Extractor(backend, "tiny-tuned", settings).extract("Marta installed Nextcloud on the Hetzner server.")
+    assert result.prompt_version == "extract-t1" and result.calls >= 1
+    assert isinstance(result.extraction, Extraction)
+
+
+def test_registered_in_ollama_it_extracts(runs: tuple[Any, Any, Settings], ollama_server: Any) -> None:
+    """`membrane register` creates FROM base + ADAPTER + the training TEMPLATE in the real Ollama server,
+    which then answers a valid extraction with the tuned prompt."""
+    from membrane.backends import get_backend
+    from membrane.extract import Extractor
+    from membrane.train.ollama import register_ollama
+
+    _, _, settings = runs
+    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"ollama_host": ollama_server.host})})
+    name = register_ollama(settings, "tiny-tuned")
+    backend = get_backend("ollama", settings)
+    assert f"{name}:latest" in backend.list_models() or name in backend.list_models()
+    result = Extractor(backend, name, settings).extract("Marta installed Nextcloud on the Hetzner server.")
+    assert result.prompt_version == "extract-t1" and result.backend == "ollama"

