@@ -122,7 +122,7 @@ def main() -> None:
     print("| system | prompt chars | prompt tokens | schema chars | schema tokens | source |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for name, (prompt, schema) in ours().items():
-        note = "schema sent as format=; the prompt carries a compact copy"
+        note = "schema sent as format=; " + ("not in the prompt" if "t1" in name else "the prompt carries a compact copy")
         print(f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} | {note} |")
     measured = anchor_prompts(args.anchors)
     for name, (chars, schema_chars) in MEASURED_ELSEWHERE.items():

@@ -50,7 +50,7 @@ def _rows() -> list[dict[str, Any]]:
 
 
 def _case(row: dict[str, Any]) -> Case:
-    return Case(row["id"], row["text"], Extraction.parse(row), "test")
+    return Case(row["id"], row["text"], Extraction.parse({k: row[k] for k in ("entities", "relationships")}), "test")
 
 
 @pytest.mark.parametrize(("fixture", "chat_format"), [("tiny_model_path", "chatml"), ("gemma_model_path", "gemma")])
@@ -174,3 +174,18 @@ def test_registered_in_ollama_it_extracts(runs: tuple[Any, Any, Settings], ollam
     assert f"{name}:latest" in backend.list_models() or name in backend.list_models()
     result = Extractor(backend, name, settings).extract("Marta installed Nextcloud on the Hetzner server.")
     assert result.prompt_version == "extract-t1" and result.backend == "ollama"
+
+
+def test_train_refuses_cases_that_near_the_gold_set(tmp_path: Path) -> None:
+    """`membrane train` stops with exit 2 before loading any model when a case nears a gold text."""
+    from click.testing import CliRunner
+
+    from membrane.cli import main
+
+    row = {"id": "x1", "text": "Grafana runs on the Raspberry Pi!", "tags": [],
+           "entities": [{"name": "Grafana", "role": "subject"}], "relationships": []}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    assert "near a gold text: x1" in result.output
+    assert not (tmp_path / "m").exists()
