@@ -36,7 +36,6 @@ from membrane.backends import BackendCheck, Generation, GenerationRequest
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS, ModelSpec, read_frame, write_frame
 from membrane.backends.gguf import locate_gguf, locate_lora
 from membrane.errors import (
-from membrane.train.registry import extra_embedded_models
     ConfigError,
     ExtractionFailed,
     MembraneError,
@@ -44,6 +43,7 @@ from membrane.train.registry import extra_embedded_models
     ModelNotFound,
     ModelUnavailable,
 )
+from membrane.train.registry import extra_embedded_models
 
 if TYPE_CHECKING:
     from membrane.config import EmbeddedModel, Settings
