@@ -2,14 +2,16 @@
 whose llama.cpp child segfaults (a real SIGSEGV, MEMBRANE_EMBEDDED_FAULT=segv:TEXT) on every
 prompt of the captures that hold the trigger text.
 
-One capture in every `--every` (the middle one of each block) holds the trigger: each of those crashes
-the child daemon.max_model_crashes times and must end in failed/ with SIGSEGV
-named in its reason; every other capture must be done, by a child started
-afresh after the last crash. The clean run is an in-process `membrane ingest`
-of the captures without the trigger, on the same model with no fault. Prints
-the figures of benchmarks/faults_support.py, plus the crashes the daemon
-logged, the distinct child processes seen (sampled every 20 ms, a lower
-bound of the children started) and whether the daemon process ever died.
+One capture in every `--every` (the middle one of each block) holds the
+trigger: each of those crashes the child daemon.max_model_crashes times and
+must end in failed/ with SIGSEGV named in its reason. The clean run is an
+in-process `membrane ingest` of the captures without the trigger, on the same
+model with no fault; the daemon must fail exactly the trigger captures and
+those the model itself failed in the clean run (an answer cut off at
+num_predict), and do every other one, with a child started afresh after each
+crash. Prints the figures of benchmarks/faults_support.py, plus the crashes
+the daemon logged, the distinct child processes seen (sampled every 20 ms, a
+lower bound of the children started) and whether the daemon process ever died.
 
     eval "$(scripts/neo4j-local env)"
     .venv/bin/python benchmarks/faults_child.py [--captures 60] [--every 10] [--num-predict 96]
@@ -110,6 +112,13 @@ def _reason(workspace: Workspace, name: str) -> str:
         return ""
 
 
+def _failed_names(folder: Path) -> set[str]:
+    """Captures in a failed/ folder (their sidecars left out)."""
+    if not folder.exists():
+        return set()
+    return {p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(SIDECAR_SUFFIX)}
+
+
 def sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
         "model": {"backend": "embedded", "name": "smollm2-135m", "num_predict": args.num_predict},
@@ -139,6 +148,7 @@ def main() -> None:
         workspace = Workspace.create(root / "run", None, neo4j, **sections(args))
         succeeding = {name: text for name, text in files.items() if name not in crashing}
         expected = clean_snapshot(root / "clean", workspace.sections, succeeding, driver)
+        clean_failed = _failed_names(root / "clean" / "inbox" / "failed")
         close_models()  # the clean run's child; the daemon starts its own
         wipe(driver)
         for name, text in files.items():
@@ -162,14 +172,16 @@ def main() -> None:
             {"captures": args.captures, "every": args.every, "num_predict": args.num_predict,
              "retry_base_s": args.retry_base_s, "max_model_crashes": args.max_crashes},
             counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-            expected_failures=len(crashing), failed_naming_sigsegv=named,
+            expected_failures=len(crashing) + len(clean_failed), failed_naming_sigsegv=named,
+            failed_in_clean_run_too=len(clean_failed),
             crashes_logged=len(crashes), crash_signals=sorted({str(e.get("signal")) for e in crashes}),
             children_seen=len(watch.pids), daemon_never_died=daemon.starts == 1 and daemon.exit_codes == [0],
             extractions_done_twice=journal_duplicates(workspace.journal), failure_reasons=reasons,
             sample_reason=next((_reason(workspace, n) for n in sorted(crashing)), ""),
         )
-        ok = (figures["ok"] and named == len(crashing) == counts["failed_with_reason"]
-              and counts["done"] == len(files) - len(crashing) and figures["daemon_never_died"]
+        failed = _failed_names(workspace.settings.inbox.failed)
+        ok = (figures["ok"] and named == len(crashing) and failed == crashing | clean_failed
+              and counts["done"] == len(files) - len(failed) and figures["daemon_never_died"]
               and len(crashes) == len(crashing) * args.max_crashes)
     raise SystemExit(0 if ok else 1)
 
