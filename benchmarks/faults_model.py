@@ -7,8 +7,8 @@ valid on repair; 5 garbage every time (must fail, with a reason); 6 a hang
 past model.timeout_s on the first call, valid on the retry; 7 reasoning that
 never closes (the budget ran out), then a fenced answer. The clean run is the
 same model with its faults switched off, over the captures that can succeed.
-Prints the figures of benchmarks/faults_support.py. The child-process crash of
-the model runtime is not covered yet (it lands with the runtime issue).
+Prints the figures of benchmarks/faults_support.py. The crash of the model
+runtime's child process is benchmarks/faults_child.py (the real embedded model).
 
     eval "$(scripts/neo4j-local env)"
     .venv/bin/python benchmarks/faults_model.py [--captures 200] [--hang-s 3] [--timeout-s 1.5]
