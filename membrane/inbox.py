@@ -488,17 +488,27 @@ def move_unique(source: Path, folder: Path, *, reserve_sidecar: bool = False) ->
         try:
             os.link(source, target, follow_symlinks=False)
         except FileExistsError:
+            if _same_file(source, target):  # linked before a crash, never unlinked: finish that move
+                break
             continue
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
             if not _copy_exclusive(source, target):
                 continue
-        os.unlink(source)
-        _fsync_dir(folder)
-        _fsync_dir(source.parent)
-        return target
-    raise AssertionError("unreachable")  # _names never ends
+        break
+    os.unlink(source)
+    _fsync_dir(folder)
+    _fsync_dir(source.parent)
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _copy_exclusive(source: Path, target: Path) -> bool:

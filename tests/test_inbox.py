@@ -315,3 +315,30 @@ def test_before_move_runs_while_the_file_is_still_in_the_inbox(
             inbox.move_to_failed(ready[0], reason="test", stage="read")
     assert seen == [True, True]
     assert (inbox.processed_dir / "ok.txt").exists() and (inbox.failed_dir / "bad.txt").exists()
+
+
+def test_move_unique_finishes_a_move_cut_short_between_link_and_unlink(tmp_path: Path) -> None:
+    """A file already hard-linked into the folder by a move that a crash interrupted is not moved a second time
+    under a numbered name: the move is finished (the inbox name unlinked) and the existing name returned."""
+    inbox, processed = tmp_path / "inbox", tmp_path / "processed"
+    inbox.mkdir()
+    processed.mkdir()
+    source = inbox / "note.txt"
+    source.write_text("hello", encoding="utf-8")
+    os.link(source, processed / "note.txt")  # the crash came after os.link, before os.unlink
+    moved = move_unique(source, processed)
+    assert moved == processed / "note.txt"
+    assert not source.exists()
+    assert sorted(p.name for p in processed.iterdir()) == ["note.txt"]
+
+
+def test_move_unique_still_numbers_a_different_file_of_the_same_name(tmp_path: Path) -> None:
+    """A different file already under the name still gets "-1", never overwritten."""
+    inbox, processed = tmp_path / "inbox", tmp_path / "processed"
+    inbox.mkdir()
+    processed.mkdir()
+    (processed / "note.txt").write_text("older", encoding="utf-8")
+    source = inbox / "note.txt"
+    source.write_text("newer", encoding="utf-8")
+    assert move_unique(source, processed) == processed / "note-1.txt"
+    assert (processed / "note.txt").read_text(encoding="utf-8") == "older"
