@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from rapidfuzz import fuzz, process
 
 from membrane.errors import NotFound
+
+# An entity as one capture names it (key, name, role, surface forms): resolve's own record of it.
+from membrane.resolve import ResolvedEntity as Mention
 from membrane.resolve import entity_key
 
 if TYPE_CHECKING:
@@ -96,16 +99,6 @@ class EntityReport:
     last_seen: str
     mentioned_in: tuple[Source, ...]
     facts: tuple[Fact, ...]
-
-
-@dataclass(frozen=True)
-class Mention:
-    """An entity as one capture names it (role and surface forms in that capture)."""
-
-    key: str
-    name: str
-    role: str
-    aliases: tuple[str, ...]
 
 
 @dataclass(frozen=True)
