@@ -210,11 +210,11 @@ class TrainSettings(_Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     learning_rate: float = Field(1e-3, gt=0)
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(4, gt=0)
     grad_accumulation: int = Field(1, gt=0)
-    eval_every: int = Field(50, gt=0)  # optimizer steps between validation (and best-checkpoint) passes
-    checkpoint_every: int = Field(50, gt=0)  # optimizer steps between resumable checkpoints
+    eval_every: int = Field(65, gt=0)  # optimizer steps between validation (and best-checkpoint) passes
+    checkpoint_every: int = Field(65, gt=0)  # optimizer steps between resumable checkpoints
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     threads: int = Field(0, ge=0)  # torch CPU threads; 0: all cores

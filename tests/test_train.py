@@ -20,7 +20,7 @@ if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # in CI a miss
 from membrane.config import Settings  # noqa: E402
 from membrane.schema import Extraction  # noqa: E402
 from membrane.train.data import Case  # noqa: E402
-from membrane.train.loop import RunConfig, batch_indices  # noqa: E402
+from membrane.train.loop import RunConfig, batch_indices, epoch_order  # noqa: E402
 from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE  # noqa: E402
 from membrane.train.render import IGNORE_INDEX, LlamaTokenizer, render_case, training_messages  # noqa: E402
 
@@ -82,6 +82,21 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     first_epoch = [i for step in range(3) for i in batch_indices(step, 0, config)][:5]
     assert sorted(first_epoch) == [0, 1, 2, 3, 4]
     assert batch_indices(4, 0, config) == batch_indices(4, 0, config)
+
+
+def test_length_grouped_batches_cover_every_case_with_less_padding() -> None:
+    """Grouping by length still reads each case once an epoch, and pads less than a plain shuffle."""
+    config = RunConfig("b", "d", 8, 16, 0.0, 1e-3, 1, 4, 1, 10, 10, 7, 512, train_cases=400, val_cases=0)
+    lengths = [50 + (i * 37) % 400 for i in range(400)]
+
+    def padding(order: list[int]) -> int:
+        batches = [order[k : k + 4] for k in range(0, len(order), 4)]
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    grouped = epoch_order(0, config, lengths)
+    assert sorted(grouped) == list(range(400))
+    assert [i for step in range(100) for i in batch_indices(step, 0, config, lengths)] == grouped
+    assert padding(grouped) * 3 < padding(epoch_order(0, config))
 
 
 def _settings(root: Path) -> Settings:

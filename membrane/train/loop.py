@@ -126,16 +126,39 @@ def lr_at(step: int, config: RunConfig, max_steps: int) -> float:
     return config.learning_rate * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_indices(step: int, micro: int, config: RunConfig) -> list[int]:
-    """Case indices of micro-batch `micro` of optimizer step `step`: a pure function of the seed."""
+GROUP_BATCHES = 16  # batches sorted by length together, so padding stays small
+
+
+def epoch_order(epoch: int, config: RunConfig, lengths: Sequence[int] | None = None) -> list[int]:
+    """The order cases are read in one epoch: a seeded shuffle; with `lengths`, cut into
+    groups of GROUP_BATCHES batches, each group sorted by length and the batches shuffled
+    again, so the cases of one batch have similar lengths and little padding is computed."""
+    rng = random.Random(config.seed * 1_000_003 + epoch)
+    order = list(range(config.train_cases))
+    rng.shuffle(order)
+    if lengths is None:
+        return order
+    size, group = config.batch_size, config.batch_size * GROUP_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        by_length = sorted(order[start : start + group], key=lambda i: lengths[i])
+        batches += [by_length[k : k + size] for k in range(0, len(by_length), size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
+def batch_indices(step: int, micro: int, config: RunConfig, lengths: Sequence[int] | None = None) -> list[int]:
+    """Case indices of micro-batch `micro` of optimizer step `step`: a pure function of the
+    seed (and of the cases' lengths, when given)."""
     per_step = config.batch_size * config.grad_accumulation
     start = step * per_step + micro * config.batch_size
+    orders: dict[int, list[int]] = {}
     out = []
     for position in range(start, start + config.batch_size):
         epoch, offset = divmod(position, config.train_cases)
-        order = list(range(config.train_cases))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[offset])
+        if epoch not in orders:
+            orders[epoch] = epoch_order(epoch, config, lengths)
+        out.append(orders[epoch][offset])
     return out
 
 
@@ -163,6 +186,7 @@ def estimate_val_loss(model: Any, val: Sequence[Example], batch_size: int, pad_i
         return None
     model.eval()
     total, tokens = 0.0, 0
+    val = sorted(val, key=lambda e: len(e.input_ids))  # batches of like lengths: little padding
     with torch.no_grad():
         for start in range(0, len(val), batch_size):
             chunk = val[start : start + batch_size]
@@ -233,8 +257,9 @@ def _train_step(model: Any, optimizer: Any, train: Sequence[Example], step: int,
     for group in optimizer.param_groups:
         group["lr"] = lr
     total, tokens = 0.0, 0
+    lengths = [len(e.input_ids) for e in train]
     for micro in range(config.grad_accumulation):
-        batch = collate([train[i] for i in batch_indices(step, micro, config)], pad_id)
+        batch = collate([train[i] for i in batch_indices(step, micro, config, lengths)], pad_id)
         loss = model(**batch).loss / config.grad_accumulation
         loss.backward()
         total += float(loss.detach())
