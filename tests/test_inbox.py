@@ -189,7 +189,7 @@ def test_fifo_is_handed_out_so_it_can_fail(start_inbox: Callable[..., Inbox]) ->
     inbox = start_inbox()
     os.mkfifo(inbox.root / "pipe.txt")
     [path] = collect(inbox, 1)
-    moved = inbox.move_to_failed(path, reason="not a regular file (a FIFO)", stage="read")
+    moved = inbox.mover.failed(path, reason="not a regular file (a FIFO)", stage="read")
     assert moved == inbox.failed_dir / "pipe.txt" and sidecar_path(moved).exists()
     assert not (inbox.root / "pipe.txt").exists()
 
@@ -213,20 +213,20 @@ def test_processed_names_never_overwrite(start_inbox: Callable[..., Inbox]) -> N
         path = inbox.root / "note.txt"
         path.write_text(content, encoding="utf-8")
         [ready] = collect(inbox, 1, settle=0)
-        inbox.move_to_processed(ready)
+        inbox.mover.done(ready)
     assert (inbox.processed_dir / "note.txt").read_text(encoding="utf-8") == "first version"
     assert (inbox.processed_dir / "note-1.txt").read_text(encoding="utf-8") == "second version"
     assert inbox.pending() == 0
 
 
 def test_failed_file_gets_a_sidecar_and_never_overwrites(start_inbox: Callable[..., Inbox]) -> None:
-    """move_to_failed writes <name>.error.json with reason, stage, hint, model and time, never overwriting."""
+    """FileMover.failed writes <name>.error.json with reason, stage, hint, model and time, never overwriting."""
     inbox = start_inbox()
     (inbox.failed_dir / "bad.txt.error.json").write_text("{}", encoding="utf-8")  # an orphan sidecar
     path = inbox.root / "bad.txt"
     path.write_bytes(b"\xff\xfe")
     [ready] = collect(inbox, 1)
-    moved = inbox.move_to_failed(
+    moved = inbox.mover.failed(
         ready, reason="not valid UTF-8: byte 0", stage="read", hint="Save as UTF-8.", model="embedded:smollm2-135m"
     )
     assert moved == inbox.failed_dir / "bad-1.txt"
@@ -242,7 +242,7 @@ def test_on_success_delete_removes_the_file(start_inbox: Callable[..., Inbox]) -
     inbox = start_inbox(on_success="delete")
     (inbox.root / "gone.txt").write_text("delete me", encoding="utf-8")
     [ready] = collect(inbox, 1)
-    assert inbox.move_to_processed(ready) is None
+    assert inbox.mover.done(ready) is None
     assert not ready.exists() and list(inbox.processed_dir.iterdir()) == []
 
 
@@ -253,7 +253,7 @@ def test_unusual_names_are_handed_out_and_moved(start_inbox: Callable[..., Inbox
     (inbox.root / name).write_text("text", encoding="utf-8")
     [ready] = collect(inbox, 1)
     assert ready.name == name
-    assert inbox.move_to_processed(ready) == inbox.processed_dir / name
+    assert inbox.mover.done(ready) == inbox.processed_dir / name
 
 
 def test_move_across_filesystems_copies_and_never_overwrites(tmp_path: Path) -> None:
@@ -310,9 +310,9 @@ def test_before_move_runs_while_the_file_is_still_in_the_inbox(
                 file.write_text("x", encoding="utf-8")
             ready = sorted(collect(inbox, 2))
             files = [ready[1]]
-            inbox.move_to_processed(ready[1])
+            inbox.mover.done(ready[1])
             files = [ready[0]]
-            inbox.move_to_failed(ready[0], reason="test", stage="read")
+            inbox.mover.failed(ready[0], reason="test", stage="read")
     assert seen == [True, True]
     assert (inbox.processed_dir / "ok.txt").exists() and (inbox.failed_dir / "bad.txt").exists()
 
