@@ -11,6 +11,9 @@ sends STATUS= lines. SIGTERM/SIGINT: each worker finishes the capture in hand
 `ingest()` (``membrane ingest PATH...``): the same pipeline, once, for the
 given files and folders, until nothing is left to do (arq's burst mode).
 
+This module wires the threads only: the watcher, the file mover and the
+deletion watch are inbox.py's, the stages pipeline.py's.
+
 sd_notify is a datagram on the AF_UNIX socket named by $NOTIFY_SOCKET ('@' is
 the abstract namespace); outside systemd it is unset and notifying is a no-op.
 """
