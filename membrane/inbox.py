@@ -209,6 +209,7 @@ class FileMover:
             self._claims[Path(path)] = signature
 
     def claimed(self, path: Path) -> bool:
+        """True while a path handed out waits for done, failed or release."""
         with self.lock:
             return Path(path) in self._claims
 
@@ -218,6 +219,7 @@ class FileMover:
             return self._claims.get(Path(path))
 
     def claims(self) -> int:
+        """How many paths are claimed now."""
         with self.lock:
             return len(self._claims)
 
