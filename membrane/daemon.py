@@ -11,14 +11,15 @@ sends STATUS= lines. SIGTERM/SIGINT: each worker finishes the capture in hand
 `ingest()` (``membrane ingest PATH...``): the same pipeline, once, for the
 given files and folders, until nothing is left to do (arq's burst mode).
 
+This module wires the threads only: the watcher, the file mover and the
+deletion watch are inbox.py's, the stages pipeline.py's.
+
 sd_notify is a datagram on the AF_UNIX socket named by $NOTIFY_SOCKET ('@' is
 the abstract namespace); outside systemd it is unset and notifying is a no-op.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import os
 import queue
 import signal
@@ -29,20 +30,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from typing import Any
 
 from membrane.config import Settings
 from membrane.errors import GraphUnavailable, MembraneError
+from membrane.inbox import DeletionWatch, Inbox, InboxFolders
 from membrane.journal import Journal, JournalError
 from membrane.logs import get_logger
-from membrane.pipeline import GraphLink, Outcome, Pipeline, active_model, file_sha256
+from membrane.pipeline import GraphLink, Outcome, Pipeline, active_model
 
-if TYPE_CHECKING:
-    from membrane.inbox import Inbox
-
-__all__ = ["Daemon", "DeletionWatch", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
+__all__ = ["Daemon", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
 
 log = get_logger(__name__)
 
@@ -168,28 +165,15 @@ class IngestReport:
         return not self.failed and not self.unfinished
 
 
-def _candidate_files(paths: Sequence[Path], inbox: Inbox) -> list[Path]:
+def _candidate_files(paths: Sequence[Path], folders: InboxFolders) -> list[Path]:
     """Files named, and the captures in folders named (the inbox's ignore rules)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir() and not path.is_symlink():
-            files.extend(_scan_folder(path, inbox))
+            files.extend(folders.scan(path))
         else:
             files.append(path)
     return files
-
-
-def _scan_folder(folder: Path, inbox: Inbox) -> list[Path]:
-    from membrane.inbox import IGNORED_PATTERNS
-
-    absolute = Path(os.path.abspath(folder))
-    if absolute == inbox.root or absolute.is_relative_to(inbox.root):
-        pattern = "**/*" if inbox.settings.recursive else "*"
-        return sorted(p for p in absolute.glob(pattern) if not inbox.is_ignored(p) and not p.is_dir())
-    return sorted(
-        p for p in absolute.iterdir()
-        if not p.is_dir() and not any(fnmatch.fnmatchcase(p.name, pattern) for pattern in IGNORED_PATTERNS)
-    )
 
 
 def ingest(settings: Settings, paths: Sequence[Path], *, journal: Journal | None = None,
@@ -201,7 +185,7 @@ def ingest(settings: Settings, paths: Sequence[Path], *, journal: Journal | None
     pipeline = pipeline or Pipeline(settings, journal)
     try:
         pipeline.recover()
-        admitted = [pipeline.admit(path) for path in _candidate_files(paths, pipeline.files)]
+        admitted = [pipeline.admit(path) for path in _candidate_files(paths, pipeline.files.folders)]
         _drain(pipeline, settings.daemon.concurrency)
         outcomes = tuple(_final(journal, outcome) for outcome in admitted)
     finally:
@@ -236,92 +220,6 @@ def _final(journal: Journal, outcome: Outcome) -> Outcome:
     return Outcome(outcome.path, record.state, record.sha256, record.stage or "", record.last_error or "")
 
 
-# ---------------------------------------------------------------- deletion
-
-
-class DeletionWatch:
-    """graph.on_capture_deleted = "retract": a file deleted from processed/ (or moved
-    out of it) while the daemon runs retracts its capture's facts, unless another
-    file in processed/ holds the same bytes.
-
-    Deleting a capture means deleting its file from processed/: that is where
-    every capture's file ends up (with inbox.on_success = "move"). Only
-    deletions seen as they happen count; a file missing at start-up is not
-    taken as deleted (processed/ may be on a disk that is not mounted yet).
-    """
-
-    def __init__(self, pipeline: Pipeline, retractions: queue.Queue[str]) -> None:
-        self.pipeline = pipeline
-        self.folder = Path(os.path.abspath(pipeline.settings.inbox.processed))
-        self.retractions = retractions
-        self._lock = threading.Lock()
-        self._index: dict[Path, str] = {}
-        self._observer: Any = None
-
-    def start(self) -> None:
-        from watchdog.observers import Observer
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for path in self.folder.rglob("*"):
-            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
-                with contextlib.suppress(OSError):
-                    self._index[path] = file_sha256(path)
-        self.pipeline.on_processed = self.moved_in
-        observer = Observer()
-        observer.schedule(_DeletionHandler(self), str(self.folder), recursive=True)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-
-    def stop(self) -> None:
-        self.pipeline.on_processed = None
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=10)
-
-    @property
-    def alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
-
-    def moved_in(self, path: Path, sha256: str) -> None:
-        with self._lock:
-            self._index[Path(os.path.abspath(path))] = sha256
-
-    def gone(self, path: Path) -> None:
-        """A file left processed/: queue its capture for retraction if no copy remains."""
-        with self._lock:
-            sha256 = self._index.pop(Path(os.path.abspath(path)), None)
-            if sha256 is None or sha256 in self._index.values():
-                return
-        log.info("processed_file_deleted", path=str(path), sha256=sha256)
-        self.retractions.put(sha256)
-
-    def renamed(self, source: Path, target: Path) -> None:
-        target = Path(os.path.abspath(target))
-        if not target.is_relative_to(self.folder):
-            self.gone(source)
-            return
-        with self._lock:
-            sha256 = self._index.pop(Path(os.path.abspath(source)), None)
-            if sha256 is not None:
-                self._index[target] = sha256
-
-
-class _DeletionHandler(FileSystemEventHandler):
-    """Runs on the observer thread: only bookkeeping, the retraction happens elsewhere."""
-
-    def __init__(self, watch: DeletionWatch) -> None:
-        self.watch = watch
-
-    def on_deleted(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watch.gone(Path(os.fsdecode(event.src_path)))
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watch.renamed(Path(os.fsdecode(event.src_path)), Path(os.fsdecode(event.dest_path)))
-
-
 # ---------------------------------------------------------------- the daemon
 
 
@@ -338,7 +236,7 @@ class Daemon:
         self.journal: Journal | None = None
         self.pipeline: Pipeline | None = None
         self.workers: list[_Worker] = []
-        self.watcher: Any = None
+        self.watcher: Inbox | None = None
         self.scheduler: Any = None
         self.admitter: threading.Thread | None = None
         self.deletions: DeletionWatch | None = None
@@ -368,9 +266,8 @@ class Daemon:
         self.notifier.status("starting: journal")
         self.journal = Journal(self.settings.journal.path)
         graph = GraphLink(self.settings)
-        from membrane.inbox import Inbox
-
-        self.pipeline = Pipeline(self.settings, self.journal, graph=graph, inbox=Inbox(self.settings.inbox))
+        inbox = Inbox(self.settings.inbox)  # its mover moves the files the pipeline is done with
+        self.pipeline = Pipeline(self.settings, self.journal, graph=graph, files=inbox.mover)
         if graph.enabled:
             self.notifier.status("starting: Neo4j migrations")
             try:
@@ -381,9 +278,10 @@ class Daemon:
                 graph.reset(pause_s=self.settings.daemon.retry_base_s)
         self.pipeline.recover()
         if self.settings.graph.on_capture_deleted == "retract" and self.settings.inbox.on_success == "move":
-            self.deletions = DeletionWatch(self.pipeline, self.retractions)
+            self.deletions = DeletionWatch(inbox.mover, self.retractions)
             self.deletions.start()
-        self.watcher = self._start_watcher()
+        inbox.start()
+        self.watcher = inbox
         self.admitter = threading.Thread(target=self._admit_loop, name="membrane-admitter", daemon=True)
         self.admitter.start()
         self.workers = [
@@ -469,16 +367,14 @@ class Daemon:
             if path is None:
                 continue
             try:
-                outcome = self.pipeline.admit(path)
+                with self.watcher.mover.handling(path):  # ends the claim if admit raises or the file is gone
+                    self.pipeline.admit(path)
             except JournalError as exc:
                 log.error("admitter_stopped", error=str(exc))
                 raise
             except Exception:  # noqa: BLE001 - one odd file must not stop admission (or crash-loop us)
                 log.exception("admit_failed", path=str(path))
-                self.watcher.release(path)
                 continue
-            if outcome.state == "gone":
-                self.watcher.release(path)
             self.wake.set()
 
     def _retract_deleted(self) -> None:
@@ -489,16 +385,6 @@ class Daemon:
             except queue.Empty:
                 return
             self.pipeline.retract(sha256, reason="file deleted from processed/")
-
-    def _start_watcher(self) -> Any:
-        from membrane.inbox import Inbox
-
-        assert self.pipeline is not None
-        watcher = self.pipeline.files
-        if not isinstance(watcher, Inbox):
-            raise MembraneError("the pipeline's inbox is not an Inbox")
-        watcher.start()
-        return watcher
 
     def _start_scheduler(self) -> Any:
         bench = self.settings.bench

@@ -1,5 +1,12 @@
-"""The inbox: noticing capture files, deciding when they are ready, and moving
-them out (to processed/, failed/ with a sidecar, or deleting them).
+"""The inbox: noticing capture files, deciding when they are ready, moving
+them out (to processed/, failed/ with a sidecar, or deleting them), and
+noticing processed files deleted (the deletion watch).
+
+Owners: `InboxFolders` holds the folders and the one copy of the ignore rules
+(the watcher, its rescans and `membrane ingest`'s folder scan use it);
+`FileMover` owns the claims on handed-out paths and every move out of the
+inbox; `Inbox` is the watcher and stability tracker; `DeletionWatch` maps
+processed/ files to their captures and reports the ones deleted.
 
 How a file becomes ready:
 - a watchdog observer (inotify, or PollingObserver for network filesystems
@@ -9,9 +16,10 @@ How a file becomes ready:
   and hands a path out once its type, size, mtime and inode stayed the same
   for inbox.stable_seconds (paperless-ngx's FileStabilityTracker idea), so a
   half-written file is never read;
-- a path handed out is in the *queued* set until the worker releases it
-  (move_to_processed, move_to_failed, delete or release), so no file is handed
-  out twice;
+- a path handed out is *claimed* until FileMover.done, FileMover.failed or
+  FileMover.release ends the claim, so no file is handed out twice; done and
+  failed end it whatever happens to the file (moved, vanished, edited since,
+  a move error), so the pipeline never releases a path itself;
 - the tracker thread also checks the observer thread and restarts it (then
   rescans) if it died.
 
@@ -25,14 +33,17 @@ inside the inbox), and sub-folders unless inbox.recursive.
 
 Moves never overwrite: the destination is claimed with link() (atomic, fails
 if the name exists), then the source is unlinked; a taken name gets a suffix
-("note-1.txt"). Across filesystems (or where hard links are refused) the file
+("note-1.txt"); a link left by a crash before the unlink is finished, not
+repeated. Across filesystems (or where hard links are refused) the file
 is copied to an exclusively created name, fsynced, then the source unlinked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
+import hashlib
 import json
 import os
 import queue
@@ -41,6 +52,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +66,16 @@ from membrane.config import InboxSettings
 from membrane.journal import iso_utc
 from membrane.logs import get_logger
 
-__all__ = ["IGNORED_PATTERNS", "Inbox", "move_unique", "sidecar_path"]
+__all__ = [
+    "IGNORED_PATTERNS",
+    "DeletionWatch",
+    "FileMover",
+    "Inbox",
+    "InboxFolders",
+    "file_sha256",
+    "move_unique",
+    "sidecar_path",
+]
 
 log = get_logger(__name__)
 
@@ -81,6 +102,253 @@ def _signature(path: Path) -> _Signature | None:
     except OSError:
         return None
     return _Signature(stat.S_IFMT(info.st_mode), info.st_size, info.st_mtime_ns, info.st_ino)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a regular file's bytes ("" for anything else: never open a FIFO)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ignored_name(parts: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(part, pattern) for part in parts for pattern in IGNORED_PATTERNS)
+
+
+@dataclass(frozen=True)
+class InboxFolders:
+    """The inbox's folders and its ignore rules (see the module docstring): the one copy
+    that the watcher, its rescans and `membrane ingest`'s folder scan all apply."""
+
+    root: Path
+    recursive: bool
+    excluded: tuple[Path, ...] = ()  # processed/ and failed/, even when inside the inbox
+
+    @classmethod
+    def of(cls, settings: InboxSettings) -> InboxFolders:
+        absolute = [Path(os.path.abspath(folder)) for folder in (settings.path, settings.processed, settings.failed)]
+        return cls(absolute[0], settings.recursive, (absolute[1], absolute[2]))
+
+    def is_ignored(self, path: Path) -> bool:
+        """True for paths never handed out."""
+        path = Path(os.path.abspath(path))
+        if any(path == folder or path.is_relative_to(folder) for folder in self.excluded):
+            return True
+        if not path.is_relative_to(self.root) or path == self.root:
+            return True
+        parts = path.relative_to(self.root).parts
+        if len(parts) > 1 and not self.recursive:
+            return True
+        return _ignored_name(parts)
+
+    def walk(self, folder: Path) -> Iterator[Path]:
+        """Every path under `folder` that is not ignored and not a directory."""
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("inbox_scan_failed", path=str(folder), error=exc.strerror)
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            if self.is_ignored(path):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if self.recursive:
+                    yield from self.walk(path)
+                continue
+            yield path
+
+    def scan(self, folder: Path) -> list[Path]:
+        """The captures in a folder named to `membrane ingest`, sorted: inside the inbox what
+        the watcher would hand out; elsewhere the folder's own files under the same name rules
+        (its sub-folders, like an inbox's without inbox.recursive, are not read)."""
+        absolute = Path(os.path.abspath(folder))
+        inside = absolute == self.root or absolute.is_relative_to(self.root)
+        rules = self if inside else InboxFolders(absolute, recursive=False)
+        return sorted(rules.walk(absolute))
+
+
+class FileMover:
+    """Owns the claims on handed-out paths and every move out of the inbox.
+
+    The rule: a path claimed (handed out by the Inbox) stays claimed until done(),
+    failed() or release(); done and failed end the claim whatever happens to the
+    file, so no caller releases a path after them. Files outside the inbox (named
+    on the command line) are never moved. Call done and failed only after the
+    journal committed what the move would lose; a move cut short by a crash is
+    finished on the next call, not repeated (move_unique).
+    """
+
+    def __init__(self, settings: InboxSettings, *, before_move: Callable[[], None] | None = None) -> None:
+        """`before_move` runs before any file leaves the inbox: pass journal.sync so that
+        the commit the move depends on is durable first."""
+        self.settings = settings
+        self.folders = InboxFolders.of(settings)
+        self.root = self.folders.root
+        self.processed_dir = Path(os.path.abspath(settings.processed))
+        self.failed_dir = Path(os.path.abspath(settings.failed))
+        # Shared with the Inbox (re-entrant for its calls here): a path is a candidate
+        # or claimed, never both, so it is never handed out twice.
+        self.lock = threading.RLock()
+        self._claims: dict[Path, _Signature | None] = {}
+        # One move at a time: two threads moving one file could leave a copy under a second name.
+        self._moving = threading.Lock()
+        self._before_move = before_move
+        # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
+        self.on_processed: Callable[[Path, str], None] | None = None
+
+    # -- claims
+
+    def claim(self, path: Path, signature: _Signature | None) -> None:
+        """Mark a path handed out, as it was when handed out."""
+        with self.lock:
+            self._claims[Path(path)] = signature
+
+    def claimed(self, path: Path) -> bool:
+        """True while a path handed out waits for done, failed or release."""
+        with self.lock:
+            return Path(path) in self._claims
+
+    def claimed_as(self, path: Path) -> _Signature | None:
+        """The signature a claimed path had when handed out (None when not claimed)."""
+        with self.lock:
+            return self._claims.get(Path(path))
+
+    def claims(self) -> int:
+        """How many paths are claimed now."""
+        with self.lock:
+            return len(self._claims)
+
+    def release(self, path: Path) -> None:
+        """End a claim without moving the file (it vanished, or it was dealt with another way)."""
+        with self.lock:
+            self._claims.pop(Path(path), None)
+
+    @contextmanager
+    def handling(self, path: Path) -> Iterator[Path]:
+        """Admit a claimed path inside this block: if the block raises, or the file is gone
+        when it ends, the claim ends too (a new file under the name must be handed out)."""
+        try:
+            yield path
+        except BaseException:
+            self.release(path)
+            raise
+        if not os.path.lexists(path):
+            self.release(path)
+
+    # -- where files are
+
+    def locate(self, name: str) -> Path:
+        """The file for a capture path: relative ones are in the inbox, absolute ones anywhere."""
+        return self.root / name
+
+    def inside(self, path: Path) -> bool:
+        """True for a file in the inbox, the only files ever moved."""
+        absolute = Path(os.path.abspath(path))
+        return absolute != self.root and absolute.is_relative_to(self.root)
+
+    # -- moving files out
+
+    def done(self, path: Path, sha256: str | None = None) -> Path | None:
+        """Move a processed file to processed/ (or delete it, inbox.on_success) if it still
+        holds `sha256` (None: whatever it holds); ends its claim. Returns the new path, or
+        None when not moved (deleted, gone, edited since: a new capture, or a move error)."""
+        path = Path(path)
+        if not self.inside(path):
+            return None
+        try:
+            with self._moving:
+                moved = self._done(path, sha256)
+        except OSError as exc:
+            log.error("capture_move_failed", path=str(path), error=str(exc))
+            return None
+        finally:
+            self.release(path)
+        if moved is not None and sha256 is not None and self.on_processed is not None:
+            self.on_processed(moved, sha256)
+        return moved
+
+    def _done(self, path: Path, sha256: str | None) -> Path | None:
+        if not self._holds(path, sha256):
+            return None
+        self._barrier()
+        if self.settings.on_success == "delete":
+            path.unlink(missing_ok=True)
+            _fsync_dir(path.parent)
+            log.info("capture_file_deleted", path=str(path))
+            return None
+        return self._move(path, self.processed_dir, sidecar=False)
+
+    def failed(
+        self,
+        path: Path,
+        *,
+        reason: str,
+        stage: str,
+        hint: str = "",
+        model: str | None = None,
+        sha256: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> Path | None:
+        """Move a file to failed/ with `<name>.error.json` beside it if it still holds `sha256`
+        (None: whatever it holds); ends its claim. Returns the new path, or None when not
+        moved (the sidecar is not written then)."""
+        path = Path(path)
+        if not self.inside(path):
+            return None
+        record = {"reason": reason, "stage": stage, "hint": hint, "model": model, "sha256": sha256,
+                  **dict(details or {})}
+        try:
+            with self._moving:
+                return self._failed(path, sha256, record)
+        except OSError as exc:
+            log.error("capture_move_failed", path=str(path), error=str(exc))
+            return None
+        finally:
+            self.release(path)
+
+    def _failed(self, path: Path, sha256: str | None, record: Mapping[str, Any]) -> Path | None:
+        if not self._holds(path, sha256):
+            return None
+        self._barrier()
+        moved = self._move(path, self.failed_dir, sidecar=True)
+        if moved is not None:
+            sidecar = {"file": _text(moved.name), "original_path": _text(str(path)), "time": iso_utc(), **record}
+            _write_json_atomic(sidecar_path(moved), sidecar)
+            log.warning("capture_file_failed", path=str(path), moved_to=str(moved), stage=record["stage"],
+                        reason=record["reason"])
+        return moved
+
+    @staticmethod
+    def _holds(path: Path, sha256: str | None) -> bool:
+        """False when the file is gone, or was edited since it was read (the new bytes are a
+        new capture: it waits for the next scan)."""
+        if sha256 is None:
+            return os.path.lexists(path)
+        try:
+            return file_sha256(path) == sha256
+        except FileNotFoundError:
+            return False
+
+    def _barrier(self) -> None:
+        if self._before_move is not None:
+            self._before_move()
+
+    def _move(self, path: Path, folder: Path, *, sidecar: bool) -> Path | None:
+        absolute = Path(os.path.abspath(path))
+        # Keep sub-folders of a recursive inbox; anything else lands flat in the folder.
+        relative = absolute.relative_to(self.root).parent if absolute.is_relative_to(self.root) else Path()
+        try:
+            moved = move_unique(absolute, folder / relative, reserve_sidecar=sidecar)
+        except FileNotFoundError:
+            log.info("capture_file_vanished", path=str(path))
+            return None
+        log.info("capture_file_moved", path=str(path), moved_to=str(moved))
+        return moved
 
 
 class _Handler(FileSystemEventHandler):
@@ -114,11 +382,12 @@ class Inbox:
                 path = inbox.get(timeout=1.0)
                 if path is None:
                     continue
-                ... read_capture(path, settings.inbox), journal work ...
-                inbox.move_to_processed(path)   # or move_to_failed(...), or release(path)
+                with inbox.mover.handling(path):
+                    ... read_capture(path, settings.inbox), journal work ...
+                inbox.mover.done(path, sha256)   # or mover.failed(...), or mover.release(path)
 
-    Every path handed out by get() must end in move_to_processed,
-    move_to_failed or release, or it is never handed out again.
+    Every path handed out by get() is claimed in `self.mover` until done,
+    failed or release ends the claim, or it is never handed out again.
     """
 
     def __init__(
@@ -129,18 +398,15 @@ class Inbox:
         clock: Callable[[], float] = time.monotonic,
         before_move: Callable[[], None] | None = None,
     ) -> None:
-        """`before_move` runs before any file leaves the inbox: pass journal.sync so that
-        the commit the move depends on is durable first."""
+        """`before_move` goes to the FileMover (see FileMover)."""
         self.settings = settings
-        self._before_move = before_move
-        self.root = Path(os.path.abspath(settings.path))
-        self.processed_dir = Path(os.path.abspath(settings.processed))
-        self.failed_dir = Path(os.path.abspath(settings.failed))
+        self.mover = FileMover(settings, before_move=before_move)
+        self.folders = self.mover.folders
+        self.root, self.processed_dir, self.failed_dir = self.mover.root, self.mover.processed_dir, self.mover.failed_dir
         self._tick_s = tick_s if tick_s is not None else min(0.5, max(0.05, settings.stable_seconds / 4))
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = self.mover.lock  # one lock for candidates and claims
         self._candidates: dict[Path, tuple[_Signature | None, float]] = {}
-        self._queued: dict[Path, _Signature | None] = {}
         self._dirs_to_scan: set[Path] = set()
         self._ready: queue.Queue[Path] = queue.Queue()
         self._stop = threading.Event()
@@ -238,40 +504,26 @@ class Inbox:
     def pending(self) -> int:
         """Files noticed but not yet handed out or released: zero means the inbox is idle."""
         with self._lock:
-            return len(self._candidates) + len(self._queued)
+            return len(self._candidates) + self.mover.claims()
 
     def unchanged(self, path: Path) -> bool:
         """True if `path` is as it was when handed out. If it changed since (rewritten while
         waiting in the queue), it goes back to the stability tracker and False is returned."""
         with self._lock:
-            expected = self._queued.get(path)
+            expected = self.mover.claimed_as(path)
             current = _signature(path)
             if current is not None and current == expected:
                 return True
-            self._queued.pop(path, None)
+            self.mover.release(path)
             if current is not None:
                 self._candidates[path] = (None, self._clock())
         return False
-
-    def release(self, path: Path) -> None:
-        """Forget a handed-out path (it vanished, or the worker dealt with it another way)."""
-        with self._lock:
-            self._queued.pop(Path(path), None)
 
     # -- noticing files
 
     def is_ignored(self, path: Path) -> bool:
         """True for paths the inbox never hands out (see the module docstring)."""
-        path = Path(os.path.abspath(path))
-        for folder in (self.processed_dir, self.failed_dir):
-            if path == folder or path.is_relative_to(folder):
-                return True
-        if not path.is_relative_to(self.root) or path == self.root:
-            return True
-        parts = path.relative_to(self.root).parts
-        if len(parts) > 1 and not self.settings.recursive:
-            return True
-        return any(fnmatch.fnmatchcase(part, pattern) for part in parts for pattern in IGNORED_PATTERNS)
+        return self.folders.is_ignored(path)
 
     def _notice(self, raw: str | bytes, is_directory: bool) -> None:
         path = Path(os.path.abspath(os.fsdecode(raw)))
@@ -282,36 +534,20 @@ class Inbox:
                 if self.settings.recursive:
                     self._dirs_to_scan.add(path)  # files moved in with a folder bring no events
                 return
-            if path not in self._queued:
+            if not self.mover.claimed(path):
                 self._candidates[path] = (None, self._clock())
 
     def scan(self) -> int:
         """Make every file in the inbox a candidate (start-up and periodic rescan); returns how many."""
         found = 0
-        for path in self._walk(self.root):
+        for path in self.folders.walk(self.root):
             with self._lock:
-                if path not in self._queued and path not in self._candidates:
+                if not self.mover.claimed(path) and path not in self._candidates:
                     self._candidates[path] = (None, self._clock())
                     found += 1
         if found:
             log.info("inbox_scan_found", path=str(self.root), files=found)
         return found
-
-    def _walk(self, folder: Path) -> Iterator[Path]:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            log.warning("inbox_scan_failed", path=str(folder), error=exc.strerror)
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            if self.is_ignored(path):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                if self.settings.recursive:
-                    yield from self._walk(path)
-                continue
-            yield path
 
     # -- the tracker thread
 
@@ -337,7 +573,7 @@ class Inbox:
         with self._lock:
             folders, self._dirs_to_scan = self._dirs_to_scan, set()
         for folder in folders:
-            for path in self._walk(folder):
+            for path in self.folders.walk(folder):
                 self._notice(str(path), False)
         self._check_candidates(now)
 
@@ -363,77 +599,95 @@ class Inbox:
                 if now - since < self.settings.stable_seconds:
                     continue
                 del self._candidates[path]
-                self._queued[path] = current
+                self.mover.claim(path, current)
             self._ready.put(path)
             log.debug("inbox_file_ready", path=str(path))
 
-    # -- moving files out
 
-    def move_to_processed(self, path: Path) -> Path | None:
-        """After the journal commit: move the file to processed/ (or delete it, inbox.on_success).
+# ---------------------------------------------------------------- deletion
 
-        Returns the new path, or None when deleted or already gone.
-        """
-        path = Path(path)
-        try:
-            self._barrier()
-            if self.settings.on_success == "delete":
-                path.unlink(missing_ok=True)
-                _fsync_dir(path.parent)
-                log.info("capture_file_deleted", path=str(path))
-                return None
-            return self._move(path, self.processed_dir, sidecar=False)
-        finally:
-            self.release(path)
 
-    def move_to_failed(
-        self,
-        path: Path,
-        *,
-        reason: str,
-        stage: str,
-        hint: str = "",
-        model: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> Path | None:
-        """Move the file to failed/ with `<name>.error.json` beside it; returns the new path
-        (None if the file was already gone; the sidecar is not written then)."""
-        path = Path(path)
-        try:
-            self._barrier()
-            moved = self._move(path, self.failed_dir, sidecar=True)
-            if moved is not None:
-                record = {
-                    "file": _text(moved.name),
-                    "original_path": _text(str(path)),
-                    "reason": reason,
-                    "stage": stage,
-                    "hint": hint,
-                    "model": model,
-                    "time": iso_utc(),
-                    **dict(details or {}),
-                }
-                _write_json_atomic(sidecar_path(moved), record)
-                log.warning("capture_file_failed", path=str(path), moved_to=str(moved), stage=stage, reason=reason)
-            return moved
-        finally:
-            self.release(path)
+class DeletionWatch:
+    """graph.on_capture_deleted = "retract": a file deleted from processed/ (or moved
+    out of it) while the daemon runs puts its capture's sha256 on `retractions`,
+    unless another file in processed/ holds the same bytes.
 
-    def _barrier(self) -> None:
-        if self._before_move is not None:
-            self._before_move()
+    Deleting a capture means deleting its file from processed/: that is where
+    every capture's file ends up (with inbox.on_success = "move"). Only
+    deletions seen as they happen count; a file missing at start-up is not
+    taken as deleted (processed/ may be on a disk that is not mounted yet).
+    The retraction itself is the caller's (the daemon's admitter thread).
+    """
 
-    def _move(self, path: Path, folder: Path, *, sidecar: bool) -> Path | None:
-        absolute = Path(os.path.abspath(path))
-        # Keep sub-folders of a recursive inbox; anything else lands flat in the folder.
-        relative = absolute.relative_to(self.root).parent if absolute.is_relative_to(self.root) else Path()
-        try:
-            moved = move_unique(absolute, folder / relative, reserve_sidecar=sidecar)
-        except FileNotFoundError:
-            log.info("capture_file_vanished", path=str(path))
-            return None
-        log.info("capture_file_moved", path=str(path), moved_to=str(moved))
-        return moved
+    def __init__(self, mover: FileMover, retractions: queue.Queue[str]) -> None:
+        self.mover = mover
+        self.folder = mover.processed_dir
+        self.retractions = retractions
+        self._lock = threading.Lock()
+        self._index: dict[Path, str] = {}
+        self._observer: BaseObserver | None = None
+
+    def start(self) -> None:
+        """Index processed/ as it is, learn of every file moved in, and watch for deletions."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self.folder.rglob("*"):
+            if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+                with contextlib.suppress(OSError):
+                    self._index[path] = file_sha256(path)
+        self.mover.on_processed = self.moved_in
+        observer = Observer()
+        observer.schedule(_DeletionHandler(self), str(self.folder), recursive=True)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def stop(self) -> None:
+        self.mover.on_processed = None
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return self._observer is not None and self._observer.is_alive()
+
+    def moved_in(self, path: Path, sha256: str) -> None:
+        with self._lock:
+            self._index[Path(os.path.abspath(path))] = sha256
+
+    def gone(self, path: Path) -> None:
+        """A file left processed/: queue its capture for retraction if no copy remains."""
+        with self._lock:
+            sha256 = self._index.pop(Path(os.path.abspath(path)), None)
+            if sha256 is None or sha256 in self._index.values():
+                return
+        log.info("processed_file_deleted", path=str(path), sha256=sha256)
+        self.retractions.put(sha256)
+
+    def renamed(self, source: Path, target: Path) -> None:
+        target = Path(os.path.abspath(target))
+        if not target.is_relative_to(self.folder):
+            self.gone(source)
+            return
+        with self._lock:
+            sha256 = self._index.pop(Path(os.path.abspath(source)), None)
+            if sha256 is not None:
+                self._index[target] = sha256
+
+
+class _DeletionHandler(FileSystemEventHandler):
+    """Runs on the observer thread: only bookkeeping, the retraction happens elsewhere."""
+
+    def __init__(self, watch: DeletionWatch) -> None:
+        self.watch = watch
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.watch.gone(Path(os.fsdecode(event.src_path)))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.watch.renamed(Path(os.fsdecode(event.src_path)), Path(os.fsdecode(event.dest_path)))
 
 
 # ---------------------------------------------------------------- moves

@@ -16,6 +16,10 @@ Policy, one line per error branch (membrane.errors):
   reason and fix (counted in the journal with the capture's interruptions,
   so a capture that kills the model every time ends, even across restarts).
 
+Files are moved by inbox.FileMover (`self.files`), which also ends their claims;
+this module only says when: after the journal commit, per path the journal
+holds for the capture.
+
 Ordering is what makes a SIGKILL at any point harmless: the file is touched
 only after the journal committed the facts it would lose, every graph write is
 an idempotent upsert, and `recover()` carries every intermediate state
@@ -24,9 +28,7 @@ an idempotent upsert, and `recover()` carries every intermediate state
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +48,7 @@ from membrane.errors import (
     PermanentError,
     RetryableError,
 )
+from membrane.inbox import FileMover
 from membrane.journal import (
     DEFAULT_LEASE_S,
     FACT_STATES,
@@ -62,7 +65,6 @@ from membrane.schema import UNBOUNDED_RULES, Extraction
 if TYPE_CHECKING:
     from membrane.extract import ExtractionResult, Extractor
     from membrane.graph import GraphStore
-    from membrane.inbox import Inbox
     from membrane.resolve import CaptureFacts
 
 __all__ = [
@@ -73,7 +75,6 @@ __all__ = [
     "SyncReport",
     "active_model",
     "capture_facts",
-    "file_sha256",
     "sync",
 ]
 
@@ -101,27 +102,9 @@ class Outcome:
         return self.state in ("failed", "rejected")
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a regular file's bytes ("" for anything else: never open a FIFO)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def active_model(settings: Settings, journal: Journal) -> ModelRef:
     """The promoted champion, else the configured [model]; looked up for every capture."""
     return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
-
-
-def _holds(path: Path, sha256: str) -> bool:
-    try:
-        return file_sha256(path) == sha256
-    except OSError:
-        return False
 
 
 class _LeaseKeeper:
@@ -254,7 +237,7 @@ class Pipeline:
         *,
         graph: GraphLink | None = None,
         extractors: ExtractorCache | None = None,
-        inbox: Inbox | None = None,
+        files: FileMover | None = None,
     ) -> None:
         self.settings = settings
         self.journal = journal
@@ -266,13 +249,8 @@ class Pipeline:
         # Captures a worker is carrying to done, so project_due leaves them alone.
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
-        # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
-        self.on_processed: Callable[[Path, str], None] | None = None
-        if inbox is None:
-            from membrane.inbox import Inbox
-
-            inbox = Inbox(settings.inbox)  # not started: only its moves are used
-        self.files = inbox
+        # The daemon passes its Inbox's mover, whose claims the moves end.
+        self.files = files or FileMover(settings.inbox)
         self.inbox = Path(os.path.abspath(settings.inbox.path))
 
     # -- paths
@@ -286,11 +264,6 @@ class Pipeline:
             name = absolute.as_posix()
         # Undecodable name bytes (rejected as bad_name) shown as \xNN: the journal stores text.
         return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-    def _in_inbox(self, capture_path: str) -> Path | None:
-        """The file for a capture path when it lives in the inbox (None for outside files)."""
-        candidate = Path(capture_path)
-        return None if candidate.is_absolute() else self.inbox / candidate
 
     # -- admit: a stable file becomes a capture
 
@@ -314,7 +287,7 @@ class Pipeline:
         if record.state in FACT_STATES:
             # Same bytes already carried to their facts: not extracted again. A
             # capture not yet done is finished by the worker (project_due, recover).
-            self._dispose_success(path, record.sha256)
+            self.files.done(path, record.sha256)
             return Outcome(name, "done" if record.state == "done" else "extracted", record.sha256)
         if record.state == "failed":
             self._dispose_failure(path, name, stage=record.stage or "", model="", sha256=record.sha256,
@@ -324,8 +297,7 @@ class Pipeline:
 
     def _parse_file(self, path: Path) -> Capture:
         # A file named on the command line outside the inbox may not link out of its folder.
-        inside = self._in_inbox(self.capture_path(path)) is not None
-        root = self.inbox if inside else Path(os.path.abspath(path)).parent
+        root = self.inbox if self.files.inside(path) else Path(os.path.abspath(path)).parent
         return read_capture(path, self.settings.inbox, root=root)
 
     def _reject(self, path: Path, name: str, exc: MembraneError) -> Outcome:
@@ -501,67 +473,20 @@ class Pipeline:
     def _fail(self, record: CaptureRecord, stage: str, exc: MembraneError, model: str) -> Outcome:
         self.journal.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
         for name in self.journal.paths(record.sha256):
-            inbox_file = self._in_inbox(name)
-            if inbox_file is None:
-                continue
-            if _holds(inbox_file, record.sha256):
-                self._dispose_failure(inbox_file, name, stage=stage, error=exc, model=model, sha256=record.sha256)
-            else:  # edited or deleted meanwhile: the inbox must hand out what is there now
-                self.files.release(inbox_file)
+            self._dispose_failure(self.files.locate(name), name, stage=stage, error=exc, model=model,
+                                  sha256=record.sha256)
         return Outcome(record.path, "failed", record.sha256, stage, exc.reason)
 
     def _dispose_failure(self, path: Path, name: str, *, stage: str, error: MembraneError,
                          model: str, sha256: str | None) -> None:
-        """Move a failed file to failed/ with its sidecar; files outside the inbox stay put."""
-        if self._in_inbox(name) is None:
-            return
-        # One mover at a time: two threads moving one file could leave a copy under a second name.
-        with self._moving:
-            self._move_failed(path, name, stage=stage, error=error, model=model, sha256=sha256)
-
-    def _move_failed(self, path: Path, name: str, *, stage: str, error: MembraneError,
-                     model: str, sha256: str | None) -> None:
-        if not os.path.lexists(path):
-            self.files.release(path)
-            return
-        try:
-            self.files.move_to_failed(path, reason=error.reason, stage=stage, hint=error.hint, model=model or None,
-                                      details={"path": name, "sha256": sha256, "error": type(error).__name__})
-        except OSError as exc:
-            log.error("capture_move_failed", path=name, error=str(exc))
+        """failed/ with its sidecar, if the file still holds these bytes; files outside the inbox stay put."""
+        self.files.failed(path, reason=error.reason, stage=stage, hint=error.hint, model=model or None,
+                          sha256=sha256, details={"path": name, "error": type(error).__name__})
 
     def _dispose_all(self, sha256: str) -> None:
         """Move out every inbox file that holds these bytes (the same capture may arrive twice)."""
         for name in self.journal.paths(sha256):
-            inbox_file = self._in_inbox(name)
-            if inbox_file is None:
-                continue
-            if os.path.lexists(inbox_file):
-                self._dispose_success(inbox_file, sha256)
-            else:  # deleted while queued: a new file under this name must be handed out again
-                self.files.release(inbox_file)
-
-    def _dispose_success(self, path: Path, sha256: str) -> None:
-        """Move (or delete) a processed file, only if it still holds these bytes."""
-        name = self.capture_path(path)
-        if self._in_inbox(name) is None:
-            return
-        with self._moving:
-            self._move_processed(path, name, sha256)
-
-    def _move_processed(self, path: Path, name: str, sha256: str) -> None:
-        try:
-            if file_sha256(path) != sha256:
-                # Edited since it was read: the new bytes are a new capture, for the next scan.
-                self.files.release(path)
-                return
-            moved = self.files.move_to_processed(path)
-            if moved is not None and self.on_processed is not None:
-                self.on_processed(moved, sha256)
-        except FileNotFoundError:
-            self.files.release(path)  # already moved (by another pass) or deleted by the person
-        except OSError as exc:
-            log.error("capture_move_failed", path=name, error=str(exc))
+            self.files.done(self.files.locate(name), sha256)
 
     # -- deletion
 

@@ -1,9 +1,12 @@
-"""The inbox: real watchdog observers (inotify and polling), stability, ignore rules, moves."""
+"""The inbox: real watchdog observers (inotify and polling), stability, ignore rules, moves and their claims,
+the ingest folder scan, and the deletion watch."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from membrane.config import Settings
-from membrane.inbox import Inbox, move_unique, sidecar_path
+from membrane.inbox import DeletionWatch, FileMover, Inbox, InboxFolders, move_unique, sidecar_path
 
 OBSERVERS = [pytest.param(False, id="inotify"), pytest.param(True, id="polling")]
 
@@ -189,7 +192,7 @@ def test_fifo_is_handed_out_so_it_can_fail(start_inbox: Callable[..., Inbox]) ->
     inbox = start_inbox()
     os.mkfifo(inbox.root / "pipe.txt")
     [path] = collect(inbox, 1)
-    moved = inbox.move_to_failed(path, reason="not a regular file (a FIFO)", stage="read")
+    moved = inbox.mover.failed(path, reason="not a regular file (a FIFO)", stage="read")
     assert moved == inbox.failed_dir / "pipe.txt" and sidecar_path(moved).exists()
     assert not (inbox.root / "pipe.txt").exists()
 
@@ -213,20 +216,20 @@ def test_processed_names_never_overwrite(start_inbox: Callable[..., Inbox]) -> N
         path = inbox.root / "note.txt"
         path.write_text(content, encoding="utf-8")
         [ready] = collect(inbox, 1, settle=0)
-        inbox.move_to_processed(ready)
+        inbox.mover.done(ready)
     assert (inbox.processed_dir / "note.txt").read_text(encoding="utf-8") == "first version"
     assert (inbox.processed_dir / "note-1.txt").read_text(encoding="utf-8") == "second version"
     assert inbox.pending() == 0
 
 
 def test_failed_file_gets_a_sidecar_and_never_overwrites(start_inbox: Callable[..., Inbox]) -> None:
-    """move_to_failed writes <name>.error.json with reason, stage, hint, model and time, never overwriting."""
+    """FileMover.failed writes <name>.error.json with reason, stage, hint, model and time, never overwriting."""
     inbox = start_inbox()
     (inbox.failed_dir / "bad.txt.error.json").write_text("{}", encoding="utf-8")  # an orphan sidecar
     path = inbox.root / "bad.txt"
     path.write_bytes(b"\xff\xfe")
     [ready] = collect(inbox, 1)
-    moved = inbox.move_to_failed(
+    moved = inbox.mover.failed(
         ready, reason="not valid UTF-8: byte 0", stage="read", hint="Save as UTF-8.", model="embedded:smollm2-135m"
     )
     assert moved == inbox.failed_dir / "bad-1.txt"
@@ -242,7 +245,7 @@ def test_on_success_delete_removes_the_file(start_inbox: Callable[..., Inbox]) -
     inbox = start_inbox(on_success="delete")
     (inbox.root / "gone.txt").write_text("delete me", encoding="utf-8")
     [ready] = collect(inbox, 1)
-    assert inbox.move_to_processed(ready) is None
+    assert inbox.mover.done(ready) is None
     assert not ready.exists() and list(inbox.processed_dir.iterdir()) == []
 
 
@@ -253,7 +256,7 @@ def test_unusual_names_are_handed_out_and_moved(start_inbox: Callable[..., Inbox
     (inbox.root / name).write_text("text", encoding="utf-8")
     [ready] = collect(inbox, 1)
     assert ready.name == name
-    assert inbox.move_to_processed(ready) == inbox.processed_dir / name
+    assert inbox.mover.done(ready) == inbox.processed_dir / name
 
 
 def test_move_across_filesystems_copies_and_never_overwrites(tmp_path: Path) -> None:
@@ -310,9 +313,9 @@ def test_before_move_runs_while_the_file_is_still_in_the_inbox(
                 file.write_text("x", encoding="utf-8")
             ready = sorted(collect(inbox, 2))
             files = [ready[1]]
-            inbox.move_to_processed(ready[1])
+            inbox.mover.done(ready[1])
             files = [ready[0]]
-            inbox.move_to_failed(ready[0], reason="test", stage="read")
+            inbox.mover.failed(ready[0], reason="test", stage="read")
     assert seen == [True, True]
     assert (inbox.processed_dir / "ok.txt").exists() and (inbox.failed_dir / "bad.txt").exists()
 
@@ -342,3 +345,147 @@ def test_move_unique_still_numbers_a_different_file_of_the_same_name(tmp_path: P
     source.write_text("newer", encoding="utf-8")
     assert move_unique(source, processed) == processed / "note-1.txt"
     assert (processed / "note.txt").read_text(encoding="utf-8") == "older"
+
+
+# ---------------------------------------------------------------- the mover's claims
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _claimed_then_edited(inbox: Inbox, name: str) -> tuple[Path, str]:
+    """Hand out a new file, then edit it; returns its path and the sha256 of the bytes handed out."""
+    (inbox.root / name).write_text("as read", encoding="utf-8")
+    [ready] = collect(inbox, 1)
+    read = _sha(ready)
+    ready.write_text("edited after reading", encoding="utf-8")
+    return ready, read
+
+
+def test_done_leaves_an_edited_file_in_place_and_ends_its_claim(start_inbox: Callable[..., Inbox]) -> None:
+    """mover.done with the bytes read earlier leaves a file edited since in the inbox, unclaimed, for the next scan."""
+    inbox = start_inbox()
+    ready, read = _claimed_then_edited(inbox, "edited.txt")
+    path = inbox.root / "edited.txt"
+    assert inbox.mover.done(ready, read) is None
+    assert path.read_text(encoding="utf-8") == "edited after reading"
+    assert not inbox.mover.claimed(ready) and list(inbox.processed_dir.iterdir()) == []
+    inbox.scan()
+    assert collect(inbox, 1) == [path]
+
+
+def test_failed_leaves_an_edited_file_in_place_and_ends_its_claim(start_inbox: Callable[..., Inbox]) -> None:
+    """mover.failed with the bytes that failed moves nothing (no sidecar) when the file was edited since."""
+    inbox = start_inbox()
+    ready, failed = _claimed_then_edited(inbox, "retry.txt")
+    assert inbox.mover.failed(ready, reason="test", stage="extract", sha256=failed) is None
+    assert ready.exists() and list(inbox.failed_dir.iterdir()) == []
+    assert not inbox.mover.claimed(ready) and inbox.pending() == 0
+
+
+def test_a_move_that_errors_still_ends_the_claim(start_inbox: Callable[..., Inbox]) -> None:
+    """When processed/ cannot be created the file stays in the inbox, unclaimed, so a later scan hands it out again."""
+    inbox = start_inbox()
+    path = inbox.root / "stuck.txt"
+    path.write_text("cannot move", encoding="utf-8")
+    [ready] = collect(inbox, 1)
+    inbox.processed_dir.rmdir()
+    inbox.processed_dir.write_text("a file where the folder should be", encoding="utf-8")
+    assert inbox.mover.done(ready, _sha(ready)) is None
+    assert path.read_text(encoding="utf-8") == "cannot move"
+    assert not inbox.mover.claimed(ready) and inbox.pending() == 0
+
+
+def test_handling_ends_the_claim_only_when_admission_raises_or_the_file_is_gone(
+    start_inbox: Callable[..., Inbox],
+) -> None:
+    """The admitter's block keeps a claim while its file waits in the journal and ends it on an error or a vanished file."""
+    inbox = start_inbox()
+    names = ("raises.txt", "vanishes.txt", "waits.txt")
+    for name in names:
+        (inbox.root / name).write_text(name, encoding="utf-8")
+    ready = {path.name: path for path in collect(inbox, 3)}
+    with pytest.raises(RuntimeError), inbox.mover.handling(ready["raises.txt"]):
+        raise RuntimeError("an odd file")
+    with inbox.mover.handling(ready["vanishes.txt"]) as path:
+        path.unlink()
+    with inbox.mover.handling(ready["waits.txt"]):
+        pass
+    assert [inbox.mover.claimed(ready[name]) for name in names] == [False, False, True]
+
+
+def test_files_outside_the_inbox_are_never_moved(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """A file named on the command line outside the inbox stays where it is, whether done or failed."""
+    mover = FileMover(make_settings().inbox)
+    outside = tmp_path / "elsewhere" / "note.txt"
+    outside.parent.mkdir()
+    outside.write_text("mine", encoding="utf-8")
+    assert mover.done(outside, _sha(outside)) is None
+    assert mover.failed(outside, reason="test", stage="read") is None
+    assert outside.read_text(encoding="utf-8") == "mine"
+    assert not mover.processed_dir.exists() and not mover.failed_dir.exists()
+
+
+# ---------------------------------------------------------------- the ingest folder scan
+
+
+def _tree(root: Path, names: list[str]) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name, encoding="utf-8")
+
+
+SCAN_TREE = ["a.txt", ".hidden.txt", "b.tmp", "c.part", "d.md~", "sub/e.txt", ".cache/f.txt", "processed/g.txt",
+             "failed/h.txt"]
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_ingest_scan_of_the_inbox_is_what_the_watcher_hands_out(
+    start_inbox: Callable[..., Inbox], recursive: bool
+) -> None:
+    """Scanning the inbox for `membrane ingest` yields exactly the paths the watcher hands out (one set of rules)."""
+    inbox = start_inbox(recursive=recursive)
+    _tree(inbox.root, SCAN_TREE)
+    expected = [inbox.root / "a.txt", *([inbox.root / "sub" / "e.txt"] if recursive else [])]
+    assert inbox.folders.scan(inbox.root) == expected
+    assert sorted(collect(inbox, len(expected))) == expected
+
+
+def test_ingest_scan_of_another_folder_applies_the_name_rules_without_sub_folders(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A folder outside the inbox gives its own files minus ignored names, never its sub-folders' files."""
+    folders = InboxFolders.of(make_settings(inbox={"recursive": True}).inbox)
+    outside = tmp_path / "notes"
+    _tree(outside, SCAN_TREE)
+    assert folders.scan(outside) == [outside / "a.txt"]
+
+
+# ---------------------------------------------------------------- the deletion watch
+
+
+def test_deletion_watch_reports_a_deleted_processed_file_unless_a_copy_remains(
+    start_inbox: Callable[..., Inbox],
+) -> None:
+    """A file the mover put in processed/ and then deleted queues its sha256, but not while a copy of its bytes remains."""
+    inbox = start_inbox()
+    retractions: queue.Queue[str] = queue.Queue()
+    watch = DeletionWatch(inbox.mover, retractions)
+    watch.start()
+    try:
+        for name in ("one.txt", "copy.txt"):
+            (inbox.root / name).write_text("same bytes", encoding="utf-8")
+        ready = sorted(collect(inbox, 2))
+        digest = _sha(ready[0])
+        moved = [inbox.mover.done(path, digest) for path in ready]
+        assert all(path is not None and path.parent == inbox.processed_dir for path in moved)
+        assert moved[0] is not None and moved[1] is not None
+        moved[0].unlink()
+        with pytest.raises(queue.Empty):
+            retractions.get(timeout=1.0)
+        moved[1].unlink()
+        assert retractions.get(timeout=5.0) == digest
+    finally:
+        watch.stop()
+    assert inbox.mover.on_processed is None

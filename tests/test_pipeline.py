@@ -17,6 +17,7 @@ from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.errors import ModelUnavailable
 from membrane.export import collect, cypher_literal, cypher_statements, write_jsonl
+from membrane.inbox import Inbox
 from membrane.journal import Journal, ModelRef
 from membrane.pipeline import Pipeline, sync
 from membrane.resolve import entity_key
@@ -306,16 +307,16 @@ def test_a_file_deleted_while_queued_is_released(make_settings: Callable[..., Se
     path = settings.inbox.path / note(0)[0]
     path.write_text(note(0)[1], encoding="utf-8")
     with Journal(settings.journal.path) as journal:
-        pipeline = Pipeline(settings, journal)
-        with pipeline.files:
-            assert pipeline.files.get(timeout=10) == path
+        with Inbox(settings.inbox) as inbox:
+            pipeline = Pipeline(settings, journal, files=inbox.mover)
+            assert inbox.get(timeout=10) == path
             pipeline.admit(path)
             path.unlink()
             outcome = pipeline.work_once()
             assert outcome is not None and outcome.state == "done"
-            assert pipeline.files.pending() == 0
+            assert inbox.pending() == 0
             path.write_text(note(1)[1], encoding="utf-8")
-            assert pipeline.files.get(timeout=10) == path
+            assert inbox.get(timeout=10) == path
 
 
 @pytest.mark.neo4j
