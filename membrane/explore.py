@@ -37,9 +37,9 @@ from membrane.resolve import entity_key
 
 if TYPE_CHECKING:
     from membrane.config import Settings
-    from membrane.export import ExportedGraph
     from membrane.graph import GraphStore
     from membrane.journal import Journal
+    from membrane.merge import MergedGraph
 
 __all__ = [
     "Candidate",
@@ -300,9 +300,11 @@ class GraphReader:
 class JournalReader:
     """Reports from the journal alone: the graph export.collect builds, merged as Neo4j merges it."""
 
-    def __init__(self, graph: ExportedGraph) -> None:
-        self._graph = graph
-        self._captures = {c["sha256"]: c for c in graph.captures}
+    def __init__(self, graph: MergedGraph) -> None:
+        self._captures = {c["sha256"]: c for c in graph.capture_rows()}
+        self._entities = {e["key"]: e for e in graph.entity_rows()}
+        self._mentions = list(graph.mention_rows())
+        self._relationships = list(graph.relationship_rows())
 
     @classmethod
     def from_journal(cls, settings: Settings, journal: Journal) -> JournalReader:
@@ -311,34 +313,35 @@ class JournalReader:
         return cls(collect(settings, journal))
 
     def entity_names(self) -> list[EntityName]:
-        return [EntityName(e["key"], e["name"], tuple(e["aliases"])) for _, e in sorted(self._graph.entities.items())]
+        return [EntityName(e["key"], e["name"], tuple(e["aliases"])) for e in self._entities.values()]
 
     def entity(self, key: str) -> EntityReport | None:
-        entity = self._graph.entities.get(key)
+        entity = self._entities.get(key)
         if entity is None:
             return None
-        mentioned = [self._captures[m["sha256"]] for m in self._graph.mentions if m["key"] == key]
+        mentioned = [self._captures[m["sha256"]] for m in self._mentions if m["key"] == key]
         facts = []
-        for rel in self._graph.relationships.values():
-            for direction, end, other in (("out", "source", "target"), ("in", "target", "source")):
+        ends: tuple[tuple[Literal["out", "in"], str, str], ...] = (("out", "source", "target"), ("in", "target", "source"))
+        for rel in self._relationships:
+            for direction, end, other in ends:
                 if rel[end] == key:
                     sources = [self._captures[sha] for sha in rel["sources"]]
-                    facts.append(_fact(rel, direction, self._graph.entities[rel[other]], sources))  # type: ignore[arg-type]
+                    facts.append(_fact(rel, direction, self._entities[rel[other]], sources))
         return _entity_report(entity, mentioned, facts)
 
     def capture(self, sha256: str) -> CaptureReport | None:
         capture = self._captures.get(sha256)
         if capture is None:
             return None
-        entities = self._graph.entities
+        entities = self._entities
         mentions = [
             Mention(m["key"], entities[m["key"]]["name"], m["role"], tuple(m["aliases"]))
-            for m in self._graph.mentions if m["sha256"] == sha256
+            for m in self._mentions if m["sha256"] == sha256
         ]  # fmt: skip
         facts = [
             CaptureFact(r["source"], entities[r["source"]]["name"], r["type"], r["target"],
                         entities[r["target"]]["name"], len(r["sources"]) - 1)
-            for r in self._graph.relationships.values() if sha256 in r["sources"]
+            for r in self._relationships if sha256 in r["sources"]
         ]  # fmt: skip
         return _capture_report(capture, mentions, facts)
 

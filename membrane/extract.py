@@ -39,7 +39,7 @@ from rapidfuzz import fuzz
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
-from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema
+from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema, relation_pattern
 from membrane.train.registry import prompt_version_for
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ ANSWER_OVERHEAD_TOKENS = 32
 # Names the model may write are capped shorter than the 200 characters
 # validation allows, so one runaway string cannot eat the token budget.
 MODEL_NAME_CHARS = 80
-MODEL_RELATION_PATTERN = "^[A-Z][A-Z0-9_]{0,39}$"
+MODEL_RELATION_PATTERN = relation_pattern(40)
 # How much of an invalid answer is echoed back in a repair turn.
 REPAIR_ECHO_CHARS = 1500
 MAX_ERRORS_SHOWN = 3

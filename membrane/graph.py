@@ -1,6 +1,8 @@
 """The Neo4j projection: all Cypher, the migrations runner, the idempotent
-batched upsert, and retraction. The only module that imports neo4j; driver
-exceptions become MembraneError here and nowhere else.
+batched upsert, retraction, and the Cypher script `membrane export` writes
+(cypher_statements). The only module that imports neo4j; driver exceptions
+become MembraneError here and nowhere else. How captures merge is
+merge.merge_facts, for a batch here as for the whole journal in export.
 
 Graph model (see docs/design-notes.md, "## Graph"):
 
@@ -64,14 +66,17 @@ from neo4j.time import DateTime
 from membrane.config import Settings
 from membrane.errors import ConfigError, GraphAuthFailed, GraphUnavailable, GraphWriteError
 from membrane.logs import get_logger
+from membrane.merge import MergedGraph, merge_facts
 from membrane.resolve import CaptureFacts
-from membrane.schema import RELATION_PATTERN
+from membrane.schema import RELATION_PATTERN, is_relation_type
 
 __all__ = [
     "MIGRATIONS_DIR",
     "QUERIES_DIR",
     "GraphStore",
     "SavedQuestion",
+    "cypher_literal",
+    "cypher_statements",
     "fingerprint",
     "relationship_type_literal",
     "saved_questions",
@@ -106,7 +111,7 @@ _AUTH_HINT = "Neo4j refused the credentials: check neo4j.user and the password (
 def relationship_type_literal(rel_type: str) -> str:
     """The backquoted Cypher literal for a type in the alphabet; GraphWriteError
     otherwise. Every type is checked with it before it reaches a query."""
-    if not isinstance(rel_type, str) or not RELATION_PATTERN.fullmatch(rel_type):
+    if not is_relation_type(rel_type):
         raise GraphWriteError(f"relationship type {rel_type!r} is outside the alphabet {RELATION_PATTERN.pattern}")
     return f"`{rel_type}`"
 
@@ -380,35 +385,99 @@ def _ask(tx: ManagedTransaction, name: str, params: dict[str, Any]) -> list[dict
     return [{k: _plain(v) for k, v in record.items()} for record in tx.run(question.query, params)]
 
 
+# ---------------------------------------------------------------- a Cypher script (membrane export)
+# Capture text and model output are untrusted: every value is an escaped Cypher
+# literal (cypher_literal) on a `:param` line, never pasted into a statement,
+# and a relationship type is placed only as relationship_type_literal returns it.
+
+_ESCAPES = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _escape_char(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    # Control characters, line and paragraph separators, and lone surrogates as \\u escapes,
+    # so no character can end the literal or the line it sits on.
+    if code < 0x20 or code == 0x7F or 0x2028 <= code <= 0x2029 or 0xD800 <= code <= 0xDFFF:
+        return f"\\u{code:04x}"
+    return char
+
+
+def cypher_literal(value: Any) -> str:
+    """A Cypher literal for a str, int, float, bool, None, list of them or map with identifier keys."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + "".join(_escape_char(c) for c in value) + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(cypher_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        # Keys are our own identifiers (never model text), checked all the same.
+        if not all(isinstance(k, str) and k.isidentifier() for k in value):
+            raise TypeError("map keys must be identifiers")
+        return "{" + ", ".join(f"{k}: {cypher_literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no Cypher literal for {type(value).__name__}")
+
+
+_SCRIPT_CAPTURES = (
+    "UNWIND $captures AS row MERGE (c:Capture {sha256: row.sha256}) "
+    "SET c.path = row.path, c.ingested_at = datetime(row.ingested_at), c.model = row.model, "
+    "c.prompt_version = row.prompt_version;"
+)
+_SCRIPT_ENTITIES = (
+    "UNWIND $entities AS row MERGE (e:Entity {key: row.key}) "
+    "SET e.name = row.name, e.aliases = row.aliases, e.first_seen = datetime(row.first_seen), "
+    "e.last_seen = datetime(row.last_seen);"
+)
+_SCRIPT_MENTIONS = (
+    "UNWIND $mentions AS row MATCH (c:Capture {sha256: row.sha256}) MATCH (e:Entity {key: row.key}) "
+    "MERGE (c)-[m:MENTIONS]->(e) SET m.role = row.role, m.aliases = row.aliases;"
+)
+# {type} is relationship_type_literal's backquoted type.
+_SCRIPT_RELATIONSHIPS = (
+    "UNWIND $rows AS row MATCH (s:Entity {{key: row.source}}) MATCH (o:Entity {{key: row.target}}) "
+    "MERGE (s)-[r:{type}]->(o) SET r.sources = row.sources, r.first_seen = datetime(row.first_seen), "
+    "r.last_seen = datetime(row.last_seen), r.model = row.model;"
+)
+
+
+def cypher_statements(merged: MergedGraph) -> Iterator[str]:
+    """The graph as a script for cypher-shell or Neo4j Browser: `:param` lines
+    holding the data as escaped literals, each followed by a statement reading
+    it; the graph model is this module's (timestamps as DATETIME), and running
+    it twice changes nothing."""
+    batches: list[tuple[str, str, list[dict[str, Any]]]] = [
+        ("captures", _SCRIPT_CAPTURES, list(merged.capture_rows())),
+        ("entities", _SCRIPT_ENTITIES, list(merged.entity_rows())),
+        ("mentions", _SCRIPT_MENTIONS, list(merged.mention_rows())),
+    ]
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for rel in merged.relationship_rows():
+        by_type.setdefault(rel.pop("type"), []).append(rel)
+    for rel_type, rows in sorted(by_type.items()):
+        batches.append(("rows", _SCRIPT_RELATIONSHIPS.format(type=relationship_type_literal(rel_type)), rows))
+    for name, statement, rows in batches:
+        if rows:
+            yield f":param {name} => {cypher_literal(rows)}"
+            yield statement
+
+
 # ---------------------------------------------------------------- rows
 
 
 def _capture_rows(batch: Sequence[CaptureFacts], fingerprints: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
-    """Parameters for one batch, aggregated per entity and per fact so each key
-    is written once; entities sorted by key, so writers lock in one order.
+    """Parameters for one batch, merged by merge.merge_facts so each key is
+    written once; entities sorted by key, so writers lock in one order.
     Times travel as integer microseconds since the epoch: cheaper to send than
     datetime values and cheaper for the server to read than ISO strings."""
-    entities: dict[str, dict[str, Any]] = {}
-    facts: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for capture in sorted(batch, key=lambda c: (c.ingested_at, c.sha256)):
-        at = capture.ingested_at
-        for entity in capture.entities:
-            row = entities.setdefault(
-                entity.key,
-                {"key": entity.key, "name": entity.name, "aliases": set(), "first_seen": at, "last_seen": at},
-            )
-            row["aliases"].update(entity.aliases)
-            row["first_seen"], row["last_seen"] = min(row["first_seen"], at), max(row["last_seen"], at)
-        for rel in capture.relationships:
-            row = facts.setdefault(
-                (rel.source_key, rel.type, rel.target_key),
-                {"source": rel.source_key, "type": rel.type, "target": rel.target_key, "sources": set(),
-                 "first_seen": at, "last_seen": at, "model": capture.model},
-            )
-            row["sources"].add(capture.sha256)
-            row["first_seen"] = min(row["first_seen"], at)
-            if (at, capture.model) >= (row["last_seen"], row["model"]):
-                row["last_seen"], row["model"] = at, capture.model
+    merged = merge_facts(batch)
     return {
         "captures": [
             {"sha256": c.sha256, "path": c.path, "ingested_at": _moment(c.ingested_at), "model": c.model,
@@ -416,12 +485,8 @@ def _capture_rows(batch: Sequence[CaptureFacts], fingerprints: dict[str, str]) -
              "mentions": [{"key": e.key, "role": e.role, "aliases": list(e.aliases)} for e in c.entities]}
             for c in sorted(batch, key=lambda c: c.sha256)
         ],
-        "entities": [
-            {**row, "aliases": sorted(row["aliases"]), **_moments(row)} for _, row in sorted(entities.items())
-        ],
-        "relationships": [
-            {**row, "sources": sorted(row["sources"]), **_moments(row)} for _, row in sorted(facts.items())
-        ],
+        "entities": [{**row, **_moments(row)} for row in merged.entity_rows()],
+        "relationships": [{**row, **_moments(row)} for row in merged.relationship_rows()],
     }
 
 

@@ -53,6 +53,7 @@ from membrane.journal import (
     DEFAULT_LEASE_S,
     FACT_STATES,
     CaptureRecord,
+    ExtractionRecord,
     Journal,
     JournalError,
     ModelRef,
@@ -75,6 +76,7 @@ __all__ = [
     "SyncReport",
     "active_model",
     "capture_facts",
+    "stored_facts",
     "sync",
 ]
 
@@ -210,11 +212,18 @@ class GraphLink:
 def capture_facts(record: CaptureRecord, journal: Journal, settings: Settings,
                   known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
     """Resolve a capture's latest stored extraction into the facts the graph holds."""
-    from membrane.resolve import Resolver
-
     stored = journal.latest_extraction(record.sha256)
     if stored is None:
         raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
+    return stored_facts(record, stored, settings, known_keys)
+
+
+def stored_facts(record: CaptureRecord, stored: ExtractionRecord, settings: Settings,
+                 known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
+    """Resolve a capture with an extraction already read for it (journal.facts()
+    joins the two, so sync and export read the journal once, not per capture)."""
+    from membrane.resolve import Resolver
+
     # Validated under the limits of its day: re-reading must not fail because they changed.
     extraction = Extraction.parse(dict(stored.extraction), UNBOUNDED_RULES)
     return Resolver(settings, known_keys).resolve(
@@ -585,8 +594,9 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
                           hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
     try:
         store = link.store()
-        records = [record for record, _ in journal.facts()]
-        store.upsert_many(capture_facts(r, journal, settings, store.entity_keys) for r in records)
+        joined = list(journal.facts())
+        records = [record for record, _ in joined]
+        store.upsert_many(stored_facts(r, e, settings, store.entity_keys) for r, e in joined)
         current = {record.sha256 for record in records}
         for record in records:
             if record.state == "extracted":

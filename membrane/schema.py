@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 __all__ = [
     "MAX_NAME_LENGTH",
+    "MAX_RELATION_LENGTH",
     "RELATION_PATTERN",
     "UNBOUNDED_RULES",
     "Entity",
@@ -36,11 +37,30 @@ __all__ = [
     "ExtractionRules",
     "Relationship",
     "extraction_json_schema",
+    "is_relation_type",
     "normalize_relation",
+    "relation_pattern",
 ]
 
 MAX_NAME_LENGTH = 200
-RELATION_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+MAX_RELATION_LENGTH = 64
+
+
+def relation_pattern(max_length: int = MAX_RELATION_LENGTH) -> str:
+    """The relationship-type alphabet as a regular expression: an ASCII capital,
+    then capitals, digits and underscores, `max_length` characters at most.
+    The one definition of the alphabet (the models' JSON schema asks for a
+    shorter form of it)."""
+    return f"^[A-Z][A-Z0-9_]{{0,{max_length - 1}}}$"
+
+
+RELATION_PATTERN = re.compile(relation_pattern())
+
+
+def is_relation_type(value: object) -> bool:
+    """Whether `value` is a relationship type in the alphabet: the one check
+    every type passes before it is placed in Cypher or stored."""
+    return isinstance(value, str) and RELATION_PATTERN.fullmatch(value) is not None
 
 Role = Literal["subject", "object"]
 
@@ -81,8 +101,8 @@ def normalize_relation(raw: str) -> str:
     # camelCase -> camel_Case before upper-casing, so "deployedOn" -> DEPLOYED_ON
     ascii_text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ascii_text)
     snake = re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_").upper()
-    snake = snake[:64].rstrip("_")
-    if not RELATION_PATTERN.fullmatch(snake):
+    snake = snake[:MAX_RELATION_LENGTH].rstrip("_")
+    if not is_relation_type(snake):
         raise ValueError(
             f"relation {raw!r} does not normalise to UPPER_SNAKE_CASE starting with a letter"
         )

@@ -16,7 +16,8 @@ from membrane.backends import BackendCheck, Generation, GenerationRequest, regis
 from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.errors import ModelUnavailable
-from membrane.export import collect, cypher_literal, cypher_statements, write_jsonl
+from membrane.export import collect, write_jsonl
+from membrane.graph import cypher_literal, cypher_statements
 from membrane.inbox import Inbox
 from membrane.journal import Journal, ModelRef
 from membrane.pipeline import Pipeline, sync
@@ -163,8 +164,8 @@ def test_edit_retracts_the_old_version_in_journal_only_mode(make_settings: Calla
     with Journal(settings.journal.path) as journal:
         graph = collect(settings, journal)
         assert journal.counts()["retracted"] == 1
-    assert [c["path"] for c in graph.captures] == ["same-name.txt"]
-    assert set(graph.entities) == _keys(1)
+    assert [c.path for c in graph.captures] == ["same-name.txt"]
+    assert {e.key for e in graph.entities} == _keys(1)
 
 
 def test_active_model_is_looked_up_per_capture(make_settings: Callable[..., Settings], tmp_path: Path) -> None:

@@ -1,0 +1,117 @@
+"""The graph's merge rule: how the facts of several captures become one graph.
+
+Owns, in one pure function (no driver, no Cypher), what graph.py writes per
+batch and what export.py writes for the whole journal:
+
+- one entity per key; its aliases are the union of every capture's surface
+  forms (sorted), its name the first capture's (in merge order), its
+  first_seen/last_seen the min/max of the ingested_at of the captures that
+  mention it;
+- one relationship per (source, type, target); its sources are the sha256 of
+  every capture that states it (sorted), first_seen/last_seen the min/max of
+  their ingested_at, and its model that of the newest source (ties: the
+  greater model name).
+
+Merge order is (ingested_at, sha256), so the result does not depend on the
+order the captures arrive in. Timestamps are resolve.normalize_timestamp's
+strings, whose string order is time order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from membrane.resolve import CaptureFacts
+
+__all__ = ["MergedEntity", "MergedGraph", "MergedRelationship", "merge_facts"]
+
+
+@dataclass(frozen=True)
+class MergedEntity:
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    first_seen: str
+    last_seen: str
+
+
+@dataclass(frozen=True)
+class MergedRelationship:
+    source: str
+    type: str
+    target: str
+    sources: tuple[str, ...]
+    first_seen: str
+    last_seen: str
+    model: str
+
+
+@dataclass(frozen=True)
+class MergedGraph:
+    """Captures in merge order, entities by key, relationships by (source, type, target)."""
+
+    captures: tuple[CaptureFacts, ...]
+    entities: tuple[MergedEntity, ...]
+    relationships: tuple[MergedRelationship, ...]
+
+    def capture_rows(self) -> Iterator[dict[str, Any]]:
+        """Each capture's own properties, as the graph's Capture node holds them."""
+        for c in self.captures:
+            yield {"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
+                   "prompt_version": c.prompt_version}  # fmt: skip
+
+    def mention_rows(self) -> Iterator[dict[str, Any]]:
+        """One row per (capture, entity it mentions), as the MENTIONS relationship holds it."""
+        for c in self.captures:
+            for e in c.entities:
+                yield {"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}
+
+    def entity_rows(self) -> Iterator[dict[str, Any]]:
+        for e in self.entities:
+            yield {"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
+                   "last_seen": e.last_seen}  # fmt: skip
+
+    def relationship_rows(self) -> Iterator[dict[str, Any]]:
+        for r in self.relationships:
+            yield {"source": r.source, "type": r.type, "target": r.target, "sources": list(r.sources),
+                   "first_seen": r.first_seen, "last_seen": r.last_seen, "model": r.model}  # fmt: skip
+
+
+def merge_facts(captures: Iterable[CaptureFacts]) -> MergedGraph:
+    """The graph several captures make together (see the module docstring);
+    a capture given twice counts once, the last one given."""
+    ordered = sorted({c.sha256: c for c in captures}.values(), key=lambda c: (c.ingested_at, c.sha256))
+    entities: dict[str, MergedEntity] = {}
+    facts: dict[tuple[str, str, str], MergedRelationship] = {}
+    for capture in ordered:
+        for entity in capture.entities:
+            entities[entity.key] = _seen_entity(entities.get(entity.key), entity.key, entity.name,
+                                                entity.aliases, capture.ingested_at)  # fmt: skip
+        for rel in capture.relationships:
+            triple = (rel.source_key, rel.type, rel.target_key)
+            facts[triple] = _seen_relationship(facts.get(triple), triple, capture)
+    return MergedGraph(
+        captures=tuple(ordered),
+        entities=tuple(entity for _, entity in sorted(entities.items())),
+        relationships=tuple(fact for _, fact in sorted(facts.items())),
+    )
+
+
+def _seen_entity(known: MergedEntity | None, key: str, name: str, aliases: tuple[str, ...], at: str) -> MergedEntity:
+    if known is None:
+        return MergedEntity(key, name, tuple(sorted(set(aliases))), at, at)
+    return MergedEntity(key, known.name, tuple(sorted(set(known.aliases) | set(aliases))),
+                        min(known.first_seen, at), max(known.last_seen, at))  # fmt: skip
+
+
+def _seen_relationship(known: MergedRelationship | None, triple: tuple[str, str, str],
+                       capture: CaptureFacts) -> MergedRelationship:  # fmt: skip
+    at, model = capture.ingested_at, capture.model
+    if known is None:
+        return MergedRelationship(*triple, (capture.sha256,), at, at, model)
+    sources = tuple(sorted(set(known.sources) | {capture.sha256}))
+    # The newest source names the model; on equal times, the greater model name.
+    newest = max((known.last_seen, known.model), (at, model))
+    return MergedRelationship(*triple, sources, min(known.first_seen, at), *newest)
