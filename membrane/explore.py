@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from rapidfuzz import fuzz, process
 
 from membrane.errors import NotFound
+from membrane.merge import EntityName, MergedEntity
 
-# An entity as one capture names it (key, name, role, surface forms): resolve's own record of it.
+# A capture as provenance, an entity as one capture names it (key, name, role,
+# surface forms), a relationship by its keys: resolve's own records of them.
+from membrane.resolve import CaptureSource as Source
 from membrane.resolve import ResolvedEntity as Mention
-from membrane.resolve import entity_key
+from membrane.resolve import ResolvedRelationship, entity_key
 
 if TYPE_CHECKING:
     from membrane.config import Settings
@@ -67,16 +70,6 @@ CANDIDATE_CUTOFF = 70.0
 
 
 @dataclass(frozen=True)
-class Source:
-    """A capture as provenance: where and when it was written, which model read it."""
-
-    sha256: str
-    path: str
-    ingested_at: str
-    model: str
-
-
-@dataclass(frozen=True)
 class Fact:
     """One relationship of an entity; `direction` "out" when the entity is its source."""
 
@@ -90,51 +83,40 @@ class Fact:
     sources: tuple[Source, ...]
 
 
-@dataclass(frozen=True)
-class EntityReport:
-    key: str
-    name: str
-    aliases: tuple[str, ...]
-    first_seen: str
-    last_seen: str
+# Built from store rows by keyword only: the fields are many and alike.
+@dataclass(frozen=True, kw_only=True)
+class EntityReport(MergedEntity):
+    """An entity as merged across captures, with the captures that mention it and its facts."""
+
     mentioned_in: tuple[Source, ...]
     facts: tuple[Fact, ...]
 
 
 @dataclass(frozen=True)
-class CaptureFact:
-    """A relationship the capture supports; `other_sources`: how many other captures support it too."""
+class CaptureFact(ResolvedRelationship):
+    """A relationship the capture supports, with its ends' names; `other_sources`:
+    how many other captures support it too."""
 
-    source_key: str
     source_name: str
-    type: str
-    target_key: str
     target_name: str
     other_sources: int
 
 
-@dataclass(frozen=True)
-class CaptureReport:
-    sha256: str
-    path: str
-    ingested_at: str
-    model: str
+# Built from store rows by keyword only: the fields are many and alike.
+@dataclass(frozen=True, kw_only=True)
+class CaptureReport(Source):
+    """One capture: where it came from, what it names and which facts it supports."""
+
     prompt_version: str
     entities: tuple[Mention, ...]
     facts: tuple[CaptureFact, ...]
 
 
 @dataclass(frozen=True)
-class EntityName:
-    key: str
-    name: str
-    aliases: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class Candidate:
-    key: str
-    name: str
+    """An entity a typed name may have meant, and how close it came (a rapidfuzz score, 0-100)."""
+
+    entity: EntityName
     score: float
 
 
@@ -176,11 +158,11 @@ def resolve_name(name: str, entities: Sequence[EntityName], fuzzy_threshold: flo
     if len(aliased) == 1:
         return aliased[0]
     if aliased:
-        raise _ambiguous(name, [Candidate(e.key, e.name, 100.0) for e in aliased])
+        raise _ambiguous(name, [Candidate(e, 100.0) for e in aliased])
     if fuzzy_threshold > 0:
         matches = process.extract(key, sorted(by_key), scorer=fuzz.ratio, score_cutoff=fuzzy_threshold, limit=2)
         if len(matches) == 2 and matches[0][1] == matches[1][1]:
-            raise _ambiguous(name, [Candidate(m[0], by_key[m[0]].name, m[1]) for m in matches])
+            raise _ambiguous(name, [Candidate(by_key[m[0]], m[1]) for m in matches])
         if matches:
             return by_key[matches[0][0]]
     raise NotFound(
@@ -200,21 +182,21 @@ def close_candidates(key: str, entities: Sequence[EntityName]) -> list[Candidate
     for form, score, _ in process.extract(key, list(choices), scorer=fuzz.WRatio, score_cutoff=CANDIDATE_CUTOFF,
                                           limit=None):  # fmt: skip
         best[choices[form]] = max(best.get(choices[form], 0.0), score)
-    names = {e.key: e.name for e in entities}
+    by_key = {e.key: e for e in entities}
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:CANDIDATES]
-    return [Candidate(k, names[k], round(score, 1)) for k, score in ranked]
+    return [Candidate(by_key[k], round(score, 1)) for k, score in ranked]
 
 
 def _ambiguous(name: str, candidates: list[Candidate]) -> NotFound:
     return NotFound(
         f"{name!r} fits {len(candidates)} entities",
-        candidates=tuple(_describe(c) for c in sorted(candidates, key=lambda c: c.key)),
+        candidates=tuple(_describe(c) for c in sorted(candidates, key=lambda c: c.entity.key)),
         hint="Ask again with one of these names (or its key).",
     )
 
 
 def _describe(candidate: Candidate) -> str:
-    return f"{candidate.name} (key {candidate.key!r}, score {candidate.score:g})"
+    return f"{candidate.entity.name} (key {candidate.entity.key!r}, score {candidate.score:g})"
 
 
 # ---------------------------------------------------------------- building reports
@@ -290,7 +272,7 @@ class GraphReader:
             for row in rows if row["entity"] is not None
         ]  # fmt: skip
         facts = [
-            CaptureFact(row["entity"]["key"], row["entity"]["name"], row["fact"]["type"], row["target"]["key"],
+            CaptureFact(row["entity"]["key"], row["fact"]["type"], row["target"]["key"], row["entity"]["name"],
                         row["target"]["name"], len(row["fact"]["sources"]) - 1)
             for row in rows if row["fact"] is not None
         ]  # fmt: skip
@@ -339,7 +321,7 @@ class JournalReader:
             for m in self._mentions if m["sha256"] == sha256
         ]  # fmt: skip
         facts = [
-            CaptureFact(r["source"], entities[r["source"]]["name"], r["type"], r["target"],
+            CaptureFact(r["source"], r["type"], r["target"], entities[r["source"]]["name"],
                         entities[r["target"]]["name"], len(r["sources"]) - 1)
             for r in self._relationships if sha256 in r["sources"]
         ]  # fmt: skip
@@ -376,14 +358,18 @@ def _source_line(source: Source, printable: Callable[[str], str]) -> str:
     return f"{source.ingested_at}  {printable(source.path)}  {source.model}  {_short(source.sha256)}"
 
 
+def _fields(*labelled: tuple[str, str]) -> list[str]:
+    """Lines of a report's header: a label, then its value in one column."""
+    return [f"  {label:<12}{value}" for label, value in labelled]
+
+
 def entity_lines(report: EntityReport, printable: Callable[[str], str] = str) -> list[str]:
     """`membrane show` as text; `printable` escapes what must not reach a terminal raw."""
     p = printable
     lines = [
         f"{p(report.name)}  (key: {p(report.key)})",
-        f"  aliases     {', '.join(p(a) for a in report.aliases)}",
-        f"  first seen  {report.first_seen}",
-        f"  last seen   {report.last_seen}",
+        *_fields(("aliases", ", ".join(p(a) for a in report.aliases)), ("first seen", report.first_seen),
+                 ("last seen", report.last_seen)),
         f"  mentioned in {len(report.mentioned_in)} capture(s):",
         *(f"    {_source_line(s, p)}" for s in report.mentioned_in),
         f"  relationships ({len(report.facts)}):",
@@ -401,8 +387,7 @@ def capture_lines(report: CaptureReport, printable: Callable[[str], str] = str) 
     p = printable
     lines = [
         f"{p(report.path)}  (sha256 {report.sha256})",
-        f"  ingested    {report.ingested_at}",
-        f"  model       {report.model}  (prompt {report.prompt_version})",
+        *_fields(("ingested", report.ingested_at), ("model", f"{report.model}  (prompt {report.prompt_version})")),
         f"  entities ({len(report.entities)}):",
     ]
     for mention in report.entities:

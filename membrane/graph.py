@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -321,33 +321,46 @@ _PARAM_LINE = re.compile(r"^//\s*:param\s+([A-Za-z_][A-Za-z0-9_]*)\s*=>")
 
 @dataclass(frozen=True)
 class SavedQuestion:
-    """One file of membrane/queries: `text` is what Neo4j Browser takes (a
-    favourite), `query` what the driver runs, `params` the names its
-    `// :param` lines set, in order, and `param_commands` those lines as the
-    Browser commands to run first (with their example values)."""
+    """One file of membrane/queries, named by its stem: `text` is what Neo4j
+    Browser takes (a favourite); the rest is read from it."""
 
     name: str
-    title: str
     text: str
-    query: str
-    params: tuple[str, ...]
-    param_commands: tuple[str, ...]
 
+    @cached_property
+    def _lines(self) -> list[str]:
+        return self.text.splitlines()
 
-def _saved_question(path: Path) -> SavedQuestion:
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    title = lines[0].removeprefix("//").strip() if lines and lines[0].startswith("//") else path.stem
-    declared = [(m.group(1), line.removeprefix("//").strip()) for line in lines if (m := _PARAM_LINE.match(line))]
-    body = [line for line in lines if not line.lstrip().startswith("//")]
-    return SavedQuestion(path.stem, title, text, "\n".join(body).strip(),
-                         tuple(name for name, _ in declared), tuple(command for _, command in declared))  # fmt: skip
+    @property
+    def title(self) -> str:
+        """The first comment line, else the name."""
+        first = self._lines[0] if self._lines else ""
+        return first.removeprefix("//").strip() if first.startswith("//") else self.name
+
+    @property
+    def query(self) -> str:
+        """What the driver runs: the text without its comment lines."""
+        return "\n".join(line for line in self._lines if not line.lstrip().startswith("//")).strip()
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The names the `// :param` lines set, in order."""
+        return tuple(name for name, _ in self._declared)
+
+    @property
+    def param_commands(self) -> tuple[str, ...]:
+        """Those lines as the Browser commands to run first (with their example values)."""
+        return tuple(command for _, command in self._declared)
+
+    @cached_property
+    def _declared(self) -> list[tuple[str, str]]:
+        return [(m.group(1), line.removeprefix("//").strip()) for line in self._lines if (m := _PARAM_LINE.match(line))]
 
 
 @cache
 def saved_questions() -> dict[str, SavedQuestion]:
     """Every saved question by name (the file stem), read once."""
-    return {path.stem: _saved_question(path) for path in sorted(QUERIES_DIR.glob("*.cypher"))}
+    return {path.stem: SavedQuestion(path.stem, path.read_text(encoding="utf-8")) for path in sorted(QUERIES_DIR.glob("*.cypher"))}
 
 
 _ENTITY_NAMES = "MATCH (e:Entity) RETURN e.key AS key, e.name AS name, e.aliases AS aliases ORDER BY key"

@@ -23,25 +23,33 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from membrane.resolve import CaptureFacts
+from membrane.resolve import CaptureFacts, ResolvedRelationship
 
-__all__ = ["MergedEntity", "MergedGraph", "MergedRelationship", "merge_facts"]
+__all__ = ["EntityName", "MergedEntity", "MergedGraph", "MergedRelationship", "merge_facts"]
 
 
 @dataclass(frozen=True)
-class MergedEntity:
+class EntityName:
+    """How an entity is called: its key, its display name and every surface form."""
+
     key: str
     name: str
     aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MergedEntity(EntityName):
+    """An entity across captures: every surface form, and when it was first and last mentioned."""
+
     first_seen: str
     last_seen: str
 
 
 @dataclass(frozen=True)
-class MergedRelationship:
-    source: str
-    type: str
-    target: str
+class MergedRelationship(ResolvedRelationship):
+    """A relationship with its support: the captures stating it (sha256), when
+    they were ingested, and the model of the newest."""
+
     sources: tuple[str, ...]
     first_seen: str
     last_seen: str
@@ -75,7 +83,7 @@ class MergedGraph:
 
     def relationship_rows(self) -> Iterator[dict[str, Any]]:
         for r in self.relationships:
-            yield {"source": r.source, "type": r.type, "target": r.target, "sources": list(r.sources),
+            yield {"source": r.source_key, "type": r.type, "target": r.target_key, "sources": list(r.sources),
                    "first_seen": r.first_seen, "last_seen": r.last_seen, "model": r.model}  # fmt: skip
 
 

@@ -39,6 +39,7 @@ from membrane.schema import Extraction, ExtractionRules
 
 __all__ = [
     "CaptureFacts",
+    "CaptureSource",
     "ResolvedEntity",
     "ResolvedRelationship",
     "Resolver",
@@ -69,13 +70,19 @@ class ResolvedRelationship:
 
 
 @dataclass(frozen=True)
-class CaptureFacts:
-    """Everything the graph holds about one capture, keyed deterministically."""
+class CaptureSource:
+    """A capture as provenance: where and when it was written, which model read it."""
 
     sha256: str
     path: str
     ingested_at: str
     model: str
+
+
+@dataclass(frozen=True)
+class CaptureFacts(CaptureSource):
+    """Everything the graph holds about one capture, keyed deterministically."""
+
     prompt_version: str
     entities: tuple[ResolvedEntity, ...]
     relationships: tuple[ResolvedRelationship, ...]
