@@ -79,11 +79,11 @@ class ExportedGraph:
 
 def collect(settings: Settings, journal: Journal) -> ExportedGraph:
     """Every capture with current facts, resolved and merged, oldest first."""
-    from membrane.pipeline import capture_facts
+    from membrane.resolve import capture_facts
 
     graph = ExportedGraph()
-    for record, _ in journal.facts():
-        graph.add(capture_facts(record, journal, settings, known_keys=lambda: list(graph.entities)))
+    for record, stored in journal.facts():
+        graph.add(capture_facts(record, stored.result, settings, known_keys=lambda: list(graph.entities)))
     return graph
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from extraction_support import make_result
 from test_pipeline_support import graph_snapshot, note, replay_for, settings_sections, write_replay
 
 from membrane.backends import BackendCheck, Generation, GenerationRequest, register_backend
@@ -18,9 +19,10 @@ from membrane.daemon import ingest
 from membrane.errors import ModelUnavailable
 from membrane.export import collect, cypher_literal, cypher_statements, write_jsonl
 from membrane.inbox import Inbox
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
 from membrane.pipeline import Pipeline, sync
 from membrane.resolve import entity_key
+from membrane.schema import ModelRef
 
 
 def _settings(make_settings: Callable[..., Settings], tmp_path: Path, count: int = 5, **extra: Any) -> Settings:
@@ -179,7 +181,7 @@ def test_active_model_is_looked_up_per_capture(make_settings: Callable[..., Sett
         pipeline.admit(settings.inbox.path / note(1)[0])
         second = pipeline.work_once()
         assert first is not None and second is not None
-        models = [journal.latest_extraction(o.sha256 or "").model for o in (first, second)]  # type: ignore[union-attr]
+        models = [journal.latest_extraction(o.sha256 or "").result.model for o in (first, second)]  # type: ignore[union-attr]
     assert models == ["recorded", "champion"]
 
 
@@ -354,8 +356,7 @@ def test_project_due_leaves_alone_a_capture_a_worker_is_finishing(
         record = journal.claim("worker-1")
         assert record is not None
         with pipeline._holding(record.sha256):  # worker-1 between record_extraction and done
-            journal.record_extraction(record.sha256, model="recorded", backend="replay", prompt_version="v",
-                                      extraction={"entities": [], "relationships": []}, raw_outputs=("{}",))
+            journal.record_extraction(record.sha256, make_result(model="recorded", backend="replay"))
             assert pipeline.project_due() == []
             assert journal.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
         assert [outcome.state for outcome in pipeline.project_due()] == ["done"]
