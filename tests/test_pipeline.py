@@ -360,3 +360,33 @@ def test_project_due_leaves_alone_a_capture_a_worker_is_finishing(
             assert pipeline.project_due() == []
             assert journal.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
         assert [outcome.state for outcome in pipeline.project_due()] == ["done"]
+
+
+@pytest.mark.neo4j
+def test_finish_projects_the_result_it_is_given_and_recovery_the_stored_one(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
+    """A worker's fresh result goes to the graph as handed over (no read-back); without one, the journal's is used."""
+    settings = make_settings(**settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
+    settings.inbox.path.mkdir(parents=True)
+    with Journal(settings.journal.path) as journal:
+        pipeline = Pipeline(settings, journal)
+        try:
+            for i, fresh in ((0, "Fresh"), (1, None)):
+                path = settings.inbox.path / note(i)[0]
+                path.write_text(note(i)[1], encoding="utf-8")
+                pipeline.admit(path)
+                claimed = journal.claim("t")
+                assert claimed is not None
+                journal.record_extraction(claimed.sha256, make_result(_facts(f"Stored{i}")))
+                extracted = journal.get(claimed.sha256)
+                assert extracted is not None
+                result = make_result(_facts(fresh)) if fresh else None
+                assert pipeline.finish(extracted, result).state == "done"
+        finally:
+            pipeline.graph.close()
+    assert [key for key, _, _ in graph_snapshot(neo4j)["entities"]] == ["fresh", "stored1"]
+
+
+def _facts(name: str) -> dict[str, Any]:
+    return {"entities": [{"name": name, "role": "subject"}], "relationships": []}
