@@ -153,7 +153,7 @@ class CaptureStore(JournalCore):
 
     def captures(self, states: Sequence[str] | None = None, *, limit: int | None = None) -> list[CaptureRecord]:
         """Captures in the given states (all when None), oldest first."""
-        sql, params = "SELECT * FROM captures", []
+        sql, params = "SELECT * FROM captures", list[Any]()
         if states:
             sql += f" WHERE state IN ({','.join('?' * len(states))})"
             params.extend(states)
