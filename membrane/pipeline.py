@@ -5,6 +5,8 @@ retry-or-fail policy.
     work:    journal.claim -> extract (active model) -> journal.record_extraction
     finish:  resolve -> project into Neo4j (replace an edited path's old version)
              -> journal.mark_projected -> move the file to processed/ -> journal.mark_done
+    retract: journal.mark_retracted (graph half pending) -> GraphStore.retract
+             -> journal.mark_graph_retracted (retried by project_due and recover)
 
 Policy, one line per error branch (membrane.errors):
 - RetryableError: the capture keeps its state and is due again after
