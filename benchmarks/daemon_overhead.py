@@ -51,8 +51,7 @@ def _wipe(neo4j: dict[str, Any]) -> None:
         driver.execute_query("MATCH (n) WHERE NOT n:MembraneMigration DETACH DELETE n")
 
 
-def run(captures: int, neo4j: dict[str, Any] | None, *, synchronous: str = "FULL",
-        tmp_dir: str | None = None) -> dict[str, Any]:
+def run(captures: int, neo4j: dict[str, Any] | None, *, tmp_dir: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="membrane-overhead-", dir=tmp_dir) as tmp:
         root = Path(tmp)
         replay = replay_for(captures, root / "replay.jsonl")
@@ -63,18 +62,17 @@ def run(captures: int, neo4j: dict[str, Any] | None, *, synchronous: str = "FULL
             (settings.inbox.path / name).write_text(text, encoding="utf-8")
         if neo4j:
             _wipe(neo4j)
-        with Journal(settings.journal.path, synchronous=synchronous) as journal:
+        with Journal(settings.journal.path) as journal:
             started, cpu_started = time.perf_counter(), time.process_time()
             report = ingest(settings, [settings.inbox.path], journal=journal)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-            model_s = sum(e.seconds for _, e in journal.facts())
+            model_s = sum(stored.result.seconds for _, stored in journal.facts())
             done = journal.counts()["done"]
     if not report.ok or done != captures:
         raise SystemExit(f"benchmark run incomplete: {done}/{captures} done")
     overhead_ms = (wall - model_s) / captures * 1000
     return {
         "mode": "neo4j" if neo4j else "journal-only",
-        "journal_synchronous": synchronous,
         "filesystem": tmp_dir or tempfile.gettempdir(),
         "captures": captures,
         "wall_s": round(wall, 2),
@@ -91,14 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captures", type=int, default=1000)
     parser.add_argument("--neo4j", action="store_true", help="also measure with projection into Neo4j")
-    parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"],
-                        help="the journal's SQLite synchronous mode (MemBrane uses FULL)")
     parser.add_argument("--tmp-dir", help="where the inbox and journal live (e.g. /dev/shm: no disk flushes)")
     args = parser.parse_args()
     configure_logging("warning", "console")
-    results = [run(args.captures, None, synchronous=args.synchronous, tmp_dir=args.tmp_dir)]
+    results = [run(args.captures, None, tmp_dir=args.tmp_dir)]
     if args.neo4j:
-        results.append(run(args.captures, _neo4j(), synchronous=args.synchronous, tmp_dir=args.tmp_dir))
+        results.append(run(args.captures, _neo4j(), tmp_dir=args.tmp_dir))
     for result in results:
         print(json.dumps(result))
 

@@ -31,10 +31,11 @@ from membrane.backends import get_backend
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
 from membrane.extract import Extractor
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
 from membrane.logs import get_logger
 from membrane.pipeline import active_model
 from membrane.promote import Decision, apply_decision, check_policy_settings, decide
+from membrane.schema import ModelRef
 from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
 
 __all__ = [

@@ -333,13 +333,14 @@ def forget(app: AppContext, target: str) -> None:
             if record is None:
                 fail(f"no capture with facts matches {target!r} (see `membrane status`)")
             pipeline.retract(record.sha256, reason="forget")
-            waiting = record.sha256 in pipeline.pending_retractions
+            after = journal.get(record.sha256)
+            waiting = after is not None and after.graph_retraction_pending
         finally:
             pipeline.graph.close()
     click.echo(f"retracted {record.sha256[:12]} ({_printable(record.path)})")
     if waiting:
-        fail("Neo4j is unavailable: the journal no longer holds these facts; `membrane sync` removes them "
-             "from the graph once Neo4j is back")
+        fail("Neo4j is unavailable: the journal no longer holds these facts; the daemon (or `membrane sync`) "
+             "removes them from the graph once Neo4j is back")
 
 
 def _capture_for(pipeline: Any, journal: Any, target: str) -> Any:
@@ -471,7 +472,7 @@ def _echo_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def _parse_model(text: str) -> Any:
-    from membrane.journal import ModelRef
+    from membrane.schema import ModelRef
 
     try:
         return ModelRef.parse(text)

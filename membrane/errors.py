@@ -2,7 +2,7 @@
 
 Third-party exceptions (neo4j, ollama, httpx, sqlite3, llama.cpp) are
 translated into this tree at exactly one boundary each: graph.py for the
-driver, the backend modules for model clients, journal.py for SQLite. Above
+driver, the backend modules for model clients, journal/core.py for SQLite. Above
 those boundaries code only catches MembraneError subclasses.
 
     MembraneError

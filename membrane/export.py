@@ -39,12 +39,12 @@ def collect(settings: Settings, journal: Journal) -> MergedGraph:
     """Every capture with current facts, resolved and merged. One journal read
     (journal.facts() joins each capture with its latest extraction); fuzzy
     matching sees the keys of the captures resolved before, oldest first."""
-    from membrane.pipeline import stored_facts
+    from membrane.resolve import capture_facts
 
     known: dict[str, None] = {}
     resolved: list[CaptureFacts] = []
-    for record, extraction in journal.facts():
-        facts = stored_facts(record, extraction, settings, known_keys=lambda: list(known))
+    for record, stored in journal.facts():
+        facts = capture_facts(record, stored.result, settings, known_keys=lambda: list(known))
         known.update(dict.fromkeys(e.key for e in facts.entities))
         resolved.append(facts)
     return merge_facts(resolved)

@@ -62,8 +62,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from membrane.clock import iso_utc
 from membrane.config import InboxSettings
-from membrane.journal import iso_utc
 from membrane.logs import get_logger
 
 __all__ = [

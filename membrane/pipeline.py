@@ -5,6 +5,8 @@ retry-or-fail policy.
     work:    journal.claim -> extract (active model) -> journal.record_extraction
     finish:  resolve -> project into Neo4j (replace an edited path's old version)
              -> journal.mark_projected -> move the file to processed/ -> journal.mark_done
+    retract: journal.mark_retracted (graph half pending) -> GraphStore.retract
+             -> journal.mark_graph_retracted (retried by project_due and recover)
 
 Policy, one line per error branch (membrane.errors):
 - RetryableError: the capture keeps its state and is due again after
@@ -31,13 +33,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from membrane.capture import Capture, CaptureVanished, read_capture
+from membrane.clock import backoff_delay
 from membrane.config import Settings
 from membrane.errors import (
     CaptureRejected,
@@ -49,24 +52,14 @@ from membrane.errors import (
     RetryableError,
 )
 from membrane.inbox import FileMover
-from membrane.journal import (
-    DEFAULT_LEASE_S,
-    FACT_STATES,
-    CaptureRecord,
-    ExtractionRecord,
-    Journal,
-    JournalError,
-    ModelRef,
-    StaleClaim,
-    backoff_delay,
-)
+from membrane.journal import DEFAULT_LEASE_S, FACT_STATES, CaptureRecord, Journal, JournalError, StaleClaim
 from membrane.logs import get_logger
-from membrane.schema import UNBOUNDED_RULES, Extraction
+from membrane.resolve import capture_facts
+from membrane.schema import ModelRef
 
 if TYPE_CHECKING:
     from membrane.extract import ExtractionResult, Extractor
     from membrane.graph import GraphStore
-    from membrane.resolve import CaptureFacts
 
 __all__ = [
     "ExtractorCache",
@@ -75,8 +68,6 @@ __all__ = [
     "Pipeline",
     "SyncReport",
     "active_model",
-    "capture_facts",
-    "stored_facts",
     "sync",
 ]
 
@@ -209,33 +200,6 @@ class GraphLink:
         self.reset()
 
 
-def capture_facts(record: CaptureRecord, journal: Journal, settings: Settings,
-                  known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
-    """Resolve a capture's latest stored extraction into the facts the graph holds."""
-    stored = journal.latest_extraction(record.sha256)
-    if stored is None:
-        raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
-    return stored_facts(record, stored, settings, known_keys)
-
-
-def stored_facts(record: CaptureRecord, stored: ExtractionRecord, settings: Settings,
-                 known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
-    """Resolve a capture with an extraction already read for it (journal.facts()
-    joins the two, so sync and export read the journal once, not per capture)."""
-    from membrane.resolve import Resolver
-
-    # Validated under the limits of its day: re-reading must not fail because they changed.
-    extraction = Extraction.parse(dict(stored.extraction), UNBOUNDED_RULES)
-    return Resolver(settings, known_keys).resolve(
-        extraction,
-        sha256=record.sha256,
-        path=record.path,
-        ingested_at=record.ingested_at,
-        model=f"{stored.backend}:{stored.model}",
-        prompt_version=stored.prompt_version,
-    )
-
-
 class Pipeline:
     """Carries captures through the stages; safe to call from several worker threads."""
 
@@ -253,8 +217,6 @@ class Pipeline:
         self.graph = graph or GraphLink(settings)
         self.extractors = extractors or ExtractorCache(settings)
         self._finishing = threading.Lock()
-        self._moving = threading.Lock()
-        self._pending_retractions: set[str] = set()
         # Captures a worker is carrying to done, so project_due leaves them alone.
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
@@ -349,24 +311,10 @@ class Pipeline:
             return self._record_and_finish(record, result)
 
     def _record_and_finish(self, record: CaptureRecord, result: ExtractionResult) -> Outcome:
-        self.journal.record_extraction(
-            record.sha256,
-            model=result.model,
-            backend=result.backend,
-            prompt_version=result.prompt_version,
-            extraction=result.extraction.model_dump(mode="json"),
-            raw_outputs=result.raw_outputs,
-            errors=result.errors,
-            calls=result.calls,
-            first_attempt_valid=result.first_attempt_valid,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            seconds=result.seconds,
-            chunks=result.chunks,
-        )
+        self.journal.record_extraction(record.sha256, result)
         extracted = self.journal.get(record.sha256)
         assert extracted is not None
-        return self.finish(extracted)
+        return self.finish(extracted, result)  # the result in hand: not read back from the journal
 
     def _crashed(self, record: CaptureRecord, exc: ModelCrashed, model: str) -> Outcome:
         """Back off and retry (the next call gets a new model process), or fail the capture
@@ -396,10 +344,13 @@ class Pipeline:
 
     # -- finish: projection, file, done
 
-    def finish(self, record: CaptureRecord) -> Outcome:
-        """extracted|projected -> done: project (unless journal-only), move the file, mark done."""
+    def finish(self, record: CaptureRecord, result: ExtractionResult | None = None) -> Outcome:
+        """extracted|projected -> done: project (unless journal-only), move the file, mark done.
+
+        `result` is the extraction just recorded; None (recovery, retries) reads the stored one.
+        """
         if record.state == "extracted":
-            outcome = self._project(record)
+            outcome = self._project(record, result)
             if outcome is not None:
                 return outcome
         self._dispose_all(record.sha256)
@@ -407,16 +358,16 @@ class Pipeline:
         log.info("capture_done", sha256=record.sha256, path=record.path)
         return Outcome(record.path, "done", record.sha256)
 
-    def _project(self, record: CaptureRecord) -> Outcome | None:
+    def _project(self, record: CaptureRecord, result: ExtractionResult | None) -> Outcome | None:
         """Project into Neo4j; an Outcome when the capture stops short of done."""
         old = self.journal.last_capture_for_path(record.path, exclude=record.sha256)
         if not self.graph.enabled:
             if old is not None:
-                self.journal.mark_retracted(old.sha256)
+                self.journal.mark_retracted(old.sha256, graph=False)  # no graph to retract from
             return None
         try:
             store = self.graph.store()
-            facts = capture_facts(record, self.journal, self.settings, store.entity_keys)
+            facts = capture_facts(record, result or self._stored_result(record), self.settings, store.entity_keys)
             if old is not None:
                 store.replace(old.sha256, facts)
             else:
@@ -434,20 +385,29 @@ class Pipeline:
         except PermanentError as exc:
             return self._fail(record, "project", exc, "")
         if old is not None:
-            self.journal.mark_retracted(old.sha256)
+            self.journal.mark_retracted(old.sha256, graph=False)  # store.replace removed its facts
         self.journal.mark_projected(record.sha256)
         return None
 
+    def _stored_result(self, record: CaptureRecord) -> ExtractionResult:
+        """The stored extraction of a capture carried on after a crash or an outage."""
+        stored = self.journal.latest_extraction(record.sha256)
+        if stored is None:
+            raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
+        return stored.result
+
     def project_due(self, limit: int = 100) -> list[Outcome]:
-        """Retry projection of extracted captures whose backoff has passed.
+        """Retry the graph retractions the journal holds, then projection of extracted
+        captures whose backoff has passed.
 
         One thread at a time: the claim protects extraction, this lock protects
-        projection retries, so no capture is finished twice at once.
+        projection and retraction retries, so no capture is finished twice at
+        once, and a retraction never runs after its capture was projected again.
         """
         if not self._finishing.acquire(blocking=False):
             return []
         try:
-            self._retract_pending()
+            self._retract_due()
             outcomes = []
             for record in self.journal.due_for_projection(limit=limit):
                 with self._holding(record.sha256) as mine:
@@ -502,41 +462,41 @@ class Pipeline:
     def retract(self, sha256: str, *, reason: str) -> bool:
         """Withdraw a capture's facts (its file was deleted): journal first, then the graph.
 
-        Returns False when the capture holds no facts. If Neo4j is down the graph
-        retraction is retried with the projection retries (and `membrane sync`
-        would also remove it, since the journal no longer holds its facts).
+        Returns False when the capture holds no facts. The journal keeps the
+        graph half pending until Neo4j has done it, so an outage or a crash
+        only delays it: project_due (and recover at start-up) retries it.
         """
         record = self.journal.get(sha256)
         if record is None or record.state not in FACT_STATES:
             return False
-        self.journal.mark_retracted(sha256)
+        self.journal.mark_retracted(sha256, graph=self.graph.enabled)
         log.info("capture_retracted", sha256=sha256, path=record.path, reason=reason)
-        with self._moving:
-            self._pending_retractions.add(sha256)
-        self._retract_pending()
+        if self._finishing.acquire(blocking=False):  # else the pass running now does it
+            try:
+                self._retract_due()
+            finally:
+                self._finishing.release()
         return True
 
-    @property
-    def pending_retractions(self) -> frozenset[str]:
-        """Captures retracted in the journal whose graph retraction waits for Neo4j."""
-        with self._moving:
-            return frozenset(self._pending_retractions)
+    def _retract_due(self) -> None:
+        """The graph half of every journaled retraction still pending; kept on an outage.
 
-    def _retract_pending(self) -> None:
-        with self._moving:
-            pending, self._pending_retractions = self._pending_retractions, set()
-        if not pending or not self.graph.enabled:
+        Called with self._finishing held."""
+        if not self.graph.enabled:
             return
+        due = self.journal.retractions_due()
+        if not due:
+            return
+        done = 0
         try:
             store = self.graph.store()
-            for sha256 in sorted(pending):
-                store.retract(sha256)
-                pending.discard(sha256)
-        except MembraneError as exc:  # an outage, or a refused write: keep them for the next try
+            for record in due:
+                store.retract(record.sha256)
+                self.journal.mark_graph_retracted(record.sha256)
+                done += 1
+        except MembraneError as exc:  # an outage, or a refused write: they stay pending in the journal
             self.graph.reset(pause_s=self.settings.daemon.retry_base_s)
-            log.warning("graph_retraction_deferred", count=len(pending), error=str(exc))
-            with self._moving:
-                self._pending_retractions |= pending
+            log.warning("graph_retraction_deferred", count=len(due) - done, error=str(exc))
 
     # -- recovery
 
@@ -545,33 +505,13 @@ class Pipeline:
 
         Claims of dead processes were returned to queued when the journal opened;
         here extracted and projected captures are finished (projection skipped
-        when Neo4j is down: they wait). Files still in the inbox are found by the
-        start-up scan and admitted again, which moves out those already done.
+        when Neo4j is down: they wait) and pending graph retractions are retried.
+        Files still in the inbox are found by the start-up scan and admitted
+        again, which moves out those already done.
         """
         with self._finishing:
-            outcomes = [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
-        self._reconcile_retractions()
-        return outcomes
-
-    def _reconcile_retractions(self) -> None:
-        """Retract from the graph every capture the journal marks retracted but the graph
-        still holds: retractions pending when the process died, or after a failed attempt.
-        Derived from the journal (the source of truth), not from memory."""
-        if not self.graph.enabled:
-            return
-        retracted = {record.sha256 for record in self.journal.captures(["retracted"])}
-        if not retracted:
-            return
-        try:
-            stale = retracted & self.graph.store().capture_shas()
-        except GraphUnavailable as exc:  # down: the next start or `membrane sync` does it
-            log.warning("graph_retraction_reconcile_deferred", count=len(retracted), error=str(exc))
-            return
-        if stale:
-            log.info("graph_retractions_reconciled", count=len(stale))
-            with self._moving:
-                self._pending_retractions |= stale
-            self._retract_pending()
+            self._retract_due()
+            return [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
 
 
 @dataclass(frozen=True)
@@ -594,9 +534,9 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
                           hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
     try:
         store = link.store()
-        joined = list(journal.facts())
-        records = [record for record, _ in joined]
-        store.upsert_many(stored_facts(r, e, settings, store.entity_keys) for r, e in joined)
+        facts = list(journal.facts())
+        records = [record for record, _ in facts]
+        store.upsert_many(capture_facts(r, stored.result, settings, store.entity_keys) for r, stored in facts)
         current = {record.sha256 for record in records}
         for record in records:
             if record.state == "extracted":
@@ -607,6 +547,8 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
         stale = store.capture_shas() - current
         for sha256 in sorted(stale):
             store.retract(sha256)
+        for record in journal.retractions_due(limit=None):  # the graph now holds none of them
+            journal.mark_graph_retracted(record.sha256)
     finally:
         if graph is None:
             link.close()

@@ -26,9 +26,10 @@ import numpy.typing as npt
 
 from membrane.config import Settings
 from membrane.errors import ConfigError
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
 from membrane.logs import get_logger
 from membrane.pipeline import active_model
+from membrane.schema import ModelRef
 from membrane.score import METRICS, Scores
 
 __all__ = [

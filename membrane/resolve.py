@@ -29,6 +29,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz, process
 
@@ -37,12 +38,17 @@ from membrane.errors import GraphWriteError
 from membrane.logs import get_logger
 from membrane.schema import Extraction, ExtractionRules
 
+if TYPE_CHECKING:
+    from membrane.extract import ExtractionResult
+    from membrane.journal import CaptureRecord
+
 __all__ = [
     "CaptureFacts",
     "CaptureSource",
     "ResolvedEntity",
     "ResolvedRelationship",
     "Resolver",
+    "capture_facts",
     "entity_key",
     "normalize_timestamp",
 ]
@@ -212,3 +218,20 @@ class Resolver:
             # Only reachable when the extraction was validated under other rules
             # (e.g. re-projecting an old journal entry after a vocabulary change).
             raise GraphWriteError(f"capture {sha256}: {exc}") from exc
+
+
+def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Settings,
+                  known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
+    """Resolve a capture's extraction result into the facts the graph holds.
+
+    The caller passes the result it holds (the worker's fresh one, or one the
+    journal read back for recovery, sync or export); nothing is read here.
+    """
+    return Resolver(settings, known_keys).resolve(
+        result.extraction,
+        sha256=record.sha256,
+        path=record.path,
+        ingested_at=record.ingested_at,
+        model=f"{result.backend}:{result.model}",
+        prompt_version=result.prompt_version,
+    )

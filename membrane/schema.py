@@ -1,5 +1,5 @@
 """The data MemBrane extracts: Entity, Relationship, Extraction, and the JSON
-schema sent to models.
+schema sent to models; and ModelRef, the name of the model that extracts it.
 
 Decisions (also in docs/design-notes.md):
 - Names are trimmed at both ends only; inner newlines, quotes and any script
@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from membrane.errors import MembraneError
+
 __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_RELATION_LENGTH",
@@ -35,6 +37,7 @@ __all__ = [
     "Entity",
     "Extraction",
     "ExtractionRules",
+    "ModelRef",
     "Relationship",
     "extraction_json_schema",
     "is_relation_type",
@@ -256,3 +259,25 @@ def extraction_json_schema(rules: ExtractionRules | None = None) -> dict[str, An
     flat["required"] = ["entities", "relationships"]
     flat["additionalProperties"] = False
     return flat
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as "backend:name"; the name may itself contain colons (Ollama tags)."""
+
+    backend: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Split at the FIRST colon: "ollama:qwen2.5:1.5b" -> ("ollama", "qwen2.5:1.5b")."""
+        backend, sep, name = text.strip().partition(":")
+        if not sep or not backend or not name:
+            raise MembraneError(
+                f"model {text!r} is not of the form backend:name",
+                hint='Write models as "backend:name", e.g. "ollama:qwen2.5:1.5b" or "embedded:smollm2-135m".',
+            )
+        return cls(backend, name)

@@ -17,7 +17,8 @@ from test_pipeline_support import REFERENCE
 from membrane.bench import BenchReport, resolve_candidates, run_bench
 from membrane.cli import main
 from membrane.config import Settings
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
+from membrane.schema import ModelRef
 from membrane.testing.ollama_server import FakeOllama
 
 GOLD_FILE = Path(__file__).resolve().parents[1] / "config" / "eval" / "gold.jsonl"

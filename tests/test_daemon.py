@@ -17,7 +17,8 @@ from test_pipeline_support import graph_snapshot, note, replay_for, settings_sec
 from membrane.backends import BackendCheck, Generation, GenerationRequest, register_backend
 from membrane.config import Settings
 from membrane.daemon import Daemon, Notifier
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
+from membrane.schema import ModelRef
 
 
 @pytest.fixture

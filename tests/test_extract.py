@@ -305,6 +305,8 @@ def test_replay_bad_file_is_a_config_error(tmp_path: Path, make_settings: Callab
 
 def test_replay_from_the_journal(tmp_path: Path) -> None:
     """Outputs recorded in the journal answer the same capture text again."""
+    from extraction_support import make_result
+
     from membrane.journal import Journal
 
     journal_path = tmp_path / "journal.sqlite3"
@@ -312,10 +314,8 @@ def test_replay_from_the_journal(tmp_path: Path) -> None:
     with Journal(journal_path) as journal:
         journal.enqueue(sha, "inbox/note.txt", NOTE)
         assert journal.claim() is not None
-        journal.record_extraction(
-            sha, model="m", backend="ollama", prompt_version=PROMPT_VERSION, extraction={},
-            raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]],
-        )
+        journal.record_extraction(sha, make_result(backend="ollama", prompt_version=PROMPT_VERSION,
+                                                   raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]]))
     backend = ReplayBackend.from_journal(journal_path)
     result = Extractor(backend, "m", Settings()).extract(NOTE)
     assert result.raw_outputs == (GOOD,)

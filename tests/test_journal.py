@@ -15,16 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from extraction_support import make_result
 
+from membrane.clock import backoff_delay
 from membrane.errors import MembraneError
-from membrane.journal import (
-    CAPTURE_STATES,
-    Journal,
-    JournalError,
-    ModelRef,
-    StaleClaim,
-    backoff_delay,
-)
+from membrane.journal import CAPTURE_STATES, Journal, JournalError, StaleClaim
+from membrane.schema import ModelRef
 
 
 class Clock:
@@ -65,15 +61,17 @@ def extract(
     assert claimed is not None and claimed.sha256 == digest
     return journal.record_extraction(
         digest,
-        model="smollm2-135m",
-        backend="embedded",
-        prompt_version="p1",
-        extraction={"entities": [{"name": "Ada", "role": "subject"}], "relationships": []},
-        raw_outputs=[raw],
-        prompt_tokens=10,
-        completion_tokens=5,
-        seconds=0.5,
-        chunks=chunks or [],
+        make_result(
+            {"entities": [{"name": "Ada", "role": "subject"}], "relationships": []},
+            model="smollm2-135m",
+            backend="embedded",
+            prompt_version="p1",
+            raw_outputs=[raw],
+            prompt_tokens=10,
+            completion_tokens=5,
+            seconds=0.5,
+            chunks=chunks or [],
+        ),
     )
 
 
@@ -84,8 +82,8 @@ def test_capture_walks_the_state_machine_to_done(journal: Journal) -> None:
     extraction_id = extract(journal, digest)
     stored = journal.latest_extraction(digest)
     assert stored is not None and stored.id == extraction_id
-    assert stored.raw_outputs == ('{"entities": []}',) and stored.completion_tokens == 5
-    assert stored.extraction["entities"][0]["name"] == "Ada"
+    assert stored.result.raw_outputs == ('{"entities": []}',) and stored.result.completion_tokens == 5
+    assert stored.result.extraction.entities[0].name == "Ada"
     journal.mark_projected(digest)
     journal.mark_done(digest)
     counts = journal.counts()
@@ -152,9 +150,7 @@ def test_failed_captures_are_requeued_by_stage(journal: Journal) -> None:
     bad_graph = add(journal, "the graph refused")
     journal.fail(bad_model, stage="extract", reason="no valid JSON", hint="try another model")
     assert journal.claim("t") is not None
-    journal.record_extraction(
-        bad_graph, model="m", backend="b", prompt_version="p", extraction={}, raw_outputs=["{}"]
-    )
+    journal.record_extraction(bad_graph, make_result())
     journal.fail(bad_graph, stage="project", reason="constraint violated")
     assert journal.requeue_failed("extract") == 1
     assert journal.get(bad_model).state == "queued"  # type: ignore[union-attr]
@@ -190,7 +186,7 @@ def test_edit_finds_the_old_version_and_retraction_keeps_ingested_at(journal: Jo
 
 def test_two_threads_never_claim_the_same_capture(tmp_path: Path) -> None:
     """Two threads claiming from one journal until it is empty take each capture exactly once."""
-    with Journal(tmp_path / "j.sqlite3", synchronous="NORMAL") as journal:
+    with Journal(tmp_path / "j.sqlite3") as journal:
         digests = {add(journal, f"capture {i}") for i in range(150)}
         claimed: dict[str, list[str]] = {"a": [], "b": []}
 
@@ -359,18 +355,10 @@ def test_facts_and_recorded_outputs_come_from_the_journal(journal: Journal) -> N
     chunked = add(journal, "first halfsecond half")
     claimed = journal.claim("t")
     assert claimed is not None
-    journal.record_extraction(
-        chunked,
-        model="m",
-        backend="b",
-        prompt_version="p",
-        extraction={},
-        raw_outputs=["one", "two"],
-        chunks=[[0, 10], [10, 21]],
-    )
+    journal.record_extraction(chunked, make_result(raw_outputs=["one", "two"], chunks=[[0, 10], [10, 21]]))
     facts = list(journal.facts())
     assert [c.sha256 for c, _ in facts] == [single, chunked]
-    assert facts[0][1].model == "smollm2-135m" and facts[1][1].chunks == ((0, 10), (10, 21))
+    assert facts[0][1].result.model == "smollm2-135m" and facts[1][1].result.chunks == ((0, 10), (10, 21))
     assert list(journal.recorded_outputs()) == [
         ("Ada wrote programs.", '{"a": 1}'),
         ("first half", "one"),
@@ -430,7 +418,8 @@ def test_schema_is_migrated_once_and_in_wal_mode(tmp_path: Path) -> None:
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
-        assert names == ["m001_captures", "m002_extractions", "m003_rejections", "m004_models"]
+        assert names == ["m001_captures", "m002_extractions", "m003_rejections", "m004_models",
+                         "m005_graph_retractions"]
     finally:
         db.close()
 

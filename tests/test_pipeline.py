@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from extraction_support import make_result
 from test_pipeline_support import graph_snapshot, note, replay_for, settings_sections, write_replay
 
 from membrane.backends import BackendCheck, Generation, GenerationRequest, register_backend
@@ -19,9 +20,10 @@ from membrane.errors import ModelUnavailable
 from membrane.export import collect, write_jsonl
 from membrane.graph import cypher_literal, cypher_statements
 from membrane.inbox import Inbox
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
 from membrane.pipeline import Pipeline, sync
 from membrane.resolve import entity_key
+from membrane.schema import ModelRef
 
 
 def _settings(make_settings: Callable[..., Settings], tmp_path: Path, count: int = 5, **extra: Any) -> Settings:
@@ -180,7 +182,7 @@ def test_active_model_is_looked_up_per_capture(make_settings: Callable[..., Sett
         pipeline.admit(settings.inbox.path / note(1)[0])
         second = pipeline.work_once()
         assert first is not None and second is not None
-        models = [journal.latest_extraction(o.sha256 or "").model for o in (first, second)]  # type: ignore[union-attr]
+        models = [journal.latest_extraction(o.sha256 or "").result.model for o in (first, second)]  # type: ignore[union-attr]
     assert models == ["recorded", "champion"]
 
 
@@ -355,8 +357,37 @@ def test_project_due_leaves_alone_a_capture_a_worker_is_finishing(
         record = journal.claim("worker-1")
         assert record is not None
         with pipeline._holding(record.sha256):  # worker-1 between record_extraction and done
-            journal.record_extraction(record.sha256, model="recorded", backend="replay", prompt_version="v",
-                                      extraction={"entities": [], "relationships": []}, raw_outputs=("{}",))
+            journal.record_extraction(record.sha256, make_result(model="recorded", backend="replay"))
             assert pipeline.project_due() == []
             assert journal.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
         assert [outcome.state for outcome in pipeline.project_due()] == ["done"]
+
+
+@pytest.mark.neo4j
+def test_finish_projects_the_result_it_is_given_and_recovery_the_stored_one(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
+    """A worker's fresh result goes to the graph as handed over (no read-back); without one, the journal's is used."""
+    settings = make_settings(**settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
+    settings.inbox.path.mkdir(parents=True)
+    with Journal(settings.journal.path) as journal:
+        pipeline = Pipeline(settings, journal)
+        try:
+            for i, fresh in ((0, "Fresh"), (1, None)):
+                path = settings.inbox.path / note(i)[0]
+                path.write_text(note(i)[1], encoding="utf-8")
+                pipeline.admit(path)
+                claimed = journal.claim("t")
+                assert claimed is not None
+                journal.record_extraction(claimed.sha256, make_result(_facts(f"Stored{i}")))
+                extracted = journal.get(claimed.sha256)
+                assert extracted is not None
+                result = make_result(_facts(fresh)) if fresh else None
+                assert pipeline.finish(extracted, result).state == "done"
+        finally:
+            pipeline.graph.close()
+    assert [key for key, _, _ in graph_snapshot(neo4j)["entities"]] == ["fresh", "stored1"]
+
+
+def _facts(name: str) -> dict[str, Any]:
+    return {"entities": [{"name": name, "role": "subject"}], "relationships": []}

@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
 from membrane.pipeline import active_model
 from membrane.promote import apply_decision, bootstrap_improvement, decide, promote
+from membrane.schema import ModelRef
 from membrane.score import CaseScore, Counts, Scores
 
 

@@ -17,7 +17,8 @@ from membrane.bench import BenchScheduler
 from membrane.config import Settings
 from membrane.daemon import Daemon
 from membrane.errors import ConfigError
-from membrane.journal import Journal, ModelRef
+from membrane.journal import Journal
+from membrane.schema import ModelRef
 from membrane.testing.ollama_server import FakeOllama
 
 
@@ -101,5 +102,5 @@ def test_scheduled_promotion_applies_to_the_daemons_next_capture(make_settings: 
             extraction = daemon.journal.latest_extraction(record.sha256)
         finally:
             daemon.shutdown()
-    assert extraction is not None and (extraction.backend, extraction.model) == ("ollama", "good:1b")
+    assert extraction is not None and (extraction.result.backend, extraction.result.model) == ("ollama", "good:1b")
     assert ollama.chat_requests()[-1]["model"] == "good:1b"

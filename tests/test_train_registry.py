@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from extraction_support import make_result
 
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError
@@ -75,8 +76,8 @@ def _record(journal: Journal, text: str, backend: str, model: str, entities: lis
     journal.enqueue(digest, f"/inbox/{digest[:8]}.txt", text)
     assert journal.claim("t") is not None
     data = {"entities": [{"name": n, "role": "subject"} for n in entities], "relationships": []}
-    journal.record_extraction(digest, model=model, backend=backend, prompt_version=PROMPT_VERSION,
-                              extraction=data, raw_outputs=[json.dumps(data)])
+    journal.record_extraction(digest, make_result(data, model=model, backend=backend, prompt_version=PROMPT_VERSION,
+                                                  raw_outputs=[json.dumps(data)]))
 
 
 def test_distillation_takes_only_grounded_extractions_of_the_named_models(journal: Journal) -> None:

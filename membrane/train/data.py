@@ -98,14 +98,11 @@ def distilled_cases(journal: Journal, models: Iterable[str], *, threshold: float
     """The journal's latest valid, grounded extractions by `models` ("backend:name") as cases."""
     wanted = set(models)
     cases = []
-    for capture, record in journal.facts():
-        ref = f"{record.backend}:{record.model}"
+    for capture, stored in journal.facts():
+        ref = f"{stored.result.backend}:{stored.result.model}"
         if ref not in wanted:
             continue
-        try:
-            extraction = Extraction.parse(dict(record.extraction), UNBOUNDED_RULES)
-        except ValidationError:
-            continue
+        extraction = stored.result.extraction  # parsed by the journal, under UNBOUNDED_RULES
         if not extraction.entities or not _grounded(extraction, capture.text, max(threshold, 1.0)):
             continue
         cases.append(Case(id=f"distill-{capture.sha256[:12]}", text=capture.text, extraction=extraction,

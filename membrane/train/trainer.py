@@ -205,7 +205,7 @@ def _merged(settings: Settings, base: Base, result: RunResult, work_dir: Path, f
 def validation_scores(settings: Settings, name: str, val_cases: list[Case]) -> dict[str, Any]:
     """The trained model's bench row on the validation split (llama.cpp, base + adapter)."""
     from membrane.bench import bench_model
-    from membrane.journal import ModelRef
+    from membrane.schema import ModelRef
     from membrane.score import GoldCase
 
     gold = [GoldCase(c.id, c.text, c.extraction) for c in val_cases]
