@@ -60,6 +60,7 @@ from membrane.journal import (
     backoff_delay,
 )
 from membrane.logs import get_logger
+from membrane.promote import active_model
 from membrane.schema import UNBOUNDED_RULES, Extraction
 
 if TYPE_CHECKING:
@@ -73,7 +74,6 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "SyncReport",
-    "active_model",
     "capture_facts",
     "sync",
 ]
@@ -100,11 +100,6 @@ class Outcome:
     @property
     def failed(self) -> bool:
         return self.state in ("failed", "rejected")
-
-
-def active_model(settings: Settings, journal: Journal) -> ModelRef:
-    """The promoted champion, else the configured [model]; looked up for every capture."""
-    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
 
 
 class _LeaseKeeper:
