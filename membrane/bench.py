@@ -20,12 +20,13 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from membrane.backends import get_backend
 from membrane.config import Settings
@@ -33,8 +34,7 @@ from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelN
 from membrane.extract import Extractor
 from membrane.journal import Journal
 from membrane.logs import get_logger
-from membrane.pipeline import active_model
-from membrane.promote import Decision, apply_decision, check_policy_settings, decide
+from membrane.promote import Decision, active_model, apply_decision, check_policy_settings, choose_challenger
 from membrane.schema import ModelRef
 from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
 
@@ -44,6 +44,7 @@ __all__ = [
     "ModelRun",
     "Progress",
     "bench_model",
+    "last_report",
     "resolve_candidates",
     "run_bench",
     "run_scheduled_bench",
@@ -57,9 +58,14 @@ Progress = Callable[[str, int, int], None]
 OK, UNAVAILABLE = "ok", "unavailable"
 
 
-@dataclass(frozen=True)
-class ModelRun:
+# Stored reports carry derived keys too (a run's table "row"): ignored on load, recomputed.
+_STORED = ConfigDict(frozen=True, extra="ignore")
+
+
+class ModelRun(BaseModel):
     """One candidate's pass over the gold set."""
+
+    model_config = _STORED
 
     model: str
     status: str  # "ok" or "unavailable"
@@ -95,38 +101,19 @@ class ModelRun:
             "p95_s": self.latency(95),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "status": self.status,
-            "detail": self.detail,
-            "parameters": self.parameters,
-            "row": self.row(),
-            "completion_tokens": self.completion_tokens,
-            "generation_seconds": self.generation_seconds,
-            "calls": self.calls,
-            "latencies": list(self.latencies),
-            "scores": self.scores.to_dict() if self.scores else None,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelRun:
-        return cls(
-            model=data["model"],
-            status=data["status"],
-            detail=data.get("detail", ""),
-            parameters=data.get("parameters", ""),
-            scores=Scores.from_dict(data["scores"]) if data.get("scores") else None,
-            completion_tokens=int(data.get("completion_tokens", 0)),
-            generation_seconds=float(data.get("generation_seconds", 0.0)),
-            calls=int(data.get("calls", 0)),
-            latencies=tuple(data.get("latencies", ())),
-        )
+    @model_serializer(mode="wrap")
+    def _with_row(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The row goes into reports too, so a report file is readable without this code.
+        return {**handler(self), "row": self.row()}
 
 
-@dataclass(frozen=True)
-class BenchReport:
-    """One bench run: every candidate's scores, the policy's view, where the files went."""
+class BenchReport(BaseModel):
+    """One bench run: every candidate's scores, the policy's view, where the files went.
+
+    Stored as JSON (`model_dump(mode="json")`) in the report file and the journal;
+    `id` is the journal's row id, not part of the stored report."""
+
+    model_config = _STORED
 
     created_at: str
     eval_file: str
@@ -136,8 +123,8 @@ class BenchReport:
     runs: tuple[ModelRun, ...]
     decision: Decision | None = None
     notes: tuple[str, ...] = ()
-    files: Mapping[str, str] = field(default_factory=dict)
-    id: int | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+    id: int | None = Field(default=None, exclude=True)
 
     def run_for(self, model: str) -> ModelRun | None:
         return next((run for run in self.runs if run.model == model), None)
@@ -145,37 +132,6 @@ class BenchReport:
     def scores_for(self, model: str) -> Scores | None:
         run = self.run_for(model)
         return run.scores if run else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "created_at": self.created_at,
-            "eval_file": self.eval_file,
-            "eval_sha256": self.eval_sha256,
-            "cases": self.cases,
-            "champion": self.champion,
-            "runs": [run.to_dict() for run in self.runs],
-            "decision": self.decision.to_dict() if self.decision else None,
-            "notes": list(self.notes),
-            "files": dict(self.files),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, report_id: int | None = None) -> BenchReport:
-        decision = data.get("decision")
-        if decision:
-            decision = Decision(**{**decision, "gates_failed": tuple(decision.get("gates_failed", ()))})
-        return cls(
-            created_at=data["created_at"],
-            eval_file=data["eval_file"],
-            eval_sha256=data["eval_sha256"],
-            cases=int(data["cases"]),
-            champion=data["champion"],
-            runs=tuple(ModelRun.from_dict(r) for r in data["runs"]),
-            decision=decision or None,
-            notes=tuple(data.get("notes", ())),
-            files=dict(data.get("files", {})),
-            id=report_id,
-        )
 
     def markdown(self) -> str:
         lines = [
@@ -265,7 +221,7 @@ def resolve_candidates(
 
 def _unavailable(ref: ModelRef, detail: str, parameters: str = "") -> ModelRun:
     log.warning("bench_model_unavailable", model=str(ref), detail=detail)
-    return ModelRun(str(ref), UNAVAILABLE, detail=detail, parameters=parameters)
+    return ModelRun(model=str(ref), status=UNAVAILABLE, detail=detail, parameters=parameters)
 
 
 def bench_model(settings: Settings, ref: ModelRef, gold: list[GoldCase], progress: Progress | None = None) -> ModelRun:
@@ -300,7 +256,16 @@ def bench_model(settings: Settings, ref: ModelRef, gold: list[GoldCase], progres
         cases.append(score_case(case, replace(prediction, seconds=latencies[-1])))
         if progress:
             progress(str(ref), done, len(gold))
-    run = ModelRun(str(ref), OK, "", parameters, Scores(tuple(cases)), tokens, seconds, calls, tuple(latencies))
+    run = ModelRun(
+        model=str(ref),
+        status=OK,
+        parameters=parameters,
+        scores=Scores(cases=tuple(cases)),
+        completion_tokens=tokens,
+        generation_seconds=seconds,
+        calls=calls,
+        latencies=tuple(latencies),
+    )
     log.info("bench_model_done", model=str(ref), cases=len(cases), **{k: v for k, v in run.row().items() if k in _LOGGED})
     return run
 
@@ -311,22 +276,9 @@ _LOGGED = ("valid_json", "entity_f1", "relationship_f1", "tokens_per_second", "p
 # ---------------------------------------------------------------- the run
 
 
-def choose_challenger(runs: tuple[ModelRun, ...], champion: str, settings: Settings) -> Decision | None:
-    """The policy's decision for the best challenger: the promotable one with the highest
-    lower bound, else the one with the highest composite (to show why it was not promoted)."""
-    champion_run = next((r for r in runs if r.model == champion and r.status == OK), None)
-    champion_scores = champion_run.scores if champion_run else None
-    decisions = [
-        decide(champion_scores, run.scores, settings, champion=champion, challenger=run.model)
-        for run in runs
-        if run.status == OK and run.scores is not None and run.model != champion
-    ]
-    if not decisions:
-        return None
-    promotable = [d for d in decisions if d.promote]
-    if promotable:
-        return max(promotable, key=lambda d: d.lower_bound or 0.0)
-    return max(decisions, key=lambda d: d.challenger_score if d.challenger_score is not None else float("-inf"))
+def _scored(runs: tuple[ModelRun, ...]) -> dict[str, Scores]:
+    """Model -> scores of the runs that ran, in run order (the policy's input)."""
+    return {run.model: run.scores for run in runs if run.status == OK and run.scores is not None}
 
 
 def _sha256(path: Path) -> str:
@@ -357,13 +309,19 @@ def run_bench(
         cases=len(gold),
         champion=str(champion),
         runs=runs,
-        decision=choose_challenger(runs, str(champion), settings),
+        decision=choose_challenger(_scored(runs), str(champion), settings),
         notes=tuple(notes),
     )
     report = write_reports(report, out_dir or settings.bench.out_dir)
-    report = replace(report, id=journal.record_bench_run(report.to_dict()))
+    report = report.model_copy(update={"id": journal.record_bench_run(report.model_dump(mode="json"))})
     log.info("bench_done", run_id=report.id, files=dict(report.files), promote=bool(report.decision and report.decision.promote))
     return report
+
+
+def last_report(journal: Journal) -> BenchReport | None:
+    """The newest bench run recorded in the journal (any version's report loads), or None before the first."""
+    runs = journal.bench_runs(1)
+    return BenchReport.model_validate({**runs[0]["report"], "id": runs[0]["id"]}) if runs else None
 
 
 # ---------------------------------------------------------------- files
@@ -382,8 +340,8 @@ def write_reports(report: BenchReport, out_dir: Path) -> BenchReport:
     else:
         if plot_path is not None:
             files["plot"] = str(plot_path)
-    report = replace(report, files=files, notes=tuple(notes))
-    Path(files["json"]).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    report = report.model_copy(update={"files": files, "notes": tuple(notes)})
+    Path(files["json"]).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
     Path(files["markdown"]).write_text(report.markdown(), encoding="utf-8")
     return report
 

@@ -245,7 +245,7 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
     import json
 
     from membrane.journal import Journal
-    from membrane.pipeline import active_model
+    from membrane.promote import active_model
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
@@ -412,11 +412,17 @@ def _capture_by_prefix(journal: Any, target: str) -> Any:
     return matches[0] if len(matches) == 1 else None
 
 
-@main.command()
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_app
-@handle_errors
+def _lookup_command(argument: str) -> Callable[[Callable[..., None]], click.Command]:
+    """Register a lookup (`show`, `facts`): one ARGUMENT, text or --json output, errors as one line."""
+
+    def register(func: Callable[..., None]) -> click.Command:
+        json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+        return main.command()(click.argument(argument)(json_option(pass_app(handle_errors(func)))))
+
+    return register
+
+
+@_lookup_command("name")
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """What MemBrane knows about the entity NAME: aliases, relationships both
     ways, the captures behind each fact, first and last seen (exit 1 if unknown)."""
@@ -432,11 +438,7 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     _print_report(report, entity_lines, as_json)
 
 
-@main.command()
-@click.argument("target")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@pass_app
-@handle_errors
+@_lookup_command("target")
 def facts(app: AppContext, target: str, as_json: bool) -> None:
     """What one capture produced: its entities and relationships. TARGET is its
     sha256 (or a unique prefix of 8+ digits, as `show` prints them), or its file
@@ -517,7 +519,7 @@ def score(gold: Path, pred: Path, as_json: bool) -> None:
     scores = score_predictions(cases, predictions)
     unknown = sorted(set(predictions) - {c.id for c in cases})
     if as_json:
-        click.echo(json.dumps({**scores.to_dict(), "unknown_ids": unknown}, ensure_ascii=False, indent=2))
+        click.echo(json.dumps({**scores.model_dump(mode="json"), "unknown_ids": unknown}, ensure_ascii=False, indent=2))
         return
     m = scores.metrics()
     click.echo(f"{len(cases)} cases: valid JSON {100 * m['valid_json']:.1f}% after repair, "
@@ -563,7 +565,8 @@ def bench(app: AppContext, models_option: str | None, eval_file: Path | None, ou
         decision = report.decision
         requeued = apply_decision(decision, settings, journal) if apply and decision and decision.promote else None
     if as_json:
-        click.echo(json.dumps({**report.to_dict(), "id": report.id, "promoted": requeued is not None}, indent=2))
+        data = report.model_dump(mode="json")
+        click.echo(json.dumps({**data, "id": report.id, "promoted": requeued is not None}, indent=2))
     else:
         _echo_table(TABLE_HEADER, [table_cells(run.row()) for run in report.runs])
         for run in report.runs:
@@ -572,8 +575,8 @@ def bench(app: AppContext, models_option: str | None, eval_file: Path | None, ou
         if decision:
             verdict = "promote" if decision.promote else "keep the champion"
             click.echo(f"policy ({decision.challenger} vs {report.champion}): {verdict}: {decision.reason}")
-        if requeued is not None:
-            click.echo(f"promoted {decision.challenger}; {requeued} failed captures requeued")  # type: ignore[union-attr]
+        if requeued is not None and decision:
+            click.echo(f"promoted {decision.challenger}; {requeued} failed captures requeued")
         for note in report.notes:
             click.echo(f"note: {note}")
         click.echo(f"bench run {report.id}: " + ", ".join(report.files.values()))
@@ -589,17 +592,16 @@ def models(app: AppContext, as_json: bool) -> None:
     """Champion, candidates and their last scores."""
     import json
 
-    from membrane.bench import TABLE_HEADER, BenchReport, resolve_candidates, table_cells
+    from membrane.bench import TABLE_HEADER, last_report, resolve_candidates, table_cells
     from membrane.journal import Journal
-    from membrane.pipeline import active_model
+    from membrane.promote import active_model
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
         champion = active_model(settings, journal)
         promoted = journal.active_model() is not None
         candidates, notes = resolve_candidates(settings, champion)
-        runs = journal.bench_runs(1)
-        last = BenchReport.from_dict(runs[0]["report"], report_id=runs[0]["id"]) if runs else None
+        last = last_report(journal)
         promotions = journal.promotions(5)
     rows = {run.model: run.row() for run in last.runs} if last else {}
     if as_json:
@@ -632,39 +634,20 @@ def promote(app: AppContext, name: str, force: bool) -> None:
     """Make NAME ("backend:name") the active model; without --force only if the
     policy, on the last bench run's per-case scores, says it clearly beats the champion."""
     from membrane.backends import backend_names
-    from membrane.bench import BenchReport
+    from membrane.bench import last_report
     from membrane.journal import Journal
-    from membrane.pipeline import active_model
-    from membrane.promote import apply_decision, decide
-    from membrane.promote import promote as promote_model
+    from membrane.promote import promote_manually
 
     ref = _parse_model(name)
     if ref.backend not in backend_names():
         raise ConfigError(f"unknown backend {ref.backend!r} in {name!r}; known: {', '.join(backend_names())}")
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        champion = active_model(settings, journal)
-        if ref == champion:
-            click.echo(f"{ref} is already the champion")
-            return
-        runs = journal.bench_runs(1)
-        last = BenchReport.from_dict(runs[0]["report"], report_id=runs[0]["id"]) if runs else None
-        scores = last.scores_for(str(ref)) if last else None
-        decision = decide(last.scores_for(str(champion)), scores, settings, champion=str(champion),
-                          challenger=str(ref)) if last and scores else None  # fmt: skip
-        if force:
-            evidence = {"forced": True, "bench_run": last.id if last else None,
-                        "decision": decision.to_dict() if decision else None}  # fmt: skip
-            requeued = promote_model(ref, settings, journal, reason="manual promotion (--force)", evidence=evidence)
-        elif decision is None:
-            where = f"bench run {last.id}" if last else "any bench run"
-            fail(f"{ref} has no scores in {where}; run `membrane bench --models {ref},{champion}` or use --force")
-        elif not decision.promote:
-            fail(f"the policy keeps {champion}: {decision.reason} (--force overrides)")
-        else:
-            requeued = apply_decision(decision, settings, journal,
-                                      reason=f"manual promotion, bench run {last.id}: {decision.reason}")  # type: ignore[union-attr]  # fmt: skip
-    click.echo(f"champion is now {ref} (was {champion}); {requeued} failed captures requeued")
+        done = promote_manually(ref, settings, journal, last_report(journal), force=force)
+    if not done.changed:
+        click.echo(f"{ref} is already the champion")
+        return
+    click.echo(f"champion is now {ref} (was {done.previous}); {done.requeued} failed captures requeued")
 
 
 @main.command()

@@ -37,7 +37,8 @@ from membrane.errors import GraphUnavailable, MembraneError
 from membrane.inbox import DeletionWatch, Inbox, InboxFolders
 from membrane.journal import Journal, JournalError
 from membrane.logs import get_logger
-from membrane.pipeline import GraphLink, Outcome, Pipeline, active_model
+from membrane.pipeline import GraphLink, Outcome, Pipeline
+from membrane.promote import active_model
 
 __all__ = ["Daemon", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
 

@@ -103,7 +103,7 @@ def check_neo4j(settings: Settings) -> Check:
 def check_model(settings: Settings) -> Check:
     from membrane.backends import get_backend
     from membrane.journal import Journal
-    from membrane.pipeline import active_model
+    from membrane.promote import active_model
     from membrane.schema import ModelRef
 
     ref = ModelRef(settings.model.backend, settings.model.name)

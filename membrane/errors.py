@@ -8,6 +8,7 @@ those boundaries code only catches MembraneError subclasses.
     MembraneError
     ├── ConfigError                 bad or missing setting (exit 2)
     ├── NotFound                    `show`/`facts`: no such entity or capture; close candidates (exit 1)
+    ├── PromotionRefused            `promote`: the policy keeps the champion, or no scores to judge by (exit 1)
     ├── JournalError                SQLite failed or a transition is not allowed
     │   │                           (the daemon stops, systemd restarts it; no capture fails)
     │   └── StaleClaim              the capture moved on (lease lost, retracted)
@@ -49,6 +50,7 @@ __all__ = [
     "ModelUnavailable",
     "NotFound",
     "PermanentError",
+    "PromotionRefused",
     "RetryableError",
     "StaleClaim",
 ]
@@ -88,6 +90,11 @@ class NotFound(MembraneError):
     def __init__(self, message: str, *, candidates: tuple[str, ...] = (), hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.candidates = tuple(candidates)
+
+
+class PromotionRefused(MembraneError):
+    """A manual promotion the policy refuses: the challenger does not clearly beat the
+    champion on the last bench run, or has no scores there. `--force` overrides it."""
 
 
 class JournalError(MembraneError):

@@ -54,6 +54,7 @@ from membrane.errors import (
 from membrane.inbox import FileMover
 from membrane.journal import DEFAULT_LEASE_S, FACT_STATES, CaptureRecord, Journal, JournalError, StaleClaim
 from membrane.logs import get_logger
+from membrane.promote import active_model
 from membrane.resolve import capture_facts
 from membrane.schema import ModelRef
 
@@ -67,7 +68,6 @@ __all__ = [
     "Outcome",
     "Pipeline",
     "SyncReport",
-    "active_model",
     "sync",
 ]
 
@@ -93,11 +93,6 @@ class Outcome:
     @property
     def failed(self) -> bool:
         return self.state in ("failed", "rejected")
-
-
-def active_model(settings: Settings, journal: Journal) -> ModelRef:
-    """The promoted champion, else the configured [model]; looked up for every capture."""
-    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
 
 
 class _LeaseKeeper:

@@ -1,5 +1,7 @@
-"""The promotion policy: which model is champion, whether a challenger's scores
-justify replacing it, and applying that decision to the journal.
+"""The champion and the promotion policy: which model is champion (the one
+lookup of it), whether a challenger's scores justify replacing it, which
+challenger of a bench run to judge, and applying that decision to the journal,
+for the scheduler and for `membrane promote`.
 
 Policy (also in docs/design-notes.md, "Bench and promotion"):
 1. Gates: the challenger's valid-JSON rate after repair is at least
@@ -18,30 +20,37 @@ Otherwise the champion stays.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 
 from membrane.config import Settings
-from membrane.errors import ConfigError
+from membrane.errors import ConfigError, PromotionRefused
 from membrane.journal import Journal
 from membrane.logs import get_logger
-from membrane.pipeline import active_model
 from membrane.schema import ModelRef
 from membrane.score import METRICS, Scores
+
+if TYPE_CHECKING:
+    from membrane.bench import BenchReport
 
 __all__ = [
     "BOOTSTRAP_SEED",
     "Decision",
+    "Promotion",
+    "active_model",
     "apply_decision",
     "bootstrap_improvement",
     "check_policy_settings",
+    "choose_challenger",
     "composite",
     "decide",
     "gate_failures",
     "promote",
+    "promote_manually",
 ]
 
 log = get_logger(__name__)
@@ -50,9 +59,11 @@ BOOTSTRAP_SEED = 0
 _COUNT_FIELDS = {"entity": "entities", "relationship": "relationships", "relaxed_relationship": "relaxed"}
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The policy's answer for one challenger against the champion, with its evidence."""
+class Decision(BaseModel):
+    """The policy's answer for one challenger against the champion, with its evidence
+    (stored in bench reports and as a promotion's evidence)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     promote: bool
     reason: str
@@ -66,15 +77,13 @@ class Decision:
     samples: int = 0
     cases: int = 0
     gates_failed: tuple[str, ...] = ()
-    challenger_metrics: Mapping[str, float] | None = None
-    champion_metrics: Mapping[str, float] | None = None
+    challenger_metrics: dict[str, float] = Field(default_factory=dict)
+    champion_metrics: dict[str, float] = Field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gates_failed"] = list(self.gates_failed)
-        data["challenger_metrics"] = dict(self.challenger_metrics or {})
-        data["champion_metrics"] = dict(self.champion_metrics or {})
-        return data
+
+def active_model(settings: Settings, journal: Journal) -> ModelRef:
+    """The champion: the promoted model, else the configured [model]; looked up for every capture."""
+    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
 
 
 def check_policy_settings(settings: Settings) -> None:
@@ -138,7 +147,7 @@ def _aligned(champion: Scores, challenger: Scores) -> tuple[Scores, Scores]:
     theirs = {c.id: c for c in champion.cases}
     shared = [c.id for c in challenger.cases if c.id in theirs]
     mine = {c.id: c for c in challenger.cases}
-    return Scores(tuple(theirs[i] for i in shared)), Scores(tuple(mine[i] for i in shared))
+    return Scores(cases=tuple(theirs[i] for i in shared)), Scores(cases=tuple(mine[i] for i in shared))
 
 
 def bootstrap_improvement(
@@ -187,15 +196,17 @@ def decide(
         "challenger_score": composite(ours, bench.weights),
     }
     if champion == challenger:
-        return Decision(False, "the challenger is the champion", **base)
+        return Decision(promote=False, reason="the challenger is the champion", **base)
     failures = gate_failures(ours, settings)
     if failures:
-        return Decision(False, "gates failed: " + "; ".join(failures), gates_failed=tuple(failures), **base)
+        reason = "gates failed: " + "; ".join(failures)
+        return Decision(promote=False, reason=reason, gates_failed=tuple(failures), **base)
     if champion_scores is None or not champion_scores.cases:
-        return Decision(False, "the champion has no scores on this gold set; nothing to compare with", **base)
+        reason = "the champion has no scores on this gold set; nothing to compare with"
+        return Decision(promote=False, reason=reason, **base)
     theirs_aligned, ours_aligned = _aligned(champion_scores, challenger_scores)
     if not ours_aligned.cases:
-        return Decision(False, "no gold case was scored for both models; nothing to compare", **base)
+        return Decision(promote=False, reason="no gold case was scored for both models; nothing to compare", **base)
     observed, lower = bootstrap_improvement(
         champion_scores, challenger_scores, bench.weights, samples=bench.bootstrap_samples, confidence=bench.confidence
     )
@@ -211,9 +222,29 @@ def decide(
     }
     if lower > 0:
         reason = f"composite +{observed:.3f}, lower {bench.confidence:.0%} bound {lower:+.3f} > 0"
-        return Decision(True, reason, **evidence)
+        return Decision(promote=True, reason=reason, **evidence)
     reason = f"not a clear win: composite {observed:+.3f}, lower {bench.confidence:.0%} bound {lower:+.3f} <= 0"
-    return Decision(False, reason, **evidence)
+    return Decision(promote=False, reason=reason, **evidence)
+
+
+def choose_challenger(scores: Mapping[str, Scores], champion: str, settings: Settings) -> Decision | None:
+    """The decision for the best challenger among a bench run's scored models (model -> scores):
+    the promotable one with the highest lower bound, else the one with the highest composite
+    (to show why it was not promoted); None when no challenger was scored."""
+    decisions = [
+        decide(scores.get(champion), theirs, settings, champion=champion, challenger=model)
+        for model, theirs in scores.items()
+        if model != champion
+    ]
+    if not decisions:
+        return None
+    promotable = [d for d in decisions if d.promote]
+    if promotable:
+        return max(promotable, key=lambda d: d.lower_bound or 0.0)
+    return max(decisions, key=lambda d: d.challenger_score if d.challenger_score is not None else float("-inf"))
+
+
+# ---------------------------------------------------------------- applying it
 
 
 def apply_decision(decision: Decision, settings: Settings, journal: Journal, *, reason: str | None = None) -> int:
@@ -223,7 +254,7 @@ def apply_decision(decision: Decision, settings: Settings, journal: Journal, *, 
         settings,
         journal,
         reason=reason or f"bench policy: {decision.reason}",
-        evidence=decision.to_dict(),
+        evidence=decision.model_dump(mode="json"),
     )
 
 
@@ -234,3 +265,50 @@ def promote(ref: ModelRef, settings: Settings, journal: Journal, *, reason: str,
     requeued = journal.requeue_failed("extract") if settings.bench.retry_failed_after_promotion else 0
     log.info("champion_changed", previous=str(champion), new=str(ref), reason=reason, requeued=requeued)
     return requeued
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a manual promotion did; `changed` is False when the model already was champion."""
+
+    previous: ModelRef
+    champion: ModelRef
+    requeued: int = 0
+    changed: bool = True
+
+
+def promote_manually(
+    ref: ModelRef, settings: Settings, journal: Journal, last_run: BenchReport | None, *, force: bool = False
+) -> Promotion:
+    """`membrane promote`: make `ref` champion if the policy, on the per-case scores of the last
+    bench run, says it clearly beats the champion; `force` skips the policy (and says so in the
+    evidence). Raises PromotionRefused when the policy keeps the champion or `ref` has no scores."""
+    champion = active_model(settings, journal)
+    if ref == champion:
+        return Promotion(champion, ref, changed=False)
+    run_id = last_run.id if last_run else None
+    decision = _decision_on(last_run, champion, ref, settings)
+    if force:
+        forced = decision.model_dump(mode="json") if decision else None
+        evidence = {"forced": True, "bench_run": run_id, "decision": forced}
+        requeued = promote(ref, settings, journal, reason="manual promotion (--force)", evidence=evidence)
+        return Promotion(champion, ref, requeued)
+    if decision is None:
+        where = f"bench run {run_id}" if last_run else "any bench run"
+        raise PromotionRefused(
+            f"{ref} has no scores in {where}; run `membrane bench --models {ref},{champion}` or use --force"
+        )
+    if not decision.promote:
+        raise PromotionRefused(f"the policy keeps {champion}: {decision.reason} (--force overrides)")
+    reason = f"manual promotion, bench run {run_id}: {decision.reason}"
+    return Promotion(champion, ref, apply_decision(decision, settings, journal, reason=reason))
+
+
+def _decision_on(
+    last_run: BenchReport | None, champion: ModelRef, ref: ModelRef, settings: Settings
+) -> Decision | None:
+    """The policy's decision for `ref` against the champion on the last run's scores; None without scores."""
+    scores = last_run.scores_for(str(ref)) if last_run else None
+    if last_run is None or scores is None:
+        return None
+    return decide(last_run.scores_for(str(champion)), scores, settings, champion=str(champion), challenger=str(ref))

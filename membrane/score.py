@@ -29,11 +29,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from membrane.errors import ConfigError
 from membrane.resolve import entity_key
@@ -67,7 +75,6 @@ METRICS = (
     "relaxed_relationship_recall",
     "relaxed_relationship_f1",
 )
-
 
 
 @dataclass(frozen=True)
@@ -126,16 +133,28 @@ class Prediction:
         return self.extraction is not None
 
 
-@dataclass(frozen=True)
-class CaseScore:
+def _counts_from_list(value: Any) -> Any:
+    return Counts(*value) if isinstance(value, (list, tuple)) else value
+
+
+# Reports store counts as [tp, fp, fn] lists (the format since bench reports exist).
+StoredCounts = Annotated[Counts, BeforeValidator(_counts_from_list), PlainSerializer(Counts.as_list)]
+
+# Stored reports also carry derived keys (a score set's "metrics"): ignored on load, recomputed.
+_STORED = ConfigDict(frozen=True, extra="ignore")
+
+
+class CaseScore(BaseModel):
     """How one prediction compares with one gold case."""
+
+    model_config = _STORED
 
     id: str
     valid: bool
     first_attempt_valid: bool
-    entities: Counts
-    relationships: Counts
-    relaxed: Counts
+    entities: StoredCounts
+    relationships: StoredCounts
+    relaxed: StoredCounts
     missing_entities: tuple[str, ...] = ()
     spurious_entities: tuple[str, ...] = ()
     missing_relationships: tuple[str, ...] = ()
@@ -143,45 +162,13 @@ class CaseScore:
     error: str = ""
     seconds: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "valid": self.valid,
-            "first_attempt_valid": self.first_attempt_valid,
-            "entities": self.entities.as_list(),
-            "relationships": self.relationships.as_list(),
-            "relaxed": self.relaxed.as_list(),
-            "missing_entities": list(self.missing_entities),
-            "spurious_entities": list(self.spurious_entities),
-            "missing_relationships": list(self.missing_relationships),
-            "spurious_relationships": list(self.spurious_relationships),
-            "error": self.error,
-            "seconds": self.seconds,
-        }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CaseScore:
-        return cls(
-            id=str(data["id"]),
-            valid=bool(data["valid"]),
-            first_attempt_valid=bool(data["first_attempt_valid"]),
-            entities=Counts(*data["entities"]),
-            relationships=Counts(*data["relationships"]),
-            relaxed=Counts(*data["relaxed"]),
-            missing_entities=tuple(data.get("missing_entities", ())),
-            spurious_entities=tuple(data.get("spurious_entities", ())),
-            missing_relationships=tuple(data.get("missing_relationships", ())),
-            spurious_relationships=tuple(data.get("spurious_relationships", ())),
-            error=str(data.get("error", "")),
-            seconds=data.get("seconds"),
-        )
-
-
-@dataclass(frozen=True)
-class Scores:
+class Scores(BaseModel):
     """One model's scores over a gold set: per-case details and micro averages."""
 
-    cases: tuple[CaseScore, ...] = field(default_factory=tuple)
+    model_config = _STORED
+
+    cases: tuple[CaseScore, ...] = ()
 
     def _total(self, attribute: str) -> Counts:
         total = Counts()
@@ -218,12 +205,10 @@ class Scores:
             values[f"{prefix}_f1"] = counts.f1
         return values
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics(), "cases": [c.to_dict() for c in self.cases]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scores:
-        return cls(tuple(CaseScore.from_dict(c) for c in data["cases"]))
+    @model_serializer(mode="wrap")
+    def _with_metrics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The averages go into reports too, so a report file is readable without this code.
+        return {"metrics": self.metrics(), **handler(self)}
 
 
 # ---------------------------------------------------------------- files
@@ -346,4 +331,4 @@ def score_case(gold: GoldCase, prediction: Prediction | None) -> CaseScore:
 
 def score_predictions(gold: Iterable[GoldCase], predictions: Mapping[str, Prediction]) -> Scores:
     """Scores over every gold case; a case without a prediction counts as invalid and empty."""
-    return Scores(tuple(score_case(case, predictions.get(case.id)) for case in gold))
+    return Scores(cases=tuple(score_case(case, predictions.get(case.id)) for case in gold))

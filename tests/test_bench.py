@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import OllamaServer
 from test_pipeline_support import REFERENCE
 
-from membrane.bench import BenchReport, resolve_candidates, run_bench
+from membrane.bench import BenchReport, last_report, resolve_candidates, run_bench
 from membrane.cli import main
 from membrane.config import Settings
 from membrane.journal import Journal
@@ -124,8 +124,8 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     assert files == [".json", ".md", ".png"]
     with Journal(tmp_path / "journal.sqlite3") as journal:
         assert journal.active_model() == ModelRef("ollama", "good:1b")
-        stored = journal.bench_runs(1)[0]
-    report = BenchReport.from_dict(stored["report"], report_id=stored["id"])
+        report = last_report(journal)
+    assert report is not None and report.id == 1
     good = report.run_for("ollama:good:1b")
     assert good is not None and good.row()["entity_f1"] == 1.0 and good.row()["parameters"] == "1B"
     assert report.run_for("ollama:bad:1b").row()["entity_f1"] == 0.0  # type: ignore[union-attr]
@@ -191,8 +191,50 @@ def test_bench_command_with_a_real_ollama_candidate(tmp_path: Path, ollama_serve
     assert result.exit_code == 0, result.output
     assert model in result.output
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        stored = journal.bench_runs(1)[0]
-    run = BenchReport.from_dict(stored["report"], report_id=stored["id"]).run_for(model)
+        report = last_report(journal)
+    run = report.run_for(model) if report else None
     assert run is not None and run.status == "ok" and run.scores is not None and len(run.scores.cases) == 2
     row: dict[str, Any] = run.row()
     assert str(row["parameters"]).endswith("M") and row["tokens_per_second"] > 0 and 0 < row["p50_s"] <= row["p95_s"]
+
+
+# ---------------------------------------------------------------- stored reports
+
+# Written by `run_bench` at commit b4ce687, the last with hand-written to_dict/from_dict codecs:
+# champion ollama:bad:1b, challengers good:1b (wins), broken:1b (never valid) and missing:1b
+# (unavailable), on 5 gold cases. It is the report file; the journal stored the same dict.
+OLD_REPORT = Path(__file__).resolve().parent / "data" / "bench-report-b4ce687.json"
+
+
+def test_report_written_by_the_old_codecs_loads_and_dumps_unchanged() -> None:
+    """A report file from before the pydantic models loads whole, and dumping it gives the same JSON back."""
+    stored = json.loads(OLD_REPORT.read_text(encoding="utf-8"))
+    report = BenchReport.model_validate(stored)
+    assert [(run.model, run.status) for run in report.runs] == [
+        ("ollama:bad:1b", "ok"), ("ollama:good:1b", "ok"), ("ollama:broken:1b", "ok"),
+        ("ollama:missing:1b", "unavailable"),
+    ]  # fmt: skip
+    broken = report.scores_for("ollama:broken:1b")
+    assert broken is not None and not broken.cases[0].valid and "no valid extraction" in broken.cases[0].error
+    assert report.decision is not None and report.decision.promote and report.decision.challenger == "ollama:good:1b"
+    assert json.loads(json.dumps(report.model_dump(mode="json"))) == stored
+
+
+def test_report_stored_in_the_journal_by_the_old_codecs_drives_models_and_promote(tmp_path: Path) -> None:
+    """An old report in the journal is the last run that `membrane models` shows and `membrane promote` judges by."""
+    config = tmp_path / "membrane.toml"
+    config.write_text(
+        f'[model]\nbackend = "ollama"\nname = "bad:1b"\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[bench]\ninclude_embedded = false\nbootstrap_samples = 500\n',
+        encoding="utf-8",
+    )
+    with Journal(tmp_path / "journal.sqlite3") as journal:
+        run_id = journal.record_bench_run(json.loads(OLD_REPORT.read_text(encoding="utf-8")))
+        last = last_report(journal)
+    assert last is not None and last.id == run_id and last.eval_sha256.startswith("f40b")
+    shown = CliRunner().invoke(main, ["--config", str(config), "models", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["last_bench_run"]["rows"]["ollama:good:1b"]["entity_f1"] == pytest.approx(9 / 11)
+    result = CliRunner().invoke(main, ["--config", str(config), "promote", "ollama:good:1b"])
+    assert result.exit_code == 0, result.output
+    assert "champion is now ollama:good:1b (was ollama:bad:1b)" in result.output

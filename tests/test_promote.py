@@ -4,6 +4,8 @@ journal, and the `membrane models / promote / rollback` commands."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,17 @@ from click.testing import CliRunner
 
 from membrane.cli import main
 from membrane.config import Settings
-from membrane.errors import ConfigError, MembraneError
+from membrane.errors import ConfigError, MembraneError, PromotionRefused
 from membrane.journal import Journal
-from membrane.pipeline import active_model
-from membrane.promote import apply_decision, bootstrap_improvement, decide, promote
+from membrane.promote import (
+    active_model,
+    apply_decision,
+    bootstrap_improvement,
+    choose_challenger,
+    decide,
+    promote,
+    promote_manually,
+)
 from membrane.schema import ModelRef
 from membrane.score import CaseScore, Counts, Scores
 
@@ -24,8 +33,9 @@ from membrane.score import CaseScore, Counts, Scores
 def table(rows: list[tuple[int, int, int, int, int, int]], valid: list[bool] | None = None) -> Scores:
     """Scores from per-case (entity tp, fp, fn, relationship tp, fp, fn) rows."""
     valid = valid or [True] * len(rows)
-    return Scores(tuple(
-        CaseScore(f"c{i:02d}", ok, ok, Counts(*row[:3]), Counts(*row[3:]), Counts(*row[3:]))
+    return Scores(cases=tuple(
+        CaseScore(id=f"c{i:02d}", valid=ok, first_attempt_valid=ok, entities=Counts(*row[:3]),
+                  relationships=Counts(*row[3:]), relaxed=Counts(*row[3:]))
         for i, (row, ok) in enumerate(zip(rows, valid, strict=True))
     ))  # fmt: skip
 
@@ -127,6 +137,33 @@ def test_rollback_restores_the_last_champion(settings: Settings, journal: Journa
         journal.rollback_active_model(reason="test")
 
 
+def test_choose_challenger_prefers_a_clear_win_then_shows_the_best_loser(settings: Settings) -> None:
+    """Of a bench run's scores the clear winner is judged; without one, the highest composite; alone, nothing."""
+    scores = {"x:champion": table(MEDIOCRE), "x:noisy": table(noisy(3, 2)), "x:strong": table(STRONG)}
+    chosen = choose_challenger(scores, "x:champion", settings)
+    assert chosen is not None and chosen.challenger == "x:strong" and chosen.promote
+    del scores["x:strong"]
+    chosen = choose_challenger(scores, "x:champion", settings)
+    assert chosen is not None and chosen.challenger == "x:noisy" and not chosen.promote
+    assert choose_challenger({"x:champion": table(MEDIOCRE)}, "x:champion", settings) is None
+
+
+def test_manual_promotion_refusals_change_nothing(settings: Settings, journal: Journal) -> None:
+    """The champion itself is a no-op, and a model without scores is refused, both without a promotion recorded."""
+    champion = active_model(settings, journal)
+    assert not promote_manually(champion, settings, journal, None).changed
+    with pytest.raises(PromotionRefused, match="has no scores in any bench run"):
+        promote_manually(ModelRef("embedded", "gemma3-270m"), settings, journal, None)
+    assert journal.promotions() == [] and active_model(settings, journal) == champion
+
+
+def test_policy_modules_do_not_load_the_capture_pipeline() -> None:
+    """Importing bench and promote loads neither the pipeline nor the inbox (they own the champion lookup now)."""
+    code = "import sys, membrane.bench, membrane.promote; print(sorted(m for m in sys.modules if m.startswith('membrane.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "membrane.promote" in loaded and "membrane.pipeline" not in loaded and "membrane.inbox" not in loaded
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -145,12 +182,13 @@ def _record_run(tmp_path: Path, challenger_rows: list[tuple[int, int, int, int, 
     from membrane.bench import BenchReport, ModelRun
 
     runs = (
-        ModelRun("embedded:smollm2-135m", "ok", scores=table(MEDIOCRE), latencies=(1.0,)),
-        ModelRun("embedded:gemma3-270m", "ok", scores=table(challenger_rows), latencies=(2.0,)),
+        ModelRun(model="embedded:smollm2-135m", status="ok", scores=table(MEDIOCRE), latencies=(1.0,)),
+        ModelRun(model="embedded:gemma3-270m", status="ok", scores=table(challenger_rows), latencies=(2.0,)),
     )
-    report = BenchReport("2026-01-01T00:00:00Z", "gold.jsonl", "0" * 64, 40, "embedded:smollm2-135m", runs)
+    report = BenchReport(created_at="2026-01-01T00:00:00Z", eval_file="gold.jsonl", eval_sha256="0" * 64, cases=40,
+                         champion="embedded:smollm2-135m", runs=runs)  # fmt: skip
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        journal.record_bench_run(report.to_dict())
+        journal.record_bench_run(report.model_dump(mode="json"))
 
 
 def test_promote_command_follows_the_policy(tmp_path: Path) -> None:

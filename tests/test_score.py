@@ -196,9 +196,12 @@ def test_micro_average_and_valid_json_rates_over_cases() -> None:
 
 
 def test_scores_round_trip_through_json() -> None:
-    """Per-case scores survive to_dict/from_dict (the journal stores them) with equal metrics."""
+    """Per-case scores survive a JSON dump and load (the journal stores them) with equal metrics,
+    counts stored as [tp, fp, fn] and the averages written beside the cases."""
     scores = score_predictions([REFERENCE], {"ref": predicted(["Docker"], [])})
-    again = type(scores).from_dict(json.loads(json.dumps(scores.to_dict())))
+    stored = json.loads(json.dumps(scores.model_dump(mode="json")))
+    assert stored["cases"][0]["entities"] == [1, 0, 2] and stored["metrics"] == scores.metrics()
+    again = type(scores).model_validate(stored)
     assert again == scores and again.metrics() == scores.metrics()
 
 

@@ -35,14 +35,7 @@ from typing import TYPE_CHECKING, Any
 from membrane.backends import BackendCheck, Generation, GenerationRequest
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS, ModelSpec, read_frame, write_frame
 from membrane.backends.gguf import locate_gguf, locate_lora
-from membrane.errors import (
-    ConfigError,
-    ExtractionFailed,
-    MembraneError,
-    ModelCrashed,
-    ModelNotFound,
-    ModelUnavailable,
-)
+from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelCrashed, ModelNotFound, ModelUnavailable
 from membrane.train.registry import extra_embedded_models
 
 if TYPE_CHECKING:
