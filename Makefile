@@ -24,6 +24,7 @@ venv: $(STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check membrane tests benchmarks
+	$(VENV)/bin/mypy
 
 # Lint, then the whole test suite against a real Neo4j and a real Ollama (each
 # started here if not running, and stopped again only if this target started it;

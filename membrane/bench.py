@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +303,7 @@ def run_bench(
     log.info("bench_started", cases=len(gold), candidates=[str(c) for c in candidates], champion=str(champion))
     runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)
     report = BenchReport(
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         eval_file=str(eval_path),
         eval_sha256=_sha256(eval_path),
         cases=len(gold),
@@ -427,7 +427,7 @@ class BenchScheduler:
     def start(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
-        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        scheduler = BackgroundScheduler(timezone=UTC)
         job = scheduler.add_job(
             self._run,
             self.trigger(),
@@ -450,7 +450,7 @@ class BenchScheduler:
         if self._scheduler is None:
             raise MembraneError("the bench scheduler is not started")
         self.finished.clear()
-        self._scheduler.modify_job(self.JOB_ID, next_run_time=datetime.now(timezone.utc))
+        self._scheduler.modify_job(self.JOB_ID, next_run_time=datetime.now(UTC))
 
     def shutdown(self, wait: bool = True) -> None:
         if self._scheduler is not None:

@@ -250,29 +250,30 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
     settings = app.settings
     with Journal(settings.journal.path) as journal:
         lag = journal.projection_lag()
-        report = {
+        counts, recent = journal.counts(), journal.recent_errors(error_count)
+        promoted = journal.active_model() is not None
+        report: dict[str, Any] = {
             "journal": str(settings.journal.path),
             "inbox": str(settings.inbox.path),
             "neo4j": settings.neo4j.uri or None,
             "active_model": str(active_model(settings, journal)),
-            "promoted": journal.active_model() is not None,
-            "counts": journal.counts(),
+            "promoted": promoted,
+            "counts": counts,
             "projection_lag": {"count": lag.count, "oldest_extracted_at": lag.oldest_extracted_at,
                                "oldest_age_s": lag.oldest_age_s},
-            "recent_errors": journal.recent_errors(error_count),
+            "recent_errors": recent,
         }
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=2))
         return
-    counts = report["counts"]
     click.echo(f"journal       {report['journal']}")
     click.echo(f"neo4j         {report['neo4j'] or 'none (journal-only: membrane export)'}")
-    click.echo(f"active model  {report['active_model']}" + ("  (promoted)" if report["promoted"] else ""))
+    click.echo(f"active model  {report['active_model']}" + ("  (promoted)" if promoted else ""))
     click.echo("captures      " + ", ".join(f"{state} {n}" for state, n in counts.items()))
     if settings.neo4j.enabled:
         age = f", oldest {lag.oldest_age_s:.0f} s" if lag.oldest_age_s is not None else ""
         click.echo(f"projection    {lag.count} waiting{age}")
-    for error in report["recent_errors"]:
+    for error in recent:
         retry = f", retry at {error['next_attempt_at']}" if error.get("next_attempt_at") else ""
         click.echo(f"  {error['time']}  {error['state']:<9} {_printable(error['path'])}: "
                    f"{error['stage']}: {error['reason']}{retry}")
@@ -739,7 +740,7 @@ def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | No
 @click.option("--register-ollama", is_flag=True, help="Also create the model in Ollama (model.ollama_host).")
 @pass_app
 @handle_errors
-def train(app: AppContext, data: tuple[str, ...], distill: str | None, resume: bool, limit: int, max_steps: int,
+def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume: bool, limit: int, max_steps: int,
           max_minutes: float, chat_format: str, base_gguf: str, no_score: bool, register_ollama: bool,
           **values: Any) -> None:  # fmt: skip
     """Fine-tune a small model with LoRA; it becomes an embedded model and a bench candidate."""

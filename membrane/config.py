@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
 
 from membrane.errors import ConfigError
 from membrane.schema import ExtractionRules
@@ -292,7 +293,7 @@ def _merge(base: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, 
     return merged
 
 
-def _describe(error: dict[str, Any], env_keys: set[str]) -> str:
+def _describe(error: ErrorDetails, env_keys: set[str]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     source = f" (from {ENV_PREFIX}{key.replace('.', '__', 1).upper()})" if key in env_keys else ""
     if error["type"] == "extra_forbidden":

@@ -36,6 +36,7 @@ only ever parameters.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -395,7 +396,9 @@ def _ask(tx: ManagedTransaction, name: str, params: dict[str, Any]) -> list[dict
     missing = sorted(set(question.params) - set(params))
     if missing:  # a programming error: the caller must pass what the Browser's :param lines set
         raise ValueError(f"saved question {name!r} needs the parameters {', '.join(missing)}")
-    return [{k: _plain(v) for k, v in record.items()} for record in tx.run(question.query, params)]
+    records = tx.run(question.query, params)
+    # neo4j's Record.items() carries no annotations.
+    return [{k: _plain(v) for k, v in record.items()} for record in records]  # type: ignore[no-untyped-call]
 
 
 # ---------------------------------------------------------------- a Cypher script (membrane export)
@@ -717,7 +720,7 @@ class GraphStore:
         order. Returns the number of transactions."""
         transactions = 0
         for batch in _batches(captures, batch_rows or self._settings.graph.batch_size):
-            self._write(lambda tx, b=batch: _upsert_work(tx, b), capture=",".join(c.sha256 for c in batch[:3]))
+            self._write(functools.partial(_upsert_work, batch=batch), capture=",".join(c.sha256 for c in batch[:3]))
             transactions += 1
         return transactions
 

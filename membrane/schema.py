@@ -189,7 +189,8 @@ class Extraction(BaseModel):
         for rel in self.relationships:
             if rel.source.casefold() == rel.target.casefold():
                 continue
-            for name, role in ((rel.source, "subject"), (rel.target, "object")):
+            ends: tuple[tuple[str, Role], ...] = ((rel.source, "subject"), (rel.target, "object"))
+            for name, role in ends:
                 entities.setdefault(name.casefold(), Entity(name=name, role=role))
             key = (rel.source.casefold(), rel.relation, rel.target.casefold())
             relationships.setdefault(key, rel)
@@ -243,7 +244,7 @@ def extraction_json_schema(rules: ExtractionRules | None = None) -> dict[str, An
             return [inline(v) for v in node]
         return node
 
-    flat = inline(schema)
+    flat: dict[str, Any] = inline(schema)
     props = flat["properties"]
     props["entities"]["maxItems"] = rules.max_entities
     props["relationships"]["maxItems"] = rules.max_relationships

@@ -130,7 +130,7 @@ def test_fuzzy_matching_merges_near_spellings_into_known_keys(make_settings: Cal
 
 def test_fuzzy_matching_also_joins_spellings_within_one_capture(make_settings: Callable[..., Settings]) -> None:
     """Two near spellings in one capture meet at the first one's key."""
-    resolver = Resolver(make_settings(graph={"fuzzy_threshold": 90}), lambda: [])
+    resolver = Resolver(make_settings(graph={"fuzzy_threshold": 90}), list)
     facts = resolve(resolver, {"entities": [{"name": "Home Assistant"}, {"name": "Home Asistant"}]})
     assert [(e.key, e.aliases) for e in facts.entities] == [("home assistant", ("Home Asistant", "Home Assistant"))]
 

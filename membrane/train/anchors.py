@@ -11,6 +11,7 @@ is a bench candidate like any other.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -89,7 +90,7 @@ def _concatenate(wheels: list[Path], out: Path) -> str:
                 members = sorted((int(m.group(1)), name) for name in archive.namelist() if (m := _PART.search(name)))
                 for _, name in members:
                     with archive.open(name) as source:
-                        for block in iter(lambda s=source: s.read(1 << 20), b""):
+                        for block in iter(functools.partial(source.read, 1 << 20), b""):
                             digest.update(block)
                             target.write(block)
     return digest.hexdigest()

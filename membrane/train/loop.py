@@ -103,7 +103,7 @@ def _wrap_lora(model: Any, config: RunConfig) -> Any:
 
     lora = LoraConfig(
         r=config.rank,
-        lora_alpha=config.alpha,
+        lora_alpha=config.alpha,  # type: ignore[arg-type]  # peft annotates int; the scale alpha/r is a float
         lora_dropout=config.dropout,
         target_modules="all-linear",  # every linear projection; peft leaves the output head out
         bias="none",

@@ -13,7 +13,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,7 +241,7 @@ def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list
     base_file = base.folder / base.gguf_file if base.gguf_file else None
     return {
         "name": model_name(settings),
-        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base": {"name": base.name, "path": base.inference_path, "n_ctx": base.n_ctx,
                  "parameters": base.parameters, "sha256": file_sha256(base_file) if base_file else ""},
         "prompt_version": TUNED_PROMPT_VERSION,
