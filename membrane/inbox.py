@@ -183,9 +183,7 @@ class FileMover:
     finished on the next call, not repeated (move_unique).
     """
 
-    def __init__(self, settings: InboxSettings, *, before_move: Callable[[], None] | None = None) -> None:
-        """`before_move` runs before any file leaves the inbox: pass journal.sync so that
-        the commit the move depends on is durable first."""
+    def __init__(self, settings: InboxSettings) -> None:
         self.settings = settings
         self.folders = InboxFolders.of(settings)
         self.root = self.folders.root
@@ -197,7 +195,6 @@ class FileMover:
         self._claims: dict[Path, _Signature | None] = {}
         # One move at a time: two threads moving one file could leave a copy under a second name.
         self._moving = threading.Lock()
-        self._before_move = before_move
         # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
         self.on_processed: Callable[[Path, str], None] | None = None
 
@@ -275,7 +272,6 @@ class FileMover:
     def _done(self, path: Path, sha256: str | None) -> Path | None:
         if not self._holds(path, sha256):
             return None
-        self._barrier()
         if self.settings.on_success == "delete":
             path.unlink(missing_ok=True)
             _fsync_dir(path.parent)
@@ -314,7 +310,6 @@ class FileMover:
     def _failed(self, path: Path, sha256: str | None, record: Mapping[str, Any]) -> Path | None:
         if not self._holds(path, sha256):
             return None
-        self._barrier()
         moved = self._move(path, self.failed_dir, sidecar=True)
         if moved is not None:
             sidecar = {"file": _text(moved.name), "original_path": _text(str(path)), "time": iso_utc(), **record}
@@ -333,10 +328,6 @@ class FileMover:
             return file_sha256(path) == sha256
         except FileNotFoundError:
             return False
-
-    def _barrier(self) -> None:
-        if self._before_move is not None:
-            self._before_move()
 
     def _move(self, path: Path, folder: Path, *, sidecar: bool) -> Path | None:
         absolute = Path(os.path.abspath(path))
@@ -396,11 +387,9 @@ class Inbox:
         *,
         tick_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        before_move: Callable[[], None] | None = None,
     ) -> None:
-        """`before_move` goes to the FileMover (see FileMover)."""
         self.settings = settings
-        self.mover = FileMover(settings, before_move=before_move)
+        self.mover = FileMover(settings)
         self.folders = self.mover.folders
         self.root, self.processed_dir, self.failed_dir = self.mover.root, self.mover.processed_dir, self.mover.failed_dir
         self._tick_s = tick_s if tick_s is not None else min(0.5, max(0.05, settings.stable_seconds / 4))

@@ -293,29 +293,6 @@ def test_concurrent_moves_of_same_name_never_overwrite(tmp_path: Path) -> None:
     assert sorted(p.read_text(encoding="utf-8") for p in results) == [f"content {i}" for i in range(8)]
 
 
-def test_before_move_runs_while_the_file_is_still_in_the_inbox(
-    make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    """The before_move barrier runs before a file leaves the inbox, for both moves."""
-    settings = make_settings(inbox={"stable_seconds": 0.1})
-    seen: list[bool] = []
-
-    def barrier() -> None:
-        seen.append(all(p.exists() for p in files))
-
-    with Inbox(settings.inbox, tick_s=0.05, before_move=barrier) as inbox:
-        files = [inbox.root / "ok.txt", inbox.root / "bad.txt"]
-        for file in files:
-            file.write_text("x", encoding="utf-8")
-        ready = sorted(collect(inbox, 2))
-        files = [ready[1]]
-        inbox.mover.done(ready[1])
-        files = [ready[0]]
-        inbox.mover.failed(ready[0], reason="test", stage="read")
-    assert seen == [True, True]
-    assert (inbox.processed_dir / "ok.txt").exists() and (inbox.failed_dir / "bad.txt").exists()
-
-
 def test_move_unique_finishes_a_move_cut_short_between_link_and_unlink(tmp_path: Path) -> None:
     """A file already hard-linked into the folder by a move that a crash interrupted is not moved a second time
     under a numbered name: the move is finished (the inbox name unlinked) and the existing name returned."""
