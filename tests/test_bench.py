@@ -55,9 +55,10 @@ def ollama() -> Iterator[FakeOllama]:
         yield server
 
 
-def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callable[..., Settings],
-                                                          ollama: FakeOllama) -> None:  # fmt: skip
+def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callable[..., Settings], ollama: FakeOllama,
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # fmt: skip
     """The champion first, then configured candidates, Ollama models matching the glob, embedded models; no duplicates."""
+    monkeypatch.setenv("MEMBRANE_MODEL_CACHE", str(tmp_path / "models"))  # no opt-in anchors this machine installed
     settings = make_settings(
         model={"ollama_host": ollama.url},
         bench={"candidates": ["ollama:bad:1b", "embedded:smollm2-135m"], "ollama_pattern": "*:1b"},

@@ -354,7 +354,7 @@ def test_failed_leaves_an_edited_file_in_place_and_ends_its_claim(start_inbox: C
     ready, failed = _claimed_then_edited(inbox, "retry.txt")
     assert inbox.mover.failed(ready, reason="test", stage="extract", sha256=failed) is None
     assert ready.exists() and list(inbox.failed_dir.iterdir()) == []
-    assert not inbox.mover.claimed(ready) and inbox.pending() == 0
+    assert not inbox.mover.claimed(ready)  # (the watcher may already see the edit as a new candidate)
 
 
 def test_a_move_that_errors_still_ends_the_claim(start_inbox: Callable[..., Inbox]) -> None:

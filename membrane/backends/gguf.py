@@ -19,13 +19,14 @@ from pathlib import Path
 
 from membrane.errors import ModelNotFound
 
-__all__ = ["SHIPPED_MODELS", "locate_gguf", "locate_lora"]
+__all__ = ["SHIPPED_MODELS", "locate_gguf", "locate_lora", "model_cache_dir"]
 
 PYPI_PREFIX = "pypi:"
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def _cache_dir() -> Path:
+def model_cache_dir() -> Path:
+    """Where model files MemBrane writes live: $MEMBRANE_MODEL_CACHE, default ~/.cache/membrane/models."""
     return Path(os.environ.get("MEMBRANE_MODEL_CACHE", Path.home() / ".cache" / "membrane" / "models"))
 
 
@@ -45,7 +46,7 @@ def _from_package(distribution: str) -> Path:
     assemble = getattr(package, "assemble", None)
     if assemble is None:
         raise ModelNotFound(f"package {distribution!r} holds no .gguf file and no assemble()")
-    target = _cache_dir() / distribution / str(getattr(package, "MODEL_NAME", f"{module}.gguf"))
+    target = model_cache_dir() / distribution / str(getattr(package, "MODEL_NAME", f"{module}.gguf"))
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         assemble(target)

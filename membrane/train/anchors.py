@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from membrane.backends.gguf import model_cache_dir
 from membrane.errors import MembraneError
 
 if TYPE_CHECKING:
@@ -58,12 +58,9 @@ ANCHORS = {
 _PART = re.compile(r"/data/part(\d+)\.bin$")
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MEMBRANE_MODEL_CACHE", Path.home() / ".cache" / "membrane" / "models"))
-
 
 def anchor_path(anchor: Anchor) -> Path:
-    return _cache_dir() / "anchors" / anchor.file_name
+    return model_cache_dir() / "anchors" / anchor.file_name
 
 
 def _download(anchor: Anchor, into: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from membrane.backends.gguf import model_cache_dir
 from membrane.errors import MembraneError
 from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE
 
@@ -39,9 +40,6 @@ def _wheel_cache() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "membrane" / "wheels"
     return Path(os.environ.get("MEMBRANE_WHEEL_CACHE", default))
 
-
-def _model_cache() -> Path:
-    return Path(os.environ.get("MEMBRANE_MODEL_CACHE", Path.home() / ".cache" / "membrane" / "models"))
 
 
 def _sdist() -> Path:
@@ -64,7 +62,7 @@ def converter_dir() -> Path:
     """llama.cpp's converter scripts, unpacked once from the cached sdist."""
     sdist = _sdist()
     stem = sdist.name.removesuffix(".tar.gz")
-    target = _model_cache() / "llama-convert" / stem
+    target = model_cache_dir() / "llama-convert" / stem
     if all((target / name).exists() for name in (*CONVERTER_FILES, *CONVERTER_DIRS)):
         return target
     prefix = f"{stem}/vendor/llama.cpp/"
