@@ -253,10 +253,10 @@ def _fault_from_env() -> str:
 
 
 def load_model(path: Path, chat_format: str, n_ctx: int, lora_path: Path | str | None = None,
-               *, reuse_prefix: bool = True, model: str = "") -> LoadedModel:
+               *, reuse_prefix: bool = True, model: str = "", threads: int = 0) -> LoadedModel:
     """The process-wide LoadedModel for this file, format, context size and adapter,
     its child started (a load error raises here, not at the first call)."""
-    spec = ModelSpec(str(path), chat_format, n_ctx, str(lora_path or ""), reuse_prefix, _fault_from_env())
+    spec = ModelSpec(str(path), chat_format, n_ctx, str(lora_path or ""), reuse_prefix, _fault_from_env(), threads)
     with _LOADED_LOCK:
         loaded = _LOADED.get(spec)
         if loaded is None:
@@ -284,6 +284,7 @@ class EmbeddedBackend:
     def __init__(self, settings: Settings, *, reuse_prefix: bool = True) -> None:
         self.models: dict[str, EmbeddedModel] = {**extra_embedded_models(settings), **settings.model.embedded}
         self.reuse_prefix = reuse_prefix
+        self.threads = settings.model.threads
         self._paths: dict[str, Path | None] = {}  # config path spec -> located file
 
     def _config(self, model: str) -> EmbeddedModel:
@@ -306,7 +307,8 @@ class EmbeddedBackend:
         path = self._locate(config.path)
         assert path is not None
         lora = self._locate(config.lora_path, lora=True) if config.lora_path else None
-        return load_model(path, config.chat_format, config.n_ctx, lora, reuse_prefix=self.reuse_prefix, model=model)
+        return load_model(path, config.chat_format, config.n_ctx, lora, reuse_prefix=self.reuse_prefix, model=model,
+                          threads=self.threads)
 
     def n_ctx(self, model: str) -> int:
         return self._config(model).n_ctx

@@ -57,6 +57,7 @@ class ModelSpec:
     lora_path: str = ""
     reuse_prefix: bool = True
     fault: str = ""  # MEMBRANE_EMBEDDED_FAULT at start; "" in normal use
+    threads: int = 0  # llama.cpp threads; 0: every CPU this process may use
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,8 +162,10 @@ def _open_llama(spec: ModelSpec) -> Any:
         raise LoadError(f"llama-cpp-python is not installed ({exc})") from exc
     what = f"{spec.path!r} with LoRA adapter {spec.lora_path!r}" if spec.lora_path else repr(spec.path)
     try:
+        threads = spec.threads or len(os.sched_getaffinity(0))
         llama = Llama(model_path=spec.path, n_ctx=spec.n_ctx, chat_format=spec.chat_format,
-                      lora_path=spec.lora_path or None, verbose=False, seed=0)
+                      lora_path=spec.lora_path or None, verbose=False, seed=0,
+                      n_threads=threads, n_threads_batch=threads)
     except (ValueError, RuntimeError) as exc:
         raise LoadError(f"llama.cpp cannot load {what}: {exc}") from exc
     # llama-cpp-python 0.3.36 tests the adapter pointer with `is None`, but ctypes returns a
