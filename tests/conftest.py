@@ -204,6 +204,9 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "journal": {"path": tmp_path / "journal.sqlite3"},
             "bench": {"out_dir": tmp_path / "bench"},
             "train": {"models_dir": tmp_path / "models", "work_dir": tmp_path / "train"},
+            # The tests' model is the base tiny one (extract-v1, no adapter); the shipped
+            # default is the tuned smollm2-135m-membrane, which tests name when they mean it.
+            "model": {"name": "smollm2-135m"},
         }
         for name, values in sections.items():
             data[name] = {**data.get(name, {}), **values}

@@ -153,7 +153,7 @@ def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
 def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings], tmp_path: Path,
                                            tiny_model_path: Path, gemma_model_path: Path) -> None:  # fmt: skip
     """Both real tiny models run through the embedded backend on 3 gold cases; scores, timings and files are real."""
-    settings = make_settings(model={"num_predict": 96}, extraction={"max_repairs": 1})
+    settings = make_settings(model={"num_predict": 96, "name": "smollm2-135m"}, extraction={"max_repairs": 1})
     gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026", "g068"])
     seen: list[tuple[str, int, int]] = []
     with Journal(settings.journal.path) as journal:

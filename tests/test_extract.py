@@ -45,7 +45,9 @@ def replay_settings(tmp_path: Path, make_settings: Callable[..., Settings]) -> C
 
     def build(records: list[tuple[str, str]], **extraction: Any) -> Settings:
         replay_file = _write_jsonl(tmp_path / "replay.jsonl", records)
-        return make_settings(model={"backend": "replay", "replay_file": replay_file}, extraction=extraction)
+        # The base model's name: a tuned model's name would select the tuned prompt (extract-t1).
+        return make_settings(model={"backend": "replay", "name": "smollm2-135m", "replay_file": replay_file},
+                             extraction=extraction)
 
     return build
 
@@ -339,7 +341,8 @@ def test_registry_builds_known_backends_and_rejects_unknown(make_settings: Calla
 def _config(tmp_path: Path, records: list[tuple[str, str]]) -> Path:
     replay = _write_jsonl(tmp_path / "replay.jsonl", records)
     config = tmp_path / "membrane.toml"
-    config.write_text(f'[model]\nbackend = "replay"\nreplay_file = "{replay}"\n', encoding="utf-8")
+    config.write_text(f'[model]\nbackend = "replay"\nname = "smollm2-135m"\nreplay_file = "{replay}"\n',
+                      encoding="utf-8")
     return config
 
 

@@ -170,7 +170,7 @@ def test_policy_modules_do_not_load_the_capture_pipeline() -> None:
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "membrane.toml"
     path.write_text(
-        f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
+        f'[model]\nname = "smollm2-135m"\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
         f'[bench]\nout_dir = "{tmp_path / "bench"}"\nbootstrap_samples = 500\ninclude_embedded = true\n',
         encoding="utf-8",
     )
