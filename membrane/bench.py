@@ -142,6 +142,9 @@ class BenchReport(BaseModel):
             "",
             markdown_table([run.row() for run in self.runs]),
         ]
+        misses = misses_table(self.runs)
+        if misses:
+            lines += ["", "Gold relationships missed, by why (score.RelationshipMisses):", "", misses]
         if self.decision:
             verdict = "promote" if self.decision.promote else "keep the champion"
             lines += ["", f"Policy: {verdict} (`{self.decision.challenger}`): {self.decision.reason}."]
@@ -184,6 +187,20 @@ def markdown_table(rows: list[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def misses_table(runs: tuple[ModelRun, ...]) -> str:
+    """Per scored model: gold relationships, found, and the misses by class."""
+    header = ("model", "gold relationships", "found", "other label", "reversed", "endpoint missing", "not linked")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in runs:
+        misses = run.scores.relationship_misses if run.scores else None
+        if run.scores is None or misses is None:
+            continue
+        counts = run.scores.relationship
+        cells = [run.model, counts.tp + counts.fn, counts.tp, *misses.as_list()]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 # ---------------------------------------------------------------- candidates

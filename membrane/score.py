@@ -17,6 +17,13 @@ Matching (also in docs/design-notes.md, "Bench and promotion"):
   valid-JSON rates.
 - Precision with nothing predicted, and recall with nothing to find, are 1.0;
   F1 is 0.0 when both precision and recall are 0.
+- Each gold relationship a prediction misses is put in one class
+  (``RelationshipMisses``): ``label`` (the ordered pair was predicted, under
+  another relation name), ``reversed`` (only the pair the other way round was
+  predicted), ``endpoint`` (a source or target entity is missing from the
+  prediction), ``unlinked`` (both entities were predicted but not linked in
+  either direction). The classes say where a model loses relationship recall
+  without anyone reading the cases one by one.
 
 Prediction file (``membrane score GOLD PRED``): JSONL, one object per case:
 ``{"id": ..., "raw": "<model output>"}`` or ``{"id": ..., "extraction":
@@ -53,6 +60,7 @@ __all__ = [
     "Counts",
     "GoldCase",
     "Prediction",
+    "RelationshipMisses",
     "Scores",
     "load_gold",
     "load_predictions",
@@ -111,6 +119,31 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class RelationshipMisses:
+    """Gold relationships a prediction missed, by why (see the module docstring)."""
+
+    label: int = 0
+    reversed: int = 0
+    endpoint: int = 0
+    unlinked: int = 0
+
+    def __add__(self, other: RelationshipMisses) -> RelationshipMisses:
+        return RelationshipMisses(self.label + other.label, self.reversed + other.reversed,
+                                  self.endpoint + other.endpoint, self.unlinked + other.unlinked)
+
+    @property
+    def total(self) -> int:
+        return self.label + self.reversed + self.endpoint + self.unlinked
+
+    def as_list(self) -> list[int]:
+        return [self.label, self.reversed, self.endpoint, self.unlinked]
+
+
+def _misses_from_list(value: Any) -> Any:
+    return RelationshipMisses(*value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass(frozen=True)
 class GoldCase:
     id: str
     text: str
@@ -139,6 +172,9 @@ def _counts_from_list(value: Any) -> Any:
 
 # Reports store counts as [tp, fp, fn] lists (the format since bench reports exist).
 StoredCounts = Annotated[Counts, BeforeValidator(_counts_from_list), PlainSerializer(Counts.as_list)]
+# [label, reversed, endpoint, unlinked]; absent (None) in reports older than the breakdown.
+StoredMisses = Annotated[RelationshipMisses, BeforeValidator(_misses_from_list),
+                         PlainSerializer(RelationshipMisses.as_list)]
 
 # Stored reports also carry derived keys (a score set's "metrics"): ignored on load, recomputed.
 _STORED = ConfigDict(frozen=True, extra="ignore")
@@ -159,8 +195,17 @@ class CaseScore(BaseModel):
     spurious_entities: tuple[str, ...] = ()
     missing_relationships: tuple[str, ...] = ()
     spurious_relationships: tuple[str, ...] = ()
+    relationship_misses: StoredMisses | None = None
     error: str = ""
     seconds: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unknown_misses(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Old reports have no breakdown; leaving the key out keeps them byte-for-byte on a round trip.
+        data: dict[str, Any] = handler(self)
+        if data.get("relationship_misses") is None:
+            data.pop("relationship_misses", None)
+        return data
 
 
 class Scores(BaseModel):
@@ -187,6 +232,16 @@ class Scores(BaseModel):
     @property
     def relaxed(self) -> Counts:
         return self._total("relaxed")
+
+    @property
+    def relationship_misses(self) -> RelationshipMisses | None:
+        """The misses by class over every case; None when a case was scored before the breakdown."""
+        total = RelationshipMisses()
+        for case in self.cases:
+            if case.relationship_misses is None:
+                return None
+            total = total + case.relationship_misses
+        return total
 
     def metrics(self) -> dict[str, float]:
         """Every name in METRICS with its micro-averaged value (rates in 0..1)."""
@@ -306,6 +361,22 @@ def _relationship_keys(extraction: Extraction) -> dict[tuple[str, str, str], str
     return keys
 
 
+def _misses(gold: set[tuple[str, str, str]], predicted: set[tuple[str, str, str]],
+            predicted_entities: set[str]) -> RelationshipMisses:
+    pairs = {(s, t) for s, _, t in predicted}
+    label = reversed_ = endpoint = unlinked = 0
+    for source, _, target in gold - predicted:
+        if (source, target) in pairs:
+            label += 1
+        elif (target, source) in pairs:
+            reversed_ += 1
+        elif source not in predicted_entities or target not in predicted_entities:
+            endpoint += 1
+        else:
+            unlinked += 1
+    return RelationshipMisses(label, reversed_, endpoint, unlinked)
+
+
 def score_case(gold: GoldCase, prediction: Prediction | None) -> CaseScore:
     """Compare one prediction (None: missing) with its gold case."""
     predicted = prediction.extraction if prediction and prediction.extraction else Extraction()
@@ -324,6 +395,7 @@ def score_case(gold: GoldCase, prediction: Prediction | None) -> CaseScore:
         spurious_entities=tuple(pred_entities[k] for k in pred_entities if k not in gold_entities),
         missing_relationships=tuple(gold_rels[k] for k in gold_rels if k not in pred_rels),
         spurious_relationships=tuple(pred_rels[k] for k in pred_rels if k not in gold_rels),
+        relationship_misses=_misses(set(gold_rels), set(pred_rels), set(pred_entities)),
         error=prediction.error if prediction else "no prediction for this case",
         seconds=prediction.seconds if prediction else None,
     )

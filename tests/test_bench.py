@@ -130,7 +130,11 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     good = report.run_for("ollama:good:1b")
     assert good is not None and good.row()["entity_f1"] == 1.0 and good.row()["parameters"] == "1B"
     assert report.run_for("ollama:bad:1b").row()["entity_f1"] == 0.0  # type: ignore[union-attr]
-    assert "| ollama:good:1b | 1B | 100.0 |" in Path(report.files["markdown"]).read_text(encoding="utf-8")
+    markdown = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert "| ollama:good:1b | 1B | 100.0 |" in markdown
+    relationships = report.run_for("ollama:good:1b").scores.relationship  # type: ignore[union-attr]
+    found = relationships.tp
+    assert relationships.fn == 0 and f"| ollama:good:1b | {found} | {found} | 0 | 0 | 0 | 0 |" in markdown
 
 
 def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:

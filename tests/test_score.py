@@ -16,6 +16,7 @@ from membrane.score import (
     Counts,
     GoldCase,
     Prediction,
+    RelationshipMisses,
     load_gold,
     load_predictions,
     prediction_from_record,
@@ -254,3 +255,29 @@ def test_load_predictions_rejects_duplicate_ids(tmp_path: Path) -> None:
     pred = _write_pred(tmp_path / "p.jsonl", [{"id": "a", "raw": "{}"}, {"id": "a", "raw": "{}"}])
     with pytest.raises(ConfigError, match="duplicate"):
         load_predictions(pred)
+
+
+def test_missed_relationships_are_classed_by_why() -> None:
+    """Each missed gold relationship is in one class: another label on the same ordered pair, the
+    pair only reversed, an endpoint entity missing, or both entities found but not linked."""
+    gold = GoldCase("four", "", Extraction.parse({"relationships": [
+        {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+        {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
+        {"source": "Grafana", "relation": "READS_FROM", "target": "Prometheus"},
+        {"source": "Anna", "relation": "LEADS", "target": "DevOps team"},
+        {"source": "Loki", "relation": "PART_OF", "target": "monitoring stack"},
+    ]}))  # fmt: skip
+    score = score_case(gold, predicted(
+        ["Docker", "Kubernetes cluster", "DevOps team", "Grafana", "Prometheus", "Anna", "Loki"],
+        [("Docker", "RUNS_ON", "Kubernetes cluster"), ("Kubernetes cluster", "MANAGED_BY", "DevOps team"),
+         ("Loki", "PART_OF", "monitoring stack")],
+    ))  # fmt: skip
+    assert score.relationships == Counts(tp=1, fp=2, fn=4)
+    assert score.relationship_misses == RelationshipMisses(label=1, reversed=1, endpoint=0, unlinked=2)
+    one_entity = score_case(gold, predicted(["Docker"], []))
+    assert one_entity.relationship_misses == RelationshipMisses(endpoint=5)
+    total = score_predictions([gold, gold], {"four": predicted([], [])}).relationship_misses
+    assert total == RelationshipMisses(endpoint=10)
+    stored = json.loads(json.dumps(score.model_dump(mode="json")))
+    assert stored["relationship_misses"] == [1, 1, 0, 2]
+    assert type(score).model_validate(stored) == score
