@@ -211,3 +211,16 @@ def test_doctor_reports_a_crashing_model_with_the_fix(
     assert result.exit_code == 1, result.output
     assert line.startswith("FAIL") and "SIGSEGV" in line
     assert "scripts/llama-wheel install" in line.split("fix: ")[1]
+
+
+def test_threads_setting_reaches_llama_cpp(tiny_model_path: Path) -> None:
+    """[model] threads is what llama.cpp gets for generation and prompt batches; 0 means every
+    CPU this process may use (llama-cpp-python's own default is half the cores)."""
+    def loaded(threads: int) -> LoadedModel:
+        settings = Settings.model_validate({"model": {"threads": threads, "embedded": {
+            "tiny": {"path": str(tiny_model_path), "n_ctx": 512}}}})  # fmt: skip
+        return EmbeddedBackend(settings).load("tiny")
+
+    assert loaded(1).threads == (1, 1)
+    every = len(os.sched_getaffinity(0))
+    assert loaded(0).threads == (every, every)

@@ -149,6 +149,8 @@ class LoadedModel:
         self.calls = 0
         self.prompt_tokens = 0
         self.prompt_eval_tokens = 0
+        # What llama.cpp was given by the running child: (threads, batch threads); (0, 0) before.
+        self.threads: tuple[int, int] = (0, 0)
 
     @property
     def path(self) -> Path:
@@ -215,6 +217,8 @@ class LoadedModel:
             child.stop()
             raise ModelNotFound(f"embedded model {label!r}: {reply['error']['message']}",
                                 hint="pip install 'membrane[embedded]', and check the model's path and lora_path")
+        ready = reply.get("ready") or {}
+        self.threads = (int(ready.get("threads", 0)), int(ready.get("threads_batch", 0)))
         self._child = child
         return child
 

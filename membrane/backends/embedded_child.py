@@ -197,7 +197,9 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> int:
     except LoadError as exc:
         write_frame(replies, {"error": {"kind": "load", "message": str(exc)}})
         return 0
-    write_frame(replies, {"ready": {"pid": os.getpid()}})
+    threads = {"threads": engine.llama.context_params.n_threads,
+               "threads_batch": engine.llama.context_params.n_threads_batch}
+    write_frame(replies, {"ready": {"pid": os.getpid(), **threads}})
     while (request := read_frame(requests)) is not None:
         write_frame(replies, _handle(engine, request))
     engine.close()
