@@ -183,24 +183,28 @@ def table_cells(row: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def markdown_table(rows: list[Mapping[str, Any]]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+def _markdown(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[Mapping[str, Any]]) -> str:
+    return _markdown(TABLE_HEADER, [table_cells(row) for row in rows])
+
+
+MISSES_HEADER = ("model", "gold relationships", "found", "other label", "reversed", "endpoint missing", "not linked")
+
+
 def misses_table(runs: tuple[ModelRun, ...]) -> str:
-    """Per scored model: gold relationships, found, and the misses by class."""
-    header = ("model", "gold relationships", "found", "other label", "reversed", "endpoint missing", "not linked")
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    """Per scored model: gold relationships, found, and the misses by class ("" when no run has them)."""
+    rows = []
     for run in runs:
-        misses = run.scores.relationship_misses if run.scores else None
-        if run.scores is None or misses is None:
+        if run.scores is None or (misses := run.scores.relationship_misses) is None:
             continue
         counts = run.scores.relationship
-        cells = [run.model, counts.tp + counts.fn, counts.tp, *misses.as_list()]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+        rows.append([str(c) for c in (run.model, counts.tp + counts.fn, counts.tp, *misses.as_list())])
+    return _markdown(MISSES_HEADER, rows) if rows else ""
 
 
 # ---------------------------------------------------------------- candidates

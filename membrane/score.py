@@ -35,7 +35,7 @@ and ``"seconds": float`` (latency, used for p50/p95).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -131,16 +131,8 @@ class RelationshipMisses:
         return RelationshipMisses(self.label + other.label, self.reversed + other.reversed,
                                   self.endpoint + other.endpoint, self.unlinked + other.unlinked)
 
-    @property
-    def total(self) -> int:
-        return self.label + self.reversed + self.endpoint + self.unlinked
-
     def as_list(self) -> list[int]:
         return [self.label, self.reversed, self.endpoint, self.unlinked]
-
-
-def _misses_from_list(value: Any) -> Any:
-    return RelationshipMisses(*value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)
@@ -166,14 +158,15 @@ class Prediction:
         return self.extraction is not None
 
 
-def _counts_from_list(value: Any) -> Any:
-    return Counts(*value) if isinstance(value, (list, tuple)) else value
+def _from_list(cls: type[Any]) -> Callable[[Any], Any]:
+    """A validator reading a stored list of ints as `cls(*values)`; other input goes on unchanged."""
+    return lambda value: cls(*value) if isinstance(value, (list, tuple)) else value
 
 
 # Reports store counts as [tp, fp, fn] lists (the format since bench reports exist).
-StoredCounts = Annotated[Counts, BeforeValidator(_counts_from_list), PlainSerializer(Counts.as_list)]
+StoredCounts = Annotated[Counts, BeforeValidator(_from_list(Counts)), PlainSerializer(Counts.as_list)]
 # [label, reversed, endpoint, unlinked]; absent (None) in reports older than the breakdown.
-StoredMisses = Annotated[RelationshipMisses, BeforeValidator(_misses_from_list),
+StoredMisses = Annotated[RelationshipMisses, BeforeValidator(_from_list(RelationshipMisses)),
                          PlainSerializer(RelationshipMisses.as_list)]
 
 # Stored reports also carry derived keys (a score set's "metrics"): ignored on load, recomputed.
