@@ -144,9 +144,13 @@ def journal_counts(path: Path) -> dict[str, int]:
 def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any, *, seed: int,
                 captures: int = 12, expected: dict[str, Any] | None = None,
                 kill_window: tuple[float, float] = (0.0, 0.6),
-                kill_during_startup: float = 0.15) -> dict[str, Any]:
+                kill_during_startup: float = 0.15, drain_timeout_s: float = 60.0) -> dict[str, Any]:
     """One crash-safety trial: a stream of captures into a daemon subprocess that is
     SIGKILLed at a random moment and restarted; returns what was observed.
+
+    The kill lands `kill_window` seconds after READY (or, with probability
+    `kill_during_startup`, 0.1-1.2 s after the start); `drain_timeout_s` bounds
+    the restarted daemon's catching up.
 
     Raises AssertionError when a capture is lost, duplicated or failed, or when
     the graph differs from `expected` (a clean run's graph_snapshot).
@@ -177,6 +181,7 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         wait_for(lambda: '"daemon_ready"' in log.read_text(errors="replace"), 60, f"trial {seed}: daemon ready")
         kill_at = time.monotonic() + rng.uniform(*kill_window)
     pending = list(range(early, captures))
+    dropped_before_kill = None
     while pending or time.monotonic() < kill_at:
         if pending and rng.random() < 0.6:
             i = pending.pop(0)
@@ -184,10 +189,12 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         if time.monotonic() >= kill_at and process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
+            dropped_before_kill = captures - len(pending)
         time.sleep(rng.uniform(0.0, 0.05))
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        dropped_before_kill = captures
     killed_counts = journal_counts(Path(sections["journal"]["path"])) if Path(sections["journal"]["path"]).exists() else {}
     ready_before = log.read_text(errors="replace").count('"daemon_ready"')
     process = start_daemon(config, log)
@@ -198,7 +205,7 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         wait_for(
             lambda: journal_counts(Path(sections["journal"]["path"]))["done"] >= captures
             and not list(inbox.glob("note-*.txt")),
-            60, f"trial {seed}: all captures done", interval=0.1,
+            drain_timeout_s, f"trial {seed}: all captures done", interval=0.1,
         )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -223,7 +230,8 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         problems.append("graph differs from a clean run")
     if problems:
         raise AssertionError(f"trial {seed} (log {log}): " + "; ".join(problems))
-    return {"seed": seed, "killed_at_counts": killed_counts, "counts": counts, "ready_before_kill": ready_before}
+    return {"seed": seed, "killed_at_counts": killed_counts, "counts": counts, "ready_before_kill": ready_before,
+            "dropped_before_kill": dropped_before_kill}
 
 
 def wipe(driver: Any) -> None:

@@ -47,3 +47,14 @@ def test_fault_scripts_report_nothing_lost_or_doubled(neo4j: object, neo4j_serve
     assert figures["ok"] and figures["lost"] == 0 and figures["duplicated_facts"] == 0
     assert not any(figures["graph_diff_from_clean"].values()) and figures["daemon_peak_rss_mib"] > 0
 
+
+
+@pytest.mark.neo4j
+def test_soak_reports_every_capture_done_once_after_sigkills(neo4j: object, neo4j_server: Any) -> None:
+    """soak.py at 2 trials of 12 captures: every capture done, none lost or doubled, the graph as clean."""
+    env = {"MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri, "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user,
+           "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
+    summary = _run("soak.py", "--trials", "2", "--captures", "12", env=env)[-1]
+    assert summary["failed_trials"] == 0 and summary["captures_in"] == 24 and summary["done"] == 24
+    assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["trials_with_graph_diff"] == 0
+    assert sum(summary["killed"].values()) == 2 and summary["daemon_peak_rss_mib"] > 0
