@@ -1,10 +1,12 @@
 """The model runtime's child crashing at volume: the real embedded SmolLM2 in `membrane run`,
-whose llama.cpp child segfaults (a real SIGSEGV, MEMBRANE_EMBEDDED_FAULT=segv:TEXT) on every
-prompt of the captures that hold the trigger text.
+whose llama.cpp child dies on every prompt of the captures that hold the trigger text: a
+real SIGSEGV in native code by default (MEMBRANE_EMBEDDED_FAULT=segv:TEXT), or with
+`--fault` abort(3) (SIGABRT, a failed GGML_ASSERT), SIGILL (a build for another CPU) or
+SIGKILL (the OOM killer).
 
 One capture in every `--every` (the middle one of each block) holds the
 trigger: each of those crashes the child daemon.max_model_crashes times and
-must end in failed/ with SIGSEGV named in its reason. The clean run is an
+must end in failed/ with the signal (SIGSEGV, SIGABRT, SIGILL or SIGKILL) named in its reason. The clean run is an
 in-process `membrane ingest` of the captures without the trigger, on the same
 model with no fault; the daemon must fail exactly the trigger captures and
 those the model itself failed in the clean run (an answer cut off at
@@ -14,7 +16,7 @@ the daemon logged, the distinct child processes seen (sampled every 20 ms, a
 lower bound of the children started) and whether the daemon process ever died.
 
     eval "$(scripts/neo4j-local env)"
-    .venv/bin/python benchmarks/faults_child.py [--captures 60] [--every 10] [--num-predict 96]
+    .venv/bin/python benchmarks/faults_child.py [--captures 60] [--every 10] [--num-predict 96] [--fault segv]
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ from faults_support import (
 from test_pipeline_support import graph_snapshot, note, wipe
 
 from membrane.backends.embedded import close_models
-from membrane.backends.embedded_child import FAULT_ENV
+from membrane.backends.embedded_child import FAULT_ENV, FAULTS
 from membrane.inbox import SIDECAR_SUFFIX
 from membrane.logs import configure_logging
 
 TRIGGER = "KABOOM"
 CHILD_MODULE = b"membrane.backends.embedded_child"
+SIGNALS = {"segv": "SIGSEGV", "abort": "SIGABRT", "ill": "SIGILL", "kill": "SIGKILL"}  # what each fault dies of
 
 
 def captures(count: int, every: int) -> tuple[dict[str, str], set[str]]:
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("--retry-base-s", type=float, default=0.05, help="daemon.retry_base_s")
     parser.add_argument("--max-crashes", type=int, default=3, help="daemon.max_model_crashes")
     parser.add_argument("--wait-s", type=float, default=1800)
+    parser.add_argument("--fault", choices=sorted(FAULTS), default="segv", help="how the child dies")
     args = parser.parse_args()
     configure_logging("warning", "console")
     neo4j = neo4j_from_env()
@@ -153,7 +157,7 @@ def main() -> None:
         wipe(driver)
         for name, text in files.items():
             workspace.stage(name, text)
-        daemon = Daemon(workspace, extra_env={FAULT_ENV: f"segv:{TRIGGER}"})
+        daemon = Daemon(workspace, extra_env={FAULT_ENV: f"{args.fault}:{TRIGGER}"})
         watch = ChildWatch(daemon)
         started = time.monotonic()
         with daemon.running():
@@ -166,13 +170,14 @@ def main() -> None:
         counts = outcome_counts(workspace, list(files))
         reasons = failure_reasons(workspace)
         crashes = logged_crashes(daemon.log)
-        named = sum(1 for name in crashing if "SIGSEGV" in _reason(workspace, name))
+        signal_name = SIGNALS[args.fault]
+        named = sum(1 for name in crashing if signal_name in _reason(workspace, name))
         figures = report(
             "faults_child",
-            {"captures": args.captures, "every": args.every, "num_predict": args.num_predict,
+            {"captures": args.captures, "every": args.every, "num_predict": args.num_predict, "fault": args.fault,
              "retry_base_s": args.retry_base_s, "max_model_crashes": args.max_crashes},
             counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-            expected_failures=len(crashing) + len(clean_failed), failed_naming_sigsegv=named,
+            expected_failures=len(crashing) + len(clean_failed), failed_naming_the_signal=named,
             failed_in_clean_run_too=len(clean_failed),
             crashes_logged=len(crashes), crash_signals=sorted({str(e.get("signal")) for e in crashes}),
             children_seen=len(watch.pids), daemon_never_died=daemon.starts == 1 and daemon.exit_codes == [0],
