@@ -133,7 +133,8 @@ def main() -> None:
             totals.update(figures)
             if result is not None:
                 killed_states[kill_state(result, args.captures)] += 1
-                dropped_share.append(result["dropped_before_kill"] / args.captures)
+                if result["dropped_before_kill"] is not None:  # None: the daemon died before the kill
+                    dropped_share.append(result["dropped_before_kill"] / args.captures)
                 done_share.append(result["killed_at_counts"].get("done", 0) / args.captures)
             if result is None and args.keep is not None:
                 shutil.copytree(workdir, args.keep / workdir.name, dirs_exist_ok=True)
