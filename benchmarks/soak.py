@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from faults_support import duplicated_facts, graph_diff, journal_duplicates  # noqa: E402
+from faults_support import duplicated_facts, graph_diff, journal_duplicates, neo4j_from_env  # noqa: E402
 from test_pipeline_support import crash_trial, graph_snapshot, note, replay_for, settings_sections, wipe  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
@@ -89,12 +88,7 @@ def main() -> None:
     configure_logging("warning", "console")
     from neo4j import GraphDatabase
 
-    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
-    if not uri:
-        raise SystemExit('needs a Neo4j: eval "$(scripts/neo4j-local env)"')
-    password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text().strip() \
-        if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE") else os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
-    neo4j = {"uri": uri, "user": os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), "password": password}
+    neo4j = neo4j_from_env()
     failures: list[str] = []
     killed_states: collections.Counter[str] = collections.Counter()
     totals: collections.Counter[str] = collections.Counter()
@@ -102,7 +96,7 @@ def main() -> None:
     done_share: list[float] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="membrane-soak-") as tmp, \
-            GraphDatabase.driver(uri, auth=(neo4j["user"], password)) as driver:
+            GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
         root = Path(tmp)
         replay = replay_for(args.captures, root / "replay.jsonl")
         clean = root / "clean"

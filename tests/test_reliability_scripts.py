@@ -26,6 +26,12 @@ def _run(script: str, *args: str, env: dict[str, str] | None = None) -> list[dic
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def _neo4j_env(server: Any) -> dict[str, str]:
+    """The test Neo4j as the scripts read it (faults_support.neo4j_from_env), with no password file."""
+    return {"MEMBRANE_TEST_NEO4J_URI": server.uri, "MEMBRANE_TEST_NEO4J_USER": server.user,
+            "MEMBRANE_TEST_NEO4J_PASSWORD": server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
+
+
 def test_fuzz_inputs_reports_every_target_and_no_broken_contract() -> None:
     """fuzz_inputs.py at 15 inputs per target prints six targets and a total with nothing broken."""
     lines = _run("fuzz_inputs.py", "--examples", "15")
@@ -41,20 +47,15 @@ def test_fuzz_inputs_reports_every_target_and_no_broken_contract() -> None:
 def test_fault_scripts_report_nothing_lost_or_doubled(neo4j: object, neo4j_server: Any, script: str,
                                                      args: list[str]) -> None:
     """The fault benchmarks run end to end against the test Neo4j and report 0 lost, 0 duplicated, no diff."""
-    env = {"MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri, "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user,
-           "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
-    figures = _run(script, *args, env=env)[-1]
+    figures = _run(script, *args, env=_neo4j_env(neo4j_server))[-1]
     assert figures["ok"] and figures["lost"] == 0 and figures["duplicated_facts"] == 0
     assert not any(figures["graph_diff_from_clean"].values()) and figures["daemon_peak_rss_mib"] > 0
-
 
 
 @pytest.mark.neo4j
 def test_soak_reports_every_capture_done_once_after_sigkills(neo4j: object, neo4j_server: Any) -> None:
     """soak.py at 2 trials of 12 captures: every capture done, none lost or doubled, the graph as clean."""
-    env = {"MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri, "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user,
-           "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
-    summary = _run("soak.py", "--trials", "2", "--captures", "12", env=env)[-1]
+    summary = _run("soak.py", "--trials", "2", "--captures", "12", env=_neo4j_env(neo4j_server))[-1]
     assert summary["failed_trials"] == 0 and summary["captures_in"] == 24 and summary["done"] == 24
     assert summary["lost"] == 0 and summary["duplicated"] == 0 and summary["trials_with_graph_diff"] == 0
     assert sum(summary["killed"].values()) == 2 and summary["daemon_peak_rss_mib"] > 0
