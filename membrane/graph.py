@@ -364,7 +364,12 @@ def saved_questions() -> dict[str, SavedQuestion]:
     return {path.stem: SavedQuestion(path.stem, path.read_text(encoding="utf-8")) for path in sorted(QUERIES_DIR.glob("*.cypher"))}
 
 
-_ENTITY_NAMES = "MATCH (e:Entity) RETURN e.key AS key, e.name AS name, e.aliases AS aliases ORDER BY key"
+# A read runs at read-committed: a node deleted by a retraction while the read
+# runs comes back with null properties, so such rows are dropped here.
+_ENTITY_NAMES = (
+    "MATCH (e:Entity) WITH e.key AS key, e.name AS name, e.aliases AS aliases WHERE key IS NOT NULL "
+    "RETURN key, name, coalesce(aliases, []) AS aliases ORDER BY key"
+)
 
 
 def _iso(moment: DateTime) -> str:

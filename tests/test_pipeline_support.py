@@ -91,20 +91,26 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 
 
 def graph_snapshot(driver: Any) -> dict[str, Any]:
-    """The graph's content without clock-dependent values (ingested_at, first/last_seen)."""
+    """The graph's content without clock-dependent values (ingested_at, first/last_seen).
+
+    Polled while the daemon writes, so each query drops the rows of nodes and
+    relationships a concurrent retraction deleted under the read (read-committed
+    hands those back with null properties)."""
     captures = driver.execute_query(
-        "MATCH (c:Capture) RETURN c.sha256 AS sha, c.path AS path, c.model AS model ORDER BY sha"
+        "MATCH (c:Capture) WITH c.sha256 AS sha, c.path AS path, c.model AS model WHERE sha IS NOT NULL "
+        "RETURN sha, path, model ORDER BY sha"
     ).records
     entities = driver.execute_query(
-        "MATCH (e:Entity) RETURN e.key AS key, e.name AS name, e.aliases AS aliases ORDER BY key"
+        "MATCH (e:Entity) WITH e.key AS key, e.name AS name, e.aliases AS aliases WHERE key IS NOT NULL "
+        "RETURN key, name, aliases ORDER BY key"
     ).records
     mentions = driver.execute_query(
-        "MATCH (c:Capture)-[m:MENTIONS]->(e:Entity) RETURN c.sha256 AS sha, e.key AS key, m.role AS role "
-        "ORDER BY sha, key"
+        "MATCH (c:Capture)-[m:MENTIONS]->(e:Entity) WITH c.sha256 AS sha, e.key AS key, m.role AS role "
+        "WHERE sha IS NOT NULL AND key IS NOT NULL AND role IS NOT NULL RETURN sha, key, role ORDER BY sha, key"
     ).records
     facts = driver.execute_query(
-        "MATCH (s:Entity)-[r]->(o:Entity) RETURN s.key AS s, type(r) AS t, o.key AS o, r.sources AS sources "
-        "ORDER BY s, t, o"
+        "MATCH (s:Entity)-[r]->(o:Entity) WITH s.key AS s, type(r) AS t, o.key AS o, r.sources AS sources "
+        "WHERE s IS NOT NULL AND o IS NOT NULL AND sources IS NOT NULL RETURN s, t, o, sources ORDER BY s, t, o"
     ).records
     return {
         "captures": [tuple(r.values()) for r in captures],
