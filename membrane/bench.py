@@ -146,8 +146,9 @@ class BenchReport(BaseModel):
         if misses:
             lines += ["", "Gold relationships missed, by why (score.RelationshipMisses):", "", misses]
         if self.decision:
-            verdict = "promote" if self.decision.promote else "keep the champion"
-            lines += ["", f"Policy: {verdict} (`{self.decision.challenger}`): {self.decision.reason}."]
+            challenger = f"`{self.decision.challenger}`"
+            verdict = f"promote {challenger}" if self.decision.promote else f"keep the champion over {challenger}"
+            lines += ["", f"Policy: {verdict}: {self.decision.reason}."]
         lines += [f"\nNote: {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 

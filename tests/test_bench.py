@@ -135,6 +135,7 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     relationships = report.run_for("ollama:good:1b").scores.relationship  # type: ignore[union-attr]
     found = relationships.tp
     assert relationships.fn == 0 and f"| ollama:good:1b | {found} | {found} | 0 | 0 | 0 | 0 |" in markdown
+    assert "Policy: promote `ollama:good:1b`: composite +" in markdown  # names the challenger, not as the champion
 
 
 def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
@@ -176,6 +177,9 @@ def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings
     assert stored["id"] == report.id and len(stored["report"]["runs"]) == 2
     assert Path(report.files["plot"]).stat().st_size > 1000
     assert report.decision is not None and report.decision.challenger == "embedded:gemma3-270m"
+    verdict = "promote" if report.decision.promote else "keep the champion over"
+    markdown = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert f"Policy: {verdict} `embedded:gemma3-270m`: {report.decision.reason}." in markdown
 
 
 @pytest.mark.ollama
