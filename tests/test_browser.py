@@ -129,13 +129,17 @@ def _wait(driver: Any, what: str, condition: Callable[[Any], Any], timeout: floa
 def _connect(driver: Any, url: str, bolt: str, user: str, password: str) -> None:
     from selenium.webdriver.common.by import By
 
+    def fill(d: Any) -> bool:
+        # The form is in the DOM before Browser lets it be typed into ("element not interactable" in CI);
+        # the whole fill is retried until it goes through.
+        for testid, value in (("boltaddress", bolt), ("username", user), ("password", password)):
+            field = d.find_element(By.CSS_SELECTOR, f'input[data-testid="{testid}"]')
+            field.clear()
+            field.send_keys(value)
+        return True
+
     driver.get(url)
-    field = _wait(driver, "the connect form", lambda d: d.find_element(By.CSS_SELECTOR, 'input[data-testid="boltaddress"]'))
-    field.clear()
-    field.send_keys(bolt)
-    driver.find_element(By.CSS_SELECTOR, 'input[data-testid="username"]').clear()
-    driver.find_element(By.CSS_SELECTOR, 'input[data-testid="username"]').send_keys(user)
-    driver.find_element(By.CSS_SELECTOR, 'input[data-testid="password"]').send_keys(password)
+    _wait(driver, "the connect form to take input", fill)
     driver.find_element(By.CSS_SELECTOR, 'button[data-testid="connect"]').click()
     _wait(driver, "the connection", lambda d: "Connected to Neo4j" in d.page_source or "You are connected" in d.page_source)
 
