@@ -248,7 +248,7 @@ class GraphReader:
         self._graph = graph
 
     def entity_names(self) -> list[EntityName]:
-        return [EntityName(r["key"], r["name"], tuple(r["aliases"] or ())) for r in self._graph.entity_names()]
+        return [EntityName(r["key"], r["name"], tuple(r["aliases"])) for r in self._graph.entity_names()]
 
     def entity(self, key: str) -> EntityReport | None:
         rows = self._graph.ask("entity", key=key)
