@@ -18,7 +18,7 @@ from membrane.extract import PROMPT_VERSION, TUNED_PROMPT_VERSION, Extractor, bu
 from membrane.journal import Journal
 from membrane.schema import Extraction
 from membrane.train import anchors
-from membrane.train.data import Case, distilled_cases, gold_overlaps, labelled_cases, split_cases
+from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases
 from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE, prompt_version_for, trained_embedded_models
 from membrane.train.trainer import command_line
 
@@ -169,3 +169,31 @@ def test_manifest_command_carries_the_thread_environment_and_no_other() -> None:
     line = command_line(["train", "--base", "gemma3-270m", "--name", "a b"], environ)
     assert line == "OMP_WAIT_POLICY=PASSIVE membrane train --base gemma3-270m --name 'a b'"
     assert command_line(["train"], {}) == "membrane train"
+
+
+def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces() -> None:
+    """The default model is a trained adapter in membrane/models/ (at most 10 MB, its bytes as the manifest
+    says), trained on exactly the shipped cases by a `membrane train` command that names it; and it extracts
+    the design's example through llama.cpp with its tuned prompt."""
+    from membrane.backends import get_backend
+
+    settings = Settings()
+    name = settings.model.name
+    folder = ROOT / "membrane" / "models" / name
+    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    adapter = (folder / ADAPTER_FILE).read_bytes()
+    assert settings.model.backend == "embedded" and manifest["name"] == name
+    assert len(adapter) == manifest["adapter"]["bytes"] <= 10 * 1024 * 1024
+    assert hashlib.sha256(adapter).hexdigest() == manifest["adapter"]["sha256"]
+    cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
+    assert data_sha256(cases) == manifest["data"]["sha256"] and len(cases) == manifest["data"]["cases"]
+    command = manifest["command"].split()
+    assert "train" in command and command[command.index("--name") + 1] == name
+    assert manifest["hyperparameters"]["seed"] == settings.train.seed
+
+    backend = get_backend("embedded", settings)
+    text = "Docker is deployed on the production Kubernetes cluster managed by the DevOps team."
+    result = Extractor(backend, name, settings).extract(text)
+    assert result.prompt_version == TUNED_PROMPT_VERSION
+    assert isinstance(result.extraction, Extraction)
+    assert "Docker" in {e.name for e in result.extraction.entities}
