@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,13 @@ from membrane.journal import Journal
 from membrane.schema import Extraction
 from membrane.train import anchors
 from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases
-from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE, prompt_version_for, trained_embedded_models
+from membrane.train.registry import (
+    ADAPTER_FILE,
+    MANIFEST_FILE,
+    prompt_version_for,
+    trained_embedded_models,
+    trained_models,
+)
 from membrane.train.trainer import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,25 +178,31 @@ def test_manifest_command_carries_the_thread_environment_and_no_other() -> None:
     assert command_line(["train"], {}) == "membrane train"
 
 
-def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces() -> None:
+def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
+    make_settings: Callable[..., Settings],
+) -> None:
     """The default model is a trained adapter in membrane/models/ (at most 10 MB, its bytes as the manifest
     says), trained on exactly the shipped cases by a `membrane train` command that names it; and it extracts
     the design's example through llama.cpp with its tuned prompt."""
     from membrane.backends import get_backend
 
-    settings = Settings()
-    name = settings.model.name
-    folder = ROOT / "membrane" / "models" / name
-    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    adapter = (folder / ADAPTER_FILE).read_bytes()
-    assert settings.model.backend == "embedded" and manifest["name"] == name
+    defaults = Settings()
+    name = defaults.model.name
+    # train.models_dir is an empty temporary folder: only the shipped models are found, never a
+    # same-named model this machine trained under var/models.
+    settings = make_settings(model={"name": name})
+    shipped = trained_models(settings)[name]
+    manifest = shipped.manifest
+    adapter = shipped.adapter.read_bytes()
+    assert defaults.model.backend == "embedded" and manifest["name"] == name
+    assert shipped.folder.parent == ROOT / "membrane" / "models"
     assert len(adapter) == manifest["adapter"]["bytes"] <= 10 * 1024 * 1024
     assert hashlib.sha256(adapter).hexdigest() == manifest["adapter"]["sha256"]
     cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
     assert data_sha256(cases) == manifest["data"]["sha256"] and len(cases) == manifest["data"]["cases"]
-    command = manifest["command"].split()
+    command = shlex.split(manifest["command"])
     assert "train" in command and command[command.index("--name") + 1] == name
-    assert manifest["hyperparameters"]["seed"] == settings.train.seed
+    assert manifest["hyperparameters"]["seed"] == defaults.train.seed
 
     backend = get_backend("embedded", settings)
     text = "Docker is deployed on the production Kubernetes cluster managed by the DevOps team."
