@@ -99,6 +99,40 @@ def test_length_grouped_batches_cover_every_case_with_less_padding() -> None:
     assert padding(grouped) * 3 < padding(epoch_order(0, config))
 
 
+@pytest.mark.parametrize(("fixture", "chat_format"), [("tiny_model_path", "chatml"), ("gemma_model_path", "gemma")])
+def test_answer_only_loss_equals_the_models_own_loss(fixture: str, chat_format: str,
+                                                     request: pytest.FixtureRequest) -> None:  # fmt: skip
+    """The loss that runs the output head on answer positions alone is transformers' masked, shifted
+    mean over the same padded batch, in value and in gradient (Gemma's vocabulary and soft-cap included)."""
+    import torch
+
+    from membrane.train.loop import _wrap_lora, answer_loss, collate, load_base
+
+    gguf: Path = request.getfixturevalue(fixture)
+    tokenizer = LlamaTokenizer(gguf)
+    examples = [render_case(_case(row), tokenizer, chat_format) for row in _rows()[:3]]
+    batch = collate(examples, pad_id=0)
+    assert int((batch["labels"] == IGNORE_INDEX).sum()) > int(batch["attention_mask"].numel() - batch["attention_mask"].sum())
+    torch.manual_seed(0)
+    config = RunConfig("b", "d", 4, 8, 0.0, 1e-3, 1, 3, 1, 10, 10, 0, 512, train_cases=3, val_cases=0)
+    model = _wrap_lora(load_base(gguf.parent, gguf.name), config)
+    for name, parameter in model.named_parameters():  # LoRA B starts at zero: give it weight, so its gradient is a test
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    model.eval()  # no dropout: the two passes must see the same network
+
+    reference = model(**batch).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    ours = answer_loss(model, batch)
+    ours.backward()
+    assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-3, atol=1e-6)
+
+
 def _settings(root: Path) -> Settings:
     (root / "data").mkdir(parents=True)
     (root / "data" / "cases.jsonl").write_text("\n".join(json.dumps(r) for r in _rows()) + "\n", encoding="utf-8")

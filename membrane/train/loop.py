@@ -24,7 +24,7 @@ from membrane.errors import ConfigError
 from membrane.logs import get_logger
 from membrane.train.render import IGNORE_INDEX, Example
 
-__all__ = ["Progress", "RunConfig", "RunResult", "load_base", "run"]
+__all__ = ["Progress", "RunConfig", "RunResult", "answer_loss", "load_base", "run"]
 
 log = get_logger(__name__)
 
@@ -178,6 +178,29 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """Mean cross-entropy over the answer tokens, computing the output head only where a
+    label is: the same value as `model(**batch).loss` (transformers' shifted, masked mean),
+    but the prompt's positions never meet the output head, which on a large vocabulary
+    (Gemma's 262k rows) is most of a step's arithmetic.
+
+    `model` is the peft-wrapped causal LM; its decoder is `.model` of the base model, as
+    in every transformers *ForCausalLM; a final logit soft-cap (Gemma) is applied as there.
+    """
+    import torch
+
+    causal_lm = model.get_base_model()
+    decoder = causal_lm.model
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def estimate_val_loss(model: Any, val: Sequence[Example], batch_size: int, pad_id: int) -> float | None:
     """Mean answer-token loss over the validation cases (None when there are none)."""
     import torch
@@ -191,7 +214,7 @@ def estimate_val_loss(model: Any, val: Sequence[Example], batch_size: int, pad_i
         for start in range(0, len(val), batch_size):
             chunk = val[start : start + batch_size]
             n = sum(e.answer_tokens for e in chunk)
-            total += float(model(**collate(chunk, pad_id)).loss) * n
+            total += float(answer_loss(model, collate(chunk, pad_id))) * n
             tokens += n
     model.train()
     return total / max(1, tokens)
@@ -260,7 +283,7 @@ def _train_step(model: Any, optimizer: Any, train: Sequence[Example], step: int,
     lengths = [len(e.input_ids) for e in train]
     for micro in range(config.grad_accumulation):
         batch = collate([train[i] for i in batch_indices(step, micro, config, lengths)], pad_id)
-        loss = model(**batch).loss / config.grad_accumulation
+        loss = answer_loss(model, batch) / config.grad_accumulation
         loss.backward()
         total += float(loss.detach())
         tokens += int(batch["attention_mask"].sum())
