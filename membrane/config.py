@@ -91,7 +91,7 @@ def _default_embedded() -> dict[str, EmbeddedModel]:
 
 class ModelSettings(_Section):
     backend: Literal["embedded", "ollama", "replay"] = "embedded"
-    name: str = "gemma3-270m-membrane-e2"  # the shipped LoRA over Gemma-3-270M (membrane/models/)
+    name: str = "gemma3-270m-membrane"  # the shipped LoRA over Gemma-3-270M (membrane/models/)
     ollama_host: str = "http://127.0.0.1:11434"
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str = "10m"

@@ -205,7 +205,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "bench": {"out_dir": tmp_path / "bench"},
             "train": {"models_dir": tmp_path / "models", "work_dir": tmp_path / "train"},
             # The tests' model is the base tiny one (extract-v1, no adapter); the shipped
-            # default is the tuned gemma3-270m-membrane-e2, which tests name when they mean it.
+            # default is the tuned gemma3-270m-membrane, which tests name when they mean it.
             "model": {"name": "smollm2-135m"},
         }
         for name, values in sections.items():

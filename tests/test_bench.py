@@ -66,7 +66,7 @@ def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callabl
     refs, notes = resolve_candidates(settings, ModelRef("embedded", "smollm2-135m"))
     assert [str(r) for r in refs] == [
         "embedded:smollm2-135m", "ollama:bad:1b", "ollama:good:1b", "embedded:gemma3-270m",
-        "embedded:gemma3-270m-membrane-e2", "embedded:smollm2-135m-membrane",  # trained, shipped in membrane/models/
+        "embedded:gemma3-270m-membrane", "embedded:smollm2-135m-membrane",  # trained, shipped in membrane/models/
     ]  # fmt: skip
     assert notes == []
     assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [refs[0], ModelRef("ollama", "x")]

@@ -201,7 +201,8 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
     assert data_sha256(cases) == manifest["data"]["sha256"] and len(cases) == manifest["data"]["cases"]
     command = shlex.split(manifest["command"])
-    assert "train" in command and command[command.index("--name") + 1] == name
+    named = command[command.index("--name") + 1] if "--name" in command else None  # else <base>-membrane
+    assert "train" in command and (named or f"{command[command.index('--base') + 1]}-membrane") == name
     assert manifest["hyperparameters"]["seed"] == defaults.train.seed
 
     backend = get_backend("embedded", settings)
