@@ -27,7 +27,7 @@ from membrane.train.registry import (
     trained_embedded_models,
     trained_models,
 )
-from membrane.train.trainer import command_line
+from membrane.train.trainer import command_line, model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,8 +201,12 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
     assert data_sha256(cases) == manifest["data"]["sha256"] and len(cases) == manifest["data"]["cases"]
     command = shlex.split(manifest["command"])
-    named = command[command.index("--name") + 1] if "--name" in command else None  # else <base>-membrane
-    assert "train" in command and (named or f"{command[command.index('--base') + 1]}-membrane") == name
+    def option(flag: str) -> str:
+        return command[command.index(flag) + 1] if flag in command else ""
+
+    # The name the command gives: --name, or trainer.model_name's default for --base.
+    trained = model_name(Settings.model_validate({"train": {"base": option("--base"), "name": option("--name")}}))
+    assert "train" in command and trained == name
     assert manifest["hyperparameters"]["seed"] == defaults.train.seed
 
     backend = get_backend("embedded", settings)
