@@ -112,16 +112,29 @@ class ExtractionSettings(_Section):
     max_repairs: int = Field(2, ge=0, le=10)
     few_shot: bool = True
     chunk_chars: int = Field(0, ge=0)  # 0: derived from model.num_ctx
+    chunk_overlap: int = Field(0, ge=0, le=5)  # sentences a chunk repeats from the one before
     grounding_threshold: float = Field(90.0, ge=0, le=100)  # 0: keep ungrounded entities
+    relations: Literal["canonical", "open"] = "canonical"
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
+    relation_inverses: dict[str, str] = Field(default_factory=dict)
 
     def rules(self) -> ExtractionRules:
+        synonyms: dict[str, str] = {}
+        inverses: dict[str, str] = {}
+        if self.relations == "canonical":
+            from membrane.relations import canonical_vocabulary
+
+            shipped = canonical_vocabulary()
+            allowed = set(self.relation_vocabulary)
+            synonyms = {k: v for k, v in shipped.synonyms.items() if not allowed or v in allowed}
+            inverses = {k: v for k, v in shipped.inverses.items() if not allowed or v in allowed}
         return ExtractionRules(
             max_entities=self.max_entities,
             max_relationships=self.max_relationships,
             relation_vocabulary=self.relation_vocabulary,
-            relation_synonyms=dict(self.relation_synonyms),
+            relation_synonyms={**synonyms, **self.relation_synonyms},
+            relation_inverses={**inverses, **self.relation_inverses},
         )
 
     @field_validator("relation_vocabulary")
@@ -131,7 +144,7 @@ class ExtractionSettings(_Section):
 
         return tuple(normalize_relation(v) for v in value)
 
-    @field_validator("relation_synonyms")
+    @field_validator("relation_synonyms", "relation_inverses")
     @classmethod
     def _synonyms(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         from membrane.schema import normalize_relation
@@ -186,7 +199,8 @@ class DaemonSettings(_Section):
 
 
 class BenchSettings(_Section):
-    eval_file: Path = Path("config/eval/gold.jsonl")
+    # The labelled sets: the gold set, then the real-text set (passages written by others).
+    eval_files: tuple[Path, ...] = (Path("config/eval/gold.jsonl"), Path("config/eval/real.jsonl"))
     out_dir: Path = Path("var/bench")
     candidates: tuple[str, ...] = ()  # "backend:name", e.g. "ollama:qwen2.5:1.5b"
     ollama_pattern: str = ""  # glob over `ollama list` names; empty: none
@@ -196,6 +210,8 @@ class BenchSettings(_Section):
     only_when_idle: bool = True
     auto_promote: bool = True
     confidence: float = Field(0.95, gt=0.5, lt=1)
+    # How far below the champion's composite a challenger may be on any one set and still be promoted.
+    set_tolerance: float = Field(0.01, ge=0, le=1)
     bootstrap_samples: int = Field(2000, ge=100)
     min_valid_json: float = Field(0.99, ge=0, le=1)
     floors: dict[str, float] = Field(default_factory=lambda: {"entity_f1": 0.2, "relationship_f1": 0.0})

@@ -13,8 +13,10 @@ Decisions (also in docs/design-notes.md):
   about it, and dropping the fact loses more than it protects.
 - Duplicates (same name case-insensitively; same triple) are removed, first
   occurrence wins; a self-loop (source == target) is dropped.
-- With a relation vocabulary configured, synonyms map to canonical names and
-  any other relation is a validation error (which triggers repair).
+- Synonyms map to canonical names and inverse forms are turned around
+  ((A, FOUNDED_BY, B) -> (B, FOUNDED, A)); the shipped maps are
+  membrane/relations.toml. With a relation vocabulary configured, any other
+  relation is a validation error (which triggers repair).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -78,11 +80,25 @@ class ExtractionRules:
     relation_vocabulary: tuple[str, ...] = ()
     # Synonym (any spelling) -> canonical type.
     relation_synonyms: Mapping[str, str] = field(default_factory=dict)
+    # Inverse form -> canonical type, turned around: (A, FOUNDED_BY, B) -> (B, FOUNDED, A).
+    relation_inverses: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalised once here, not for every relationship validated.
-        synonyms = {normalize_relation(k): normalize_relation(v) for k, v in self.relation_synonyms.items()}
-        object.__setattr__(self, "relation_synonyms", synonyms)
+        for name in ("relation_synonyms", "relation_inverses"):
+            mapping = {normalize_relation(k): normalize_relation(v) for k, v in getattr(self, name).items()}
+            object.__setattr__(self, name, mapping)
+
+    def unbounded(self) -> ExtractionRules:
+        """The same vocabulary without count limits (for labelled sets and merged chunks)."""
+        return replace(self, max_entities=UNBOUNDED, max_relationships=UNBOUNDED)
+
+    def turned_around(self, relation: str) -> str | None:
+        """The canonical type `relation` is the inverse form of, or None."""
+        try:
+            return self.relation_inverses.get(normalize_relation(relation))
+        except ValueError:
+            return None
 
     def canonical_relation(self, relation: str) -> str:
         normalized = normalize_relation(relation)
@@ -95,7 +111,8 @@ class ExtractionRules:
 
 # No count limits: for merging chunk results and re-reading stored or scored
 # extractions, which were held to the limits of their day when they were made.
-UNBOUNDED_RULES = ExtractionRules(max_entities=10**9, max_relationships=10**9)
+UNBOUNDED = 10**9
+UNBOUNDED_RULES = ExtractionRules(max_entities=UNBOUNDED, max_relationships=UNBOUNDED)
 
 
 def normalize_relation(raw: str) -> str:
@@ -155,6 +172,16 @@ class Relationship(BaseModel):
     source: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     relation: str = Field(max_length=64)
     target: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _turn_around(cls, data: Any, info: ValidationInfo) -> Any:
+        # An inverse form (A, FOUNDED_BY, B) is stored as (B, FOUNDED, A).
+        if isinstance(data, dict) and isinstance(data.get("relation"), str):
+            canonical = _rules(info).turned_around(data["relation"])
+            if canonical is not None:
+                return {**data, "source": data.get("target"), "relation": canonical, "target": data.get("source")}
+        return data
 
     @field_validator("source", "target", mode="before")
     @classmethod

@@ -279,8 +279,13 @@ def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
         yield number, record
 
 
-def load_gold(path: Path) -> list[GoldCase]:
-    """The gold cases of a JSONL file; raises ConfigError naming the bad line."""
+def load_gold(path: Path, rules: ExtractionRules | None = None) -> list[GoldCase]:
+    """The gold cases of a JSONL file; raises ConfigError naming the bad line.
+
+    `rules` (count limits ignored) fold the labels' relation types the way
+    model answers are folded, so both are compared in the graph's vocabulary.
+    """
+    labels = rules.unbounded() if rules else UNBOUNDED_RULES
     cases: list[GoldCase] = []
     seen: set[str] = set()
     for number, record in _read_jsonl(path, "gold"):
@@ -291,7 +296,7 @@ def load_gold(path: Path) -> list[GoldCase]:
         try:
             extraction = Extraction.parse(
                 {"entities": record.get("entities", []), "relationships": record.get("relationships", [])},
-                UNBOUNDED_RULES,
+                labels,
             )
         except ValidationError as exc:
             raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): {exc}") from None
