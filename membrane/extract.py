@@ -283,22 +283,29 @@ def _pieces(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, 
     return [(s, min(s + max_chars, end)) for s in range(start, end, max_chars)]
 
 
-def split_text(text: str, max_chars: int) -> list[Chunk]:
-    """Chunks of at most max_chars, packing whole paragraphs (then sentences) greedily."""
+def split_text(text: str, max_chars: int, overlap: int = 0) -> list[Chunk]:
+    """Chunks of at most max_chars, packing whole paragraphs (then sentences) greedily.
+
+    With `overlap` > 0 each chunk after the first also starts `overlap` pieces
+    (sentences, or paragraphs) earlier, so a pronoun or "the Pi" at its start
+    can be resolved from the sentence before; those facts are merged away.
+    """
     stripped = text.strip()
     if not stripped:
         return []
     first = text.index(stripped[0])
-    chunks: list[Chunk] = []
-    cur_start = cur_end = -1
-    for s, e in _pieces(text, first, first + len(stripped), max_chars):
-        if cur_start >= 0 and e - cur_start <= max_chars:
-            cur_end = e
-            continue
-        if cur_start >= 0:
-            chunks.append(Chunk(text[cur_start:cur_end], cur_start, cur_end))
-        cur_start, cur_end = s, e
-    chunks.append(Chunk(text[cur_start:cur_end], cur_start, cur_end))
+    pieces = _pieces(text, first, first + len(stripped), max_chars)
+    groups: list[tuple[int, int]] = []  # [first piece, last piece] of each chunk
+    for index, (s, e) in enumerate(pieces):
+        if groups and e - pieces[groups[-1][0]][0] <= max_chars:
+            groups[-1] = (groups[-1][0], index)
+        else:
+            groups.append((index, index))
+    chunks = []
+    for number, (low, high) in enumerate(groups):
+        start = pieces[max(0, low - overlap) if number else low][0]
+        end = pieces[high][1]
+        chunks.append(Chunk(text[start:end], start, end))
     return chunks
 
 
@@ -393,7 +400,8 @@ class Extractor:
         if callable(n_ctx):  # an in-process model's context is fixed when it is loaded
             self.num_ctx = min(self.num_ctx, int(n_ctx(model)))
         self.prompt_version = prompt_version_for(settings, backend.name, model)
-        self.chunk_chars = settings.extraction.chunk_chars or self._derived_chunk_chars()
+        self.chunk_chars = min(settings.extraction.chunk_chars or self._derived_chunk_chars(), self._derived_chunk_chars())
+        self.chunk_overlap = settings.extraction.chunk_overlap
 
     def _messages(self, text: str, schema: dict[str, Any]) -> list[dict[str, str]]:
         return build_messages(text, schema, few_shot=self.few_shot, version=self.prompt_version)
@@ -408,7 +416,7 @@ class Extractor:
     def extract(self, text: str) -> ExtractionResult:
         """Extract from `text`; raises ExtractionFailed, ModelUnavailable or ModelNotFound."""
         started = time.monotonic()
-        chunks = split_text(text, self.chunk_chars)
+        chunks = split_text(text, self.chunk_chars, self.chunk_overlap)
         tally = _Tally(raw_outputs=[], errors=[])
         parts = [self._extract_chunk(chunk, index, len(chunks), tally) for index, chunk in enumerate(chunks)]
         result = ExtractionResult(

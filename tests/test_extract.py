@@ -176,6 +176,20 @@ def test_split_text_falls_back_to_sentences_and_words() -> None:
     assert sum(c.text.count("word") for c in chunks) == 200
 
 
+def test_split_text_overlap_repeats_the_sentence_before() -> None:
+    """With overlap 1 each later chunk starts with the last sentence of the chunk before, offsets still exact."""
+    sentences = [f"Host{i} runs service{i}." for i in range(9)]
+    text = " ".join(sentences)
+    plain = split_text(text, 50)
+    overlapped = split_text(text, 50, overlap=1)
+    assert len(plain) == len(overlapped) > 2
+    assert overlapped[0] == plain[0]
+    for before, chunk, alone in zip(plain, overlapped[1:], plain[1:], strict=False):
+        assert text[chunk.start : chunk.end] == chunk.text
+        assert chunk.end == alone.end and chunk.start < alone.start
+        assert chunk.text.startswith(before.text.split(". ")[-1])
+
+
 def test_split_text_of_blank_text_is_empty() -> None:
     """Whitespace-only text yields no chunks."""
     assert split_text(" \n\n ", 100) == []
