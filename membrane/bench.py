@@ -41,10 +41,13 @@ from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
 __all__ = [
     "BenchReport",
     "BenchScheduler",
+    "EvalSet",
+    "LENGTH_BANDS",
     "ModelRun",
     "Progress",
     "bench_model",
     "last_report",
+    "load_eval_sets",
     "resolve_candidates",
     "run_bench",
     "run_scheduled_bench",
@@ -107,6 +110,31 @@ class ModelRun(BaseModel):
         return {**handler(self), "row": self.row()}
 
 
+class EvalSet(BaseModel):
+    """One labelled set a bench run scored: its name, file, bytes and case ids."""
+
+    model_config = _STORED
+
+    name: str
+    file: str
+    sha256: str
+    case_ids: tuple[str, ...]
+
+
+# Length bands of the report's split, by the words of a case's text: (label, lowest, highest).
+LENGTH_BANDS = (("under 20 words", 0, 19), ("20-50 words", 20, 50), ("over 50 words", 51, 10**9))
+
+
+def _subset_run(run: ModelRun, ids: set[str]) -> ModelRun:
+    """`run` restricted to the cases in `ids`; latencies from those cases, speed left out."""
+    if run.scores is None:
+        return run
+    cases = tuple(c for c in run.scores.cases if c.id in ids)
+    latencies = tuple(c.seconds for c in cases if c.seconds is not None)
+    return run.model_copy(update={"scores": Scores(cases=cases), "latencies": latencies, "completion_tokens": 0,
+                                  "generation_seconds": 0.0})
+
+
 class BenchReport(BaseModel):
     """One bench run: every candidate's scores, the policy's view, where the files went.
 
@@ -116,11 +144,13 @@ class BenchReport(BaseModel):
     model_config = _STORED
 
     created_at: str
-    eval_file: str
+    eval_file: str  # the first set (the gold set); every set is in eval_sets
     eval_sha256: str
     cases: int
     champion: str
     runs: tuple[ModelRun, ...]
+    eval_sets: tuple[EvalSet, ...] = ()
+    case_words: dict[str, int] = Field(default_factory=dict)
     decision: Decision | None = None
     notes: tuple[str, ...] = ()
     files: dict[str, str] = Field(default_factory=dict)
@@ -133,18 +163,43 @@ class BenchReport(BaseModel):
         run = self.run_for(model)
         return run.scores if run else None
 
+    def set_ids(self) -> dict[str, frozenset[str]]:
+        """Set name -> its case ids (the policy's strata); empty for a report of one unnamed set."""
+        return {s.name: frozenset(s.case_ids) for s in self.eval_sets}
+
+    def runs_on(self, ids: set[str]) -> tuple[ModelRun, ...]:
+        return tuple(_subset_run(run, ids) for run in self.runs)
+
+    def sections(self) -> list[tuple[str, tuple[ModelRun, ...]]]:
+        """(title, runs) of each table: all sets, each set, each length band ("" for a one-set report)."""
+        if not self.eval_sets:  # a report of one set, as written before sets had names
+            return [("", self.runs)]
+        sections = [(f"Set {s.name} ({len(s.case_ids)} cases)", self.runs_on(set(s.case_ids))) for s in self.eval_sets]
+        if len(self.eval_sets) > 1:
+            sections.insert(0, (f"All sets together ({self.cases} cases)", self.runs))
+        for label, low, high in LENGTH_BANDS:
+            ids = {i for i, words in self.case_words.items() if low <= words <= high}
+            if ids:
+                sections.append((f"All sets, captures of {label} ({len(ids)} cases)", self.runs_on(ids)))
+        return sections
+
     def markdown(self) -> str:
-        lines = [
-            f"# Bench run {self.created_at}",
-            "",
-            f"Gold set: `{self.eval_file}` ({self.cases} cases, sha256 {self.eval_sha256[:12]}). "
-            f"Champion: `{self.champion}`.",
-            "",
-            markdown_table([run.row() for run in self.runs]),
-        ]
-        misses = misses_table(self.runs)
-        if misses:
-            lines += ["", "Gold relationships missed, by why (score.RelationshipMisses):", "", misses]
+        if not self.eval_sets:
+            header = f"Gold set: `{self.eval_file}` ({self.cases} cases, sha256 {self.eval_sha256[:12]})."
+        else:
+            header = "Sets: " + "; ".join(
+                f"{s.name} `{s.file}` ({len(s.case_ids)} cases, sha256 {s.sha256[:12]})" for s in self.eval_sets
+            ) + "."
+        return self._markdown(header, self.sections())
+
+    def _markdown(self, header: str, sections: list[tuple[str, tuple[ModelRun, ...]]]) -> str:
+        lines = [f"# Bench run {self.created_at}", "", f"{header} Champion: `{self.champion}`."]
+        for title, runs in sections:
+            lines += ["", f"## {title}"] if title else []
+            lines += ["", markdown_table([run.row() for run in runs])]
+            misses = misses_table(runs)
+            if misses:
+                lines += ["", "Gold relationships missed, by why (score.RelationshipMisses):", "", misses]
         if self.decision:
             challenger = f"`{self.decision.challenger}`"
             verdict = f"promote {challenger}" if self.decision.promote else f"keep the champion over {challenger}"
@@ -307,31 +362,57 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def load_eval_sets(settings: Settings, files: list[Path] | None = None) -> tuple[list[GoldCase], tuple[EvalSet, ...]]:
+    """The labelled cases of every set (bench.eval_files, or `files`), relations folded as answers are.
+
+    Set names are the files' stems; a case id in two sets is a ConfigError.
+    """
+    paths = files or list(settings.bench.eval_files)
+    if not paths:
+        raise ConfigError("bench.eval_files is empty: name at least the gold set", key="bench.eval_files")
+    cases: list[GoldCase] = []
+    sets: list[EvalSet] = []
+    owner: dict[str, str] = {}
+    for path in paths:
+        loaded = load_gold(path, settings.extraction.rules())
+        name = path.stem if path.stem not in {s.name for s in sets} else str(path)
+        for case in loaded:
+            if case.id in owner:
+                raise ConfigError(f"case id {case.id!r} is in both {owner[case.id]} and {path}", key="bench.eval_files")
+            owner[case.id] = str(path)
+        sets.append(EvalSet(name=name, file=str(path), sha256=_sha256(path), case_ids=tuple(c.id for c in loaded)))
+        cases += loaded
+    return cases, tuple(sets)
+
+
 def run_bench(
     settings: Settings,
     journal: Journal,
     *,
     models: list[ModelRef] | None = None,
-    eval_file: Path | None = None,
+    eval_files: list[Path] | None = None,
     out_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
-    """Bench every candidate on the gold set, write the reports, record the run; promotes nothing."""
+    """Bench every candidate on every evaluation set, write the reports, record the run; promotes nothing."""
     check_policy_settings(settings)
-    eval_path = eval_file or settings.bench.eval_file
-    gold = load_gold(eval_path)
+    gold, sets = load_eval_sets(settings, eval_files)
     champion = active_model(settings, journal)
     candidates, notes = resolve_candidates(settings, champion, models)
-    log.info("bench_started", cases=len(gold), candidates=[str(c) for c in candidates], champion=str(champion))
+    log.info("bench_started", cases=len(gold), sets=[s.name for s in sets], candidates=[str(c) for c in candidates],
+             champion=str(champion))
     runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)
+    set_ids = {s.name: frozenset(s.case_ids) for s in sets}
     report = BenchReport(
         created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        eval_file=str(eval_path),
-        eval_sha256=_sha256(eval_path),
+        eval_file=sets[0].file,
+        eval_sha256=sets[0].sha256,
         cases=len(gold),
         champion=str(champion),
         runs=runs,
-        decision=choose_challenger(_scored(runs), str(champion), settings),
+        eval_sets=sets,
+        case_words={c.id: len(c.text.split()) for c in gold},
+        decision=choose_challenger(_scored(runs), str(champion), settings, sets=set_ids),
         notes=tuple(notes),
     )
     report = write_reports(report, out_dir or settings.bench.out_dir)
@@ -388,7 +469,7 @@ def plot(report: BenchReport, path: Path) -> Path | None:
     axes.set_xlabel("completion tokens per second of model-call time")
     axes.set_ylabel("F1 (micro)")
     axes.set_ylim(-0.02, 1.02)
-    axes.set_title(f"{report.cases} gold cases, {report.created_at}")
+    axes.set_title(f"{report.cases} labelled cases, {report.created_at}")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -504,8 +504,9 @@ class _BenchProgress:
 @click.argument("gold", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("pred", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Metrics and per-case details as JSON.")
+@pass_app
 @handle_errors
-def score(gold: Path, pred: Path, as_json: bool) -> None:
+def score(app: AppContext, gold: Path, pred: Path, as_json: bool) -> None:
     """Score predictions against a gold set: membrane score GOLD PRED.
 
     PRED is JSONL, one object per case: {"id", "raw": MODEL OUTPUT} or
@@ -516,8 +517,9 @@ def score(gold: Path, pred: Path, as_json: bool) -> None:
 
     from membrane.score import load_gold, load_predictions, score_predictions
 
-    cases = load_gold(gold)
-    predictions = load_predictions(pred)
+    rules = app.settings.extraction.rules()
+    cases = load_gold(gold, rules)
+    predictions = load_predictions(pred, rules.unbounded())
     scores = score_predictions(cases, predictions)
     unknown = sorted(set(predictions) - {c.id for c in cases})
     if as_json:
@@ -544,15 +546,16 @@ def score(gold: Path, pred: Path, as_json: bool) -> None:
 
 @main.command()
 @click.option("--models", "models_option", help="Comma-separated backend:name list; replaces the configured candidates.")
-@click.option("--eval", "eval_file", type=click.Path(path_type=Path, dir_okay=False), help="Gold set (default: bench.eval_file).")
+@click.option("--eval", "eval_files", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              help="A labelled set, repeatable; replaces bench.eval_files (default: the gold and real-text sets).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Report folder (default: bench.out_dir).")
 @click.option("--promote", "apply", is_flag=True, help="Apply the policy: promote a challenger that clearly wins.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 @handle_errors
-def bench(app: AppContext, models_option: str | None, eval_file: Path | None, out_dir: Path | None,
+def bench(app: AppContext, models_option: str | None, eval_files: tuple[Path, ...], out_dir: Path | None,
           apply: bool, as_json: bool) -> None:  # fmt: skip
-    """Benchmark candidate models on the gold set (exit 1 if no candidate could run)."""
+    """Benchmark candidate models on the labelled sets (exit 1 if no candidate could run)."""
     import json
 
     from membrane.bench import TABLE_HEADER, run_bench, table_cells
@@ -562,7 +565,7 @@ def bench(app: AppContext, models_option: str | None, eval_file: Path | None, ou
     refs = [_parse_model(m) for m in models_option.split(",") if m.strip()] if models_option else None
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, models=refs, eval_file=eval_file, out_dir=out_dir,
+        report = run_bench(settings, journal, models=refs, eval_files=list(eval_files) or None, out_dir=out_dir,
                            progress=None if as_json else _BenchProgress())  # fmt: skip
         decision = report.decision
         requeued = apply_decision(decision, settings, journal) if apply and decision and decision.promote else None
@@ -570,7 +573,10 @@ def bench(app: AppContext, models_option: str | None, eval_file: Path | None, ou
         data = report.model_dump(mode="json")
         click.echo(json.dumps({**data, "id": report.id, "promoted": requeued is not None}, indent=2))
     else:
-        _echo_table(TABLE_HEADER, [table_cells(run.row()) for run in report.runs])
+        for title, runs in report.sections():
+            if title:
+                click.echo(f"\n{title}:")
+            _echo_table(TABLE_HEADER, [table_cells(run.row()) for run in runs])
         for run in report.runs:
             if run.detail:
                 click.echo(f"{run.model}: {run.detail}")

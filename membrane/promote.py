@@ -14,6 +14,11 @@ Policy (also in docs/design-notes.md, "Bench and promotion"):
    (1 - bench.confidence) quantile of the difference is above zero. The
    resampling is seeded (BOOTSTRAP_SEED), so the same scores always give the
    same decision.
+4. With several evaluation sets (the gold set and the real-text set), the
+   composite is the mean of the per-set composites, the bootstrap resamples
+   within each set (stratified), and the challenger's composite on no single
+   set may fall more than bench.set_tolerance below the champion's: a model
+   cannot win on one set's style alone.
 Otherwise the champion stays.
 """
 
@@ -49,8 +54,10 @@ __all__ = [
     "composite",
     "decide",
     "gate_failures",
+    "mean_composite",
     "promote",
     "promote_manually",
+    "set_composites",
 ]
 
 log = get_logger(__name__)
@@ -150,6 +157,26 @@ def _aligned(champion: Scores, challenger: Scores) -> tuple[Scores, Scores]:
     return Scores(cases=tuple(theirs[i] for i in shared)), Scores(cases=tuple(mine[i] for i in shared))
 
 
+def _strata(scores: Scores, sets: Mapping[str, frozenset[str]] | None) -> dict[str, Scores]:
+    """`scores` split by set (set name -> its cases); one stratum "" without sets. Empty strata are left out."""
+    if not sets:
+        return {"": scores}
+    split = {name: Scores(cases=tuple(c for c in scores.cases if c.id in ids)) for name, ids in sets.items()}
+    return {name: part for name, part in split.items() if part.cases}
+
+
+def set_composites(scores: Scores, weights: Mapping[str, float],
+                   sets: Mapping[str, frozenset[str]] | None = None) -> dict[str, float]:
+    """Set name -> composite score on that set's cases ("" -> the whole, without sets)."""
+    return {name: composite(part.metrics(), weights) for name, part in _strata(scores, sets).items()}
+
+
+def mean_composite(scores: Scores, weights: Mapping[str, float], sets: Mapping[str, frozenset[str]] | None = None) -> float:
+    """The policy's composite: the mean of the per-set composites (each set counts the same)."""
+    values = set_composites(scores, weights, sets)
+    return sum(values.values()) / len(values) if values else 0.0
+
+
 def bootstrap_improvement(
     champion: Scores,
     challenger: Scores,
@@ -158,19 +185,27 @@ def bootstrap_improvement(
     samples: int,
     confidence: float,
     seed: int = BOOTSTRAP_SEED,
+    sets: Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[float, float]:
-    """(observed composite improvement, its one-sided lower confidence bound), paired by case."""
+    """(observed improvement of the mean per-set composite, its one-sided lower confidence bound),
+    paired by case and resampled within each set."""
     champion, challenger = _aligned(champion, challenger)
-    n = len(challenger.cases)
-    if n == 0:
+    theirs_by_set, ours_by_set = _strata(champion, sets), _strata(challenger, sets)
+    if not ours_by_set or not challenger.cases:
         return 0.0, float("-inf")
-    observed = composite(challenger.metrics(), weights) - composite(champion.metrics(), weights)
-    index = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    rng = np.random.default_rng(seed)
     names = set(weights)
-    ours, theirs = _resampled_metrics(challenger, index, names), _resampled_metrics(champion, index, names)
-    differences = sum(w * (ours[name] - theirs[name]) for name, w in weights.items())
-    lower = float(np.quantile(np.asarray(differences, dtype=float), 1.0 - confidence))
-    return observed, lower
+    observed, differences = 0.0, np.zeros(samples)
+    for name, ours_part in ours_by_set.items():
+        theirs_part = theirs_by_set[name]
+        n = len(ours_part.cases)
+        observed += composite(ours_part.metrics(), weights) - composite(theirs_part.metrics(), weights)
+        index = rng.integers(0, n, size=(samples, n))
+        ours, theirs = _resampled_metrics(ours_part, index, names), _resampled_metrics(theirs_part, index, names)
+        differences = differences + sum(w * (ours[m] - theirs[m]) for m, w in weights.items())
+    count = len(ours_by_set)
+    lower = float(np.quantile(np.asarray(differences, dtype=float) / count, 1.0 - confidence))
+    return observed / count, lower
 
 
 # ---------------------------------------------------------------- the decision
@@ -183,8 +218,9 @@ def decide(
     *,
     champion: str = "champion",
     challenger: str = "challenger",
+    sets: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision:
-    """Gates, then composite, then paired bootstrap; promote only on clear evidence."""
+    """Gates, then composite, then paired bootstrap (stratified by set); promote only on clear evidence."""
     check_policy_settings(settings)
     bench = settings.bench
     ours = challenger_scores.metrics()
@@ -193,7 +229,7 @@ def decide(
         "challenger": challenger,
         "confidence": bench.confidence,
         "challenger_metrics": ours,
-        "challenger_score": composite(ours, bench.weights),
+        "challenger_score": mean_composite(challenger_scores, bench.weights, sets),
     }
     if champion == challenger:
         return Decision(promote=False, reason="the challenger is the champion", **base)
@@ -208,18 +244,23 @@ def decide(
     if not ours_aligned.cases:
         return Decision(promote=False, reason="no gold case was scored for both models; nothing to compare", **base)
     observed, lower = bootstrap_improvement(
-        champion_scores, challenger_scores, bench.weights, samples=bench.bootstrap_samples, confidence=bench.confidence
+        champion_scores, challenger_scores, bench.weights, samples=bench.bootstrap_samples,
+        confidence=bench.confidence, sets=sets,
     )
     evidence = {
         **base,
-        "champion_score": composite(theirs_aligned.metrics(), bench.weights),
-        "challenger_score": composite(ours_aligned.metrics(), bench.weights),
+        "champion_score": mean_composite(theirs_aligned, bench.weights, sets),
+        "challenger_score": mean_composite(ours_aligned, bench.weights, sets),
         "improvement": observed,
         "lower_bound": lower,
         "samples": bench.bootstrap_samples,
         "cases": len(ours_aligned.cases),
         "champion_metrics": champion_scores.metrics(),
     }
+    behind = _sets_behind(theirs_aligned, ours_aligned, settings, sets)
+    if behind:
+        reason = "behind the champion on a set: " + "; ".join(behind)
+        return Decision(promote=False, reason=reason, **evidence)
     if lower > 0:
         reason = f"composite +{observed:.3f}, lower {bench.confidence:.0%} bound {lower:+.3f} > 0"
         return Decision(promote=True, reason=reason, **evidence)
@@ -227,12 +268,24 @@ def decide(
     return Decision(promote=False, reason=reason, **evidence)
 
 
-def choose_challenger(scores: Mapping[str, Scores], champion: str, settings: Settings) -> Decision | None:
+def _sets_behind(champion: Scores, challenger: Scores, settings: Settings,
+                 sets: Mapping[str, frozenset[str]] | None) -> list[str]:
+    """The sets on which the challenger's composite is more than bench.set_tolerance below the champion's."""
+    if not sets or len(sets) < 2:
+        return []
+    weights, tolerance = settings.bench.weights, settings.bench.set_tolerance
+    theirs, ours = set_composites(champion, weights, sets), set_composites(challenger, weights, sets)
+    return [f"{name} {ours[name]:.3f} < {theirs[name]:.3f} - {tolerance:.3f}"
+            for name in ours if name in theirs and ours[name] < theirs[name] - tolerance]
+
+
+def choose_challenger(scores: Mapping[str, Scores], champion: str, settings: Settings,
+                      sets: Mapping[str, frozenset[str]] | None = None) -> Decision | None:
     """The decision for the best challenger among a bench run's scored models (model -> scores):
     the promotable one with the highest lower bound, else the one with the highest composite
     (to show why it was not promoted); None when no challenger was scored."""
     decisions = [
-        decide(scores.get(champion), theirs, settings, champion=champion, challenger=model)
+        decide(scores.get(champion), theirs, settings, champion=champion, challenger=model, sets=sets)
         for model, theirs in scores.items()
         if model != champion
     ]

@@ -97,13 +97,13 @@ def test_unavailable_candidate_is_reported_not_raised(make_settings: Callable[..
     settings = make_settings(model={"backend": "ollama", "name": "good:1b", "ollama_host": ollama.url, "timeout_s": 5})
     gold = same_answer_gold(tmp_path / "gold.jsonl", 3)
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, eval_file=gold,
+        report = run_bench(settings, journal, eval_files=[gold],
                            models=[ModelRef("ollama", "good:1b"), ModelRef("ollama", "missing:1b")])  # fmt: skip
     assert [run.status for run in report.runs] == ["ok", "unavailable"]
     assert "missing:1b" in report.runs[1].detail
     ollama.stop()
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, eval_file=gold, models=[ModelRef("ollama", "good:1b")])
+        report = run_bench(settings, journal, eval_files=[gold], models=[ModelRef("ollama", "good:1b")])
     assert report.runs[0].status == "unavailable" and report.runs[0].scores is None
 
 
@@ -114,7 +114,7 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     config.write_text(
         f'[model]\nbackend = "ollama"\nname = "bad:1b"\nollama_host = "{ollama.url}"\n'
         f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
-        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_file = "{gold}"\ncandidates = ["ollama:good:1b"]\n'
+        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_files = ["{gold}"]\ncandidates = ["ollama:good:1b"]\n'
         "include_embedded = false\nbootstrap_samples = 500\n",
         encoding="utf-8",
     )
@@ -162,7 +162,7 @@ def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings
     gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026", "g068"])
     seen: list[tuple[str, int, int]] = []
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, eval_file=gold, progress=lambda m, d, n: seen.append((m, d, n)),
+        report = run_bench(settings, journal, eval_files=[gold], progress=lambda m, d, n: seen.append((m, d, n)),
                            models=[ModelRef("embedded", "smollm2-135m"), ModelRef("embedded", "gemma3-270m")])  # fmt: skip
         stored = journal.bench_runs(1)[0]
     assert [(run.model, run.status, run.parameters) for run in report.runs] == [
@@ -192,7 +192,7 @@ def test_bench_command_with_a_real_ollama_candidate(tmp_path: Path, ollama_serve
         f'[model]\nbackend = "ollama"\nname = "{ollama_server.smollm2}"\nollama_host = "{ollama_server.host}"\n'
         f'num_predict = 96\ntimeout_s = 120.0\n'
         f'[extraction]\nmax_repairs = 1\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
-        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_file = "{gold}"\ninclude_embedded = false\n',
+        f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_files = ["{gold}"]\ninclude_embedded = false\n',
         encoding="utf-8",
     )
     model = f"ollama:{ollama_server.smollm2}"
@@ -247,3 +247,46 @@ def test_report_stored_in_the_journal_by_the_old_codecs_drives_models_and_promot
     result = CliRunner().invoke(main, ["--config", str(config), "promote", "ollama:good:1b"])
     assert result.exit_code == 0, result.output
     assert "champion is now ollama:good:1b (was ollama:bad:1b)" in result.output
+
+
+def _long_real_set(path: Path, cases: int) -> Path:
+    """A second labelled set with its own ids and passages over 50 words, labelled like the reference."""
+    text = ("Docker is deployed on the Kubernetes cluster managed by the DevOps team. " * 5).strip()
+    records = [{"id": f"r{i:02d}", "text": text, **REFERENCE, "tags": ["long"], "source": "test", "licence": "CC0-1.0"}
+               for i in range(cases)]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_bench_reports_each_set_and_length_band(make_settings: Callable[..., Settings], tmp_path: Path,
+                                                ollama: FakeOllama) -> None:  # fmt: skip
+    """Two sets are scored in one run: the report names both with their case ids, and the Markdown has a table
+    for all cases, one per set and one per length band, each counting only its cases."""
+    settings = make_settings(model={"backend": "ollama", "name": "bad:1b", "ollama_host": ollama.url, "timeout_s": 5},
+                             bench={"bootstrap_samples": 200, "include_embedded": False})  # fmt: skip
+    gold = same_answer_gold(tmp_path / "gold.jsonl", 4)
+    real = _long_real_set(tmp_path / "real.jsonl", 3)
+    with Journal(settings.journal.path) as journal:
+        report = run_bench(settings, journal, eval_files=[gold, real], models=[ModelRef("ollama", "good:1b")])
+    assert [(s.name, len(s.case_ids)) for s in report.eval_sets] == [("gold", 4), ("real", 3)]
+    assert report.cases == 7 and report.case_words["r00"] > 50 and report.case_words["s00"] < 20
+    titles = [title for title, _ in report.sections()]
+    assert titles == ["All sets together (7 cases)", "Set gold (4 cases)", "Set real (3 cases)",
+                      "All sets, captures of under 20 words (4 cases)", "All sets, captures of over 50 words (3 cases)"]
+    for title, runs in report.sections():
+        scored = runs[1].scores
+        assert scored is not None and len(scored.cases) == int(title.rsplit("(", 1)[1].split()[0])
+    markdown = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert "## Set real (3 cases)" in markdown and "| ollama:good:1b |" in markdown
+    assert report.decision is not None and report.decision.promote  # right on both sets
+
+
+def test_a_case_id_in_two_sets_is_a_config_error(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """Two sets sharing a case id cannot be reported apart, so the run refuses them, naming the id."""
+    from membrane.errors import ConfigError
+
+    settings = make_settings()
+    gold = same_answer_gold(tmp_path / "a.jsonl", 2)
+    again = same_answer_gold(tmp_path / "b.jsonl", 2)
+    with Journal(settings.journal.path) as journal, pytest.raises(ConfigError, match="s00"):
+        run_bench(settings, journal, eval_files=[gold, again], models=[ModelRef("ollama", "good:1b")])

@@ -69,6 +69,34 @@ def test_clear_win_promotes(settings: Settings) -> None:
     assert decision.improvement == pytest.approx(0.4 * (1 - 2 / 3) + 0.5 * (1 - 0.5))
 
 
+def _two_sets(cases: int) -> dict[str, frozenset[str]]:
+    return {"gold": frozenset(f"c{i:02d}" for i in range(cases)),
+            "real": frozenset(f"c{i:02d}" for i in range(cases, 2 * cases))}  # fmt: skip
+
+
+def test_a_win_on_one_set_alone_is_not_promoted(settings: Settings) -> None:
+    """A challenger perfect on the gold set but worse on the real-text set wins the pooled composite,
+    yet is kept out: the policy compares each set, and no set may fall behind."""
+    worse = [(2, 1, 1, 1, 2, 1)] * 40  # MEDIOCRE with one more wrong relationship: rel F1 0.4
+    champion, challenger = table(MEDIOCRE * 2), table(STRONG + worse)
+    pooled = decide(champion, challenger, settings, champion="embedded:a", challenger="embedded:b")
+    by_set = decide(champion, challenger, settings, champion="embedded:a", challenger="embedded:b", sets=_two_sets(40))
+    assert pooled.promote, pooled.reason
+    assert not by_set.promote and "behind the champion on a set: real" in by_set.reason
+
+
+def test_sets_count_the_same_and_are_resampled_apart(settings: Settings) -> None:
+    """With sets, the improvement is the mean of the per-set improvements, whatever each set's size."""
+    champion = table(MEDIOCRE + MEDIOCRE[:10])
+    challenger = table(STRONG + MEDIOCRE[:10])
+    sets = {"gold": frozenset(f"c{i:02d}" for i in range(40)), "real": frozenset(f"c{i:02d}" for i in range(40, 50))}
+    observed, lower = bootstrap_improvement(champion, challenger, settings.bench.weights, samples=500,
+                                            confidence=0.95, sets=sets)  # fmt: skip
+    full = 0.4 * (1 - 2 / 3) + 0.5 * (1 - 0.5)
+    assert observed == pytest.approx(full / 2)
+    assert lower == pytest.approx(full / 2)  # the real set shows no difference on any resample
+
+
 def test_small_noisy_win_keeps_the_champion(settings: Settings) -> None:
     """Three cases better and two worse out of 40 is a positive mean but not a clear win."""
     decision = decide(table(MEDIOCRE), table(noisy(3, 2)), settings, champion="embedded:a", challenger="embedded:b")

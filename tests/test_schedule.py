@@ -81,7 +81,7 @@ def test_scheduled_promotion_applies_to_the_daemons_next_capture(make_settings: 
         ollama.add_scripted("bad:1b", ['{"entities": [], "relationships": []}'])
         settings = make_settings(
             model={"backend": "ollama", "name": "bad:1b", "ollama_host": ollama.url},
-            bench={"eval_file": gold, "interval_hours": 1000, "candidates": ["ollama:good:1b"],
+            bench={"eval_files": [gold], "interval_hours": 1000, "candidates": ["ollama:good:1b"],
                    "include_embedded": False, "bootstrap_samples": 500},
         )  # fmt: skip
         daemon = Daemon(settings, install_signals=False)

@@ -118,7 +118,7 @@ def _tokenizer(base: Base) -> Tokenizer:
 
 
 def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
-    """Labelled and distilled cases, refused if any equals or nears a gold text."""
+    """Labelled and distilled cases, refused if any equals or nears a text of an evaluation set."""
     from membrane.score import load_gold
 
     cases = labelled_cases(settings.train.data)
@@ -134,10 +134,12 @@ def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
         raise ConfigError(f"no training cases in {', '.join(settings.train.data)}"
                           + (f" or from {', '.join(settings.train.distill_from)}" if settings.train.distill_from else ""),
                           key="train.data")
-    overlaps = gold_overlaps(cases, [g.text for g in load_gold(settings.bench.eval_file)])
+    held_out = [g.text for path in settings.bench.eval_files for g in load_gold(path)]
+    overlaps = gold_overlaps(cases, held_out)
     if overlaps:
-        raise ConfigError(f"{len(overlaps)} training cases equal or near a gold text: {', '.join(overlaps[:10])}",
-                          key="train.data", hint="Training data never overlaps the gold set; remove those cases.")
+        raise ConfigError(f"{len(overlaps)} training cases equal or near an evaluation text: {', '.join(overlaps[:10])}",
+                          key="train.data",
+                          hint="Training data never overlaps an evaluation set (bench.eval_files); remove those cases.")
     return cases
 
 
