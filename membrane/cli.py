@@ -195,7 +195,7 @@ def extract(app: AppContext, text: str, raw: bool, model_name: str | None, backe
     click.echo(json.dumps(report, ensure_ascii=False, indent=2))
 
 
-# ---------------------------------------------------------------- daemon commands (issue 5)
+# ---------------------------------------------------------------- daemon commands
 # run, ingest, status, export, sync: thin shells over membrane.daemon,
 # membrane.pipeline and membrane.export.
 
@@ -366,7 +366,7 @@ def _capture_for(pipeline: Any, journal: Any, target: str) -> Any:
     return None
 
 
-# ---------------------------------------------------------------- explore commands (issue 11)
+# ---------------------------------------------------------------- explore commands
 # show, facts: thin shells over membrane.explore (Neo4j when configured, else the journal).
 
 
@@ -464,7 +464,7 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
     _print_report(report, capture_lines, as_json)
 
 
-# ---------------------------------------------------------------- bench commands (issue 6)
+# ---------------------------------------------------------------- bench commands
 # bench, score, models, promote, rollback: thin shells over membrane.bench,
 # membrane.score and membrane.promote.
 

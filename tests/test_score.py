@@ -72,7 +72,7 @@ def test_gold_set_has_at_least_60_valid_cases() -> None:
 
 
 def test_gold_set_covers_the_required_kinds_of_text() -> None:
-    """The gold set has each kind of case the issue names, several of each."""
+    """The gold set has each required kind of text, several cases of each."""
     tags = [t for c in load_gold(GOLD_FILE) for t in c.tags]
     for tag in ("plain", "several-facts", "coreference", "list", "negation", "punctuation", "version",
                 "people", "org", "personal", "infra", "long"):  # fmt: skip

