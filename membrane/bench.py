@@ -149,8 +149,9 @@ class BenchReport(BaseModel):
     cases: int
     champion: str
     runs: tuple[ModelRun, ...]
-    eval_sets: tuple[EvalSet, ...] = ()
-    case_words: dict[str, int] = Field(default_factory=dict)
+    # Absent from reports written before runs had several sets; left out of the dump when empty.
+    eval_sets: tuple[EvalSet, ...] = Field(default=(), exclude_if=lambda sets: not sets)
+    case_words: dict[str, int] = Field(default_factory=dict, exclude_if=lambda words: not words)
     decision: Decision | None = None
     notes: tuple[str, ...] = ()
     files: dict[str, str] = Field(default_factory=dict)

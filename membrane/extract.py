@@ -296,8 +296,8 @@ def split_text(text: str, max_chars: int, overlap: int = 0) -> list[Chunk]:
     first = text.index(stripped[0])
     pieces = _pieces(text, first, first + len(stripped), max_chars)
     groups: list[tuple[int, int]] = []  # [first piece, last piece] of each chunk
-    for index, (s, e) in enumerate(pieces):
-        if groups and e - pieces[groups[-1][0]][0] <= max_chars:
+    for index, (_, end) in enumerate(pieces):
+        if groups and end - pieces[groups[-1][0]][0] <= max_chars:
             groups[-1] = (groups[-1][0], index)
         else:
             groups.append((index, index))
