@@ -114,7 +114,7 @@ class ExtractionSettings(_Section):
     chunk_chars: int = Field(0, ge=0)  # 0: derived from model.num_ctx
     chunk_overlap: int = Field(0, ge=0, le=5)  # sentences a chunk repeats from the one before
     grounding_threshold: float = Field(90.0, ge=0, le=100)  # 0: keep ungrounded entities
-    relations: Literal["canonical", "open"] = "canonical"
+    relations: Literal["canonical", "enum", "open"] = "canonical"
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
     relation_inverses: dict[str, str] = Field(default_factory=dict)
@@ -122,17 +122,20 @@ class ExtractionSettings(_Section):
     def rules(self) -> ExtractionRules:
         synonyms: dict[str, str] = {}
         inverses: dict[str, str] = {}
-        if self.relations == "canonical":
+        vocabulary = self.relation_vocabulary
+        if self.relations != "open":
             from membrane.relations import canonical_vocabulary
 
             shipped = canonical_vocabulary()
-            allowed = set(self.relation_vocabulary)
+            if self.relations == "enum" and not vocabulary:  # the canonical types, enforced while decoding
+                vocabulary = tuple(shipped.canonical)
+            allowed = set(vocabulary)
             synonyms = {k: v for k, v in shipped.synonyms.items() if not allowed or v in allowed}
             inverses = {k: v for k, v in shipped.inverses.items() if not allowed or v in allowed}
         return ExtractionRules(
             max_entities=self.max_entities,
             max_relationships=self.max_relationships,
-            relation_vocabulary=self.relation_vocabulary,
+            relation_vocabulary=vocabulary,
             relation_synonyms={**synonyms, **self.relation_synonyms},
             relation_inverses={**inverses, **self.relation_inverses},
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from membrane.config import Settings
 from membrane.relations import canonical_vocabulary
 from membrane.schema import Extraction, ExtractionRules
@@ -64,3 +66,19 @@ def test_a_vocabulary_keeps_only_folds_into_it(make_settings: Callable[..., Sett
     rules = make_settings(extraction={"relation_vocabulary": ["DEPENDS_ON"]}).extraction.rules()
     assert set(rules.relation_synonyms.values()) == {"DEPENDS_ON"}
     assert rules.relation_inverses == {"DEPENDENCY_OF": "DEPENDS_ON"}
+
+
+def test_enum_relations_constrain_decoding_to_the_canonical_types(make_settings: Callable[..., Settings]) -> None:
+    """relations = "enum" makes the canonical types the schema's enum, and a type outside them fails validation."""
+    from pydantic import ValidationError
+
+    from membrane.schema import extraction_json_schema
+
+    rules = make_settings(extraction={"relations": "enum"}).extraction.rules()
+    schema = extraction_json_schema(rules)
+    relation = schema["properties"]["relationships"]["items"]["properties"]["relation"]
+    assert set(relation["enum"]) == set(canonical_vocabulary().canonical)
+    folded = Extraction.parse({"relationships": [{"source": "A", "relation": "REQUIRES", "target": "B"}]}, rules)
+    assert _triples(folded) == {("A", "DEPENDS_ON", "B")}
+    with pytest.raises(ValidationError, match="not in the vocabulary"):
+        Extraction.parse({"relationships": [{"source": "A", "relation": "FLIES_OVER", "target": "B"}]}, rules)
