@@ -119,7 +119,8 @@ def main() -> None:
                 median, worst, answers[store] = _timed(lambda a=ask, s=settings: a(s), args.repeat)
                 problems = answer_problems(answers[store], exact)
                 if store == "Neo4j" and answers[store] != answers["journal only"]:
-                    problems.append(f"Neo4j gave {sorted(answers[store])}, the journal {sorted(answers['journal only'])}")
+                    journal = sorted(answers["journal only"])
+                    problems.append(f"Neo4j gave {sorted(answers[store])}, the journal {journal}")
                 row = mark({"question": label, "store": store}, problems)
                 rows.append(row)
                 if row["status"] == FAILED:

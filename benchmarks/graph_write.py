@@ -305,7 +305,8 @@ def _table(results: list[dict[str, Any]], facts: int) -> str:
         if failed(r):  # no rate for work that was not done; the counts say what was
             nodes = rels = ""
             if "after_first" in r:
-                nodes = f"{r['after_first']['nodes']} / {r['after_second']['nodes']} (expected {r['expected']['nodes']})"
+                nodes = (f"{r['after_first']['nodes']} / {r['after_second']['nodes']} "
+                         f"(expected {r['expected']['nodes']})")
                 rels = (f"{r['after_first']['relationships']} / {r['after_second']['relationships']} "
                         f"(expected {r['expected']['relationships']})")
             lines.append(f"| {r['writer']} | {failed_cell(r, 160)} | | | | {nodes} | {rels} |")
