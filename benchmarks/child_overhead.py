@@ -12,7 +12,9 @@ Also printed: the time to start a child and load the model in it, against the
 in-process load; the part of the child path spent outside the child's chat
 (pipe, JSON, the two process wake-ups: measured per call as the parent's time
 minus the child's own chat_ms); and the load average, since on a busy machine
-the wake-ups, not the pipe, are what costs.
+the wake-ups, not the pipe, are what costs. Both paths are warmed up with 5
+untimed calls; every timed call's answer is checked (a choice, prompt tokens
+counted), and a path whose answers are missing is printed as failed (exit 1).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from membrane.backends.embedded import close_models, load_model
@@ -28,12 +32,25 @@ from membrane.backends.embedded_child import Engine, ModelSpec
 from membrane.backends.gguf import locate_gguf
 from membrane.config import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checks import exit_code, failed_cell, mark  # noqa: E402
+
 MESSAGES = [{"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "Say yes."}]
 ROUND = 10
 
 
-def _in_process(engine: Engine, max_tokens: int) -> None:
-    engine.chat({"messages": MESSAGES, "schema": None, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0})
+def answer_problem(response: dict[str, Any]) -> str | None:
+    """Why a chat response is not a completed call: no choice, or no prompt tokens counted."""
+    if not response.get("choices"):
+        return "a call returned no choice"
+    if not (response.get("usage") or {}).get("prompt_tokens"):
+        return "a call counted no prompt tokens"
+    return None
+
+
+def _in_process(engine: Engine, max_tokens: int) -> dict[str, Any]:
+    return engine.chat({"messages": MESSAGES, "schema": None, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0})
 
 
 def _timed(call: Any, n: int) -> list[float]:
@@ -63,18 +80,27 @@ def main() -> None:
     load_child = time.perf_counter() - started
 
     inside: list[float] = []
+    problems: dict[str, set[str]] = {"in process": set(), "child process": set()}
+
+    def checked(path: str, response: dict[str, Any]) -> None:
+        problem = answer_problem(response)
+        if problem:
+            problems[path].add(problem)
 
     def via_child() -> None:
         response = child.chat(MESSAGES, schema=None, max_tokens=args.max_tokens)
         inside.append(response["membrane"]["chat_ms"])
+        checked("child process", response)
 
     def direct() -> None:
-        _in_process(engine, args.max_tokens)
+        checked("in process", _in_process(engine, args.max_tokens))
 
     load_before = os.getloadavg()[0]
     for warm in (direct, via_child):
         _timed(warm, 5)
     inside.clear()
+    for found in problems.values():
+        found.clear()
     inproc, piped = [], []
     for _ in range(max(1, args.calls // ROUND)):
         inproc += _timed(direct, ROUND)
@@ -87,7 +113,13 @@ def main() -> None:
     print(f"load: in process {load_in_process:.2f} s, child start + load {load_child:.2f} s")
     print("| path | mean ms/call | median ms/call | p95 ms/call |")
     print("| --- | --- | --- | --- |")
+    rows = []
     for name, times in (("in process", inproc), ("child process", piped)):
+        row = mark({"path": name}, sorted(problems[name]))
+        rows.append(row)
+        if row["status"] == "failed":
+            print(f"| {name} | {failed_cell(row)} | | |")
+            continue
         p95 = statistics.quantiles(times, n=20)[-1]
         print(f"| {name} | {statistics.fmean(times):.2f} | {statistics.median(times):.2f} | {p95:.2f} |")
     print(f"difference: {statistics.fmean(piped) - statistics.fmean(inproc):+.2f} ms/call mean, "
@@ -95,6 +127,7 @@ def main() -> None:
     outside = [total - own for total, own in zip(piped, inside, strict=True)]
     print(f"child path outside the child's chat (pipe, JSON, wake-ups): median {statistics.median(outside):.2f} ms, "
           f"mean {statistics.fmean(outside):.2f} ms")
+    raise SystemExit(exit_code(rows))
 
 
 if __name__ == "__main__":

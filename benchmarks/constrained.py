@@ -8,14 +8,22 @@ the JSON schema as llama.cpp's response_format (constrained), once without
 (unconstrained, what a plain chat call gets). One call each, no repair.
 "valid" = the answer parses, after removing <think> blocks and fences, into a
 schema-valid Extraction; "raw JSON" = json.loads accepts the untouched answer;
-"hit cap" = generation stopped at num_predict.
+"hit cap" = generation stopped at num_predict. Each model and decoding first
+answers one untimed warm-up call; a row whose calls generated no tokens is
+printed as failed (the rate would be of nothing) and the script exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checks import exit_code, failed_cell, mark, minimum_problems  # noqa: E402
 
 INPUTS = [
     "Alice deployed the billing service on the k3s cluster in Berlin.",
@@ -61,16 +69,22 @@ def main() -> None:
     print(f"num_predict={args.num_predict}, {len(inputs)} inputs, one call each, temperature 0")
     print("| model | decoding | valid Extraction | raw JSON | hit cap | completion tokens (mean) | tokens/s |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    rows = []
     for model in args.models:
         backend.load(model)  # loading is not part of the timing
         for constrained in (False, True):
             valid = raw_json = capped = tokens = 0
             seconds = 0.0
-            for text in inputs:
-                request = GenerationRequest(
+
+            def request_for(text: str, model: str = model, constrained: bool = constrained) -> GenerationRequest:
+                return GenerationRequest(
                     model, tuple(build_messages(text, schema)), schema if constrained else None,
                     args.num_predict, 2048,
                 )
+
+            backend.generate(request_for("Warm-up: Alice uses Debian."))  # untimed: first decode, grammar
+            for text in inputs:
+                request = request_for(text)
                 started = time.monotonic()
                 generation = backend.generate(request)
                 seconds += time.monotonic() - started
@@ -87,11 +101,19 @@ def main() -> None:
                 except InvalidOutput:
                     pass
             n = len(inputs)
+            decoding = "JSON schema" if constrained else "none"
+            row = mark({"model": model, "decoding": decoding},
+                       minimum_problems({"completion tokens": 1}, {"completion tokens": tokens}))
+            rows.append(row)
+            if row["status"] == "failed":
+                print(f"| {model} | {decoding} | {failed_cell(row)} | | | | |", flush=True)
+                continue
             print(
-                f"| {model} | {'JSON schema' if constrained else 'none'} | {valid}/{n} ({valid / n:.0%}) "
+                f"| {model} | {decoding} | {valid}/{n} ({valid / n:.0%}) "
                 f"| {raw_json}/{n} | {capped}/{n} | {tokens / n:.0f} | {tokens / seconds:.1f} |",
                 flush=True,
             )
+    raise SystemExit(exit_code(rows))
 
 
 if __name__ == "__main__":

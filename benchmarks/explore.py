@@ -7,7 +7,10 @@ into a journal, then synced into Neo4j (the server from MEMBRANE_TEST_NEO4J_URI
 / _USER / _PASSWORD[_FILE], as `scripts/neo4j-local env` prints them; its data
 is wiped). Then each question is asked as the CLI asks it, store opened and
 closed every time (the journal store rebuilds the graph from every capture,
-the Neo4j store connects and runs two queries), without Python's start-up:
+the Neo4j store connects and runs two queries), without Python's start-up,
+after one untimed warm-up call. Every answer is checked: both stores must give
+the same number of facts, a leaf and a capture exactly one, the hub at least
+one; a row whose answers differ is printed as failed (exit 1).
 
     eval "$(scripts/neo4j-local env)"
     .venv/bin/python benchmarks/explore.py [--captures 2000] [--repeat 5]
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from checks import FAILED, count_problems, exit_code, failed_cell, mark, minimum_problems  # noqa: E402
 from daemon_overhead import _neo4j, _wipe  # noqa: E402
 from test_pipeline_support import note, replay_for, settings_sections  # noqa: E402
 
@@ -67,14 +71,25 @@ def _facts(settings: Settings, sha256: str) -> int:
     return len(report.facts)
 
 
-def _timed(work: Callable[[], int], repeat: int) -> tuple[float, float]:
-    work()  # warm-up: imports, plan cache
+def _timed(work: Callable[[], int], repeat: int) -> tuple[float, float, set[int]]:
+    """Median and max ms of `repeat` calls after a warm-up call, and every answer (fact count) they gave."""
+    answers = {work()}  # warm-up: imports, plan cache
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
-        work()
+        answers.add(work())
         times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), max(times)
+    return statistics.median(times), max(times), answers
+
+
+def answer_problems(answers: set[int], exact: int | None, least: int = 1) -> list[str]:
+    """What is wrong with one question's answers: not the same every time, not `exact`, or below `least`."""
+    if len(answers) != 1:
+        return [f"the answers differ between calls: {sorted(answers)}"]
+    (got,) = answers
+    if exact is not None:
+        return count_problems({"facts": exact}, {"facts": got})
+    return minimum_problems({"facts": least}, {"facts": got})
 
 
 def main() -> None:
@@ -90,17 +105,29 @@ def main() -> None:
         print(f"{args.captures} captures ingested and synced in {time.perf_counter() - started:.1f} s")
         with Journal(journal_only.journal.path) as journal:
             sha = journal.captures(limit=1)[0].sha256
-        questions = {
-            "show hub (Nextcloud)": lambda s: _show(s, "Nextcloud"),
-            "show leaf (Alice 0)": lambda s: _show(s, "Alice 0"),
-            "facts (one capture)": lambda s: _facts(s, sha),
+        questions = {  # the question, and the fact count its answer must have (None: at least one)
+            "show hub (Nextcloud)": (lambda s: _show(s, "Nextcloud"), None),
+            "show leaf (Alice 0)": (lambda s: _show(s, "Alice 0"), 1),
+            "facts (one capture)": (lambda s: _facts(s, sha), 1),
         }
-        print("| question | store | median ms | max ms |")
-        print("| --- | --- | --- | --- |")
-        for label, ask in questions.items():
+        print("| question | store | median ms | max ms | facts in the answer |")
+        print("| --- | --- | --- | --- | --- |")
+        rows = []
+        for label, (ask, exact) in questions.items():
+            answers: dict[str, set[int]] = {}
             for store, settings in (("journal only", journal_only), ("Neo4j", graph)):
-                median, worst = _timed(lambda a=ask, s=settings: a(s), args.repeat)
-                print(f"| {label} | {store} | {median:.0f} | {worst:.0f} |")
+                median, worst, answers[store] = _timed(lambda a=ask, s=settings: a(s), args.repeat)
+                problems = answer_problems(answers[store], exact)
+                if store == "Neo4j" and answers[store] != answers["journal only"]:
+                    journal = sorted(answers["journal only"])
+                    problems.append(f"Neo4j gave {sorted(answers[store])}, the journal {journal}")
+                row = mark({"question": label, "store": store}, problems)
+                rows.append(row)
+                if row["status"] == FAILED:
+                    print(f"| {label} | {store} | {failed_cell(row)} | | |")
+                else:
+                    print(f"| {label} | {store} | {median:.0f} | {worst:.0f} | {min(answers[store])} |")
+    raise SystemExit(exit_code(rows))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from checks import exit_code, mark, minimum_problems  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from test_fuzz_support import (  # noqa: E402
@@ -66,8 +68,12 @@ class Tally:
         faulthandler.dump_traceback_later(self.hang_s, exit=True)  # re-armed for the next input
 
     def summary(self, name: str, seconds: float) -> dict[str, Any]:
+        """The target's figures, "failed" when an input broke the contract or no input ran at all."""
         broke = sum(n for k, n in self.outcomes.items() if not k.startswith(("parsed", "rejected")))
-        return {
+        inputs = sum(self.outcomes.values())
+        problems = minimum_problems({"inputs": 1}, {"inputs": inputs})
+        problems += [f"{broke} inputs broke the contract"] if broke else []
+        return mark({
             "target": name,
             "inputs": sum(self.outcomes.values()),
             "parsed": sum(n for k, n in self.outcomes.items() if k.startswith("parsed")),
@@ -78,7 +84,7 @@ class Tally:
             "seconds": round(seconds, 1),
             "outcomes": dict(self.outcomes.most_common()),
             "findings": self.findings,
-        }
+        }, problems)
 
 
 def _run(strategy: st.SearchStrategy[Any], check: Callable[[Any], Result], examples: int, run_seed: int,
@@ -147,8 +153,9 @@ def main() -> None:
         "slowest_s": max((s["slowest_s"] for s in summaries), default=0.0),
         "seconds": round(time.monotonic() - started, 1),
     }
+    mark(total, [f"{s['target']}: {s['reason']}" for s in summaries if s["status"] == "failed"])
     print(json.dumps(total))
-    raise SystemExit(1 if total["broke_contract"] else 0)
+    raise SystemExit(exit_code([total, *summaries]))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,15 @@ With neo4j-rust-ext in .venv (the `fast` extra), copy its neo4j/_rust*.so into
 
 Each writer runs in its own subprocess (anchors with that folder on
 PYTHONPATH); timing covers the writes only, the best of --repeat runs each on
-an emptied graph (the development machine is shared and noisy). A fact is one
-entity mention or one relationship (9 per capture by default). Every writer
-then writes the same data a second time, to show what re-ingesting does.
+an emptied graph (the development machine is shared and noisy), after one
+untimed warm-up run, so no writer pays the JVM's warm-up for the others. A fact
+is one entity mention or one relationship (9 per capture by default). After
+every run the graph's nodes and relationships are counted and compared with
+what that writer's model of the data must produce (expected_graph); a writer
+whose counts differ (neo4j-graphrag without APOC writes no relationships) is
+reported as failed with the counts, never with a rate. Every writer then writes
+the same data a second time, to show what re-ingesting does; MemBrane's writers
+must leave the graph as it was. The script exits 1 when a writer failed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checks import count_problems, exit_code, failed, failed_cell, mark, timed_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ANCHORS = ROOT / ".rig" / "anchors-graph"
@@ -66,6 +76,30 @@ def synthetic(captures: int, entities: int, relationships: int, seed: int = 7) -
             }
         )
     return rows
+
+
+def expected_graph(writer: str, data: list[dict[str, Any]], writes: int = 1) -> dict[str, int]:
+    """Nodes and relationships (migration nodes aside) the writer must leave after `writes` writes of `data`.
+
+    membrane and langchain merge entities by name and relationships by ends and
+    type: one node per capture and per distinct name, one MENTIONS per capture
+    and name, one relationship per distinct triple. neo4j-graphrag keeps a node
+    per capture and per name within it (its ids are per chunk), one FROM_CHUNK
+    per mention and every relationship. raw-create creates everything each time.
+    All but raw-create write the same graph again on a second write.
+    """
+    captures = len(data)
+    mentions = sum(len(set(c["entities"])) for c in data)
+    relationships = sum(len(set(map(tuple, c["relationships"]))) for c in data)
+    names = len({n for c in data for n in c["entities"]})
+    triples = len({tuple(r) for c in data for r in c["relationships"]})
+    if writer in ("membrane", "membrane-per-capture", "langchain"):
+        return {"nodes": captures + names, "relationships": mentions + triples}
+    if writer == "neo4j-graphrag":
+        return {"nodes": captures + mentions, "relationships": mentions + relationships}
+    if writer == "raw-create":
+        return {"nodes": writes * (captures + mentions), "relationships": writes * (mentions + relationships)}
+    raise ValueError(f"unknown writer {writer!r}")
 
 
 # ---------------------------------------------------------------- writers
@@ -201,18 +235,20 @@ def run_writer(name: str, data: list[dict[str, Any]], repeat: int = 3) -> dict[s
         "raw-create": _raw,
     }[name]
     write = build(data)
-    timings = []
-    for _ in range(repeat):  # the best of `repeat` runs on an emptied graph (the machine is shared)
-        _wipe()
-        started = time.perf_counter()
-        write()
-        timings.append(time.perf_counter() - started)
+    expected = expected_graph(name, data)
+    # One untimed warm-up run, then `repeat` timed runs, each on an emptied graph (the
+    # machine is shared: the best is reported); the graph is counted after every run.
+    runs = timed_runs(write, repeat, before=_wipe, check=lambda: count_problems(expected, _graph_counts()))
     first = _graph_counts()
     started = time.perf_counter()
     write()
     again = time.perf_counter() - started
-    return {"writer": name, "seconds": min(timings), "timings": timings, "reingest_seconds": again,
-            "after_first": first, "after_second": _graph_counts()}
+    second = _graph_counts()
+    problems = runs.warmup_problems + runs.problems
+    if name.startswith("membrane"):  # MemBrane promises that re-ingesting changes nothing
+        problems += [f"after the 2nd write: {p}" for p in count_problems(expected_graph(name, data, 2), second)]
+    return mark({"writer": name, "seconds": runs.best, "timings": runs.seconds, "reingest_seconds": again,
+                 "expected": expected, "after_first": first, "after_second": second}, problems)
 
 
 def _graph_counts() -> dict[str, int]:
@@ -221,8 +257,8 @@ def _graph_counts() -> dict[str, int]:
     uri, auth = _neo4j_auth()
     with GraphDatabase.driver(uri, auth=auth) as driver:
         row = driver.execute_query(
-            "CALL () { MATCH (n) RETURN count(n) AS nodes } CALL () { MATCH ()-[r]->() RETURN count(r) AS rels } "
-            "RETURN nodes, rels"
+            "CALL () { MATCH (n) WHERE NOT n:MembraneMigration RETURN count(n) AS nodes } "
+            "CALL () { MATCH ()-[r]->() RETURN count(r) AS rels } RETURN nodes, rels"
         ).records[0]
     return {"nodes": row["nodes"], "relationships": row["rels"]}
 
@@ -253,20 +289,27 @@ def _spawn(name: str, args: argparse.Namespace) -> dict[str, Any]:
                "--repeat", str(args.repeat)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {"writer": name, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
+        return mark({"writer": name}, [done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
+                                        f"the writer's process exited {done.returncode}"])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _table(results: list[dict[str, Any]], facts: int) -> str:
-    ceiling = next((r["seconds"] for r in results if r["writer"] == "raw-create" and "seconds" in r), None)
+    ceiling = next((r["seconds"] for r in results if r["writer"] == "raw-create" and not failed(r)), None)
     lines = [
         "| writer | seconds (best) | facts/s | x raw CREATE | 2nd write s | nodes after 1st / 2nd write "
         "| rels after 1st / 2nd write |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
-        if "error" in r:
-            lines.append(f"| {r['writer']} | failed: {r['error'][:80]} | | | | | |")
+        if failed(r):  # no rate for work that was not done; the counts say what was
+            nodes = rels = ""
+            if "after_first" in r:
+                nodes = (f"{r['after_first']['nodes']} / {r['after_second']['nodes']} "
+                         f"(expected {r['expected']['nodes']})")
+                rels = (f"{r['after_first']['relationships']} / {r['after_second']['relationships']} "
+                        f"(expected {r['expected']['relationships']})")
+            lines.append(f"| {r['writer']} | {failed_cell(r, 160)} | | | | {nodes} | {rels} |")
             continue
         ratio = f"{r['seconds'] / ceiling:.2f}" if ceiling else "-"
         lines.append(
@@ -296,11 +339,13 @@ def main() -> None:
         _wipe()
         result = _spawn(name, args)
         results.append(result)
-        print(f"{name}: {result.get('seconds', result.get('error'))}", file=sys.stderr, flush=True)
+        outcome = failed_cell(result) if failed(result) else f"{result['seconds']:.2f} s"
+        print(f"{name}: {outcome}", file=sys.stderr, flush=True)
     _wipe()
     print(f"{args.captures} captures x ({args.entities} entities + {args.relationships} relationships) "
           f"= {facts} facts\n")
     print(_table(results, facts))
+    raise SystemExit(exit_code(results))
 
 
 if __name__ == "__main__":

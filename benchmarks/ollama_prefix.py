@@ -19,6 +19,9 @@ Prints, per mode, the prompt's tokens (prompt_eval_count: Ollama 0.17 counts the
 whole prompt even when it reuses a cached prefix, so the reuse shows in the
 prompt eval time, not in the count), load time and latency per call (p50/p95),
 from the server's own durations; each call's figures go to stderr as it ends.
+Every answer is checked (tokens generated, JSON unless cut at num_predict); a
+mode with a bad answer is printed as failed (exit 1). The cold mode has no
+warm-up by design; the warm modes leave their first call out.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ import httpx
 import ollama
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from checks import exit_code, failed_cell, mark  # noqa: E402
+
 GOLD = ROOT / "config" / "eval" / "gold.jsonl"
 NS = 1e9
 
@@ -75,7 +82,8 @@ def residency(client: ollama.Client, model: str) -> str:
     return "not loaded"
 
 
-def run(client: ollama.Client, args: argparse.Namespace, notes: list[str], keep_alive: str | int) -> list[dict]:
+def run(client: ollama.Client, args: argparse.Namespace, notes: list[str],
+        keep_alive: str | int) -> list[dict[str, Any]]:
     model = args.model
     unload(client, model)
     rows = []
@@ -85,6 +93,7 @@ def run(client: ollama.Client, args: argparse.Namespace, notes: list[str], keep_
         response = client.chat(model=model, messages=messages, format=schema, options=options,
                                keep_alive=keep_alive, stream=False)  # fmt: skip
         rows.append({
+            "problem": answer_problem(response),
             "wall_s": time.monotonic() - started,
             "load_s": (response.load_duration or 0) / NS,
             "prompt_eval": float(response.prompt_eval_count or 0),
@@ -95,12 +104,29 @@ def run(client: ollama.Client, args: argparse.Namespace, notes: list[str], keep_
     return rows
 
 
+def answer_problem(response: Any) -> str | None:
+    """Why an answer is not a completed extraction call: no prompt or answer tokens, or not JSON though not cut."""
+    if not response.prompt_eval_count or not response.eval_count:
+        return f"{response.prompt_eval_count or 0} prompt and {response.eval_count or 0} answer tokens"
+    try:
+        json.loads(response.message.content or "")
+    except ValueError:
+        if response.done_reason != "length":
+            return "the answer is not JSON"
+    return None
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def report(mode: str, rows: list[dict[str, float]], skip_first: bool) -> None:
+def report(mode: str, rows: list[dict[str, Any]], skip_first: bool) -> dict[str, Any]:
+    problems = sorted({r["problem"] for r in rows if r["problem"]})
+    status = mark({"mode": mode}, problems)
+    if status["status"] == "failed":
+        print(f"| {mode} | {failed_cell(status)} | | | | | | |")
+        return status
     measured = rows[1:] if skip_first and len(rows) > 1 else rows
     walls = [r["wall_s"] for r in measured]
     print(
@@ -110,6 +136,7 @@ def report(mode: str, rows: list[dict[str, float]], skip_first: bool) -> None:
         f"| {statistics.mean(r['load_s'] for r in measured) * 1000:.0f} "
         f"| {statistics.median(walls):.2f} | {p95(walls):.2f} |"
     )
+    return status
 
 
 def main() -> None:
@@ -134,10 +161,11 @@ def main() -> None:
     after_warm = residency(client, args.model)
     twice = [text for text in notes for _ in (0, 1)]
     repeat = run(client, args, twice, "10m")
-    report("cold (keep_alive=0)", cold, skip_first=False)
-    report("warm (keep_alive=10m), after the first call", warm, skip_first=True)
-    report("warm, same note again (second of each pair)", repeat[1::2], skip_first=False)
+    rows = [report("cold (keep_alive=0)", cold, skip_first=False),
+            report("warm (keep_alive=10m), after the first call", warm, skip_first=True),
+            report("warm, same note again (second of each pair)", repeat[1::2], skip_first=False)]
     print(f"\n/api/ps after the cold mode: {after_cold}; after the warm mode: {after_warm}")
+    raise SystemExit(exit_code(rows))
 
 
 if __name__ == "__main__":

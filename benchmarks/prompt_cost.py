@@ -9,7 +9,10 @@ langchain-experimental graphiti-core``) in a subprocess that puts that folder
 first on sys.path, with empty inputs (no schema, examples or text), so each
 figure is the fixed cost paid on every call. GraphRAG is not installed here;
 its figure is the one measured elsewhere and is labelled so. Tokens are counted
-with the SmolLM2 GGUF's tokenizer (llama.cpp, vocab only).
+with the SmolLM2 GGUF's tokenizer (llama.cpp, vocab only). A prompt of ours
+that renders empty or counts no tokens, or an installed anchor whose prompt
+cannot be read, is printed as failed (exit 1); an anchor that is not installed
+shows the figure measured elsewhere, labelled so.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from checks import exit_code, failed_cell, mark, minimum_problems  # noqa: E402
+
 MEASURED_ELSEWHERE = {
     "neo4j-graphrag ERExtractionTemplate": (1146, 0),
     "LangChain LLMGraphTransformer": (2089, 2494),
@@ -121,7 +128,15 @@ def main() -> None:
 
     print("| system | prompt chars | prompt tokens | schema chars | schema tokens | source |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
+    rows = []
     for name, (prompt, schema) in ours().items():
+        row = mark({"system": name}, minimum_problems(
+            {"prompt chars": 1, "prompt tokens": 1, "schema tokens": 1},
+            {"prompt chars": len(prompt), "prompt tokens": tokens(prompt), "schema tokens": tokens(schema)}))
+        rows.append(row)
+        if row["status"] == "failed":
+            print(f"| {name} | {failed_cell(row)} | | | | |")
+            continue
         note = "schema sent as format=; " + ("not in the prompt" if "t1" in name else "the prompt carries a compact copy")
         print(f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} | {note} |")
     measured = anchor_prompts(args.anchors)
@@ -133,6 +148,10 @@ def main() -> None:
                 f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} "
                 f"| installed package, this run (elsewhere: {chars:,} + {schema_chars:,}) |"
             )
+        elif found and "ModuleNotFoundError" not in found[0]:  # installed, yet unreadable: failed, not a figure
+            row = mark({"system": name}, [found[0][:160]])
+            rows.append(row)
+            print(f"| {name} | {failed_cell(row)} | | | | measured elsewhere: {chars:,} + {schema_chars:,} chars |")
         else:
             why = found[0][:80] if found else "not installed"
             print(f"| {name} | {chars:,} | – | {schema_chars:,} | – | measured elsewhere ({why}) |")
@@ -140,7 +159,10 @@ def main() -> None:
     print("| prompt | tokens per call (chatml-rendered, empty note, SmolLM2 tokenizer) |")
     print("| --- | ---: |")
     for name, count in rendered_tokens(vocab).items():
-        print(f"| {name} | {count:,} |")
+        row = mark({"prompt": name}, minimum_problems({"tokens": 1}, {"tokens": count}))
+        rows.append(row)
+        print(f"| {name} | {failed_cell(row) if row['status'] == 'failed' else f'{count:,}'} |")
+    raise SystemExit(exit_code(rows))
 
 
 if __name__ == "__main__":
