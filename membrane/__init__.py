@@ -37,9 +37,10 @@ if TYPE_CHECKING:  # the same names for type checkers, which do not run __getatt
         RetryableError,
         StaleClaim,
     )
-    from membrane.extract import ExtractionResult, Extractor, build_extractor, parse_output
+    from membrane.extract import Extractor, build_extractor, parse_output
     from membrane.graph import GraphStore
     from membrane.journal import Journal
+    from membrane.records import ExtractionResult
     from membrane.schema import Entity, Extraction, ExtractionRules, ModelRef, Relationship
 
 __all__ = [
@@ -86,9 +87,10 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "GraphWriteError", "JournalError", "MembraneError", "ModelCrashed", "ModelNotFound", "ModelRejected",
         "ModelUnavailable", "NotFound", "PermanentError", "PromotionRefused", "RetryableError", "StaleClaim",
     ),
-    "membrane.extract": ("ExtractionResult", "Extractor", "build_extractor", "parse_output"),
+    "membrane.extract": ("Extractor", "build_extractor", "parse_output"),
     "membrane.graph": ("GraphStore",),
     "membrane.journal": ("Journal",),
+    "membrane.records": ("ExtractionResult",),
     "membrane.schema": ("Entity", "Extraction", "ExtractionRules", "ModelRef", "Relationship"),
 }  # fmt: skip
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

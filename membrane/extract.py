@@ -39,6 +39,7 @@ from rapidfuzz import fuzz
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
+from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema, relation_pattern
 from membrane.train.registry import prompt_version_for
 
@@ -50,7 +51,6 @@ __all__ = [
     "PROMPT_VERSIONS",
     "TUNED_PROMPT_VERSION",
     "Chunk",
-    "ExtractionResult",
     "Extractor",
     "InvalidOutput",
     "build_extractor",
@@ -310,26 +310,6 @@ def split_text(text: str, max_chars: int, overlap: int = 0) -> list[Chunk]:
 
 
 # ---------------------------------------------------------------- extractor
-
-
-@dataclass(frozen=True)
-class ExtractionResult:
-    extraction: Extraction
-    model: str
-    backend: str
-    prompt_version: str
-    raw_outputs: tuple[str, ...]
-    errors: tuple[str, ...]
-    calls: int
-    first_attempt_valid: bool
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float
-    chunks: tuple[tuple[int, int], ...]
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass

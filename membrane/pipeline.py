@@ -59,8 +59,9 @@ from membrane.resolve import capture_facts
 from membrane.schema import ModelRef
 
 if TYPE_CHECKING:
-    from membrane.extract import ExtractionResult, Extractor
+    from membrane.extract import Extractor
     from membrane.graph import GraphStore
+    from membrane.records import ExtractionResult
 
 __all__ = [
     "ExtractorCache",

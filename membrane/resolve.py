@@ -39,8 +39,8 @@ from membrane.logs import get_logger
 from membrane.schema import Extraction, ExtractionRules
 
 if TYPE_CHECKING:
-    from membrane.extract import ExtractionResult
     from membrane.journal import CaptureRecord
+    from membrane.records import ExtractionResult
 
 __all__ = [
     "CaptureFacts",

@@ -1,11 +1,11 @@
-"""Building an extract.ExtractionResult in tests: what a model call would have produced."""
+"""Building a records.ExtractionResult in tests: what a model call would have produced."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from membrane.extract import ExtractionResult
+from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction
 
 

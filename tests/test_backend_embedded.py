@@ -12,7 +12,8 @@ from membrane.backends import GenerationRequest
 from membrane.backends.embedded import EmbeddedBackend
 from membrane.config import Settings
 from membrane.errors import ModelNotFound
-from membrane.extract import ExtractionResult, Extractor, model_schema
+from membrane.extract import Extractor, model_schema
+from membrane.records import ExtractionResult
 from membrane.schema import Extraction, ExtractionRules
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

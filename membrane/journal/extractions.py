@@ -1,7 +1,7 @@
 """Stored extractions: one row per ExtractionResult, with the raw model output
 needed to reproduce it, and the reads that join them to their captures.
 
-extract.ExtractionResult is the one list of the record's fields: the columns
+records.ExtractionResult is the one list of the record's fields: the columns
 of `extractions` are its field names (plus id, sha256, created_at), so the
 row codec below is derived from it rather than written out again.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from membrane.clock import iso_utc
-from membrane.extract import ExtractionResult
 from membrane.journal.captures import FACT_STATES, CaptureRecord, CaptureStore, capture_from_row
 from membrane.logs import get_logger
+from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction
 
 __all__ = ["ExtractionStore", "StoredExtraction"]
