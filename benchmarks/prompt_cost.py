@@ -80,7 +80,8 @@ def anchor_prompts(anchors: Path) -> dict[str, tuple[str, str]]:
 def our_messages() -> dict[str, list[dict[str, str]]]:
     """Our messages for an empty note: extract-v1 with and without its example, and extract-t1."""
     from membrane.config import Settings
-    from membrane.extract import TUNED_PROMPT_VERSION, build_messages, item_budget, model_schema
+    from membrane.extract import build_messages, item_budget, model_schema
+    from membrane.prompts import TUNED_PROMPT_VERSION
 
     settings = Settings()
     rules = settings.extraction.rules()

@@ -39,6 +39,7 @@ from rapidfuzz import fuzz
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
+from membrane.prompts import PROMPT_VERSION
 from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema, relation_pattern
 from membrane.train.registry import prompt_version_for
@@ -47,9 +48,6 @@ if TYPE_CHECKING:
     from membrane.config import Settings
 
 __all__ = [
-    "PROMPT_VERSION",
-    "PROMPT_VERSIONS",
-    "TUNED_PROMPT_VERSION",
     "Chunk",
     "Extractor",
     "InvalidOutput",
@@ -65,12 +63,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-PROMPT_VERSION = "extract-v1"
-# The prompt a fine-tuned model was trained on: one paragraph, no schema text
-# and no worked example (the tuning taught the format; constrained decoding
-# still enforces it). A trained model's manifest names its version.
-TUNED_PROMPT_VERSION = "extract-t1"
-PROMPT_VERSIONS = (PROMPT_VERSION, TUNED_PROMPT_VERSION)
 # Versions whose system prompt embeds the schema and that may add the example.
 _SCHEMA_IN_PROMPT = frozenset({PROMPT_VERSION})
 

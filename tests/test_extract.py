@@ -18,7 +18,6 @@ from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, ModelNotFound
 from membrane.extract import (
-    PROMPT_VERSION,
     Extractor,
     InvalidOutput,
     build_extractor,
@@ -27,6 +26,7 @@ from membrane.extract import (
     parse_output,
     split_text,
 )
+from membrane.prompts import PROMPT_VERSION
 from membrane.schema import ExtractionRules
 
 GOOD = '{"entities":[{"name":"Alice","role":"subject"},{"name":"k3s","role":"object"}],' \

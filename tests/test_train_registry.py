@@ -15,8 +15,9 @@ from extraction_support import make_result
 
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError
-from membrane.extract import PROMPT_VERSION, TUNED_PROMPT_VERSION, Extractor, build_messages
+from membrane.extract import Extractor, build_messages
 from membrane.journal import Journal
+from membrane.prompts import PROMPT_VERSION, TUNED_PROMPT_VERSION
 from membrane.schema import Extraction
 from membrane.train import anchors
 from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases

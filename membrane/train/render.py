@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from membrane.errors import ConfigError
-from membrane.extract import TUNED_PROMPT_VERSION, build_messages
+from membrane.extract import build_messages
+from membrane.prompts import TUNED_PROMPT_VERSION
 from membrane.train.data import Case
 
 __all__ = [

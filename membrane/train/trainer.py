@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from membrane.errors import ConfigError
-from membrane.extract import TUNED_PROMPT_VERSION
 from membrane.logs import get_logger
+from membrane.prompts import TUNED_PROMPT_VERSION
 from membrane.train.data import (
     Case,
     data_sha256,
