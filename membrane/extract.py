@@ -37,12 +37,12 @@ from pydantic import ValidationError
 from rapidfuzz import fuzz
 
 from membrane.backends import Backend, Generation, GenerationRequest, get_backend
+from membrane.backends.catalogue import prompt_version_for
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
 from membrane.prompts import PROMPT_VERSION
 from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema, relation_pattern
-from membrane.train.registry import prompt_version_for
 
 if TYPE_CHECKING:
     from membrane.config import Settings

@@ -17,11 +17,11 @@ if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # in CI a miss
     pytest.importorskip("torch", reason="the train extra is not installed")
     pytest.importorskip("peft", reason="the train extra is not installed")
 
+from membrane.backends.catalogue import ADAPTER_FILE, MANIFEST_FILE  # noqa: E402
 from membrane.config import Settings  # noqa: E402
 from membrane.schema import Extraction  # noqa: E402
 from membrane.train.data import Case  # noqa: E402
 from membrane.train.loop import RunConfig, batch_indices, epoch_order  # noqa: E402
-from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE  # noqa: E402
 from membrane.train.render import IGNORE_INDEX, LlamaTokenizer, render_case, training_messages  # noqa: E402
 
 CASES = [

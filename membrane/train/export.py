@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from membrane.backends.catalogue import ADAPTER_FILE, MANIFEST_FILE
 from membrane.backends.gguf import model_cache_dir
 from membrane.errors import MembraneError
-from membrane.train.registry import ADAPTER_FILE, MANIFEST_FILE
 
 __all__ = ["converter_dir", "convert_lora", "convert_merged", "file_sha256", "save_base_config", "write_manifest"]
 

@@ -37,11 +37,11 @@ def register_ollama(settings: Settings, name: str) -> str:
     """Create trained model `name` in the configured Ollama server under the same name.
 
     The same name is what maps the Ollama model to its manifest's prompt
-    version (registry.prompt_version_for).
+    version (catalogue.prompt_version_for).
     """
+    from membrane.backends.catalogue import trained_models
     from membrane.backends.gguf import locate_gguf
     from membrane.backends.ollama import OllamaBackend
-    from membrane.train.registry import trained_models
 
     model = trained_models(settings).get(name)
     if model is None:

