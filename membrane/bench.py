@@ -29,12 +29,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from membrane.backends import get_backend
+from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
 from membrane.extract import Extractor
 from membrane.journal import Journal
 from membrane.logs import get_logger
-from membrane.promote import Decision, active_model, apply_decision, check_policy_settings, choose_challenger
+from membrane.promote import Decision, apply_decision, check_policy_settings, choose_challenger
 from membrane.schema import ModelRef
 from membrane.score import GoldCase, Prediction, Scores, load_gold, score_case
 
@@ -183,6 +184,10 @@ class BenchReport(BaseModel):
             if ids:
                 sections.append((f"All sets, captures of {label} ({len(ids)} cases)", self.runs_on(ids)))
         return sections
+
+    def scores_by_model(self) -> dict[str, Scores]:
+        """Model -> scores of every run that was scored: the promotion policy's input."""
+        return {run.model: run.scores for run in self.runs if run.scores is not None}
 
     def markdown(self) -> str:
         if not self.eval_sets:
@@ -398,7 +403,7 @@ def run_bench(
     """Bench every candidate on every evaluation set, write the reports, record the run; promotes nothing."""
     check_policy_settings(settings)
     gold, sets = load_eval_sets(settings, eval_files)
-    champion = active_model(settings, journal)
+    champion = effective_champion(settings, journal)
     candidates, notes = resolve_candidates(settings, champion, models)
     log.info("bench_started", cases=len(gold), sets=[s.name for s in sets], candidates=[str(c) for c in candidates],
              champion=str(champion))

@@ -245,19 +245,19 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
     """Counts per state, recent errors, active model, projection lag."""
     import json
 
+    from membrane.champion import effective_champion
     from membrane.journal import Journal
-    from membrane.promote import active_model
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
         lag = journal.projection_lag()
         counts, recent = journal.counts(), journal.recent_errors(error_count)
-        promoted = journal.active_model() is not None
+        promoted = journal.last_promotion() is not None
         report: dict[str, Any] = {
             "journal": str(settings.journal.path),
             "inbox": str(settings.inbox.path),
             "neo4j": settings.neo4j.uri or None,
-            "active_model": str(active_model(settings, journal)),
+            "active_model": str(effective_champion(settings, journal)),
             "promoted": promoted,
             "counts": counts,
             "projection_lag": {"count": lag.count, "oldest_extracted_at": lag.oldest_extracted_at,
@@ -601,13 +601,13 @@ def models(app: AppContext, as_json: bool) -> None:
     import json
 
     from membrane.bench import TABLE_HEADER, last_report, resolve_candidates, table_cells
+    from membrane.champion import effective_champion
     from membrane.journal import Journal
-    from membrane.promote import active_model
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        champion = active_model(settings, journal)
-        promoted = journal.active_model() is not None
+        champion = effective_champion(settings, journal)
+        promoted = journal.last_promotion() is not None
         candidates, notes = resolve_candidates(settings, champion)
         last = last_report(journal)
         promotions = journal.promotions(5)
@@ -651,7 +651,9 @@ def promote(app: AppContext, name: str, force: bool) -> None:
         raise ConfigError(f"unknown backend {ref.backend!r} in {name!r}; known: {', '.join(backend_names())}")
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        done = promote_manually(ref, settings, journal, last_report(journal), force=force)
+        last = last_report(journal)
+        scores = last.scores_by_model() if last else None
+        done = promote_manually(ref, settings, journal, scores, run_id=last.id if last else None, force=force)
     if not done.changed:
         click.echo(f"{ref} is already the champion")
         return

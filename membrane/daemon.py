@@ -32,13 +32,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import GraphUnavailable, MembraneError
 from membrane.inbox import DeletionWatch, Inbox, InboxFolders
 from membrane.journal import Journal, JournalError
 from membrane.logs import get_logger
 from membrane.pipeline import GraphLink, Outcome, Pipeline
-from membrane.promote import active_model
 
 __all__ = ["Daemon", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
 
@@ -293,7 +293,7 @@ class Daemon:
             worker.start()
         self.scheduler = self._start_scheduler()
         log.info("daemon_ready", inbox=str(self.settings.inbox.path), concurrency=len(self.workers),
-                 neo4j=graph.enabled, model=str(active_model(self.settings, self.journal)))
+                 neo4j=graph.enabled, model=str(effective_champion(self.settings, self.journal)))
         self.notifier.ready(self.status_line())
 
     def _install_signals(self) -> None:
@@ -410,5 +410,5 @@ class Daemon:
         counts = self.journal.counts()
         shown = ", ".join(f"{state} {counts[state]}" for state in ("queued", "extracting", "extracted",
                                                                     "done", "failed") if counts[state])
-        return f"{shown or 'idle'}; model {active_model(self.settings, self.journal)}"
+        return f"{shown or 'idle'}; model {effective_champion(self.settings, self.journal)}"
 

@@ -102,14 +102,14 @@ def check_neo4j(settings: Settings) -> Check:
 
 def check_model(settings: Settings) -> Check:
     from membrane.backends import get_backend
+    from membrane.champion import effective_champion
     from membrane.journal import Journal
-    from membrane.promote import active_model
     from membrane.schema import ModelRef
 
     ref = ModelRef(settings.model.backend, settings.model.name)
     if settings.journal.path.exists():  # doctor must not create a journal
         with Journal(settings.journal.path) as journal:
-            ref = active_model(settings, journal)
+            ref = effective_champion(settings, journal)
     try:
         result = get_backend(ref.backend, settings).check(ref.name)
     except MembraneError as exc:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from membrane.capture import Capture, CaptureVanished, read_capture
+from membrane.champion import effective_champion
 from membrane.clock import backoff_delay
 from membrane.config import Settings
 from membrane.errors import (
@@ -54,7 +55,6 @@ from membrane.errors import (
 from membrane.inbox import FileMover
 from membrane.journal import DEFAULT_LEASE_S, FACT_STATES, CaptureRecord, Journal, JournalError, StaleClaim
 from membrane.logs import get_logger
-from membrane.promote import active_model
 from membrane.resolve import capture_facts
 from membrane.schema import ModelRef
 
@@ -287,7 +287,7 @@ class Pipeline:
             return Outcome(record.path, "waiting", record.sha256)
 
     def _extract(self, record: CaptureRecord) -> Outcome:
-        ref = active_model(self.settings, self.journal)
+        ref = effective_champion(self.settings, self.journal)
         try:
             with _LeaseKeeper(self.journal, record.sha256):
                 result = self.extractors.get(ref).extract(record.text)

@@ -1,7 +1,7 @@
-"""The champion and the promotion policy: which model is champion (the one
-lookup of it), whether a challenger's scores justify replacing it, which
-challenger of a bench run to judge, and applying that decision to the journal,
-for the scheduler and for `membrane promote`.
+"""The promotion policy: whether a challenger's scores justify replacing the
+champion, which challenger of a bench run to judge, and applying that
+decision to the journal, for the scheduler and for `membrane promote`.
+(Which model is champion now is membrane.champion.effective_champion.)
 
 Policy (also in docs/design-notes.md, "Bench and promotion"):
 1. Gates: the challenger's valid-JSON rate after repair is at least
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import ConfigError, PromotionRefused
 from membrane.journal import Journal
@@ -39,14 +40,10 @@ from membrane.logs import get_logger
 from membrane.schema import ModelRef
 from membrane.score import METRICS, Scores
 
-if TYPE_CHECKING:
-    from membrane.bench import BenchReport
-
 __all__ = [
     "BOOTSTRAP_SEED",
     "Decision",
     "Promotion",
-    "active_model",
     "apply_decision",
     "bootstrap_improvement",
     "check_policy_settings",
@@ -86,11 +83,6 @@ class Decision(BaseModel):
     gates_failed: tuple[str, ...] = ()
     challenger_metrics: dict[str, float] = Field(default_factory=dict)
     champion_metrics: dict[str, float] = Field(default_factory=dict)
-
-
-def active_model(settings: Settings, journal: Journal) -> ModelRef:
-    """The champion: the promoted model, else the configured [model]; looked up for every capture."""
-    return journal.active_model() or ModelRef(settings.model.backend, settings.model.name)
 
 
 def check_policy_settings(settings: Settings) -> None:
@@ -313,7 +305,7 @@ def apply_decision(decision: Decision, settings: Settings, journal: Journal, *, 
 
 def promote(ref: ModelRef, settings: Settings, journal: Journal, *, reason: str, evidence: Mapping[str, Any]) -> int:
     """Record `ref` as champion; requeue extraction failures if configured. Returns the count requeued."""
-    champion = active_model(settings, journal)
+    champion = effective_champion(settings, journal)
     journal.set_active_model(ref, reason=reason, evidence=evidence, replacing=champion)
     requeued = journal.requeue_failed("extract") if settings.bench.retry_failed_after_promotion else 0
     log.info("champion_changed", previous=str(champion), new=str(ref), reason=reason, requeued=requeued)
@@ -331,23 +323,29 @@ class Promotion:
 
 
 def promote_manually(
-    ref: ModelRef, settings: Settings, journal: Journal, last_run: BenchReport | None, *, force: bool = False
+    ref: ModelRef,
+    settings: Settings,
+    journal: Journal,
+    scores: Mapping[str, Scores] | None,
+    *,
+    run_id: int | None = None,
+    force: bool = False,
 ) -> Promotion:
-    """`membrane promote`: make `ref` champion if the policy, on the per-case scores of the last
-    bench run, says it clearly beats the champion; `force` skips the policy (and says so in the
-    evidence). Raises PromotionRefused when the policy keeps the champion or `ref` has no scores."""
-    champion = active_model(settings, journal)
+    """`membrane promote`: make `ref` champion if the policy, on the per-case `scores` (model ->
+    scores) of the last bench run, `run_id`, says it clearly beats the champion; `scores` None means
+    no bench run. `force` skips the policy (and says so in the evidence). Raises PromotionRefused
+    when the policy keeps the champion or `ref` has no scores."""
+    champion = effective_champion(settings, journal)
     if ref == champion:
         return Promotion(champion, ref, changed=False)
-    run_id = last_run.id if last_run else None
-    decision = _decision_on(last_run, champion, ref, settings)
+    decision = _decision_on(scores, champion, ref, settings)
     if force:
         forced = decision.model_dump(mode="json") if decision else None
         evidence = {"forced": True, "bench_run": run_id, "decision": forced}
         requeued = promote(ref, settings, journal, reason="manual promotion (--force)", evidence=evidence)
         return Promotion(champion, ref, requeued)
     if decision is None:
-        where = f"bench run {run_id}" if last_run else "any bench run"
+        where = f"bench run {run_id}" if scores is not None else "any bench run"
         raise PromotionRefused(
             f"{ref} has no scores in {where}; run `membrane bench --models {ref},{champion}` or use --force"
         )
@@ -358,10 +356,10 @@ def promote_manually(
 
 
 def _decision_on(
-    last_run: BenchReport | None, champion: ModelRef, ref: ModelRef, settings: Settings
+    scores: Mapping[str, Scores] | None, champion: ModelRef, ref: ModelRef, settings: Settings
 ) -> Decision | None:
     """The policy's decision for `ref` against the champion on the last run's scores; None without scores."""
-    scores = last_run.scores_for(str(ref)) if last_run else None
-    if last_run is None or scores is None:
+    theirs = scores.get(str(ref)) if scores is not None else None
+    if scores is None or theirs is None:
         return None
-    return decide(last_run.scores_for(str(champion)), scores, settings, champion=str(champion), challenger=str(ref))
+    return decide(scores.get(str(champion)), theirs, settings, champion=str(champion), challenger=str(ref))

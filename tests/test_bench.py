@@ -124,7 +124,7 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     files = sorted(p.suffix for p in (tmp_path / "out").iterdir())
     assert files == [".json", ".md", ".png"]
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        assert journal.active_model() == ModelRef("ollama", "good:1b")
+        assert journal.last_promotion() == ModelRef("ollama", "good:1b")
         report = last_report(journal)
     assert report is not None and report.id == 1
     good = report.run_for("ollama:good:1b")

@@ -379,12 +379,12 @@ def test_promotion_rollback_and_history(journal: Journal) -> None:
     configured = ModelRef("embedded", "smollm2-135m")
     qwen = ModelRef.parse("ollama:qwen2.5:1.5b")
     gemma = ModelRef("embedded", "gemma3-270m")
-    assert journal.active_model() is None
+    assert journal.last_promotion() is None
     journal.set_active_model(qwen, reason="bench", evidence={"f1": 0.6}, replacing=configured)
     journal.set_active_model(gemma, reason="bench", evidence={"f1": 0.7})
-    assert journal.active_model() == gemma
+    assert journal.last_promotion() == gemma
     assert journal.rollback_active_model(reason="worse in use") == qwen
-    assert journal.active_model() == qwen
+    assert journal.last_promotion() == qwen
     assert journal.rollback_active_model(reason="again") == configured
     with pytest.raises(MembraneError, match="no previous champion"):
         journal.rollback_active_model(reason="nothing left")

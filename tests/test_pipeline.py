@@ -170,7 +170,7 @@ def test_edit_retracts_the_old_version_in_journal_only_mode(make_settings: Calla
     assert {e.key for e in graph.entities} == _keys(1)
 
 
-def test_active_model_is_looked_up_per_capture(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_effective_champion_is_looked_up_per_capture(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """A promotion applies to the next capture without a restart."""
     settings = _settings(make_settings, tmp_path)
     _drop(settings, [0, 1])

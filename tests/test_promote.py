@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from membrane.champion import effective_champion
 from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import ConfigError, MembraneError, PromotionRefused
 from membrane.journal import Journal
 from membrane.promote import (
-    active_model,
     apply_decision,
     bootstrap_improvement,
     choose_challenger,
@@ -146,7 +146,7 @@ def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Set
     decision = decide(table(MEDIOCRE), table(STRONG), settings, champion="embedded:smollm2-135m",
                       challenger="embedded:gemma3-270m")  # fmt: skip
     assert apply_decision(decision, settings, journal) == 1
-    assert journal.active_model() == ModelRef("embedded", "gemma3-270m")
+    assert journal.last_promotion() == ModelRef("embedded", "gemma3-270m")
     record = journal.promotions(1)[0]
     assert record["previous"] == "embedded:smollm2-135m"
     assert record["evidence"]["lower_bound"] == decision.lower_bound
@@ -155,11 +155,11 @@ def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Set
 
 def test_rollback_restores_the_last_champion(settings: Settings, journal: Journal) -> None:
     """Two promotions then rollbacks walk back to the configured model; one more rollback is refused."""
-    assert active_model(settings, journal) == ModelRef("embedded", "smollm2-135m")
+    assert effective_champion(settings, journal) == ModelRef("embedded", "smollm2-135m")
     promote(ModelRef("embedded", "gemma3-270m"), settings, journal, reason="test", evidence={})
     promote(ModelRef("ollama", "qwen2.5:1.5b"), settings, journal, reason="test", evidence={})
     assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "gemma3-270m")
-    assert active_model(settings, journal) == ModelRef("embedded", "gemma3-270m")
+    assert effective_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
     assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "smollm2-135m")
     with pytest.raises(MembraneError):
         journal.rollback_active_model(reason="test")
@@ -178,18 +178,37 @@ def test_choose_challenger_prefers_a_clear_win_then_shows_the_best_loser(setting
 
 def test_manual_promotion_refusals_change_nothing(settings: Settings, journal: Journal) -> None:
     """The champion itself is a no-op, and a model without scores is refused, both without a promotion recorded."""
-    champion = active_model(settings, journal)
+    champion = effective_champion(settings, journal)
     assert not promote_manually(champion, settings, journal, None).changed
     with pytest.raises(PromotionRefused, match="has no scores in any bench run"):
         promote_manually(ModelRef("embedded", "gemma3-270m"), settings, journal, None)
-    assert journal.promotions() == [] and active_model(settings, journal) == champion
+    assert journal.promotions() == [] and effective_champion(settings, journal) == champion
+
+
+def test_manual_promotion_judges_a_scores_table(settings: Settings, journal: Journal) -> None:
+    """The policy behind `membrane promote` takes model -> scores, not a bench report, and names the run."""
+    scores = {"embedded:smollm2-135m": table(MEDIOCRE), "embedded:gemma3-270m": table(STRONG)}
+    done = promote_manually(ModelRef("embedded", "gemma3-270m"), settings, journal, scores, run_id=7)
+    assert done.changed and done.previous == ModelRef("embedded", "smollm2-135m")
+    assert effective_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
+    assert journal.promotions(1)[0]["reason"].startswith("manual promotion, bench run 7: ")
 
 
 def test_policy_modules_do_not_load_the_capture_pipeline() -> None:
-    """Importing bench and promote loads neither the pipeline nor the inbox (they own the champion lookup now)."""
+    """Importing bench and promote loads neither the pipeline nor the inbox."""
     code = "import sys, membrane.bench, membrane.promote; print(sorted(m for m in sys.modules if m.startswith('membrane.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "membrane.promote" in loaded and "membrane.pipeline" not in loaded and "membrane.inbox" not in loaded
+
+
+def test_champion_readers_do_not_load_the_policy() -> None:
+    """The pipeline, the daemon, the doctor and the CLI read the champion without importing promote or bench."""
+    code = (
+        "import sys, membrane.pipeline, membrane.daemon, membrane.doctor, membrane.cli;"
+        "print(sorted(m for m in sys.modules if m.startswith('membrane.')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "membrane.champion" in loaded and "membrane.promote" not in loaded and "membrane.bench" not in loaded
 
 
 # ---------------------------------------------------------------- CLI
@@ -243,7 +262,7 @@ def test_promote_force_and_rollback_commands(tmp_path: Path) -> None:
     result = runner.invoke(main, ["--config", str(config), "promote", "ollama:qwen2.5:1.5b", "--force"])
     assert result.exit_code == 0, result.output
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        assert journal.active_model() == ModelRef("ollama", "qwen2.5:1.5b")
+        assert journal.last_promotion() == ModelRef("ollama", "qwen2.5:1.5b")
         assert journal.promotions(1)[0]["evidence"]["forced"] is True
     result = runner.invoke(main, ["--config", str(config), "rollback"])
     assert result.exit_code == 0 and "embedded:smollm2-135m" in result.output

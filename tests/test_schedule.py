@@ -68,7 +68,7 @@ def test_interval_fires_one_run_at_a_time_and_skips_while_busy(make_settings: Ca
         scheduler.shutdown()
     assert scheduler.runs >= 1
     assert journal.bench_runs() == []
-    assert journal.active_model() is None
+    assert journal.last_promotion() is None
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_scheduled_promotion_applies_to_the_daemons_next_capture(make_settings: 
             daemon.scheduler.run_now()
             assert daemon.scheduler.finished.wait(60), "the scheduled bench did not finish"
             assert daemon.journal is not None
-            assert daemon.journal.active_model() == ModelRef("ollama", "good:1b")
+            assert daemon.journal.last_promotion() == ModelRef("ollama", "good:1b")
             assert daemon.journal.promotions(1)[0]["evidence"]["lower_bound"] > 0
             capture = settings.inbox.path / "note.txt"
             capture.write_text("Docker is deployed on the Kubernetes cluster managed by the DevOps team.\n")

@@ -1,7 +1,9 @@
-"""The active model's history (promotions and rollbacks) and the stored bench runs.
+"""The champion history (promotions and rollbacks) and the stored bench runs.
 
 The champion is not stored as a value: it is the top of the stack that
-replaying the promotions gives, so every change stays on record.
+replaying the promotions gives, so every change stays on record. Without a
+promotion the configured [model] is champion; membrane.champion combines the
+two into the effective champion.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ class ModelStore(JournalCore):
             stack.append(row["new"])
         return stack
 
-    def active_model(self) -> ModelRef | None:
-        """The promoted champion, or None (then the configured [model] is active)."""
-        with self._translate("active_model"):
+    def last_promotion(self) -> ModelRef | None:
+        """The model the promotions (less rollbacks) left champion, or None before any promotion."""
+        with self._translate("last_promotion"):
             stack = self._champions(self._db())
         return ModelRef.parse(stack[-1]) if stack else None
 
