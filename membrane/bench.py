@@ -15,6 +15,7 @@ only by the scheduler when bench.auto_promote, or by `membrane bench
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import threading
@@ -33,7 +34,7 @@ from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
 from membrane.extract import Extractor
-from membrane.journal import Journal
+from membrane.journal import Journal, read_recorded_outputs
 from membrane.logs import get_logger
 from membrane.promote import Decision, apply_decision, check_policy_settings, choose_challenger
 from membrane.schema import ModelRef
@@ -310,7 +311,8 @@ def _unavailable(ref: ModelRef, detail: str, parameters: str = "") -> ModelRun:
 def bench_model(settings: Settings, ref: ModelRef, gold: list[GoldCase], progress: Progress | None = None) -> ModelRun:
     """Run one candidate over the gold set; unavailable (not raised) when its backend or model is missing."""
     try:
-        backend = get_backend(ref.backend, settings)
+        recorded = functools.partial(read_recorded_outputs, settings.journal.path)
+        backend = get_backend(ref.backend, settings, recorded=recorded)
         check = backend.check(ref.name)
         parameters = backend.parameters(ref.name) if check.ok else ""
     except MembraneError as exc:

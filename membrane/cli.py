@@ -7,6 +7,7 @@ into the library; MembraneError subclasses are turned into one clear line.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -163,12 +164,14 @@ def extract(app: AppContext, text: str, raw: bool, model_name: str | None, backe
 
     from membrane.errors import ExtractionFailed
     from membrane.extract import build_extractor
+    from membrane.journal import read_recorded_outputs
 
     if text == "-":
         text = sys.stdin.read()
     if not text.strip():
         fail("nothing to extract: TEXT is empty", EXIT_USAGE)
-    extractor = build_extractor(app.settings, backend=backend_name, model=model_name)
+    recorded = functools.partial(read_recorded_outputs, app.settings.journal.path)
+    extractor = build_extractor(app.settings, backend=backend_name, model=model_name, recorded=recorded)
     try:
         result = extractor.extract(text)
     except ExtractionFailed as exc:

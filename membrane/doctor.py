@@ -7,6 +7,7 @@ the backends), so a failing check never hides a bug behind a broad except.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def check_neo4j(settings: Settings) -> Check:
 def check_model(settings: Settings) -> Check:
     from membrane.backends import get_backend
     from membrane.champion import effective_champion
-    from membrane.journal import Journal
+    from membrane.journal import Journal, read_recorded_outputs
     from membrane.schema import ModelRef
 
     ref = ModelRef(settings.model.backend, settings.model.name)
@@ -111,7 +112,8 @@ def check_model(settings: Settings) -> Check:
         with Journal(settings.journal.path) as journal:
             ref = effective_champion(settings, journal)
     try:
-        result = get_backend(ref.backend, settings).check(ref.name)
+        recorded = functools.partial(read_recorded_outputs, settings.journal.path)
+        result = get_backend(ref.backend, settings, recorded=recorded).check(ref.name)
     except MembraneError as exc:
         return Check("model", False, f"{ref}: {exc}", exc.hint or "see `membrane models`")
     return Check("model", result.ok, f"{ref}: {result.detail}", result.fix)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from rapidfuzz import fuzz
 
-from membrane.backends import Backend, Generation, GenerationRequest, get_backend
+from membrane.backends import Backend, Generation, GenerationRequest, RecordedOutputs, get_backend
 from membrane.backends.catalogue import prompt_version_for
 from membrane.errors import ExtractionFailed
 from membrane.logs import get_logger
@@ -490,7 +490,13 @@ class Extractor:
         return Extraction.parse(merged.model_dump(), rules)
 
 
-def build_extractor(settings: Settings, *, backend: str | None = None, model: str | None = None) -> Extractor:
-    """An Extractor for `backend:model`, defaulting to [model] backend and name."""
+def build_extractor(
+    settings: Settings,
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    recorded: RecordedOutputs | None = None,
+) -> Extractor:
+    """An Extractor for `backend:model`, defaulting to [model] backend and name; `recorded` feeds replay."""
     backend_name = backend or settings.model.backend
-    return Extractor(get_backend(backend_name, settings), model or settings.model.name, settings)
+    return Extractor(get_backend(backend_name, settings, recorded=recorded), model or settings.model.name, settings)

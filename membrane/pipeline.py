@@ -30,6 +30,7 @@ an idempotent upsert, and `recover()` carries every intermediate state
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -53,7 +54,15 @@ from membrane.errors import (
     RetryableError,
 )
 from membrane.inbox import FileMover
-from membrane.journal import DEFAULT_LEASE_S, FACT_STATES, CaptureRecord, Journal, JournalError, StaleClaim
+from membrane.journal import (
+    DEFAULT_LEASE_S,
+    FACT_STATES,
+    CaptureRecord,
+    Journal,
+    JournalError,
+    StaleClaim,
+    read_recorded_outputs,
+)
 from membrane.logs import get_logger
 from membrane.resolve import capture_facts
 from membrane.schema import ModelRef
@@ -134,7 +143,8 @@ class ExtractorCache:
     def _default_build(self, ref: ModelRef) -> Extractor:
         from membrane.extract import build_extractor
 
-        return build_extractor(self._settings, backend=ref.backend, model=ref.name)
+        recorded = functools.partial(read_recorded_outputs, self._settings.journal.path)
+        return build_extractor(self._settings, backend=ref.backend, model=ref.name, recorded=recorded)
 
     def get(self, ref: ModelRef) -> Extractor:
         with self._lock:

@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from membrane.backends import Generation, GenerationRequest, backend_names, get_backend, register_backend
-from membrane.backends.replay import ReplayBackend
 from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, ModelNotFound
@@ -319,20 +318,23 @@ def test_replay_bad_file_is_a_config_error(tmp_path: Path, make_settings: Callab
         get_backend("replay", make_settings(model={"backend": "replay", "replay_file": path}))
 
 
-def test_replay_from_the_journal(tmp_path: Path) -> None:
-    """Outputs recorded in the journal answer the same capture text again."""
+def test_replay_from_the_journal(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """Outputs recorded in the journal, passed in by the caller, answer the same capture text again."""
     from extraction_support import make_result
 
-    from membrane.journal import Journal
+    from membrane.journal import Journal, read_recorded_outputs
 
-    journal_path = tmp_path / "journal.sqlite3"
+    settings = make_settings(model={"backend": "replay"})
+    journal_path = settings.journal.path
     sha = hashlib.sha256(NOTE.encode()).hexdigest()
     with Journal(journal_path) as journal:
         journal.enqueue(sha, "inbox/note.txt", NOTE)
         assert journal.claim() is not None
         journal.record_extraction(sha, make_result(backend="ollama", prompt_version=PROMPT_VERSION,
                                                    raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]]))
-    backend = ReplayBackend.from_journal(journal_path)
+    with pytest.raises(ConfigError, match="model.replay_file"):
+        get_backend("replay", settings)  # the backends never open the journal themselves
+    backend = get_backend("replay", settings, recorded=lambda: read_recorded_outputs(journal_path))
     result = Extractor(backend, "m", Settings()).extract(NOTE)
     assert result.raw_outputs == (GOOD,)
 

@@ -135,9 +135,9 @@ def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[
     assert prompt_version_for(settings, "embedded", "tiny-tuned") == TUNED_PROMPT_VERSION
     assert prompt_version_for(settings, "ollama", "tiny-tuned:latest") == TUNED_PROMPT_VERSION
     assert prompt_version_for(settings, "embedded", "smollm2-135m") == PROMPT_VERSION
-    from membrane.backends import get_backend
+    from membrane.backends.replay import ReplayBackend
 
-    extractor = Extractor(get_backend("replay", settings), "tiny-tuned", settings)
+    extractor = Extractor(ReplayBackend([]), "tiny-tuned", settings)
     assert extractor.prompt_version == TUNED_PROMPT_VERSION
     messages = extractor._messages("Ada uses Vim.", {"type": "object"})
     assert [m["role"] for m in messages] == ["system", "user"] and "schema" not in messages[0]["content"]

@@ -10,11 +10,13 @@ ModelNotFound: permanent).
 Built-in backends (ollama, embedded, replay) are registered through the same
 ``register_backend`` a plugin would use; their modules are imported only when
 a backend of that name is built, so llama.cpp is not loaded for Ollama users.
+The backends never open the journal: the replay backend's recorded outputs,
+when they come from the journal, are passed in by the caller (``recorded``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +30,7 @@ __all__ = [
     "BackendCheck",
     "Generation",
     "GenerationRequest",
+    "RecordedOutputs",
     "backend_names",
     "get_backend",
     "register_backend",
@@ -95,6 +98,8 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[["Settings"], Backend]
+# Reads (text, raw output) pairs, such as the journal's successful extractions, for the replay backend.
+RecordedOutputs = Callable[[], Iterable[tuple[str, str]]]
 
 
 def _ollama(settings: Settings) -> Backend:
@@ -109,10 +114,10 @@ def _embedded(settings: Settings) -> Backend:
     return EmbeddedBackend(settings)
 
 
-def _replay(settings: Settings) -> Backend:
+def _replay(settings: Settings, recorded: RecordedOutputs | None = None) -> Backend:
     from membrane.backends.replay import ReplayBackend
 
-    return ReplayBackend.from_settings(settings)
+    return ReplayBackend.from_settings(settings, recorded)
 
 
 _FACTORIES: dict[str, BackendFactory] = {"embedded": _embedded, "ollama": _ollama, "replay": _replay}
@@ -127,12 +132,18 @@ def backend_names() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_backend(name: str, settings: Settings) -> Backend:
-    """Build the backend `name`; an unknown name is a ConfigError."""
+def get_backend(name: str, settings: Settings, *, recorded: RecordedOutputs | None = None) -> Backend:
+    """Build the backend `name`; an unknown name is a ConfigError.
+
+    `recorded` is what the built-in replay backend answers from when model.replay_file
+    is unset (the callers pass the journal's recorded outputs); other backends ignore it.
+    """
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ConfigError(
             f"unknown model backend {name!r}; known: {', '.join(backend_names())}",
             key="model.backend",
         )
+    if factory is _replay:
+        return _replay(settings, recorded)
     return factory(settings)

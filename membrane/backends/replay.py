@@ -2,7 +2,8 @@
 
 Records come from a JSONL file (``{"text": ..., "output": ...}`` per line;
 several lines with the same text are successive attempts: first answer, first
-repair, ...) or from the journal's successful extractions. A request is
+repair, ...) or from the journal's successful extractions, which the caller
+reads and passes in (this module never imports the journal). A request is
 answered by its chunk text (``request.text``, whitespace-trimmed) and its
 attempt number; past the last recorded attempt the last output is repeated.
 An unrecorded text is a permanent ModelNotFound: replay cannot invent output.
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from membrane.backends import BackendCheck, Generation, GenerationRequest
+from membrane.backends import BackendCheck, Generation, GenerationRequest, RecordedOutputs
 from membrane.errors import ConfigError, ModelNotFound
 
 if TYPE_CHECKING:
@@ -69,21 +70,16 @@ class ReplayBackend:
         return cls(read_jsonl(path), source=str(path))
 
     @classmethod
-    def from_journal(cls, journal_path: Path) -> ReplayBackend:
-        from membrane.journal import Journal  # lazily: the journal is built above the backends
-
-        journal = Journal(journal_path)
-        try:
-            records = list(journal.recorded_outputs())
-        finally:
-            journal.close()
-        return cls(records, source=f"journal {journal_path}")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ReplayBackend:
+    def from_settings(cls, settings: Settings, recorded: RecordedOutputs | None = None) -> ReplayBackend:
+        """From model.replay_file when set, else from `recorded` (the journal's outputs, read by the caller)."""
         if settings.model.replay_file is not None:
             return cls.from_file(settings.model.replay_file)
-        return cls.from_journal(settings.journal.path)
+        if recorded is None:
+            raise ConfigError(
+                "the replay backend needs model.replay_file, or recorded outputs passed in by its caller",
+                key="model.replay_file",
+            )
+        return cls(recorded(), source=f"journal {settings.journal.path}")
 
     def generate(self, request: GenerationRequest) -> Generation:
         started = time.monotonic()

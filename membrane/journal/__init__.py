@@ -1,8 +1,8 @@
 """The journal: MemBrane's source of truth, one SQLite file in WAL mode.
 
 It owns every capture's state, the extractions with their raw model output,
-rejected files, bench runs, promotions and the active model. Neo4j is only a
-projection of it (`membrane sync` rebuilds the graph from here).
+rejected files, bench runs and the promotions that name the champion. Neo4j
+is only a projection of it (`membrane sync` rebuilds the graph from here).
 
 `Journal` is the one handle callers hold; each concern is a store in its own
 module, all sharing the connection and transaction core:
@@ -44,6 +44,7 @@ __all__ = [
     "ProjectionLag",
     "StaleClaim",
     "StoredExtraction",
+    "read_recorded_outputs",
 ]
 
 
@@ -66,3 +67,9 @@ class Journal(ClaimStore, ExtractionStore, ModelStore, StatusStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_recorded_outputs(path: Path) -> list[tuple[str, str]]:
+    """The (text, raw output) pairs of the journal at `path`, for the replay backend (see recorded_outputs)."""
+    with Journal(path) as journal:
+        return list(journal.recorded_outputs())
