@@ -1,18 +1,69 @@
 """Records handed between stages: the bottom floor, imported by everyone, importing
 nothing above membrane.schema.
 
-ExtractionResult is the one list of an extraction record's fields: the
-extractor returns it, the journal stores it (its columns are these field
-names), resolution and the pipeline read it.
+GenerationRequest, Generation and BackendCheck are what the extractor, the
+bench and the doctor exchange with any backend (membrane.backends offers them
+to plugins). ExtractionResult is the one list of an extraction record's
+fields: the extractor returns it, the journal stores it (its columns are
+these field names), resolution and the pipeline read it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from membrane.schema import Extraction
 
-__all__ = ["ExtractionResult"]
+__all__ = ["BackendCheck", "ExtractionResult", "Generation", "GenerationRequest"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One model call. `schema` None means unconstrained output (benchmarks only)."""
+
+    model: str
+    messages: tuple[dict[str, str], ...]
+    schema: dict[str, Any] | None
+    num_predict: int
+    num_ctx: int
+    temperature: float = 0.0
+    seed: int = 0
+    text: str = ""  # the chunk being extracted; the replay backend's key
+    attempt: int = 0  # 0 first try, 1.. repairs
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A model's raw answer with its cost."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall clock of the whole call
+    eval_seconds: float | None = None  # generation only, when the server reports it
+    thinking: str | None = None  # reasoning the server returned separately
+    done_reason: str | None = None  # "stop", "length" (hit num_predict), ...
+
+    @property
+    def tokens_per_second(self) -> float:
+        seconds = self.eval_seconds if self.eval_seconds else self.seconds
+        return self.completion_tokens / seconds if seconds > 0 else 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """True when generation stopped at the num_predict cap."""
+        return self.done_reason == "length"
+
+
+@dataclass(frozen=True)
+class BackendCheck:
+    """Result of a health check, for `membrane doctor`."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
 
 
 @dataclass(frozen=True)

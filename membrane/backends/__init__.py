@@ -1,8 +1,9 @@
 """The model-backend protocol and the one registry every backend goes through.
 
 A backend turns a GenerationRequest (chat messages, an optional JSON schema,
-token caps) into a Generation (raw text, token counts, timings). It never
-parses or validates the answer: that is extract.py's job. Each backend module
+token caps) into a Generation (raw text, token counts, timings); these records
+and BackendCheck live in membrane.records and are offered here to plugins. It
+never parses or validates the answer: that is extract.py's job. Each backend module
 is the only place its client library is imported, and it translates that
 library's exceptions into membrane.errors (ModelUnavailable: retry later;
 ModelNotFound: permanent).
@@ -17,10 +18,10 @@ when they come from the journal, are passed in by the caller (``recorded``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from membrane.errors import ConfigError
+from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from membrane.config import Settings
@@ -35,54 +36,6 @@ __all__ = [
     "get_backend",
     "register_backend",
 ]
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One model call. `schema` None means unconstrained output (benchmarks only)."""
-
-    model: str
-    messages: tuple[dict[str, str], ...]
-    schema: dict[str, Any] | None
-    num_predict: int
-    num_ctx: int
-    temperature: float = 0.0
-    seed: int = 0
-    text: str = ""  # the chunk being extracted; the replay backend's key
-    attempt: int = 0  # 0 first try, 1.. repairs
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A model's raw answer with its cost."""
-
-    text: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    seconds: float  # wall clock of the whole call
-    eval_seconds: float | None = None  # generation only, when the server reports it
-    thinking: str | None = None  # reasoning the server returned separately
-    done_reason: str | None = None  # "stop", "length" (hit num_predict), ...
-
-    @property
-    def tokens_per_second(self) -> float:
-        seconds = self.eval_seconds if self.eval_seconds else self.seconds
-        return self.completion_tokens / seconds if seconds > 0 else 0.0
-
-    @property
-    def truncated(self) -> bool:
-        """True when generation stopped at the num_predict cap."""
-        return self.done_reason == "length"
-
-
-@dataclass(frozen=True)
-class BackendCheck:
-    """Result of a health check, for `membrane doctor`."""
-
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 class Backend(Protocol):

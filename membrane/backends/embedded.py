@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from membrane.backends import BackendCheck, Generation, GenerationRequest
 from membrane.backends.catalogue import extra_embedded_models
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS, ModelSpec, read_frame, write_frame
 from membrane.backends.gguf import locate_gguf, locate_lora
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelCrashed, ModelNotFound, ModelUnavailable
+from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from membrane.config import EmbeddedModel, Settings

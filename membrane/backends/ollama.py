@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import ollama
 
-from membrane.backends import BackendCheck, Generation, GenerationRequest
 from membrane.errors import ExtractionFailed, ModelNotFound, ModelRejected, ModelUnavailable
 from membrane.logs import get_logger
+from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from membrane.config import Settings

@@ -20,10 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from membrane.backends import BackendCheck, Generation, GenerationRequest, RecordedOutputs
 from membrane.errors import ConfigError, ModelNotFound
+from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
+    from membrane.backends import RecordedOutputs
     from membrane.config import Settings
 
 __all__ = ["ReplayBackend", "read_jsonl"]
