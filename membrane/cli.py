@@ -656,7 +656,8 @@ def promote(app: AppContext, name: str, force: bool) -> None:
     with Journal(settings.journal.path) as journal:
         last = last_report(journal)
         scores = last.scores_by_model() if last else None
-        done = promote_manually(ref, settings, journal, scores, run_id=last.id if last else None, force=force)
+        done = promote_manually(ref, settings, journal, scores, run_id=last.id if last else None, force=force,
+                                sets=last.set_ids() if last else None)
     if not done.changed:
         click.echo(f"{ref} is already the champion")
         return

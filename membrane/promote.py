@@ -330,15 +330,16 @@ def promote_manually(
     *,
     run_id: int | None = None,
     force: bool = False,
+    sets: Mapping[str, frozenset[str]] | None = None,
 ) -> Promotion:
     """`membrane promote`: make `ref` champion if the policy, on the per-case `scores` (model ->
-    scores) of the last bench run, `run_id`, says it clearly beats the champion; `scores` None means
-    no bench run. `force` skips the policy (and says so in the evidence). Raises PromotionRefused
+    scores) of the last bench run, `run_id`, says it clearly beats the champion on its evaluation
+    `sets` (set name -> case ids); `scores` None means no bench run. `force` skips the policy (and says so in the evidence). Raises PromotionRefused
     when the policy keeps the champion or `ref` has no scores."""
     champion = effective_champion(settings, journal)
     if ref == champion:
         return Promotion(champion, ref, changed=False)
-    decision = _decision_on(scores, champion, ref, settings)
+    decision = _decision_on(scores, champion, ref, settings, sets)
     if force:
         forced = decision.model_dump(mode="json") if decision else None
         evidence = {"forced": True, "bench_run": run_id, "decision": forced}
@@ -356,10 +357,11 @@ def promote_manually(
 
 
 def _decision_on(
-    scores: Mapping[str, Scores] | None, champion: ModelRef, ref: ModelRef, settings: Settings
+    scores: Mapping[str, Scores] | None, champion: ModelRef, ref: ModelRef, settings: Settings,
+    sets: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision | None:
     """The policy's decision for `ref` against the champion on the last run's scores; None without scores."""
     theirs = scores.get(str(ref)) if scores is not None else None
     if scores is None or theirs is None:
         return None
-    return decide(scores.get(str(champion)), theirs, settings, champion=str(champion), challenger=str(ref))
+    return decide(scores.get(str(champion)), theirs, settings, champion=str(champion), challenger=str(ref), sets=sets)
