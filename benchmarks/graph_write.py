@@ -115,7 +115,7 @@ def _neo4j_auth() -> tuple[str, tuple[str, str]]:
 
 def _membrane(data: list[dict[str, Any]], *, per_capture: bool) -> Any:
     from membrane.config import Settings
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
     from membrane.resolve import Resolver
     from membrane.schema import Extraction
 

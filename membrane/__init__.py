@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # the same names for type checkers, which do not run __getatt
         StaleClaim,
     )
     from membrane.extract import Extractor, build_extractor, parse_output
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
     from membrane.journal import Journal
     from membrane.records import ExtractionResult
     from membrane.schema import Entity, Extraction, ExtractionRules, ModelRef, Relationship
@@ -88,7 +88,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
         "ModelUnavailable", "NotFound", "PermanentError", "PromotionRefused", "RetryableError", "StaleClaim",
     ),
     "membrane.extract": ("Extractor", "build_extractor", "parse_output"),
-    "membrane.graph": ("GraphStore",),
+    "membrane.graph.store": ("GraphStore",),
     "membrane.journal": ("Journal",),
     "membrane.records": ("ExtractionResult",),
     "membrane.schema": ("Entity", "Extraction", "ExtractionRules", "ModelRef", "Relationship"),

@@ -120,7 +120,7 @@ for _name, (_help, _issue) in _PENDING.items():
 @handle_errors
 def migrate(app: AppContext) -> None:
     """Apply pending Neo4j migrations (safe to run twice or from two processes)."""
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
 
     with GraphStore.connect(app.settings) as graph:
         applied = graph.migrate()

@@ -1,7 +1,7 @@
 """`membrane doctor`: health checks that each end in one line and a concrete fix.
 
 Checks are data (Check); cli.py prints them. Each check catches only
-MembraneError subclasses (third-party errors are translated in graph.py and
+MembraneError subclasses (third-party errors are translated in graph/store.py and
 the backends), so a failing check never hides a bug behind a broad except.
 """
 
@@ -75,7 +75,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def check_neo4j(settings: Settings) -> Check:
     if not settings.neo4j.enabled:
         return Check("neo4j", None, "no neo4j.uri set: journal-only mode (`membrane export`, `membrane sync`)")
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
 
     uri = settings.neo4j.uri
     try:

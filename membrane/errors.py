@@ -1,7 +1,7 @@
 """The MembraneError tree: every error MemBrane raises on purpose.
 
 Third-party exceptions (neo4j, ollama, httpx, sqlite3, llama.cpp) are
-translated into this tree at exactly one boundary each: graph.py for the
+translated into this tree at exactly one boundary each: graph/store.py for the
 driver, the backend modules for model clients, journal/core.py for SQLite. Above
 those boundaries code only catches MembraneError subclasses.
 

@@ -40,7 +40,7 @@ from membrane.resolve import ResolvedRelationship, entity_key
 
 if TYPE_CHECKING:
     from membrane.config import Settings
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
     from membrane.journal import Journal
     from membrane.merge import MergedGraph
 
@@ -333,7 +333,7 @@ def open_reader(settings: Settings, journal: Journal | None = None) -> Iterator[
     """Neo4j when neo4j.uri is set (GraphUnavailable when it does not answer),
     else the journal alone (`journal`, or the configured one opened here)."""
     if settings.neo4j.enabled:
-        from membrane.graph import GraphStore
+        from membrane.graph.store import GraphStore
 
         with GraphStore.connect(settings) as graph:
             yield GraphReader(graph)

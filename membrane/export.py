@@ -10,10 +10,14 @@ Neo4j is needed (the embedded default).
 
 JSONL: one object per line, ``{"kind": "capture"|"entity"|"mention"|"relationship", ...}``.
 
-Cypher: graph.cypher_statements writes the script (all Cypher lives in
-graph.py): for cypher-shell or Neo4j Browser, a ``:param name => [...]`` line
-holding the data, then a MERGE statement reading it as $name. Running the
-script twice changes nothing.
+Cypher: cypher_statements writes the script, for cypher-shell or Neo4j
+Browser: a ``:param name => [...]`` line holding the data, then a MERGE
+statement reading it as $name. Running the script twice changes nothing. The
+statements, literals and relationship types come from graph/cypher.py (all
+Cypher text lives there); the rows are the JSONL records' rows.
+
+Both formats build their rows here from merge's typed values, timestamps as
+resolve.normalize_timestamp's strings.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from membrane.graph import cypher_statements
+from membrane.graph import cypher
 from membrane.journal import Journal
 from membrane.merge import MergedGraph, merge_facts
 
@@ -30,9 +34,10 @@ if TYPE_CHECKING:
     from membrane.config import Settings
     from membrane.resolve import CaptureFacts
 
-__all__ = ["collect", "export", "jsonl_records", "write_cypher", "write_jsonl"]
+__all__ = ["collect", "cypher_statements", "export", "jsonl_records", "write_cypher", "write_jsonl"]
 
 Format = Literal["cypher", "jsonl"]
+Row = dict[str, Any]
 
 
 def collect(settings: Settings, journal: Journal) -> MergedGraph:
@@ -50,14 +55,61 @@ def collect(settings: Settings, journal: Journal) -> MergedGraph:
     return merge_facts(resolved)
 
 
+# ---------------------------------------------------------------- rows
+
+
+def _rows(graph: MergedGraph) -> dict[str, list[Row]]:
+    """The graph's rows by kind, in JSONL's order, each as the graph holds it:
+    a capture's own properties, an entity, one (capture, entity) mention, a
+    relationship with its support."""
+    return {
+        "capture": [{"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
+                     "prompt_version": c.prompt_version} for c in graph.captures],
+        "entity": [{"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
+                    "last_seen": e.last_seen} for e in graph.entities],
+        "mention": [{"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}
+                    for c in graph.captures for e in c.entities],
+        "relationship": [{"source": r.source_key, "type": r.type, "target": r.target_key, "sources": list(r.sources),
+                          "first_seen": r.first_seen, "last_seen": r.last_seen, "model": r.model}
+                         for r in graph.relationships],
+    }  # fmt: skip
+
+
 # ---------------------------------------------------------------- JSON Lines
 
 
-def jsonl_records(graph: MergedGraph) -> Iterator[dict[str, Any]]:
-    for kind, rows in (("capture", graph.capture_rows()), ("entity", graph.entity_rows()),
-                       ("mention", graph.mention_rows()), ("relationship", graph.relationship_rows())):  # fmt: skip
+def jsonl_records(graph: MergedGraph) -> Iterator[Row]:
+    for kind, rows in _rows(graph).items():
         for row in rows:
             yield {"kind": kind, **row}
+
+
+# ---------------------------------------------------------------- a Cypher script
+
+
+def cypher_statements(graph: MergedGraph) -> Iterator[str]:
+    """The graph as a script for cypher-shell or Neo4j Browser: `:param` lines
+    holding the data as escaped literals, each followed by a statement reading
+    it; the graph model is the store's (timestamps as DATETIME), and running it
+    twice changes nothing. Every relationship type is checked before the first line."""
+    rows = _rows(graph)
+    batches: list[tuple[str, str, list[Row]]] = [
+        ("captures", cypher.SCRIPT_CAPTURES, rows["capture"]),
+        ("entities", cypher.SCRIPT_ENTITIES, rows["entity"]),
+        ("mentions", cypher.SCRIPT_MENTIONS, rows["mention"]),
+    ]
+    by_type: dict[str, list[Row]] = {}
+    for rel in rows["relationship"]:
+        by_type.setdefault(rel.pop("type"), []).append(rel)
+    for rel_type, typed in sorted(by_type.items()):
+        batches.append(("rows", cypher.script_relationships(rel_type), typed))
+    for name, statement, batch in batches:
+        if batch:
+            yield cypher.param_line(name, batch)
+            yield statement
+
+
+# ---------------------------------------------------------------- writing
 
 
 def write_jsonl(graph: MergedGraph, out: TextIO) -> int:

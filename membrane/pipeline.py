@@ -69,7 +69,7 @@ from membrane.schema import ModelRef
 
 if TYPE_CHECKING:
     from membrane.extract import Extractor
-    from membrane.graph import GraphStore
+    from membrane.graph.store import GraphStore
     from membrane.records import ExtractionResult
 
 __all__ = [
@@ -182,7 +182,7 @@ class GraphLink:
             if self._store is None and time.monotonic() < self._retry_at:
                 raise GraphUnavailable("Neo4j was unavailable moments ago; waiting before reconnecting")
             if self._store is None:
-                from membrane.graph import GraphStore
+                from membrane.graph.store import GraphStore
 
                 self._store = GraphStore.connect(self._settings)
             if not self.migrated:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from membrane.graph import saved_questions
+from membrane.graph.questions import saved_questions
 from tests.conftest import IN_CI
 from tests.explore_support import ingest_both
 from tests.test_pipeline_support import ROOT

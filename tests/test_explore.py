@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-import membrane.graph as graph_module
-from membrane.graph import QUERIES_DIR, GraphStore, saved_questions
+from membrane.graph import cypher
+from membrane.graph.questions import QUERIES_DIR, saved_questions
+from membrane.graph.store import GraphStore
 from tests.explore_support import EXAMPLE_ANSWERS, EXTRA_NOTES, HOSTILE, Stores, cli, ingest_both
 
 pytestmark = pytest.mark.neo4j
@@ -107,7 +108,7 @@ def test_hostile_names_print_verbatim_and_never_reach_the_cypher(stores: Stores,
     facts = cli(stores.neo4j, "facts", str(stores.inbox / "hostile.txt")).stdout
     assert f"{HOSTILE['quote']} -[:MAINTAINS]-> {HOSTILE['cypher']}  (only this capture)" in facts
     monkeypatch.undo()
-    fixed = {q.query for q in saved_questions().values()} | {graph_module._ENTITY_NAMES, "RETURN 1 AS ok"}
+    fixed = {q.query for q in saved_questions().values()} | {cypher.ENTITY_NAMES, cypher.PING}
     assert {query for query, _ in sent} <= fixed
     assert not any(name in query for query, _ in sent for name in HOSTILE.values())
     assert {"key": "x detach delete n"} in [params for _, params in sent]

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from membrane.cli import main
 from membrane.config import Settings
 from membrane.errors import GraphAuthFailed, GraphUnavailable, GraphWriteError
-from membrane.graph import MIGRATIONS_DIR, GraphStore, relationship_type_literal, write_queries
+from membrane.graph.cypher import relationship_type_literal, write_queries
+from membrane.graph.store import MIGRATIONS_DIR, GraphStore
 from membrane.resolve import CaptureFacts, ResolvedEntity, ResolvedRelationship, Resolver
 from membrane.schema import Extraction
 

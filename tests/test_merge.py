@@ -1,4 +1,4 @@
-"""The one merge rule (merge.merge_facts) and the export script graph.py writes
+"""The one merge rule (merge.merge_facts) and the export script export.py writes
 from it: pure data in, pure data out, no database needed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from membrane.errors import GraphWriteError
-from membrane.graph import cypher_statements
+from membrane.export import cypher_statements
 from membrane.merge import MergedEntity, MergedRelationship, merge_facts
 from membrane.resolve import CaptureFacts, ResolvedEntity, ResolvedRelationship
 from membrane.schema import RELATION_PATTERN, is_relation_type, normalize_relation, relation_pattern

@@ -17,8 +17,8 @@ from membrane.backends import BackendCheck, Generation, GenerationRequest, regis
 from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.errors import ModelUnavailable
-from membrane.export import collect, write_jsonl
-from membrane.graph import cypher_literal, cypher_statements
+from membrane.export import collect, cypher_statements, write_jsonl
+from membrane.graph.cypher import cypher_literal
 from membrane.inbox import Inbox
 from membrane.journal import Journal
 from membrane.pipeline import Pipeline, sync

@@ -7,7 +7,7 @@ relation type, stored in its sanitised form or rejected with a reason; the
 graph keeps only MemBrane's labels and types. The query log is the driver's
 own Bolt log (logger "neo4j.io", one "C: RUN" line per query sent, with its
 text and parameters; Neo4j Community has no server-side query log): every
-query text sent is a constant of membrane/graph.py or of a migration, so no
+query text sent is a constant of membrane/graph/cypher.py or of a migration, so no
 query text was built from a payload.
 """
 
@@ -26,9 +26,9 @@ import pytest
 from pydantic import ValidationError
 from test_pipeline_support import settings_sections, write_replay
 
-from membrane import graph
 from membrane.config import Settings
 from membrane.daemon import ingest
+from membrane.graph import cypher, store
 from membrane.journal import Journal
 from membrane.schema import RELATION_PATTERN, Extraction, normalize_relation
 
@@ -114,10 +114,10 @@ def bolt_log() -> Iterator[_BoltLog]:
 
 def _known_query_texts() -> str:
     # The module's source (inline literals) and its string constants (some are concatenated literals).
-    texts = [Path(graph.__file__).read_text(encoding="utf-8")]
-    texts.extend(value.strip() for value in vars(graph).values() if isinstance(value, str))
-    for path in sorted(graph.MIGRATIONS_DIR.glob("*.cypher")):
-        texts.extend(graph._migration_statements(path.read_text(encoding="utf-8")))
+    texts = [Path(cypher.__file__).read_text(encoding="utf-8")]
+    texts.extend(value.strip() for value in vars(cypher).values() if isinstance(value, str))
+    for path in sorted(store.MIGRATIONS_DIR.glob("*.cypher")):
+        texts.extend(store._migration_statements(path.read_text(encoding="utf-8")))
     return "\n".join(texts)
 
 
@@ -183,7 +183,7 @@ def test_payloads_are_stored_verbatim_or_rejected_and_never_become_query_text(
     known = _known_query_texts()
     assert sent_queries, "the driver's Bolt log recorded no query"
     built = {q for q in sent_queries if q.strip() not in known}
-    assert not built, f"query texts that are not constants of graph.py: {sorted(built)[:3]}"
+    assert not built, f"query texts that are not constants of graph/cypher.py: {sorted(built)[:3]}"
     assert len(set(sent_queries)) < 40  # a few constants, not one text per payload
     assert repr(PAYLOADS[3].strip())[1:-1] in sent, "payloads travel as parameters"
     bolt = "\n".join(bolt_log.everything)
@@ -194,7 +194,7 @@ def test_payloads_are_stored_verbatim_or_rejected_and_never_become_query_text(
 def test_the_bolt_log_catches_a_query_built_from_a_payload(neo4j: Any, bolt_log: _BoltLog) -> None:
     """The check above can fail: a query text with a payload interpolated shows up in the Bolt log as built."""
     payload = PAYLOADS[0]
-    neo4j.execute_query("RETURN 1 AS ok")  # a constant of graph.py
+    neo4j.execute_query("RETURN 1 AS ok")  # a constant of graph/cypher.py
     neo4j.execute_query("RETURN '" + payload.replace("'", "\\'") + "' AS p")
     known = _known_query_texts()
     built = [q for q in bolt_log.queries if q.strip() not in known]
