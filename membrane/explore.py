@@ -4,10 +4,11 @@ and `membrane facts PATH|SHA256` (one capture).
 Owns the two reports (EntityReport, CaptureReport), how a typed name finds an
 entity, and the two stores they are read from:
 
-- Neo4j, through graph.py's saved questions `entity` and `capture` (the same
-  Cypher people run as Neo4j Browser favourites);
+- Neo4j, through the saved questions `entity` and `capture`
+  (graph/questions.py: the same Cypher people run as Neo4j Browser
+  favourites), whose rows are read into merge's typed values here;
 - the journal alone, through export.collect (the graph as `membrane export`
-  and `membrane sync` build it).
+  and `membrane sync` build it, merge's typed values).
 
 Both give the same reports for the same captures, because every list is
 sorted here, never by a store: facts by (direction, type, other entity's key),
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from rapidfuzz import fuzz, process
 
 from membrane.errors import NotFound
-from membrane.merge import EntityName, MergedEntity
+from membrane.merge import EntityName, MergedEntity, MergedRelationship
 
 # A capture as provenance, an entity as one capture names it (key, name, role,
 # surface forms), a relationship by its keys: resolve's own records of them.
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from membrane.graph.store import GraphStore
     from membrane.journal import Journal
     from membrane.merge import MergedGraph
+    from membrane.resolve import CaptureFacts
 
 __all__ = [
     "Candidate",
@@ -68,12 +70,15 @@ __all__ = [
 CANDIDATES = 5
 CANDIDATE_CUTOFF = 70.0
 
+Direction = Literal["out", "in"]
+_DIRECTIONS: tuple[Direction, ...] = ("out", "in")
+
 
 @dataclass(frozen=True)
 class Fact:
     """One relationship of an entity; `direction` "out" when the entity is its source."""
 
-    direction: Literal["out", "in"]
+    direction: Direction
     type: str
     other_key: str
     other_name: str
@@ -202,47 +207,66 @@ def _describe(candidate: Candidate) -> str:
 # ---------------------------------------------------------------- building reports
 
 
-def _source(row: dict[str, Any]) -> Source:
-    return Source(row["sha256"], row["path"], row["ingested_at"], row["model"])
-
-
-def _sources(rows: Iterable[dict[str, Any]]) -> tuple[Source, ...]:
-    unique = {row["sha256"]: _source(row) for row in rows}
+def _sources(sources: Iterable[Source]) -> tuple[Source, ...]:
+    unique = {s.sha256: s for s in sources}
     return tuple(sorted(unique.values(), key=lambda s: (s.ingested_at, s.sha256)))
 
 
-def _entity_report(entity: dict[str, Any], mentioned_in: Iterable[dict[str, Any]], facts: Iterable[Fact]) -> EntityReport:
+def _entity_report(entity: MergedEntity, mentioned_in: Iterable[Source], facts: Iterable[Fact]) -> EntityReport:
     return EntityReport(
-        key=entity["key"],
-        name=entity["name"],
-        aliases=tuple(entity["aliases"]),
-        first_seen=entity["first_seen"],
-        last_seen=entity["last_seen"],
+        key=entity.key,
+        name=entity.name,
+        aliases=entity.aliases,
+        first_seen=entity.first_seen,
+        last_seen=entity.last_seen,
         mentioned_in=_sources(mentioned_in),
         facts=tuple(sorted(facts, key=lambda f: (f.direction != "out", f.type, f.other_key))),
     )
 
 
-def _fact(rel: dict[str, Any], direction: Literal["out", "in"], other: dict[str, Any],
-          sources: Iterable[dict[str, Any]]) -> Fact:  # fmt: skip
-    return Fact(direction, rel["type"], other["key"], other["name"], rel["first_seen"], rel["last_seen"],
-                rel["model"], _sources(sources))  # fmt: skip
+def _ends(rel: ResolvedRelationship, direction: Direction) -> tuple[str, str]:
+    """(near, far): the key of the entity `rel` is seen from, then the other one's."""
+    return (rel.source_key, rel.target_key) if direction == "out" else (rel.target_key, rel.source_key)
 
 
-def _capture_report(capture: dict[str, Any], mentions: Iterable[Mention], facts: Iterable[CaptureFact]) -> CaptureReport:
+def _fact(rel: MergedRelationship, direction: Direction, other_name: str, sources: Iterable[Source]) -> Fact:
+    """`rel` as seen from its source entity ("out") or its target ("in")."""
+    return Fact(direction, rel.type, _ends(rel, direction)[1], other_name, rel.first_seen, rel.last_seen, rel.model,
+                _sources(sources))  # fmt: skip
+
+
+def _capture_report(source: Source, prompt_version: str, mentions: Iterable[Mention],
+                    facts: Iterable[CaptureFact]) -> CaptureReport:  # fmt: skip
     return CaptureReport(
-        sha256=capture["sha256"],
-        path=capture["path"],
-        ingested_at=capture["ingested_at"],
-        model=capture["model"],
-        prompt_version=capture["prompt_version"],
+        sha256=source.sha256,
+        path=source.path,
+        ingested_at=source.ingested_at,
+        model=source.model,
+        prompt_version=prompt_version,
         entities=tuple(sorted({m.key: m for m in mentions}.values(), key=lambda m: m.key)),
         facts=tuple(sorted(set(facts), key=lambda f: (f.source_key, f.type, f.target_key))),
     )
 
 
+# ---------------------------------------------------------------- the two stores
+
+
+def _source(node: dict[str, Any]) -> Source:
+    return Source(node["sha256"], node["path"], node["ingested_at"], node["model"])
+
+
+def _merged_entity(node: dict[str, Any]) -> MergedEntity:
+    return MergedEntity(node["key"], node["name"], tuple(node["aliases"]), node["first_seen"], node["last_seen"])
+
+
+def _merged_relationship(rel: dict[str, Any]) -> MergedRelationship:
+    return MergedRelationship(rel["start"]["key"], rel["type"], rel["end"]["key"], tuple(rel["sources"]),
+                              rel["first_seen"], rel["last_seen"], rel["model"])  # fmt: skip
+
+
 class GraphReader:
-    """Reports from Neo4j, through the saved questions `entity` and `capture`."""
+    """Reports from Neo4j, through the saved questions `entity` and `capture`;
+    their rows (property dicts) are read into typed values first."""
 
     def __init__(self, graph: GraphStore) -> None:
         self._graph = graph
@@ -255,12 +279,12 @@ class GraphReader:
         if not rows:
             return None
         row = rows[0]
-        facts = [
-            _fact(item["fact"], "out" if item["fact"]["start"].get("key") == key else "in", item["other"],
-                  item["sources"])
-            for item in row["facts"]
-        ]  # fmt: skip
-        return _entity_report(row["entity"], row["mentioned_in"], facts)
+        facts = []
+        for item in row["facts"]:
+            rel = _merged_relationship(item["fact"])
+            direction: Direction = "out" if rel.source_key == key else "in"
+            facts.append(_fact(rel, direction, item["other"]["name"], map(_source, item["sources"])))
+        return _entity_report(_merged_entity(row["entity"]), map(_source, row["mentioned_in"]), facts)
 
     def capture(self, sha256: str) -> CaptureReport | None:
         rows = self._graph.ask("capture", sha256=sha256)
@@ -276,17 +300,18 @@ class GraphReader:
                         row["target"]["name"], len(row["fact"]["sources"]) - 1)
             for row in rows if row["fact"] is not None
         ]  # fmt: skip
-        return _capture_report(rows[0]["capture"], mentions, facts)
+        capture = rows[0]["capture"]
+        return _capture_report(_source(capture), capture["prompt_version"], mentions, facts)
 
 
 class JournalReader:
     """Reports from the journal alone: the graph export.collect builds, merged as Neo4j merges it."""
 
     def __init__(self, graph: MergedGraph) -> None:
-        self._captures = {c["sha256"]: c for c in graph.capture_rows()}
-        self._entities = {e["key"]: e for e in graph.entity_rows()}
-        self._mentions = list(graph.mention_rows())
-        self._relationships = list(graph.relationship_rows())
+        self._captures: dict[str, CaptureFacts] = {c.sha256: c for c in graph.captures}
+        self._sources = {sha: Source(c.sha256, c.path, c.ingested_at, c.model) for sha, c in self._captures.items()}
+        self._entities = {e.key: e for e in graph.entities}
+        self._relationships = graph.relationships
 
     @classmethod
     def from_journal(cls, settings: Settings, journal: Journal) -> JournalReader:
@@ -295,37 +320,32 @@ class JournalReader:
         return cls(collect(settings, journal))
 
     def entity_names(self) -> list[EntityName]:
-        return [EntityName(e["key"], e["name"], tuple(e["aliases"])) for e in self._entities.values()]
+        return list(self._entities.values())
 
     def entity(self, key: str) -> EntityReport | None:
         entity = self._entities.get(key)
         if entity is None:
             return None
-        mentioned = [self._captures[m["sha256"]] for m in self._mentions if m["key"] == key]
-        facts = []
-        ends: tuple[tuple[Literal["out", "in"], str, str], ...] = (("out", "source", "target"), ("in", "target", "source"))
-        for rel in self._relationships:
-            for direction, end, other in ends:
-                if rel[end] == key:
-                    sources = [self._captures[sha] for sha in rel["sources"]]
-                    facts.append(_fact(rel, direction, self._entities[rel[other]], sources))
+        mentioned = [self._sources[sha] for sha, c in self._captures.items() if any(e.key == key for e in c.entities)]
+        facts = [
+            _fact(rel, direction, self._entities[_ends(rel, direction)[1]].name,
+                  [self._sources[sha] for sha in rel.sources])
+            for rel in self._relationships for direction in _DIRECTIONS if _ends(rel, direction)[0] == key
+        ]  # fmt: skip
         return _entity_report(entity, mentioned, facts)
 
     def capture(self, sha256: str) -> CaptureReport | None:
         capture = self._captures.get(sha256)
         if capture is None:
             return None
-        entities = self._entities
-        mentions = [
-            Mention(m["key"], entities[m["key"]]["name"], m["role"], tuple(m["aliases"]))
-            for m in self._mentions if m["sha256"] == sha256
-        ]  # fmt: skip
+        names = {key: entity.name for key, entity in self._entities.items()}
+        mentions = [Mention(e.key, names[e.key], e.role, e.aliases) for e in capture.entities]
         facts = [
-            CaptureFact(r["source"], r["type"], r["target"], entities[r["source"]]["name"],
-                        entities[r["target"]]["name"], len(r["sources"]) - 1)
-            for r in self._relationships if sha256 in r["sources"]
+            CaptureFact(r.source_key, r.type, r.target_key, names[r.source_key], names[r.target_key],
+                        len(r.sources) - 1)
+            for r in self._relationships if sha256 in r.sources
         ]  # fmt: skip
-        return _capture_report(capture, mentions, facts)
+        return _capture_report(self._sources[sha256], capture.prompt_version, mentions, facts)
 
 
 @contextmanager

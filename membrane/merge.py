@@ -1,7 +1,8 @@
 """The graph's merge rule: how the facts of several captures become one graph.
 
-Owns, in one pure function (no driver, no Cypher), what graph.py writes per
-batch and what export.py writes for the whole journal:
+Owns, in one pure function (no driver, no Cypher), the typed values that
+every writer builds its own rows from (the store per batch, export for the
+whole journal) and that the journal reader of explore.py reports on:
 
 - one entity per key; its aliases are the union of every capture's surface
   forms (sorted), its name the first capture's (in merge order), its
@@ -19,9 +20,8 @@ strings, whose string order is time order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from membrane.resolve import CaptureFacts, ResolvedRelationship
 
@@ -63,28 +63,6 @@ class MergedGraph:
     captures: tuple[CaptureFacts, ...]
     entities: tuple[MergedEntity, ...]
     relationships: tuple[MergedRelationship, ...]
-
-    def capture_rows(self) -> Iterator[dict[str, Any]]:
-        """Each capture's own properties, as the graph's Capture node holds them."""
-        for c in self.captures:
-            yield {"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
-                   "prompt_version": c.prompt_version}  # fmt: skip
-
-    def mention_rows(self) -> Iterator[dict[str, Any]]:
-        """One row per (capture, entity it mentions), as the MENTIONS relationship holds it."""
-        for c in self.captures:
-            for e in c.entities:
-                yield {"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}
-
-    def entity_rows(self) -> Iterator[dict[str, Any]]:
-        for e in self.entities:
-            yield {"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
-                   "last_seen": e.last_seen}  # fmt: skip
-
-    def relationship_rows(self) -> Iterator[dict[str, Any]]:
-        for r in self.relationships:
-            yield {"source": r.source_key, "type": r.type, "target": r.target_key, "sources": list(r.sources),
-                   "first_seen": r.first_seen, "last_seen": r.last_seen, "model": r.model}  # fmt: skip
 
 
 def merge_facts(captures: Iterable[CaptureFacts]) -> MergedGraph:

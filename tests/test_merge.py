@@ -70,7 +70,7 @@ def test_a_capture_given_twice_counts_once() -> None:
     edited = _capture("a", "01", "replay:b", {"pi": ("Pi",)})
     merged = merge_facts([OLD, edited])
     assert merged.captures == (edited,) and merged.relationships == ()
-    assert [row["key"] for row in merged.mention_rows()] == ["pi"]
+    assert [e.key for c in merged.captures for e in c.entities] == ["pi"]
 
 
 def test_the_export_script_refuses_a_type_outside_the_alphabet() -> None:
