@@ -20,6 +20,10 @@ system prompt and worked example, so after the first call only the capture's
 own tokens are evaluated. `reuse_prefix=False` resets the context before every
 call (the "before" of benchmarks/prefix_cache.py).
 
+Constrained greedy decoding goes through membrane/backends/sampling.py, which
+tests only the picked token against the grammar (the same answers, about four
+times faster with Gemma-3's 262k-token vocabulary).
+
 Fault hook, for tests and `membrane doctor` only: with the environment variable
 MEMBRANE_EMBEDDED_FAULT=KIND[:TEXT] when the child is started (the parent reads
 it into ModelSpec.fault), each chat request (only those whose messages contain
@@ -173,6 +177,9 @@ def _open_llama(spec: ModelSpec) -> Any:
     if spec.lora_path and not llama._lora_adapter:
         llama.close()
         raise LoadError(f"llama.cpp cannot load {what}: not a LoRA adapter for this model (see its log)")
+    from membrane.backends.sampling import install
+
+    install(llama)  # greedy constrained answers check only the picked token against the grammar
     return llama
 
 
