@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import hashlib
 import json
 import threading
 import time
@@ -34,6 +33,7 @@ from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
 from membrane.extract import Extractor
+from membrane.files import file_sha256
 from membrane.journal import Journal, read_recorded_outputs
 from membrane.logs import get_logger
 from membrane.promote import Decision, apply_decision, check_policy_settings, choose_challenger
@@ -366,10 +366,6 @@ def _scored(runs: tuple[ModelRun, ...]) -> dict[str, Scores]:
     return {run.model: run.scores for run in runs if run.status == OK and run.scores is not None}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_eval_sets(settings: Settings, files: list[Path] | None = None) -> tuple[list[GoldCase], tuple[EvalSet, ...]]:
     """The labelled cases of every set (bench.eval_files, or `files`), relations folded as answers are.
 
@@ -388,7 +384,7 @@ def load_eval_sets(settings: Settings, files: list[Path] | None = None) -> tuple
             if case.id in owner:
                 raise ConfigError(f"case id {case.id!r} is in both {owner[case.id]} and {path}", key="bench.eval_files")
             owner[case.id] = str(path)
-        sets.append(EvalSet(name=name, file=str(path), sha256=_sha256(path), case_ids=tuple(c.id for c in loaded)))
+        sets.append(EvalSet(name=name, file=str(path), sha256=file_sha256(path), case_ids=tuple(c.id for c in loaded)))
         cases += loaded
     return cases, tuple(sets)
 

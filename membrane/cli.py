@@ -291,16 +291,15 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
 def export(app: AppContext, fmt: str, out: Path | None) -> None:
     """Write the graph out from the journal (cypher or jsonl); no Neo4j needed."""
     from membrane.export import export as export_graph
+    from membrane.files import atomic_write
     from membrane.journal import Journal
 
     with Journal(app.settings.journal.path) as journal:
         if out is None:
             export_graph(app.settings, journal, fmt, sys.stdout)  # type: ignore[arg-type]
             return
-        temporary = out.with_name(f".{out.name}.tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
+        with atomic_write(out) as handle:
             lines = export_graph(app.settings, journal, fmt, handle)  # type: ignore[arg-type]
-        temporary.replace(out)
     click.echo(f"wrote {lines} lines to {out}", err=True)
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import hashlib
 import json
 import os
 import queue
@@ -64,6 +63,7 @@ from watchdog.observers.polling import PollingObserver
 
 from membrane.clock import iso_utc
 from membrane.config import InboxSettings
+from membrane.files import atomic_write, file_sha256, fsync_dir
 from membrane.logs import get_logger
 
 __all__ = [
@@ -72,8 +72,8 @@ __all__ = [
     "FileMover",
     "Inbox",
     "InboxFolders",
-    "file_sha256",
     "move_unique",
+    "regular_file_sha256",
     "sidecar_path",
 ]
 
@@ -104,15 +104,11 @@ def _signature(path: Path) -> _Signature | None:
     return _Signature(stat.S_IFMT(info.st_mode), info.st_size, info.st_mtime_ns, info.st_ino)
 
 
-def file_sha256(path: Path) -> str:
+def regular_file_sha256(path: Path) -> str:
     """The sha256 of a regular file's bytes ("" for anything else: never open a FIFO)."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         return ""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _ignored_name(parts: tuple[str, ...]) -> bool:
@@ -274,7 +270,7 @@ class FileMover:
             return None
         if self.settings.on_success == "delete":
             path.unlink(missing_ok=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             log.info("capture_file_deleted", path=str(path))
             return None
         return self._move(path, self.processed_dir, sidecar=False)
@@ -325,7 +321,7 @@ class FileMover:
         if sha256 is None:
             return os.path.lexists(path)
         try:
-            return file_sha256(path) == sha256
+            return regular_file_sha256(path) == sha256
         except FileNotFoundError:
             return False
 
@@ -622,7 +618,7 @@ class DeletionWatch:
         for path in self.folder.rglob("*"):
             if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
                 with contextlib.suppress(OSError):
-                    self._index[path] = file_sha256(path)
+                    self._index[path] = regular_file_sha256(path)
         self.mover.on_processed = self.moved_in
         observer = Observer()
         observer.schedule(_DeletionHandler(self), str(self.folder), recursive=True)
@@ -741,8 +737,8 @@ def move_unique(source: Path, folder: Path, *, reserve_sidecar: bool = False) ->
                 continue
         break
     os.unlink(source)
-    _fsync_dir(folder)
-    _fsync_dir(source.parent)
+    fsync_dir(folder)
+    fsync_dir(source.parent)
     return target
 
 
@@ -775,27 +771,6 @@ def _copy_exclusive(source: Path, target: Path) -> bool:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    # The temporary name starts with "." so that no inbox ever picks it up.
-    # Not derived from the name: a long name plus this suffix would not fit NAME_MAX.
-    temporary = path.with_name(f".membrane-{os.getpid()}-{threading.get_ident()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         json.dump(data, handle, ensure_ascii=False, indent=2, default=str)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable; not every filesystem supports it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

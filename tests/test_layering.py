@@ -23,7 +23,7 @@ SURFACE = "membrane"  # the package's own __init__: an entry for that module alo
 # except SURFACE, which names membrane/__init__.py only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("membrane.errors",),
-    ("membrane.logs", "membrane.clock"),
+    ("membrane.logs", "membrane.clock", "membrane.files"),
     ("membrane.schema",),
     ("membrane.records", "membrane.prompts", "membrane.relations"),
     ("membrane.config",),

@@ -12,7 +12,6 @@ weights.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -26,8 +25,9 @@ from typing import Any
 from membrane.backends.catalogue import ADAPTER_FILE, MANIFEST_FILE
 from membrane.backends.gguf import model_cache_dir
 from membrane.errors import MembraneError
+from membrane.files import atomic_write
 
-__all__ = ["converter_dir", "convert_lora", "convert_merged", "file_sha256", "save_base_config", "write_manifest"]
+__all__ = ["converter_dir", "convert_lora", "convert_merged", "save_base_config", "write_manifest"]
 
 CONVERTER_FILES = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py")
 # The converters' own gguf-py comes too: PyPI's gguf 0.19.0 carries the same
@@ -120,18 +120,9 @@ def convert_merged(merged_dir: Path, out_folder: Path, outtype: str) -> Path:
     return out
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
     """manifest.json beside the adapter, written atomically."""
     path = folder / MANIFEST_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return path

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from membrane.errors import ConfigError
+from membrane.files import atomic_write
 from membrane.logs import get_logger
 from membrane.train.render import IGNORE_INDEX, Example
 
@@ -248,9 +249,8 @@ def _save_checkpoint(path: Path, model: Any, optimizer: Any, state: _State, conf
         "config": asdict(config),
         "rng": torch.get_rng_state(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a torn checkpoint
+    with atomic_write(path, binary=True) as handle:  # a crash mid-write never leaves a torn checkpoint
+        torch.save(checkpoint, handle)
 
 
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, config: RunConfig) -> _State:

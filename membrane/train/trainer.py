@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from membrane.backends.catalogue import ADAPTER_FILE
 from membrane.errors import ConfigError
+from membrane.files import file_sha256
 from membrane.logs import get_logger
 from membrane.prompts import TUNED_PROMPT_VERSION
 from membrane.train.data import (
@@ -239,8 +240,6 @@ def _versions() -> dict[str, str]:
 
 
 def _data_files(settings: Settings, cases: list[Case]) -> list[dict[str, Any]]:
-    from membrane.train.export import file_sha256
-
     counts: dict[str, int] = {}
     for case in cases:
         counts[case.source] = counts.get(case.source, 0) + 1
@@ -251,8 +250,6 @@ def _data_files(settings: Settings, cases: list[Case]) -> list[dict[str, Any]]:
 def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list[Case], val_cases: list[Case],
               config: Any, result: RunResult, adapter: Path, merged: Path | None, too_long: int,
               wall_s: float) -> dict[str, Any]:
-    from membrane.train.export import file_sha256
-
     base_file = base.folder / base.gguf_file if base.gguf_file else None
     return {
         "name": model_name(settings),
