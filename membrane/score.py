@@ -34,7 +34,6 @@ and ``"seconds": float`` (latency, used for p50/p95).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from pydantic import (
 )
 
 from membrane.errors import ConfigError
+from membrane.files import JsonlLineError, read_jsonl
 from membrane.resolve import entity_key
 from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, normalize_relation
 
@@ -264,19 +264,14 @@ class Scores(BaseModel):
 
 def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, record in read_jsonl(path):
+            if not isinstance(record, dict) or "id" not in record:
+                raise ConfigError(f"{what} file {str(path)!r} line {number}: expected an object with an \"id\"")
+            yield number, record
     except OSError as exc:
         raise ConfigError(f"{what} file {str(path)!r}: cannot read it ({exc.strerror})") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{what} file {str(path)!r} line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise ConfigError(f"{what} file {str(path)!r} line {number}: expected an object with an \"id\"")
-        yield number, record
+    except JsonlLineError as exc:
+        raise ConfigError(f"{what} file {str(path)!r} line {exc.number}: not JSON ({exc.error.msg})") from None
 
 
 def load_gold(path: Path, rules: ExtractionRules | None = None) -> list[GoldCase]:

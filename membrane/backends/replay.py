@@ -14,45 +14,47 @@ For tests, benchmarks and reproducing an incident without a model.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from membrane.errors import ConfigError, ModelNotFound
+from membrane.files import JsonlLineError, read_jsonl
 from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from membrane.backends import RecordedOutputs
     from membrane.config import Settings
 
-__all__ = ["ReplayBackend", "read_jsonl"]
+__all__ = ["ReplayBackend", "read_replay_file"]
 
 
 def _key(text: str) -> str:
     return text.strip()
 
 
-def read_jsonl(path: Path) -> list[tuple[str, str]]:
+def read_replay_file(path: Path) -> list[tuple[str, str]]:
     """(text, output) pairs from a replay file; a bad line is a ConfigError naming it."""
     pairs: list[tuple[str, str]] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, record in read_jsonl(path):
+            try:
+                pairs.append((str(record["text"]), str(record["output"])))
+            except (KeyError, TypeError) as exc:
+                raise _bad_line(path, number, exc) from exc
     except OSError as exc:
         raise ConfigError(f"model.replay_file {str(path)!r}: {exc.strerror}", key="model.replay_file") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            pairs.append((str(record["text"]), str(record["output"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"{path}:{number}: expected a JSON object with 'text' and 'output' ({exc})",
-                key="model.replay_file",
-            ) from exc
+    except JsonlLineError as exc:
+        raise _bad_line(path, exc.number, exc.error) from exc.error
     return pairs
+
+
+def _bad_line(path: Path, number: int, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"{path}:{number}: expected a JSON object with 'text' and 'output' ({exc})",
+        key="model.replay_file",
+    )
 
 
 class ReplayBackend:
@@ -68,7 +70,7 @@ class ReplayBackend:
 
     @classmethod
     def from_file(cls, path: Path) -> ReplayBackend:
-        return cls(read_jsonl(path), source=str(path))
+        return cls(read_replay_file(path), source=str(path))
 
     @classmethod
     def from_settings(cls, settings: Settings, recorded: RecordedOutputs | None = None) -> ReplayBackend:

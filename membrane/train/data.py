@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from rapidfuzz import fuzz, process
 
 from membrane.errors import ConfigError
+from membrane.files import JsonlLineError, read_jsonl
 from membrane.schema import UNBOUNDED_RULES, Extraction
 
 if TYPE_CHECKING:
@@ -69,16 +70,10 @@ def _case(row: dict[str, Any], source: str, line: int) -> Case:
 
 def load_jsonl_cases(path: Path) -> list[Case]:
     """Every case of one JSONL file; a bad line is a ConfigError naming file and line."""
-    cases = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{number}: not JSON ({exc.msg})", key="train.data") from None
-        cases.append(_case(row, str(path), number))
-    return cases
+    try:
+        return [_case(row, str(path), number) for number, row in read_jsonl(path)]
+    except JsonlLineError as exc:
+        raise ConfigError(f"{path}:{exc.number}: not JSON ({exc.error.msg})", key="train.data") from None
 
 
 def labelled_cases(patterns: Sequence[str]) -> list[Case]:
