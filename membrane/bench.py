@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from membrane.backends import get_backend
 from membrane.champion import effective_champion
+from membrane.clock import iso_utc_seconds
 from membrane.config import Settings
 from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelNotFound, ModelUnavailable
 from membrane.extract import Extractor
@@ -408,7 +409,7 @@ def run_bench(
     runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)
     set_ids = {s.name: frozenset(s.case_ids) for s in sets}
     report = BenchReport(
-        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=iso_utc_seconds(),
         eval_file=sets[0].file,
         eval_sha256=sets[0].sha256,
         cases=len(gold),

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from rapidfuzz import fuzz, process
 
+from membrane.clock import format_iso_utc
 from membrane.config import Settings
 from membrane.errors import GraphWriteError
 from membrane.logs import get_logger
@@ -126,7 +127,7 @@ def normalize_timestamp(value: str) -> str:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_iso_utc(moment)
 
 
 class _KeyMatcher:

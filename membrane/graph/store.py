@@ -31,7 +31,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -50,6 +49,7 @@ from neo4j.graph import Node, Relationship
 from neo4j.graph import Path as GraphPath
 from neo4j.time import DateTime
 
+from membrane.clock import format_iso_utc
 from membrane.config import Settings
 from membrane.errors import ConfigError, GraphAuthFailed, GraphUnavailable, GraphWriteError
 from membrane.graph import cypher
@@ -88,7 +88,7 @@ _AUTH_HINT = "Neo4j refused the credentials: check neo4j.user and the password (
 def _iso(moment: DateTime) -> str:
     """A stored DATETIME in resolve.normalize_timestamp's form, so the graph and
     the journal print the same string."""
-    return moment.to_native().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_iso_utc(moment.to_native())
 
 
 def _plain(value: Any) -> Any:

@@ -14,12 +14,12 @@ import shlex
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from membrane.backends.catalogue import ADAPTER_FILE
+from membrane.clock import iso_utc_seconds
 from membrane.errors import ConfigError
 from membrane.files import file_sha256
 from membrane.logs import get_logger
@@ -253,7 +253,7 @@ def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list
     base_file = base.folder / base.gguf_file if base.gguf_file else None
     return {
         "name": model_name(settings),
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": iso_utc_seconds(),
         "base": {"name": base.name, "path": base.inference_path, "n_ctx": base.n_ctx,
                  "parameters": base.parameters, "sha256": file_sha256(base_file) if base_file else ""},
         "prompt_version": TUNED_PROMPT_VERSION,
