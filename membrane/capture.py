@@ -38,7 +38,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
@@ -46,9 +46,10 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from membrane.config import InboxSettings
-from membrane.errors import CaptureRejected, MembraneError
+from membrane.errors import CaptureRejected, MembraneError, error_key, error_message, validation_line
 
 __all__ = [
     "Capture",
@@ -352,7 +353,7 @@ def _parse_json(text: str) -> tuple[str, dict[str, Any]]:
     try:
         capture = _JsonCapture.model_validate(data)
     except ValidationError as exc:
-        raise Rejection("bad_json", _describe_json_errors(exc.errors())) from None
+        raise Rejection("bad_json", "JSON capture: " + validation_line(exc, _describe_json_error)) from None
     metadata = capture.model_dump(exclude={"text"}, exclude_none=True)
     if not capture.tags:
         metadata.pop("tags", None)
@@ -371,14 +372,10 @@ def _require_storable(value: Any, code: str, what: str) -> None:
         raise Rejection(code, f"{what} holds a number too large to store ({exc})") from None
 
 
-def _describe_json_errors(errors: Sequence[Mapping[str, Any]]) -> str:
-    parts = []
-    for error in errors:
-        key = ".".join(str(p) for p in error["loc"])
-        if error["type"] == "extra_forbidden":
-            parts.append(f"unknown key {key!r} (allowed: text, source, captured_at, tags)")
-        elif error["type"] == "missing":
-            parts.append(f"missing key {key!r}")
-        else:
-            parts.append(f"{key!r} {error['msg'].removeprefix('Value error, ')}")
-    return "JSON capture: " + "; ".join(parts)
+def _describe_json_error(error: ErrorDetails) -> str:
+    key = error_key(error)
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key!r} (allowed: text, source, captured_at, tags)"
+    if error["type"] == "missing":
+        return f"missing key {key!r}"
+    return f"{key!r} {error_message(error)}"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
-from membrane.errors import ConfigError
+from membrane.errors import ConfigError, error_key, error_message, validation_line
 from membrane.schema import ExtractionRules
 
 __all__ = [
@@ -316,14 +316,13 @@ def _merge(base: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, 
 
 
 def _describe(error: ErrorDetails, env_keys: set[str]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    key = error_key(error)
     source = f" (from {ENV_PREFIX}{key.replace('.', '__', 1).upper()})" if key in env_keys else ""
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key{source}"
     value = error.get("input")
     shown = "<hidden>" if "password" in key else repr(value)
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{key} = {shown}{source}: {message}"
+    return f"{key} = {shown}{source}: {error_message(error)}"
 
 
 def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -347,10 +346,8 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
         return Settings.model_validate(_merge(data, overrides))
     except ValidationError as exc:
         errors = exc.errors()
-        lines = [_describe(e, env_keys) for e in errors]
-        first_key = ".".join(str(p) for p in errors[0]["loc"]) if errors else None
         raise ConfigError(
-            f"invalid configuration in {source}: " + "; ".join(lines),
-            key=first_key,
+            f"invalid configuration in {source}: " + validation_line(exc, lambda e: _describe(e, env_keys)),
+            key=error_key(errors[0]) if errors else None,
             hint="Fix the key in the config file or the environment; config/membrane.toml documents each one.",
         ) from None

@@ -25,6 +25,9 @@ those boundaries code only catches MembraneError subclasses.
         ├── ModelRejected           the model server refused to register a model
         └── GraphWriteError         Neo4j refused the write (constraint, syntax)
 
+Pydantic's ValidationError is worded here too (`validation_line`): a config
+file, a model's answer and a JSON capture each report theirs as one line.
+
 The pipeline's policy is one line: RetryableError -> back off and retry,
 PermanentError -> the capture goes to failed/ with the error's reason and hint.
 One exception to it: ModelCrashed is retried only daemon.max_model_crashes
@@ -33,7 +36,12 @@ times per capture, so a capture that crashes the model every time still ends.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 __all__ = [
     "CaptureRejected",
@@ -53,6 +61,9 @@ __all__ = [
     "PromotionRefused",
     "RetryableError",
     "StaleClaim",
+    "error_key",
+    "error_message",
+    "validation_line",
 ]
 
 
@@ -201,3 +212,25 @@ class ExtractionFailed(PermanentError):
 
 class GraphWriteError(PermanentError):
     hint = "Neo4j refused the write; see the error and `membrane doctor`."
+
+
+# ---------------------------------------------------------------- pydantic's errors as one line
+
+
+def error_key(error: ErrorDetails) -> str:
+    """Where a pydantic error is, as dotted keys ("model.num_ctx"; "" for the whole input)."""
+    return ".".join(str(part) for part in error["loc"])
+
+
+def error_message(error: ErrorDetails) -> str:
+    """A pydantic error's message, without the "Value error, " put before a validator's own text."""
+    return error["msg"].removeprefix("Value error, ")
+
+
+def validation_line(exc: ValidationError, describe: Callable[[ErrorDetails], str], *, limit: int | None = None) -> str:
+    """A ValidationError as one line: each error as `describe` words it, joined by "; ",
+    and past `limit` errors "(and N more)"."""
+    errors = exc.errors()
+    shown = errors if limit is None else errors[:limit]
+    more = len(errors) - len(shown)
+    return "; ".join(describe(error) for error in shown) + (f" (and {more} more)" if more > 0 else "")

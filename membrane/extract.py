@@ -38,7 +38,7 @@ from rapidfuzz import fuzz
 
 from membrane.backends import Backend, Generation, GenerationRequest, RecordedOutputs, get_backend
 from membrane.backends.catalogue import prompt_version_for
-from membrane.errors import ExtractionFailed
+from membrane.errors import ExtractionFailed, error_key, error_message, validation_line
 from membrane.logs import get_logger
 from membrane.prompts import PROMPT_VERSION
 from membrane.records import ExtractionResult
@@ -216,12 +216,7 @@ def clean_output(raw: str) -> str:
 
 
 def _describe_validation(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:MAX_ERRORS_SHOWN]:
-        where = ".".join(str(p) for p in error["loc"]) or "answer"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    more = len(exc.errors()) - MAX_ERRORS_SHOWN
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return validation_line(exc, lambda e: f"{error_key(e) or 'answer'}: {error_message(e)}", limit=MAX_ERRORS_SHOWN)
 
 
 def parse_output(raw: str, rules: ExtractionRules) -> Extraction:
