@@ -771,11 +771,12 @@ def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume
                            chat_format=chat_format,
                            base_gguf=base_gguf, score=not no_score, command=command_line(sys.argv[1:], os.environ))
     report = run_training(settings, options, progress=_TrainProgress())
-    training, validation = report.manifest["training"], report.manifest["validation"]
-    click.echo(f"trained {report.name}: {training['steps']} steps in {training['wall_time_s']} s "
-               f"({training['tokens_per_second']} tokens/s), best validation loss {validation['loss']}")
-    if validation.get("scores"):
-        click.echo("validation: " + json.dumps(validation["scores"]))
+    training, validation = report.manifest.training, report.manifest.validation
+    if training and validation:  # always, in a manifest `membrane train` wrote
+        click.echo(f"trained {report.name}: {training.steps} steps in {training.wall_time_s} s "
+                   f"({training.tokens_per_second} tokens/s), best validation loss {validation.loss}")
+    if validation and validation.scores:
+        click.echo("validation: " + json.dumps(validation.scores))
     click.echo(f"model folder: {report.folder}  (bench it: membrane bench --models embedded:{report.name})")
     if register_ollama:
         from membrane.train.ollama import register_ollama as register

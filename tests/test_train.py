@@ -166,8 +166,9 @@ def test_training_lowers_the_loss_and_changes_the_adapter(runs: tuple[Any, Any, 
     from safetensors.torch import load_file
 
     _, resumed, _ = runs
-    validation = resumed.manifest["validation"]
-    assert validation["loss"] < validation["initial_loss"]
+    validation = resumed.manifest.validation
+    assert validation is not None and validation.loss is not None and validation.initial_loss is not None
+    assert validation.loss < validation.initial_loss
     weights = load_file(str(resumed.result.adapter_dir / "adapter_model.safetensors"))
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and all(float(t.abs().max()) > 0 for t in lora_b)

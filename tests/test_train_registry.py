@@ -17,6 +17,7 @@ from membrane.backends.catalogue import (
     ADAPTER_FILE,
     MANIFEST_FILE,
     Anchor,
+    Manifest,
     prompt_version_for,
     trained_embedded_models,
     trained_models,
@@ -127,6 +128,16 @@ def test_trained_folders_become_embedded_models(make_settings: Callable[..., Set
     assert "tiny-tuned" in EmbeddedBackend(settings).list_models()
 
 
+@pytest.mark.parametrize("shipped", sorted((ROOT / "membrane" / "models").glob("*/manifest.json")),
+                         ids=lambda path: path.parent.name)
+def test_a_shipped_manifest_reads_and_writes_back_byte_for_byte(shipped: Path, tmp_path: Path) -> None:
+    """Each shipped manifest parses as a Manifest with nothing left over, and writing it gives the same bytes."""
+    manifest = Manifest.read(shipped.parent)
+    assert manifest.model_extra == {} and manifest.training is not None and manifest.validation is not None
+    manifest.write(tmp_path)
+    assert (tmp_path / MANIFEST_FILE).read_bytes() == shipped.read_bytes()
+
+
 def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[..., Settings],
                                                          tmp_path: Path) -> None:  # fmt: skip
     """A trained model gets its manifest's prompt (also as an Ollama tag); any other model gets extract-v1."""
@@ -196,20 +207,21 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     shipped = trained_models(settings)[name]
     manifest = shipped.manifest
     adapter = shipped.adapter.read_bytes()
-    assert defaults.model.backend == "embedded" and manifest["name"] == name
+    assert defaults.model.backend == "embedded" and manifest.name == name
     assert shipped.folder.parent == ROOT / "membrane" / "models"
-    assert len(adapter) == manifest["adapter"]["bytes"] <= 10 * 1024 * 1024
-    assert hashlib.sha256(adapter).hexdigest() == manifest["adapter"]["sha256"]
+    assert manifest.adapter is not None and manifest.data is not None and manifest.hyperparameters is not None
+    assert len(adapter) == manifest.adapter.bytes <= 10 * 1024 * 1024
+    assert hashlib.sha256(adapter).hexdigest() == manifest.adapter.sha256
     cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
-    assert data_sha256(cases) == manifest["data"]["sha256"] and len(cases) == manifest["data"]["cases"]
-    command = shlex.split(manifest["command"])
+    assert data_sha256(cases) == manifest.data.sha256 and len(cases) == manifest.data.cases
+    command = shlex.split(manifest.command)
     def option(flag: str) -> str:
         return command[command.index(flag) + 1] if flag in command else ""
 
     # The name the command gives: --name, or trainer.model_name's default for --base.
     trained = model_name(Settings.model_validate({"train": {"base": option("--base"), "name": option("--name")}}))
     assert "train" in command and trained == name
-    assert manifest["hyperparameters"]["seed"] == defaults.train.seed
+    assert manifest.hyperparameters["seed"] == defaults.train.seed
 
     backend = get_backend("embedded", settings)
     text = "Docker is deployed on the production Kubernetes cluster managed by the DevOps team."

@@ -3,7 +3,8 @@ adapters and those under ``train.models_dir``), installed anchors, and the
 prompt version each model expects.
 
 A trained model is a folder holding ``adapter.gguf`` (a GGUF LoRA) and
-``manifest.json`` (base, chat format, prompt version, training facts). Folders
+``manifest.json`` (base, chat format, prompt version, training facts; its
+shape is `Manifest`, which training writes and this module reads). Folders
 are found in the package's own ``membrane/models/`` (the shipped default) and
 under ``train.models_dir``; a later folder of the same name wins. An anchor
 is an opt-in GGUF that ``membrane anchors`` installs (membrane.train.anchors)
@@ -23,9 +24,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
 
 from membrane.backends.gguf import model_cache_dir
+from membrane.files import atomic_write
 from membrane.logs import get_logger
 from membrane.prompts import PROMPT_VERSION
 
@@ -36,8 +40,17 @@ __all__ = [
     "ADAPTER_FILE",
     "ANCHORS",
     "MANIFEST_FILE",
+    "AdapterFile",
     "Anchor",
+    "DataFile",
+    "Manifest",
+    "ManifestBase",
+    "MergedFile",
+    "Scalar",
     "TrainedModel",
+    "TrainingData",
+    "TrainingRun",
+    "Validation",
     "anchor_path",
     "discover",
     "extra_embedded_models",
@@ -53,6 +66,119 @@ ADAPTER_FILE = "adapter.gguf"
 MANIFEST_FILE = "manifest.json"
 
 
+# ---------------------------------------------------------------- the manifest
+# Field order is the file's key order. A field the trainer leaves unset (a data
+# file's sha256 when the source is not a file) is left out of the file, and a
+# key this code does not know is kept, so a manifest read and written again
+# keeps its bytes.
+
+
+class _ManifestPart(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow", coerce_numbers_to_str=True)
+
+
+class ManifestBase(_ManifestPart):
+    """The model trained on, as inference runs it."""
+
+    name: str = ""
+    path: str  # the base GGUF: a file path or "pypi:<distribution>"
+    n_ctx: int = 4096
+    parameters: str = ""
+    sha256: str = ""
+
+
+class AdapterFile(_ManifestPart):
+    file: str
+    sha256: str
+    bytes: int
+    outtype: str
+
+
+class MergedFile(_ManifestPart):
+    file: str
+    sha256: str
+
+
+class DataFile(_ManifestPart):
+    source: str  # a labelled file, or "distill:backend:name"
+    cases: int
+    sha256: str | None = None  # set only for a file
+
+
+class TrainingData(_ManifestPart):
+    """The cases trained on; none of them is in an evaluation set."""
+
+    sha256: str  # train.data.data_sha256 of all the cases
+    cases: int
+    train_cases: int
+    val_cases: int
+    left_out_too_long: int  # longer than train.max_seq_len, in either split
+    val_ids: tuple[str, ...]  # the validation split
+    files: tuple[DataFile, ...]
+    distill_from: tuple[str, ...]  # train.distill_from
+
+
+class TrainingRun(_ManifestPart):
+    steps: int
+    max_steps: int
+    resumed_from: int
+    wall_time_s: float
+    loop_seconds: float
+    tokens: int
+    tokens_per_second: float
+    first_loss: float | None
+    last_loss: float | None
+    threads: int
+    seed: int
+
+
+# A JSON scalar: the values of the run configuration and of a bench row.
+Scalar = str | int | float | bool | None
+
+
+class Validation(_ManifestPart):
+    loss: float | None
+    initial_loss: float | None
+    scores: dict[str, Scalar] | None = None  # the model's bench row on the validation split (bench.ModelRun.row)
+
+
+class Manifest(_ManifestPart):
+    """manifest.json: what a trained model runs on and how it was made.
+
+    Running the model needs only the base's path, the chat format and the prompt
+    version; the training record (adapter, data, hyperparameters, training,
+    validation, command, versions) is what `membrane train` writes, and a
+    manifest made by hand may leave it out.
+    """
+
+    name: str = ""
+    created_at: str = ""
+    base: ManifestBase
+    prompt_version: str
+    chat_format: str
+    adapter: AdapterFile | None = None
+    merged: MergedFile | None = None  # only with train.merged
+    data: TrainingData | None = None
+    hyperparameters: dict[str, Scalar] | None = None  # train.loop.RunConfig, and the loop's fixed choices
+    training: TrainingRun | None = None
+    validation: Validation | None = None
+    command: str = ""
+    versions: dict[str, str] = {}
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """The manifest in `folder`; raises OSError, or ValueError for one that is not a manifest."""
+        return cls.model_validate_json((folder / MANIFEST_FILE).read_bytes())
+
+    def write(self, folder: Path) -> Path:
+        """manifest.json in `folder`, written atomically: two-space indented JSON, UTF-8, and a final newline."""
+        path = folder / MANIFEST_FILE
+        with atomic_write(path) as handle:
+            handle.write(json.dumps(self.model_dump(mode="json", exclude_unset=True), indent=2, ensure_ascii=False))
+            handle.write("\n")
+        return path
+
+
 @dataclass(frozen=True)
 class TrainedModel:
     """One trained model folder, as its manifest describes it."""
@@ -64,7 +190,7 @@ class TrainedModel:
     prompt_version: str
     n_ctx: int
     parameters: str
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def adapter(self) -> Path:
@@ -126,21 +252,20 @@ def installed_anchor_models() -> dict[str, EmbeddedModel]:
 
 def _read(folder: Path) -> TrainedModel | None:
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
-        base = manifest["base"]
-        model = TrainedModel(
-            name=folder.name,
-            folder=folder,
-            base_path=str(base["path"]),
-            chat_format=str(manifest["chat_format"]),
-            prompt_version=str(manifest["prompt_version"]),
-            n_ctx=int(base.get("n_ctx", 4096)),
-            parameters=str(base.get("parameters", "")),
-            manifest=manifest,
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        manifest = Manifest.read(folder)
+    except (OSError, ValueError) as exc:
         log.warning("trained_model_unreadable", folder=str(folder), error=str(exc))
         return None
+    model = TrainedModel(
+        name=folder.name,
+        folder=folder,
+        base_path=manifest.base.path,
+        chat_format=manifest.chat_format,
+        prompt_version=manifest.prompt_version,
+        n_ctx=manifest.base.n_ctx,
+        parameters=manifest.base.parameters,
+        manifest=manifest,
+    )
     if not model.adapter.is_file():
         log.warning("trained_model_unreadable", folder=str(folder), error=f"no {ADAPTER_FILE}")
         return None

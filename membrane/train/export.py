@@ -1,6 +1,7 @@
 """Export: the trained peft adapter as a GGUF LoRA (llama.cpp's own
 convert_lora_to_gguf.py), optionally a merged GGUF (convert_hf_to_gguf.py),
-and the manifest that makes the folder a trained model.
+beside which the trainer writes the manifest (backends.catalogue.Manifest)
+that makes the folder a trained model.
 
 The converters come from the llama-cpp-python sdist that scripts/llama-wheel
 caches (the same llama.cpp the runtime is built from); they are unpacked once
@@ -18,16 +19,14 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from membrane.backends.catalogue import ADAPTER_FILE, MANIFEST_FILE
+from membrane.backends.catalogue import ADAPTER_FILE
 from membrane.backends.gguf import model_cache_dir
 from membrane.errors import MembraneError
-from membrane.files import atomic_write
 
-__all__ = ["converter_dir", "convert_lora", "convert_merged", "save_base_config", "write_manifest"]
+__all__ = ["converter_dir", "convert_lora", "convert_merged", "save_base_config"]
 
 CONVERTER_FILES = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py")
 # The converters' own gguf-py comes too: PyPI's gguf 0.19.0 carries the same
@@ -118,11 +117,3 @@ def convert_merged(merged_dir: Path, out_folder: Path, outtype: str) -> Path:
     out = out_folder / f"merged-{outtype}.gguf"
     _convert("convert_hf_to_gguf.py", ["--outtype", outtype, "--outfile", str(out), str(merged_dir)])
     return out
-
-
-def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
-    """manifest.json beside the adapter, written atomically."""
-    path = folder / MANIFEST_FILE
-    with atomic_write(path) as handle:
-        handle.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return path

@@ -13,12 +13,23 @@ import platform
 import shlex
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from membrane.backends.catalogue import ADAPTER_FILE
+from membrane.backends.catalogue import (
+    ADAPTER_FILE,
+    AdapterFile,
+    DataFile,
+    Manifest,
+    ManifestBase,
+    MergedFile,
+    Scalar,
+    TrainingData,
+    TrainingRun,
+    Validation,
+)
 from membrane.clock import iso_utc_seconds
 from membrane.errors import ConfigError
 from membrane.files import file_sha256
@@ -35,7 +46,7 @@ from membrane.train.data import (
 
 if TYPE_CHECKING:
     from membrane.config import Settings
-    from membrane.train.loop import Progress, RunResult
+    from membrane.train.loop import Progress, RunConfig, RunResult
     from membrane.train.render import Example, Tokenizer
 
 __all__ = ["RECORDED_ENVIRONMENT", "Base", "TrainOptions", "TrainReport", "command_line", "resolve_base", "train"]
@@ -84,9 +95,11 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class TrainReport:
+    """What a run made: the trained model, its manifest as written, and the loop's result."""
+
     name: str
-    folder: Path
-    manifest: dict[str, Any]
+    folder: Path  # train.models_dir/<name>
+    manifest: Manifest
     result: RunResult
 
 
@@ -152,7 +165,7 @@ def _render_all(cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: in
     return kept, len(examples) - len(kept)
 
 
-def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int, n_val: int) -> Any:
+def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int, n_val: int) -> RunConfig:
     from membrane.train.loop import RunConfig
 
     t = settings.train
@@ -196,12 +209,14 @@ def train(settings: Settings, options: TrainOptions, progress: Callable[[Progres
     base_config = export.save_base_config(model, base.folder, base.gguf_file, work_dir / "base-config")
     adapter = export.convert_lora(result.adapter_dir, base_config, folder, settings.train.outtype)
     merged = _merged(settings, base, result, work_dir, folder) if settings.train.merged else None
+    validation = Validation(loss=result.best_val_loss, initial_loss=result.initial_val_loss, scores=None)
     manifest = _manifest(settings, options, base, cases, val_cases, config, result, adapter, merged,
-                         long_train + long_val, time.monotonic() - started)
-    export.write_manifest(folder, manifest)
+                         long_train + long_val, time.monotonic() - started, validation)
+    manifest.write(folder)
     if options.score and val_cases and base.inference_path:
-        manifest["validation"]["scores"] = validation_scores(settings, name, val_cases)
-        export.write_manifest(folder, manifest)
+        scores = validation_scores(settings, name, val_cases)
+        manifest = manifest.model_copy(update={"validation": validation.model_copy(update={"scores": scores})})
+        manifest.write(folder)
     log.info("train_done", name=name, folder=str(folder), steps=result.steps, best_val_loss=result.best_val_loss)
     return TrainReport(name, folder, manifest, result)
 
@@ -218,7 +233,7 @@ def _merged(settings: Settings, base: Base, result: RunResult, work_dir: Path, f
     return export.convert_merged(merged_dir, folder, settings.train.merged)
 
 
-def validation_scores(settings: Settings, name: str, val_cases: list[Case]) -> dict[str, Any]:
+def validation_scores(settings: Settings, name: str, val_cases: list[Case]) -> dict[str, Scalar]:
     """The trained model's bench row on the validation split (llama.cpp, base + adapter)."""
     from membrane.bench import bench_model
     from membrane.schema import ModelRef
@@ -239,40 +254,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _data_files(settings: Settings, cases: list[Case]) -> list[dict[str, Any]]:
+def _data_files(cases: list[Case]) -> tuple[DataFile, ...]:
     counts: dict[str, int] = {}
     for case in cases:
         counts[case.source] = counts.get(case.source, 0) + 1
-    return [{"source": source, "cases": n, **({"sha256": file_sha256(Path(source))} if Path(source).is_file() else {})}
-            for source, n in counts.items()]
+    return tuple(DataFile(source=source, cases=n, sha256=file_sha256(Path(source))) if Path(source).is_file()
+                 else DataFile(source=source, cases=n) for source, n in counts.items())
 
 
 def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list[Case], val_cases: list[Case],
-              config: Any, result: RunResult, adapter: Path, merged: Path | None, too_long: int,
-              wall_s: float) -> dict[str, Any]:
+              config: RunConfig, result: RunResult, adapter: Path, merged: Path | None, too_long: int,
+              wall_s: float, validation: Validation) -> Manifest:
     base_file = base.folder / base.gguf_file if base.gguf_file else None
-    return {
-        "name": model_name(settings),
-        "created_at": iso_utc_seconds(),
-        "base": {"name": base.name, "path": base.inference_path, "n_ctx": base.n_ctx,
-                 "parameters": base.parameters, "sha256": file_sha256(base_file) if base_file else ""},
-        "prompt_version": TUNED_PROMPT_VERSION,
-        "chat_format": base.chat_format,
-        "adapter": {"file": ADAPTER_FILE, "sha256": file_sha256(adapter), "bytes": adapter.stat().st_size,
-                    "outtype": settings.train.outtype},
-        "merged": {"file": merged.name, "sha256": file_sha256(merged)} if merged else None,
-        "data": {"sha256": config.data_sha256, "cases": len(cases), "train_cases": config.train_cases,
-                 "val_cases": config.val_cases, "left_out_too_long": too_long,
-                 "val_ids": sorted(c.id for c in val_cases), "files": _data_files(settings, cases),
-                 "distill_from": list(settings.train.distill_from)},
-        "hyperparameters": {**asdict(replace(config)), "target_modules": "all-linear",
-                            "optimizer": "AdamW", "schedule": "linear warm-up, cosine to 10%"},
-        "training": {"steps": result.steps, "max_steps": result.max_steps, "resumed_from": result.resumed_from,
-                     "wall_time_s": round(wall_s, 1), "loop_seconds": round(result.seconds, 1),
-                     "tokens": result.train_tokens, "tokens_per_second": round(result.tokens_per_second, 1),
-                     "first_loss": result.first_loss, "last_loss": result.last_loss,
-                     "threads": settings.train.threads, "seed": settings.train.seed},
-        "validation": {"loss": result.best_val_loss, "initial_loss": result.initial_val_loss, "scores": None},
-        "command": options.command,
-        "versions": _versions(),
-    }
+    return Manifest(
+        name=model_name(settings),
+        created_at=iso_utc_seconds(),
+        base=ManifestBase(name=base.name, path=base.inference_path, n_ctx=base.n_ctx, parameters=base.parameters,
+                          sha256=file_sha256(base_file) if base_file else ""),
+        prompt_version=TUNED_PROMPT_VERSION,
+        chat_format=base.chat_format,
+        adapter=AdapterFile(file=ADAPTER_FILE, sha256=file_sha256(adapter), bytes=adapter.stat().st_size,
+                            outtype=settings.train.outtype),
+        merged=MergedFile(file=merged.name, sha256=file_sha256(merged)) if merged else None,
+        data=TrainingData(sha256=config.data_sha256, cases=len(cases), train_cases=config.train_cases,
+                          val_cases=config.val_cases, left_out_too_long=too_long,
+                          val_ids=tuple(sorted(c.id for c in val_cases)), files=_data_files(cases),
+                          distill_from=settings.train.distill_from),
+        hyperparameters={**asdict(config), "target_modules": "all-linear", "optimizer": "AdamW",
+                         "schedule": "linear warm-up, cosine to 10%"},
+        training=TrainingRun(steps=result.steps, max_steps=result.max_steps, resumed_from=result.resumed_from,
+                             wall_time_s=round(wall_s, 1), loop_seconds=round(result.seconds, 1),
+                             tokens=result.train_tokens, tokens_per_second=round(result.tokens_per_second, 1),
+                             first_loss=result.first_loss, last_loss=result.last_loss,
+                             threads=settings.train.threads, seed=settings.train.seed),
+        validation=validation,
+        command=options.command,
+        versions=_versions(),
+    )
