@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
 
 import click
+from pydantic.fields import FieldInfo
 
-from membrane.config import Settings, load_settings
+from membrane.config import Settings, TrainSettings, load_settings
 from membrane.errors import ConfigError, MembraneError
 from membrane.logs import configure_logging
 
@@ -679,10 +680,36 @@ def rollback(app: AppContext) -> None:
 
 # ---------------------------------------------------------------- train
 
-_TRAIN_OVERRIDES = (
-    "base", "name", "rank", "alpha", "dropout", "learning_rate", "epochs", "batch_size", "grad_accumulation",
-    "eval_every", "checkpoint_every", "val_fraction", "seed", "threads", "max_seq_len", "outtype", "merged", "models_dir",
-)
+# `membrane train` has an option for every [train] key but these, in the settings'
+# order; its type comes from the key's annotation and its help from its description.
+_TRAIN_KEYS_NOT_OPTIONS = ("work_dir",)
+_TRAIN_FLAGS = {"learning_rate": "--lr", "models_dir": "--out"}  # the rest: --<key with dashes>
+
+
+def _option_type(annotation: Any) -> click.Choice[str] | click.Path[Path] | type[int] | type[float] | None:
+    if get_origin(annotation) is Literal:
+        return click.Choice([value for value in get_args(annotation) if value])  # "" is the option left out
+    if annotation is Path:
+        return click.Path(path_type=Path, file_okay=False)
+    return annotation if annotation in (int, float) else None
+
+
+def _train_option(key: str, field: FieldInfo) -> Callable[[F], F]:
+    flag = _TRAIN_FLAGS.get(key, "--" + key.replace("_", "-"))
+    if key == "data":
+        return click.option(flag, multiple=True, help="Labelled cases (JSONL glob); repeatable (overrides train.data).")
+    if key == "distill_from":
+        return click.option(flag, "distill", help="backend:model[,...]: also learn from their journal extractions.")
+    return click.option(flag, key, type=_option_type(field.annotation), help=field.description)
+
+
+def train_options(func: F) -> F:
+    """The options that override [train] keys, derived from TrainSettings."""
+    for key, field in reversed(TrainSettings.model_fields.items()):
+        if key not in _TRAIN_KEYS_NOT_OPTIONS:
+            func = _train_option(key, field)(func)
+    return func
+
 
 
 class _TrainProgress:
@@ -707,9 +734,7 @@ class _TrainProgress:
 
 
 def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | None, values: dict[str, Any]) -> Settings:
-    from membrane.config import TrainSettings
-
-    update = {k: v for k, v in values.items() if k in _TRAIN_OVERRIDES and v is not None}
+    update = {k: v for k, v in values.items() if k in TrainSettings.model_fields and v is not None}
     if data:
         update["data"] = data
     if distill is not None:
@@ -722,26 +747,7 @@ def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | No
 
 
 @main.command()
-@click.option("--base", help="A [model.embedded] name or a Hugging Face model folder (overrides train.base).")
-@click.option("--data", multiple=True, help="Labelled cases (JSONL glob); repeatable (overrides train.data).")
-@click.option("--distill-from", "distill", help="backend:model[,...]: also learn from their journal extractions.")
-@click.option("--name", help="The trained model's name (default: <base>-membrane).")
-@click.option("--rank", type=int)
-@click.option("--alpha", type=float)
-@click.option("--dropout", type=float)
-@click.option("--lr", "learning_rate", type=float, help="Peak learning rate.")
-@click.option("--epochs", type=float)
-@click.option("--batch-size", type=int)
-@click.option("--grad-accumulation", type=int)
-@click.option("--eval-every", type=int, help="Optimizer steps between validation passes.")
-@click.option("--checkpoint-every", type=int, help="Optimizer steps between checkpoints.")
-@click.option("--val-fraction", type=float, help="Share of cases held out for validation.")
-@click.option("--seed", type=int)
-@click.option("--threads", type=int, help="CPU threads for torch (0: all).")
-@click.option("--max-seq-len", type=int)
-@click.option("--outtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), help="GGUF type of the adapter.")
-@click.option("--merged", type=click.Choice(["f16", "q8_0"]), help="Also write a merged GGUF of this type.")
-@click.option("--out", "models_dir", type=click.Path(path_type=Path, file_okay=False), help="Models folder.")
+@train_options
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
 @click.option("--limit", type=int, default=0, help="Use only the first N cases (quick measurements).")
 @click.option("--max-steps", type=int, default=0, help="Stop after N steps in this run (0: to the end).")
@@ -755,7 +761,9 @@ def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | No
 def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume: bool, limit: int, max_steps: int,
           max_minutes: float, chat_format: str, base_gguf: str, no_score: bool, register_ollama: bool,
           **values: Any) -> None:  # fmt: skip
-    """Fine-tune a small model with LoRA; it becomes an embedded model and a bench candidate."""
+    """Fine-tune a small model with LoRA; it becomes an embedded model and a bench candidate.
+
+    An option named after a [train] key overrides it for this run."""
     import json
 
     try:

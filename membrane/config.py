@@ -225,27 +225,30 @@ class BenchSettings(_Section):
 
 
 class TrainSettings(_Section):
-    base: str = "smollm2-135m"  # a [model.embedded] name, or a Hugging Face model folder
+    # Every key but work_dir is also an option of `membrane train` (cli.train_options),
+    # its description the option's help.
+    base: str = Field("smollm2-135m", description="A [model.embedded] name or a Hugging Face model folder.")
     data: tuple[str, ...] = ("config/train/*.jsonl",)  # globs of labelled cases (gold.jsonl format)
     distill_from: tuple[str, ...] = ()  # "backend:name" models whose journal extractions become cases
-    name: str = ""  # the trained model's name; empty: <base>-membrane
+    name: str = Field("", description="The trained model's name (default: <base>-membrane).")
     rank: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(4, gt=0)
     grad_accumulation: int = Field(1, gt=0)
-    eval_every: int = Field(65, gt=0)  # optimizer steps between validation (and best-checkpoint) passes
-    checkpoint_every: int = Field(65, gt=0)  # optimizer steps between resumable checkpoints
-    val_fraction: float = Field(0.1, ge=0, lt=1)
+    eval_every: int = Field(65, gt=0, description="Optimizer steps between validation (and best-checkpoint) passes.")
+    checkpoint_every: int = Field(65, gt=0, description="Optimizer steps between resumable checkpoints.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of cases held out for validation.")
     seed: int = 0
-    threads: int = Field(0, ge=0)  # torch CPU threads; 0: all cores
+    threads: int = Field(0, ge=0, description="CPU threads for torch (0: all cores).")
     max_seq_len: int = Field(512, gt=0)  # longer cases are left out (counted in the manifest)
-    outtype: Literal["f32", "f16", "bf16", "q8_0"] = "q8_0"  # GGUF type of the adapter
-    merged: Literal["", "f16", "q8_0"] = ""  # also write a merged GGUF of this type; empty: none
+    outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("q8_0", description="GGUF type of the adapter.")
+    merged: Literal["", "f16", "q8_0"] = Field("", description="Also write a merged GGUF of this type.")  # "": none
     work_dir: Path = Path("var/train")  # checkpoints and the exported Hugging Face adapter
-    models_dir: Path = Path("var/models")  # trained models (adapter.gguf + manifest.json), one folder each
+    models_dir: Path = Field(Path("var/models"), description="Trained models, one folder each (adapter.gguf + "
+                             "manifest.json).")
 
 
 class LoggingSettings(_Section):

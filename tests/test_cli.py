@@ -25,3 +25,14 @@ def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert "0.1.0" in result.output
+
+
+def test_train_has_an_option_for_every_train_key() -> None:
+    """`membrane train` overrides every [train] key but work_dir, with the key's choices for a Literal."""
+    from membrane.config import TrainSettings
+
+    params = {p.name: p for p in main.commands["train"].params}
+    assert set(TrainSettings.model_fields) - {"work_dir", "distill_from"} <= set(params)
+    assert "work_dir" not in params and params["distill"].opts == ["--distill-from"]
+    assert params["learning_rate"].opts == ["--lr"] and params["models_dir"].opts == ["--out"]
+    assert params["merged"].type.choices == ("f16", "q8_0")  # type: ignore[attr-defined]
