@@ -122,10 +122,10 @@ class OllamaBackend:
     def create_model(
         self,
         name: str,
-        gguf: Path,
+        gguf: Path,  # the base model
         *,
-        adapter: Path | None = None,
-        template: str | None = None,
+        adapter: Path | None = None,  # a GGUF LoRA applied over the base
+        template: str | None = None,  # a Go template; None: Ollama's choice for the GGUF
         parameters: dict[str, Any] | None = None,
         system: str | None = None,
     ) -> None:
