@@ -1,5 +1,5 @@
-"""Reading one capture file: the formats, their metadata, the sha256, and the
-reasons a file is refused.
+"""Reading one capture file: the formats, their metadata, the sha256, the
+reasons a file is refused, and the path a capture goes by in the journal.
 
 Formats:
 - ``.txt``: the whole file is the text.
@@ -55,6 +55,7 @@ __all__ = [
     "Capture",
     "CaptureVanished",
     "Rejection",
+    "capture_path",
     "read_capture",
 ]
 
@@ -112,6 +113,17 @@ class Capture:
     size: int
     # The person's metadata: front matter, or the JSON capture's source/captured_at/tags.
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def capture_path(path: Path, inbox: Path) -> str:
+    """The path a capture goes by in the journal: relative to the inbox, or absolute when outside it."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        name = absolute.relative_to(os.path.abspath(inbox)).as_posix()
+    except ValueError:
+        name = absolute.as_posix()
+    # Undecodable name bytes (rejected as bad_name) shown as \xNN: the journal stores text.
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def read_capture(path: Path, settings: InboxSettings, *, root: Path | None = None) -> Capture:

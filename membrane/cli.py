@@ -327,6 +327,7 @@ def forget(app: AppContext, target: str) -> None:
 
     For captures deleted while the daemon was stopped, or not kept at all
     (inbox.on_success = "delete"); the daemon retracts live deletions itself."""
+    from membrane.explore import find_capture
     from membrane.journal import Journal
     from membrane.pipeline import Pipeline
 
@@ -334,7 +335,7 @@ def forget(app: AppContext, target: str) -> None:
     with Journal(settings.journal.path) as journal:
         pipeline = Pipeline(settings, journal)
         try:
-            record = _capture_for(pipeline, journal, target)
+            record = find_capture(journal, settings.inbox, target)
             if record is None:
                 fail(f"no capture with facts matches {target!r} (see `membrane status`)")
             pipeline.retract(record.sha256, reason="forget")
@@ -346,27 +347,6 @@ def forget(app: AppContext, target: str) -> None:
     if waiting:
         fail("Neo4j is unavailable: the journal no longer holds these facts; the daemon (or `membrane sync`) "
              "removes them from the graph once Neo4j is back")
-
-
-def _capture_for(pipeline: Any, journal: Any, target: str) -> Any:
-    """The capture holding facts that `target` names: a sha256, or an inbox or processed/ path."""
-    from membrane.journal import FACT_STATES
-
-    if len(target) == 64 and all(c in "0123456789abcdef" for c in target.lower()):
-        record = journal.get(target.lower())
-        return record if record is not None and record.state in FACT_STATES else None
-    path = Path(target)
-    candidates = [pipeline.capture_path(path)]
-    processed = pipeline.settings.inbox.processed.resolve()
-    try:
-        candidates.append(path.resolve().relative_to(processed).as_posix())
-    except ValueError:
-        pass
-    for candidate in candidates:
-        record = journal.last_capture_for_path(candidate)
-        if record is not None:
-            return record
-    return None
 
 
 # ---------------------------------------------------------------- explore commands
@@ -405,18 +385,6 @@ def _not_found(exc: Any, as_json: bool) -> NoReturn:
     sys.exit(EXIT_FAILED)
 
 
-def _capture_by_prefix(journal: Any, target: str) -> Any:
-    """The capture with facts whose sha256 starts with `target` (8 to 63 hex digits, as `show` prints
-    12), when exactly one does."""
-    from membrane.journal import FACT_STATES
-
-    prefix = target.lower()
-    if not 8 <= len(prefix) < 64 or any(c not in "0123456789abcdef" for c in prefix):
-        return None
-    matches = [r for r in journal.captures(FACT_STATES) if r.sha256.startswith(prefix)]
-    return matches[0] if len(matches) == 1 else None
-
-
 def _lookup_command(argument: str) -> Callable[[Callable[..., None]], click.Command]:
     """Register a lookup (`show`, `facts`): one ARGUMENT, text or --json output, errors as one line."""
 
@@ -449,13 +417,12 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
     sha256 (or a unique prefix of 8+ digits, as `show` prints them), or its file
     as first seen in the inbox or as moved to processed/."""
     from membrane.errors import NotFound
-    from membrane.explore import capture_lines, open_reader
+    from membrane.explore import capture_lines, find_capture, open_reader
     from membrane.journal import Journal
-    from membrane.pipeline import Pipeline
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        record = _capture_by_prefix(journal, target) or _capture_for(Pipeline(settings, journal), journal, target)
+        record = find_capture(journal, settings.inbox, target, prefix=True)
         if record is None:
             _not_found(NotFound(f"no capture with facts matches {target!r}",
                                 hint="See `membrane status`; a failed or retracted capture has no facts."), as_json)  # fmt: skip

@@ -2,7 +2,8 @@
 and `membrane facts PATH|SHA256` (one capture).
 
 Owns the two reports (EntityReport, CaptureReport), how a typed name finds an
-entity, and the two stores they are read from:
+entity, how a typed target finds a capture (`find_capture`, which `membrane
+forget` uses too), and the two stores they are read from:
 
 - Neo4j, through the saved questions `entity` and `capture`
   (graph/questions.py: the same Cypher people run as Neo4j Browser
@@ -26,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from rapidfuzz import fuzz, process
 
+from membrane.capture import capture_path
 from membrane.errors import NotFound
+from membrane.journal import FACT_STATES
 from membrane.merge import EntityName, MergedEntity, MergedRelationship
 
 # A capture as provenance, an entity as one capture names it (key, name, role,
@@ -40,9 +44,9 @@ from membrane.resolve import ResolvedEntity as Mention
 from membrane.resolve import ResolvedRelationship, entity_key
 
 if TYPE_CHECKING:
-    from membrane.config import Settings
+    from membrane.config import InboxSettings, Settings
     from membrane.graph.store import GraphStore
-    from membrane.journal import Journal
+    from membrane.journal import CaptureRecord, Journal
     from membrane.merge import MergedGraph
     from membrane.resolve import CaptureFacts
 
@@ -61,6 +65,7 @@ __all__ = [
     "capture_lines",
     "close_candidates",
     "entity_lines",
+    "find_capture",
     "find_entity",
     "open_reader",
     "resolve_name",
@@ -202,6 +207,43 @@ def _ambiguous(name: str, candidates: list[Candidate]) -> NotFound:
 
 def _describe(candidate: Candidate) -> str:
     return f"{candidate.entity.name} (key {candidate.entity.key!r}, score {candidate.score:g})"
+
+
+# ---------------------------------------------------------------- naming a capture
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def find_capture(journal: Journal, inbox: InboxSettings, target: str, *, prefix: bool = False) -> CaptureRecord | None:
+    """The capture holding facts that `target` names: its sha256, or its file as first seen in
+    the inbox or as moved to processed/; with `prefix`, first a sha256 prefix of 8 to 63 hex
+    digits (as `show` prints 12) that exactly one such capture has. None when none fits."""
+    return (_capture_by_prefix(journal, target) if prefix else None) or _capture_named(journal, inbox, target)
+
+
+def _capture_by_prefix(journal: Journal, target: str) -> CaptureRecord | None:
+    prefix = target.lower()
+    if not 8 <= len(prefix) < 64 or not _HEX.issuperset(prefix):
+        return None
+    matches = [r for r in journal.captures(FACT_STATES) if r.sha256.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _capture_named(journal: Journal, inbox: InboxSettings, target: str) -> CaptureRecord | None:
+    if len(target) == 64 and _HEX.issuperset(target.lower()):
+        record = journal.get(target.lower())
+        return record if record is not None and record.state in FACT_STATES else None
+    path = Path(target)
+    candidates = [capture_path(path, inbox.path)]
+    try:
+        candidates.append(path.resolve().relative_to(inbox.processed.resolve()).as_posix())
+    except ValueError:
+        pass
+    for candidate in candidates:
+        record = journal.last_capture_for_path(candidate)
+        if record is not None:
+            return record
+    return None
 
 
 # ---------------------------------------------------------------- building reports

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from membrane.capture import Capture, CaptureVanished, read_capture
+from membrane.capture import Capture, CaptureVanished, capture_path, read_capture
 from membrane.champion import effective_champion
 from membrane.clock import backoff_delay
 from membrane.config import Settings
@@ -234,13 +234,7 @@ class Pipeline:
 
     def capture_path(self, path: Path) -> str:
         """The capture's identity: its path relative to the inbox, or absolute when outside it."""
-        absolute = Path(os.path.abspath(path))
-        try:
-            name = absolute.relative_to(self.inbox).as_posix()
-        except ValueError:
-            name = absolute.as_posix()
-        # Undecodable name bytes (rejected as bad_name) shown as \xNN: the journal stores text.
-        return os.fsencode(name).decode("utf-8", "backslashreplace")
+        return capture_path(path, self.inbox)
 
     # -- admit: a stable file becomes a capture
 
