@@ -13,10 +13,10 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 __all__ = ["RedactSecrets", "configure_logging", "get_logger"]
 
@@ -40,7 +40,7 @@ class RedactSecrets:
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self.secrets = tuple(s for s in secrets if s)
 
-    def __call__(self, logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
         for key, value in list(event_dict.items()):
             if key != "event" and _is_secret_key(key) and value not in (None, ""):
                 event_dict[key] = MASK
@@ -48,7 +48,7 @@ class RedactSecrets:
                 event_dict[key] = self._scrub(value)
         return event_dict
 
-    def _scrub(self, value: Any) -> Any:
+    def _scrub(self, value: object) -> object:
         if isinstance(value, str):
             value = _URI_PASSWORD.sub(r"\g<scheme>" + MASK + "@", value)
             for secret in self.secrets:
@@ -77,7 +77,7 @@ def configure_logging(
 ) -> None:
     """Configure structlog once for the process; safe to call again (tests, CLI)."""
     stream = stream or sys.stderr
-    renderer: Any
+    renderer: Processor
     if _use_json(fmt, stream):
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
     else:
@@ -97,5 +97,8 @@ def configure_logging(
     )
 
 
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    """The logger of module `name`: a filtering bound logger, as configure_logging (and
+    structlog's own default) makes them; it binds to the configuration on first use."""
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger
