@@ -14,16 +14,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import wraps
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, get_args, get_origin
 
 import click
 from pydantic.fields import FieldInfo
 
 from membrane.config import Settings, TrainSettings, load_settings
-from membrane.errors import ConfigError, MembraneError
+from membrane.errors import ConfigError, MembraneError, NotFound
 from membrane.logs import configure_logging
 
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+    from tqdm import tqdm
+
+    from membrane.explore import CaptureReport, EntityReport
+    from membrane.schema import ModelRef
+    from membrane.train.loop import Progress
+
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+Report = TypeVar("Report", bound="EntityReport | CaptureReport")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,11 +66,11 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def handle_errors(func: F) -> F:
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn MembraneError into one line on stderr and the documented exit code."""
 
     @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
@@ -68,7 +79,7 @@ def handle_errors(func: F) -> F:
             hint = f"\n  hint: {exc.hint}" if exc.hint else ""
             fail(f"{exc}{hint}", EXIT_FAILED)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -95,25 +106,8 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str | None) ->
     ctx.obj = AppContext(config_path=config_path, log_level=log_level)
 
 
-def not_built(name: str, issue: str) -> Callable[[], NoReturn]:
-    def command() -> NoReturn:
-        fail(f"'{name}' is not built yet ({issue})", EXIT_USAGE)
-
-    return command
-
-
 # ---------------------------------------------------------------- commands
-# Each command below is a thin shell over the library. Commands not built yet
-# are registered through not_built() so `membrane --help` lists them all.
-
-_PENDING: dict[str, tuple[str, str]] = {}
-
-for _name, (_help, _issue) in _PENDING.items():
-    main.command(
-        _name,
-        help=f"{_help} [not built yet]",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )(not_built(_name, _issue))
+# Each command below is a thin shell over the library.
 
 
 @main.command()
@@ -359,7 +353,7 @@ def _visible(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _print_report(report: Any, lines: Callable[..., list[str]], as_json: bool) -> None:
+def _print_report(report: Report, lines: Callable[[Report, Callable[[str], str]], list[str]], as_json: bool) -> None:
     import dataclasses
     import json
 
@@ -370,7 +364,7 @@ def _print_report(report: Any, lines: Callable[..., list[str]], as_json: bool) -
         click.echo(line)
 
 
-def _not_found(exc: Any, as_json: bool) -> NoReturn:
+def _not_found(exc: NotFound, as_json: bool) -> NoReturn:
     import json
 
     if as_json:
@@ -399,7 +393,6 @@ def _lookup_command(argument: str) -> Callable[[Callable[..., None]], click.Comm
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """What MemBrane knows about the entity NAME: aliases, relationships both
     ways, the captures behind each fact, first and last seen (exit 1 if unknown)."""
-    from membrane.errors import NotFound
     from membrane.explore import entity_lines, find_entity, open_reader
 
     settings = app.settings
@@ -416,7 +409,6 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
     """What one capture produced: its entities and relationships. TARGET is its
     sha256 (or a unique prefix of 8+ digits, as `show` prints them), or its file
     as first seen in the inbox or as moved to processed/."""
-    from membrane.errors import NotFound
     from membrane.explore import capture_lines, find_capture, open_reader
     from membrane.journal import Journal
 
@@ -445,7 +437,7 @@ def _echo_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
-def _parse_model(text: str) -> Any:
+def _parse_model(text: str) -> ModelRef:
     from membrane.schema import ModelRef
 
     try:
@@ -458,10 +450,10 @@ class _BenchProgress:
     """One click progress bar per candidate, on stderr."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: ProgressBar[int] | None = None
 
     def __call__(self, model: str, done: int, total: int) -> None:
-        if done == 0:
+        if done == 0 or self.bar is None:
             self.bar = click.progressbar(length=total, label=model, file=sys.stderr, show_pos=True)
             self.bar.render_progress()
             return
@@ -678,14 +670,13 @@ def train_options(func: F) -> F:
     return func
 
 
-
 class _TrainProgress:
     """A tqdm bar on stderr: step, loss, validation loss and ETA."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: tqdm[NoReturn] | None = None
 
-    def __call__(self, progress: Any) -> None:
+    def __call__(self, progress: Progress) -> None:
         from tqdm import tqdm
 
         if self.bar is None:

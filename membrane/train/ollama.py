@@ -9,7 +9,7 @@ same messages both ways.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from membrane.errors import ConfigError, ModelNotFound
 
@@ -51,7 +51,7 @@ def register_ollama(settings: Settings, name: str) -> str:
     if template is None:
         raise ConfigError(f"no Ollama template for chat format {model.chat_format!r} (known: "
                           f"{', '.join(sorted(OLLAMA_TEMPLATES))})", key="train.base")
-    backend: Any = OllamaBackend(settings)
+    backend = OllamaBackend(settings)
     backend.create_model(
         name,
         locate_gguf(model.base_path),
