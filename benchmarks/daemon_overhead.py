@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import count_problems, exit_code, mark  # noqa: E402
-from test_pipeline_support import note, replay_for, settings_sections  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
+from tests.support.pipeline import note, replay_for, settings_sections  # noqa: E402
 
 
 def _neo4j() -> dict[str, Any]:

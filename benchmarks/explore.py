@@ -1,6 +1,6 @@
 """`membrane show` / `membrane facts` latency, from Neo4j and from the journal alone.
 
-N captures (the deterministic notes of tests/test_pipeline_support: one person,
+N captures (the deterministic notes of tests/support/pipeline.py: one person,
 one place, one fact each; 7 places shared by all, so a place is a hub with
 about N/7 supporting captures per fact) are ingested with the replay backend
 into a journal, then synced into Neo4j (the server from MEMBRANE_TEST_NEO4J_URI
@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import FAILED, count_problems, exit_code, failed_cell, mark, minimum_problems  # noqa: E402
 from daemon_overhead import _neo4j, _wipe  # noqa: E402
-from test_pipeline_support import note, replay_for, settings_sections  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
@@ -41,6 +40,7 @@ from membrane.explore import find_entity, open_reader  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
 from membrane.pipeline import sync  # noqa: E402
+from tests.support.pipeline import note, replay_for, settings_sections  # noqa: E402
 
 
 def _build(root: Path, captures: int, neo4j: dict[str, Any]) -> tuple[Settings, Settings]:

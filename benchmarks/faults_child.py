@@ -42,12 +42,12 @@ from faults_support import (
     report,
     until_inbox_empty,
 )
-from test_pipeline_support import graph_snapshot, note, wipe
 
 from membrane.backends.embedded import close_models
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS
 from membrane.inbox import SIDECAR_SUFFIX
 from membrane.logs import configure_logging
+from tests.support.pipeline import graph_snapshot, note, wipe
 
 TRIGGER = "KABOOM"
 CHILD_MODULE = b"membrane.backends.embedded_child"

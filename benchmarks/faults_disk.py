@@ -36,9 +36,9 @@ from faults_support import (
     report,
     until_inbox_empty,
 )
-from test_pipeline_support import graph_snapshot, note, replay_for, wipe
 
 from membrane.logs import configure_logging
+from tests.support.pipeline import graph_snapshot, note, replay_for, wipe
 
 
 def _mount(folder: Path, mib: int) -> None:

@@ -38,10 +38,10 @@ from faults_support import (
     report,
     until_inbox_empty,
 )
-from test_pipeline_support import graph_snapshot, note, wipe
 
 from membrane.logs import configure_logging
 from membrane.testing.ollama_server import FakeOllama, ScriptedModel
+from tests.support.pipeline import graph_snapshot, note, wipe
 
 MODEL = "faulty:1b"
 _NOTE = re.compile(r"Note (\d+): ")

@@ -39,9 +39,9 @@ from faults_support import (
     report,
     until_inbox_empty,
 )
-from test_pipeline_support import graph_snapshot, note, replay_for, wipe
 
 from membrane.logs import configure_logging
+from tests.support.pipeline import graph_snapshot, note, replay_for, wipe
 
 RIG = ROOT / "scripts" / "neo4j-local"
 

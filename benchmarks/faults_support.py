@@ -5,7 +5,7 @@ injects its fault, waits until every file has left the inbox, and reports
 the same figures through `report()`: captures in, done, failed with a reason,
 lost (must be 0), duplicated facts (must be 0), the graph's difference from a
 clean run of the same captures (must be none), wall time and the daemon's
-peak RSS (VmHWM from /proc). The pieces come from tests/test_pipeline_support.py
+peak RSS (VmHWM from /proc). The pieces come from tests/support/pipeline.py.py
 (notes, replay files, settings, the daemon subprocess, graph snapshots) and
 benchmarks/daemon_overhead.py (the Neo4j from the environment).
 """
@@ -25,11 +25,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from daemon_overhead import _neo4j as neo4j_from_env  # noqa: E402
-from test_pipeline_support import (  # noqa: E402
+
+from membrane.config import Settings  # noqa: E402
+from membrane.daemon import ingest  # noqa: E402
+from membrane.inbox import SIDECAR_SUFFIX  # noqa: E402
+from membrane.journal import Journal  # noqa: E402
+from tests.support.pipeline import (  # noqa: E402
     graph_snapshot,
     settings_sections,
     start_daemon,
@@ -37,11 +42,6 @@ from test_pipeline_support import (  # noqa: E402
     wait_for,
     wipe,
 )
-
-from membrane.config import Settings  # noqa: E402
-from membrane.daemon import ingest  # noqa: E402
-from membrane.inbox import SIDECAR_SUFFIX  # noqa: E402
-from membrane.journal import Journal  # noqa: E402
 
 __all__ = [
     "Daemon", "Workspace", "clean_snapshot", "duplicated_facts", "graph_diff", "neo4j_from_env", "report",

@@ -37,9 +37,9 @@ from faults_support import (
     report,
     until_inbox_empty,
 )
-from test_pipeline_support import graph_snapshot, note, wipe, write_replay
 
 from membrane.logs import configure_logging
+from tests.support.pipeline import graph_snapshot, note, wipe, write_replay
 
 
 def _rewritten(k: int, version: str) -> tuple[str, str]:

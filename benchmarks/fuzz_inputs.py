@@ -1,6 +1,6 @@
 """Fuzzing at volume: capture files, front matter, JSON captures, file names and model answers.
 
-Runs the strategies of tests/test_fuzz_support.py for --examples inputs per
+Runs the strategies of tests/support/fuzz.py for --examples inputs per
 target (6 targets: 12,000 inputs by default) with random seeds, and prints,
 per target and in total, the count of each outcome (parsed, rejected with a
 code, or a finding: uncaught:<Exception>, unusable:<why>, unexplained) and the
@@ -25,13 +25,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import exit_code, mark, minimum_problems  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from test_fuzz_support import (  # noqa: E402
+
+from membrane.config import InboxSettings  # noqa: E402
+from membrane.logs import configure_logging  # noqa: E402
+from membrane.schema import ExtractionRules  # noqa: E402
+from tests.support.fuzz import (  # noqa: E402
     Result,
     answer_objects,
     capture_files,
@@ -43,10 +47,6 @@ from test_fuzz_support import (  # noqa: E402
     model_answers,
     write_capture,
 )
-
-from membrane.config import InboxSettings  # noqa: E402
-from membrane.logs import configure_logging  # noqa: E402
-from membrane.schema import ExtractionRules  # noqa: E402
 
 
 class Tally:

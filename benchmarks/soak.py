@@ -32,15 +32,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from faults_support import duplicated_facts, graph_diff, journal_duplicates, neo4j_from_env  # noqa: E402
-from test_pipeline_support import crash_trial, graph_snapshot, note, replay_for, settings_sections, wipe  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
+from tests.support.pipeline import crash_trial, graph_snapshot, note, replay_for, settings_sections, wipe  # noqa: E402
 
 
 def kill_state(result: dict[str, Any], captures: int) -> str:

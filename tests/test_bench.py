@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import OllamaServer
-from test_pipeline_support import REFERENCE
 
 from membrane.bench import BenchReport, last_report, resolve_candidates, run_bench
 from membrane.cli import main
@@ -20,6 +19,7 @@ from membrane.config import Settings
 from membrane.journal import Journal
 from membrane.schema import ModelRef
 from membrane.testing.ollama_server import FakeOllama
+from tests.support.pipeline import REFERENCE
 
 GOLD_FILE = Path(__file__).resolve().parents[1] / "config" / "eval" / "gold.jsonl"
 EMPTY = {"entities": [], "relationships": []}

@@ -24,8 +24,8 @@ import pytest
 
 from membrane.graph.questions import saved_questions
 from tests.conftest import IN_CI
-from tests.explore_support import ingest_both
-from tests.test_pipeline_support import ROOT
+from tests.support.explore import ingest_both
+from tests.support.pipeline import ROOT
 
 GRASS = ROOT / "browser" / "membrane.grass"
 PICTURE = ROOT / "docs" / "browser-graph.png"

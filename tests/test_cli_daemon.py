@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_pipeline_support import (
+
+from membrane.cli import main
+from tests.support.pipeline import (
     graph_snapshot,
     note,
     replay_for,
@@ -22,8 +24,6 @@ from test_pipeline_support import (
     toml_text,
     wait_for,
 )
-
-from membrane.cli import main
 
 
 def _config(tmp_path: Path, count: int = 3) -> tuple[Path, Path]:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pipeline_support import crash_trial, graph_snapshot, note, replay_for, settings_sections
 
 from membrane.config import Settings
 from membrane.daemon import ingest
+from tests.support.pipeline import crash_trial, graph_snapshot, note, replay_for, settings_sections
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
@@ -22,7 +22,7 @@ TRIALS = 20
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory: pytest.TempPathFactory, neo4j_driver: Any, neo4j_server: Any) -> dict[str, Any]:
     """The graph of an uninterrupted run over the same captures (the reference)."""
-    from test_pipeline_support import wipe
+    from tests.support.pipeline import wipe
 
     root = tmp_path_factory.mktemp("clean")
     replay = replay_for(CAPTURES, root / "replay.jsonl")

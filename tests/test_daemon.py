@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pipeline_support import graph_snapshot, note, replay_for, settings_sections, wait_for
 
 from membrane.backends import BackendCheck, Generation, GenerationRequest, register_backend
 from membrane.config import Settings
 from membrane.daemon import Daemon, Notifier
 from membrane.journal import Journal
 from membrane.schema import ModelRef
+from tests.support.pipeline import graph_snapshot, note, replay_for, settings_sections, wait_for
 
 
 @pytest.fixture

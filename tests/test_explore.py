@@ -13,7 +13,7 @@ import pytest
 from membrane.graph import cypher
 from membrane.graph.questions import QUERIES_DIR, saved_questions
 from membrane.graph.store import GraphStore
-from tests.explore_support import EXAMPLE_ANSWERS, EXTRA_NOTES, HOSTILE, Stores, cli, ingest_both
+from tests.support.explore import EXAMPLE_ANSWERS, EXTRA_NOTES, HOSTILE, Stores, cli, ingest_both
 
 pytestmark = pytest.mark.neo4j
 
@@ -121,7 +121,7 @@ def test_an_entity_row_with_null_properties_is_not_a_name(stores: Stores, neo4j:
     it in a polled snapshot). A bare :Entity node gives that row: entity_names and the tests' graph_snapshot drop
     it, and `show` answers as from the journal."""
     from membrane.config import Settings
-    from tests.test_pipeline_support import graph_snapshot
+    from tests.support.pipeline import graph_snapshot
 
     before = graph_snapshot(neo4j)
     neo4j.execute_query("CREATE (:Entity)")

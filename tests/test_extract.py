@@ -320,9 +320,8 @@ def test_replay_bad_file_is_a_config_error(tmp_path: Path, make_settings: Callab
 
 def test_replay_from_the_journal(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
     """Outputs recorded in the journal, passed in by the caller, answer the same capture text again."""
-    from extraction_support import make_result
-
     from membrane.journal import Journal, read_recorded_outputs
+    from tests.support.extraction import make_result
 
     settings = make_settings(model={"backend": "replay"})
     journal_path = settings.journal.path

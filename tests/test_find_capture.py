@@ -6,11 +6,10 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from extraction_support import make_result
-
 from membrane.config import Settings
 from membrane.explore import find_capture
 from membrane.journal import Journal
+from tests.support.extraction import make_result
 
 
 def _capture(journal: Journal, text: str, path: str, *, extracted: bool) -> str:

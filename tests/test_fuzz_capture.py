@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from hypothesis import example, given
-from test_fuzz_support import (
+
+from membrane.capture import read_capture
+from membrane.config import InboxSettings
+from tests.support.fuzz import (
     PER_INPUT_LIMIT_S,
     SUITE,
     capture_files,
@@ -22,9 +25,6 @@ from test_fuzz_support import (
     json_captures,
     write_capture,
 )
-
-from membrane.capture import read_capture
-from membrane.config import InboxSettings
 
 
 def _inbox(folder: Path) -> InboxSettings:

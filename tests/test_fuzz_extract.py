@@ -7,9 +7,9 @@ A deterministic slice (hypothesis derandomized, no example database); the
 from __future__ import annotations
 
 from hypothesis import example, given
-from test_fuzz_support import PER_INPUT_LIMIT_S, SUITE, answer_objects, classify_answer, model_answers
 
 from membrane.schema import ExtractionRules
+from tests.support.fuzz import PER_INPUT_LIMIT_S, SUITE, answer_objects, classify_answer, model_answers
 
 RULES = ExtractionRules()
 

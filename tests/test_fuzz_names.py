@@ -15,12 +15,12 @@ from pathlib import Path
 
 from hypothesis import example, given
 from hypothesis import strategies as st
-from test_fuzz_support import SUITE, file_names, write_capture
-from test_pipeline_support import note, replay_for, settings_sections
 
 from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.inbox import SIDECAR_SUFFIX
+from tests.support.fuzz import SUITE, file_names, write_capture
+from tests.support.pipeline import note, replay_for, settings_sections
 
 LONG = b"a" * 251 + b".txt"
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from extraction_support import make_result
 
 from membrane.clock import backoff_delay
 from membrane.errors import MembraneError
 from membrane.journal import CAPTURE_STATES, Journal, JournalError, StaleClaim
 from membrane.schema import ModelRef
+from tests.support.extraction import make_result
 
 
 class Clock:

@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_pipeline_support import wait_for
 
 from membrane.backends.embedded import close_models
 from membrane.backends.embedded_child import FAULT_ENV
 from membrane.config import Settings
 from membrane.daemon import Daemon, Notifier
 from membrane.journal import Journal
+from tests.support.pipeline import wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from test_pipeline_support import ROOT, graph_snapshot, note, replay_for, settings_sections, wait_for
 
 from membrane.config import Settings
 from membrane.daemon import Daemon, Notifier
 from membrane.journal import Journal
+from tests.support.pipeline import ROOT, graph_snapshot, note, replay_for, settings_sections, wait_for
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 

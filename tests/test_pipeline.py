@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from extraction_support import make_result
-from test_pipeline_support import graph_snapshot, note, replay_for, settings_sections, write_replay
 
 from membrane.backends import BackendCheck, Generation, GenerationRequest, register_backend
 from membrane.config import Settings
@@ -24,6 +22,8 @@ from membrane.journal import Journal
 from membrane.pipeline import Pipeline, sync
 from membrane.resolve import entity_key
 from membrane.schema import ModelRef
+from tests.support.extraction import make_result
+from tests.support.pipeline import graph_snapshot, note, replay_for, settings_sections, write_replay
 
 
 def _settings(make_settings: Callable[..., Settings], tmp_path: Path, count: int = 5, **extra: Any) -> Settings:

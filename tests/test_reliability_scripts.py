@@ -12,7 +12,8 @@ import sys
 from typing import Any
 
 import pytest
-from test_pipeline_support import ROOT
+
+from tests.support.pipeline import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from test_pipeline_support import graph_snapshot, note, replay_for, settings_sections, toml_text
 
 from membrane.cli import main
 from membrane.config import Settings
@@ -23,6 +22,7 @@ from membrane.daemon import ingest
 from membrane.journal import Journal
 from membrane.journal.migrations import MIGRATIONS
 from membrane.pipeline import Pipeline
+from tests.support.pipeline import graph_snapshot, note, replay_for, settings_sections, toml_text
 
 
 def _dead_uri() -> str:

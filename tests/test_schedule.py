@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from test_pipeline_support import REFERENCE
 
 from membrane.bench import BenchScheduler
 from membrane.config import Settings
@@ -20,6 +19,7 @@ from membrane.errors import ConfigError
 from membrane.journal import Journal
 from membrane.schema import ModelRef
 from membrane.testing.ollama_server import FakeOllama
+from tests.support.pipeline import REFERENCE
 
 
 def same_answer_gold(path: Path, cases: int) -> Path:

@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_pipeline_support import note, replay_for, settings_sections
 
 from membrane.capture import CaptureVanished, Rejection, read_capture
 from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.journal import Journal
+from tests.support.pipeline import note, replay_for, settings_sections
 
 SECRET = "the-secret-outside-the-inbox\n"
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from test_pipeline_support import settings_sections, write_replay
 
 from membrane.config import Settings
 from membrane.daemon import ingest
 from membrane.graph import cypher, store
 from membrane.journal import Journal
 from membrane.schema import RELATION_PATTERN, Extraction, normalize_relation
+from tests.support.pipeline import settings_sections, write_replay
 
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 

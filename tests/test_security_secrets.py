@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pipeline_support import (
+
+from tests.support.pipeline import (
     ROOT,
     membrane_env,
     note,

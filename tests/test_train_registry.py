@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from extraction_support import make_result
 
 from membrane.backends.catalogue import (
     ADAPTER_FILE,
@@ -31,6 +30,7 @@ from membrane.schema import Extraction
 from membrane.train.anchors import assemble_verified
 from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases
 from membrane.train.trainer import command_line, model_name
+from tests.support.extraction import make_result
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from membrane.capture import read_capture
 from membrane.cli import main
 from membrane.config import InboxSettings
-from tests.test_pipeline_support import ROOT, settings_sections, toml_text, write_replay
+from tests.support.pipeline import ROOT, settings_sections, toml_text, write_replay
 
 EXAMPLES = ROOT / "examples"
 

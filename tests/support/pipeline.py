@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 PEOPLE = ["Alice", "Bob", "Chiara", "Dmitri", "Eun-ji", "Farid", "Grete", "Hamid", "Ingrid", "Jun"]
 PLACES = ["Acme Corp", "the Raspberry Pi", "Nextcloud", "Neo4j", "Debian", "the garage NAS", "Jellyfin"]

@@ -1,0 +1,7 @@
+"""Helpers that tests (and some benchmarks) import; no tests here.
+
+- `pipeline`: deterministic notes, replay files, settings, the daemon subprocess, graph snapshots
+- `extraction`: building a records.ExtractionResult
+- `explore`: the captures and stores of the show/facts and browser tests
+- `fuzz`: hypothesis strategies and classifiers for capture files and model answers
+"""
