@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from membrane.cli import main
 
-DESIGN_COMMANDS = [
-    "run", "ingest", "extract", "status", "doctor", "migrate", "sync", "export",
-    "bench", "score", "models", "promote", "rollback", "train",
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every command `membrane` has, in README.md's order; a command added or removed changes this list.
+COMMANDS = [
+    "doctor", "extract", "migrate", "run", "ingest", "status", "show", "facts", "export", "forget", "sync",
+    "bench", "score", "models", "promote", "rollback", "train", "register", "anchors",
 ]
 
 
-def test_help_lists_every_command() -> None:
-    """`membrane --help` names every command of DESIGN.md."""
+def test_the_cli_has_exactly_the_listed_commands() -> None:
+    """`membrane` registers exactly COMMANDS, and `membrane --help` names each of them."""
+    assert sorted(main.commands) == sorted(COMMANDS)
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for name in DESIGN_COMMANDS:
+    for name in COMMANDS:
         assert f"  {name} " in result.output, name
+
+
+def test_readme_documents_every_command() -> None:
+    """README.md's command table has one row per command, in COMMANDS' order."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"^\| `membrane (\w+)", readme, flags=re.MULTILINE) == COMMANDS
 
 
 def test_version() -> None:
