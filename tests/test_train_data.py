@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from rapidfuzz import fuzz, process, utils
 
+from membrane.files import read_jsonl
 from membrane.schema import RELATION_PATTERN, Extraction
 from membrane.score import load_gold
 
@@ -38,11 +38,9 @@ class Case:
 def _load_cases() -> list[Case]:
     cases: list[Case] = []
     for path in sorted(TRAIN_DIR.rglob("*.jsonl")):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                record = json.loads(line)
-                where = path.relative_to(TRAIN_DIR)
-                cases.append(Case(f"{where}:{number} ({record.get('id')})", record))
+        for number, record in read_jsonl(path):
+            where = path.relative_to(TRAIN_DIR)
+            cases.append(Case(f"{where}:{number} ({record.get('id')})", record))
     return cases
 
 
