@@ -56,7 +56,7 @@ class OllamaBackend:
         # Ollama keeps connections alive: close the pool with the backend rather
         # than leave its sockets to the garbage collector (a ResourceWarning each).
         self._closer = weakref.finalize(self, self._client.close)
-        self._shown: dict[str, Any] = {}
+        self._shown: dict[str, ollama.ShowResponse] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -96,7 +96,7 @@ class OllamaBackend:
             done_reason=response.done_reason,
         )
 
-    def _show(self, model: str) -> Any:
+    def _show(self, model: str) -> ollama.ShowResponse:
         """The model's `show()` response, fetched once per model."""
         with self._lock:
             cached = self._shown.get(model)
