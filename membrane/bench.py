@@ -204,7 +204,7 @@ class BenchReport(BaseModel):
         lines = [f"# Bench run {self.created_at}", "", f"{header} Champion: `{self.champion}`."]
         for title, runs in sections:
             lines += ["", f"## {title}"] if title else []
-            lines += ["", markdown_table([run.row() for run in runs])]
+            lines += ["", markdown_table([_shown_row(run) for run in runs])]
             misses = misses_table(runs)
             if misses:
                 lines += ["", "Gold relationships missed, by why (score.RelationshipMisses):", "", misses]
@@ -218,6 +218,14 @@ class BenchReport(BaseModel):
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _shown_row(run: ModelRun) -> dict[str, Any]:
+    """run.row() for a table: speed shown as "-" for a subset (a set, a length band), measured whole-run only."""
+    row = run.row()
+    if not run.generation_seconds:
+        row["tokens_per_second"] = None
+    return row
 
 
 def _num(value: float | None, digits: int = 2) -> str:

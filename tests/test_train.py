@@ -237,5 +237,5 @@ def test_train_refuses_cases_that_near_the_gold_set(tmp_path: Path) -> None:
     (tmp_path / "cases.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2, result.output
-    assert "near a gold text: x1" in result.output
+    assert "near an evaluation text: x1" in result.output
     assert not (tmp_path / "m").exists()

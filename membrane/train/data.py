@@ -25,7 +25,7 @@ from rapidfuzz import fuzz, process
 
 from membrane.errors import ConfigError
 from membrane.files import JsonlLineError, read_jsonl
-from membrane.schema import UNBOUNDED_RULES, Extraction
+from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules
 
 if TYPE_CHECKING:
     from membrane.journal import Journal
@@ -58,28 +58,33 @@ class Case:
         return json.dumps(self.extraction.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
 
 
-def _case(row: dict[str, Any], source: str, line: int) -> Case:
+def _case(row: dict[str, Any], source: str, line: int, rules: ExtractionRules) -> Case:
     try:
         extraction = Extraction.parse(
-            {"entities": row.get("entities", []), "relationships": row.get("relationships", [])}, UNBOUNDED_RULES
+            {"entities": row.get("entities", []), "relationships": row.get("relationships", [])}, rules
         )
         return Case(id=str(row["id"]), text=str(row["text"]), extraction=extraction, source=source)
     except (KeyError, ValidationError) as exc:
         raise ConfigError(f"{source}:{line}: not a valid case ({exc})", key="train.data") from None
 
 
-def load_jsonl_cases(path: Path) -> list[Case]:
-    """Every case of one JSONL file; a bad line is a ConfigError naming file and line."""
+def load_jsonl_cases(path: Path, rules: ExtractionRules = UNBOUNDED_RULES) -> list[Case]:
+    """Every case of one JSONL file; a bad line is a ConfigError naming file and line.
+
+    `rules` (count limits ignored) fold the labels' relation types into the
+    vocabulary the model should answer in, as the bench folds the gold labels.
+    """
+    labels = rules.unbounded()
     try:
-        return [_case(row, str(path), number) for number, row in read_jsonl(path)]
+        return [_case(row, str(path), number, labels) for number, row in read_jsonl(path)]
     except JsonlLineError as exc:
         raise ConfigError(f"{path}:{exc.number}: not JSON ({exc.error.msg})", key="train.data") from None
 
 
-def labelled_cases(patterns: Sequence[str]) -> list[Case]:
-    """The cases of every file matching `patterns`, files in sorted order."""
+def labelled_cases(patterns: Sequence[str], rules: ExtractionRules = UNBOUNDED_RULES) -> list[Case]:
+    """The cases of every file matching `patterns`, files in sorted order, labels folded by `rules`."""
     files = sorted({Path(p) for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
-    return [case for path in files for case in load_jsonl_cases(path)]
+    return [case for path in files for case in load_jsonl_cases(path, rules)]
 
 
 def _grounded(extraction: Extraction, text: str, threshold: float) -> bool:

@@ -135,7 +135,7 @@ def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
     """Labelled and distilled cases, refused if any equals or nears a text of an evaluation set."""
     from membrane.score import load_gold
 
-    cases = labelled_cases(settings.train.data)
+    cases = labelled_cases(settings.train.data, settings.extraction.rules())
     if settings.train.distill_from:
         from membrane.journal import Journal
 
