@@ -84,8 +84,8 @@ def run(captures: int, neo4j: dict[str, Any] | None, *, tmp_dir: str | None = No
             started, cpu_started = time.perf_counter(), time.process_time()
             report = ingest(settings, [settings.inbox.path], journal=journal)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-            model_s = sum(stored.result.seconds for _, stored in journal.facts())
-            done = journal.counts()["done"]
+            model_s = sum(stored.result.seconds for _, stored in journal.extractions.facts())
+            done = journal.status.counts()["done"]
     # Each note names its own person, so every capture adds one Capture node and one fact.
     problems = [] if report.ok else ["the ingest reported failures"]
     problems += count_problems({"done": captures}, {"done": done})

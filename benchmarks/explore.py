@@ -104,7 +104,7 @@ def main() -> None:
         journal_only, graph = _build(Path(tmp), args.captures, neo4j)
         print(f"{args.captures} captures ingested and synced in {time.perf_counter() - started:.1f} s")
         with Journal(journal_only.journal.path) as journal:
-            sha = journal.captures(limit=1)[0].sha256
+            sha = journal.captures.in_states(limit=1)[0].sha256
         questions = {  # the question, and the fact count its answer must have (None: at least one)
             "show hub (Nextcloud)": (lambda s: _show(s, "Nextcloud"), None),
             "show leaf (Alice 0)": (lambda s: _show(s, "Alice 0"), 1),

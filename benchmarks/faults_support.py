@@ -181,7 +181,7 @@ def _pending(journal_path: Path) -> int:
         return 1
     try:
         with Journal(journal_path) as journal:
-            return journal.pending()
+            return journal.status.pending()
     except Exception:  # noqa: BLE001 - the daemon may hold a write lock; look again
         return 1
 
@@ -200,7 +200,7 @@ def outcome_counts(workspace: Workspace, dropped: list[str]) -> dict[str, Any]:
     failed = _files(settings.inbox.failed)
     reasoned = [p for p in failed if _sidecar_reason(p)]
     with Journal(workspace.journal) as journal:
-        counts = journal.counts()
+        counts = journal.status.counts()
     return {
         "captures_in": len(dropped),
         "done": len(processed),

@@ -429,14 +429,14 @@ def run_bench(
         notes=tuple(notes),
     )
     report = write_reports(report, out_dir or settings.bench.out_dir)
-    report = report.model_copy(update={"id": journal.record_bench_run(report.model_dump(mode="json"))})
+    report = report.model_copy(update={"id": journal.models.record_bench_run(report.model_dump(mode="json"))})
     log.info("bench_done", run_id=report.id, files=dict(report.files), promote=bool(report.decision and report.decision.promote))
     return report
 
 
 def last_report(journal: Journal) -> BenchReport | None:
     """The newest bench run recorded in the journal (any version's report loads), or None before the first."""
-    runs = journal.bench_runs(1)
+    runs = journal.models.bench_runs(1)
     return BenchReport.model_validate({**runs[0]["report"], "id": runs[0]["id"]}) if runs else None
 
 

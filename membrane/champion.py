@@ -21,4 +21,4 @@ __all__ = ["effective_champion"]
 
 def effective_champion(settings: Settings, journal: Journal) -> ModelRef:
     """The champion: the last promotion, else the configured [model]; looked up for every capture."""
-    return journal.last_promotion() or ModelRef(settings.model.backend, settings.model.name)
+    return journal.models.last_promotion() or ModelRef(settings.model.backend, settings.model.name)

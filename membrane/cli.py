@@ -215,13 +215,14 @@ def run(app: AppContext) -> None:
 def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
     """Process the given capture files (or folders; none: the inbox) now and exit (1 if any failed)."""
     from membrane.daemon import ingest as ingest_paths
+    from membrane.journal import CaptureState
 
     settings = app.settings
     report = ingest_paths(settings, list(paths) or [settings.inbox.path])
     for outcome in report.outcomes:
         detail = f" ({outcome.stage}: {outcome.reason})" if outcome.reason else ""
         click.echo(f"{outcome.state:<9} {_printable(outcome.path)}{detail}")
-    done = sum(o.state == "done" for o in report.outcomes)
+    done = sum(o.state == CaptureState.DONE for o in report.outcomes)
     click.echo(
         f"{len(report.outcomes)} files: {done} done, {len(report.failed)} failed, "
         f"{len(report.unfinished)} waiting to retry ({report.seconds:.1f} s)"
@@ -248,9 +249,9 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
 
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        lag = journal.projection_lag()
-        counts, recent = journal.counts(), journal.recent_errors(error_count)
-        promoted = journal.last_promotion() is not None
+        lag = journal.status.projection_lag()
+        counts, recent = journal.status.counts(), journal.status.recent_errors(error_count)
+        promoted = journal.models.last_promotion() is not None
         report: dict[str, Any] = {
             "journal": str(settings.journal.path),
             "inbox": str(settings.inbox.path),
@@ -333,7 +334,7 @@ def forget(app: AppContext, target: str) -> None:
             if record is None:
                 fail(f"no capture with facts matches {target!r} (see `membrane status`)")
             pipeline.retract(record.sha256, reason="forget")
-            after = journal.get(record.sha256)
+            after = journal.captures.get(record.sha256)
             waiting = after is not None and after.graph_retraction_pending
         finally:
             pipeline.graph.close()
@@ -569,10 +570,10 @@ def models(app: AppContext, as_json: bool) -> None:
     settings = app.settings
     with Journal(settings.journal.path) as journal:
         champion = effective_champion(settings, journal)
-        promoted = journal.last_promotion() is not None
+        promoted = journal.models.last_promotion() is not None
         candidates, notes = resolve_candidates(settings, champion)
         last = last_report(journal)
-        promotions = journal.promotions(5)
+        promotions = journal.models.promotions(5)
     rows = {run.model: run.row() for run in last.runs} if last else {}
     if as_json:
         click.echo(json.dumps({
@@ -631,7 +632,7 @@ def rollback(app: AppContext) -> None:
     from membrane.journal import Journal
 
     with Journal(app.settings.journal.path) as journal:
-        ref = journal.rollback_active_model(reason="manual rollback (membrane rollback)")
+        ref = journal.models.rollback_active_model(reason="manual rollback (membrane rollback)")
     click.echo(f"champion is now {ref}")
 
 

@@ -36,13 +36,17 @@ from membrane.champion import effective_champion
 from membrane.config import Settings
 from membrane.errors import GraphUnavailable, MembraneError
 from membrane.inbox import DeletionWatch, Inbox, InboxFolders
-from membrane.journal import Journal, JournalError
+from membrane.journal import CaptureState, Journal, JournalError
 from membrane.logs import get_logger
 from membrane.pipeline import GraphLink, Outcome, Pipeline
 
 __all__ = ["Daemon", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
 
 log = get_logger(__name__)
+
+# The states the systemd status line counts, in this order (the others are shown by `membrane status`).
+_STATUS_LINE_STATES = (CaptureState.QUEUED, CaptureState.EXTRACTING, CaptureState.EXTRACTED, CaptureState.DONE,
+                       CaptureState.FAILED)
 
 
 # ---------------------------------------------------------------- sd_notify
@@ -159,7 +163,7 @@ class IngestReport:
     @property
     def unfinished(self) -> list[Outcome]:
         """Captures left waiting for a retry (model or Neo4j unavailable)."""
-        return [o for o in self.outcomes if o.state in ("queued", "extracted", "waiting")]
+        return [o for o in self.outcomes if o.state in (CaptureState.QUEUED, CaptureState.EXTRACTED, "waiting")]
 
     @property
     def ok(self) -> bool:
@@ -215,7 +219,7 @@ def _final(journal: Journal, outcome: Outcome) -> Outcome:
     """The admitted file's state after the drain, read back from the journal."""
     if outcome.sha256 is None or outcome.failed:
         return outcome
-    record = journal.get(outcome.sha256)
+    record = journal.captures.get(outcome.sha256)
     if record is None:
         return outcome
     return Outcome(outcome.path, record.state, record.sha256, record.stage or "", record.last_error or "")
@@ -399,7 +403,7 @@ class Daemon:
         journal, inbox = self.journal, self.watcher
         assert journal is not None and inbox is not None
         scheduler = BenchScheduler(
-            self.settings, journal, is_idle=lambda: journal.pending() == 0 and inbox.pending() == 0
+            self.settings, journal, is_idle=lambda: journal.status.pending() == 0 and inbox.pending() == 0
         )
         scheduler.start()
         return scheduler
@@ -407,8 +411,7 @@ class Daemon:
     def status_line(self) -> str:
         if self.journal is None:
             return "starting"
-        counts = self.journal.counts()
-        shown = ", ".join(f"{state} {counts[state]}" for state in ("queued", "extracting", "extracted",
-                                                                    "done", "failed") if counts[state])
+        counts = self.journal.status.counts()
+        shown = ", ".join(f"{state} {counts[state]}" for state in _STATUS_LINE_STATES if counts[state])
         return f"{shown or 'idle'}; model {effective_champion(self.settings, self.journal)}"
 

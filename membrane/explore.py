@@ -225,13 +225,13 @@ def _capture_by_prefix(journal: Journal, target: str) -> CaptureRecord | None:
     prefix = target.lower()
     if not 8 <= len(prefix) < 64 or not _HEX.issuperset(prefix):
         return None
-    matches = [r for r in journal.captures(FACT_STATES) if r.sha256.startswith(prefix)]
+    matches = [r for r in journal.captures.in_states(FACT_STATES) if r.sha256.startswith(prefix)]
     return matches[0] if len(matches) == 1 else None
 
 
 def _capture_named(journal: Journal, inbox: InboxSettings, target: str) -> CaptureRecord | None:
     if len(target) == 64 and _HEX.issuperset(target.lower()):
-        record = journal.get(target.lower())
+        record = journal.captures.get(target.lower())
         return record if record is not None and record.state in FACT_STATES else None
     path = Path(target)
     candidates = [capture_path(path, inbox.path)]
@@ -240,7 +240,7 @@ def _capture_named(journal: Journal, inbox: InboxSettings, target: str) -> Captu
     except ValueError:
         pass
     for candidate in candidates:
-        record = journal.last_capture_for_path(candidate)
+        record = journal.captures.last_for_path(candidate)
         if record is not None:
             return record
     return None

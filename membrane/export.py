@@ -1,8 +1,8 @@
 """The graph written out from the journal alone: JSON Lines or a Cypher script.
 
 Owns `membrane export`: which captures count (every capture whose facts are
-current: extracted, projected, done, as journal.facts() joins them with their
-latest extraction), resolving them exactly as the projection does
+current: extracted, projected, done, as journal.extractions.facts() joins them
+with their latest extraction), resolving them exactly as the projection does
 (resolve.Resolver), and the two file formats. The merge is merge.merge_facts,
 the one the graph writer uses: one Entity per key, one typed relationship per
 (source, type, target) with the sha256 of every capture that supports it. No
@@ -42,13 +42,14 @@ Row = dict[str, Any]
 
 def collect(settings: Settings, journal: Journal) -> MergedGraph:
     """Every capture with current facts, resolved and merged. One journal read
-    (journal.facts() joins each capture with its latest extraction); fuzzy
-    matching sees the keys of the captures resolved before, oldest first."""
+    (journal.extractions.facts() joins each capture with its latest
+    extraction); fuzzy matching sees the keys of the captures resolved before,
+    oldest first."""
     from membrane.resolve import capture_facts
 
     known: dict[str, None] = {}
     resolved: list[CaptureFacts] = []
-    for record, stored in journal.facts():
+    for record, stored in journal.extractions.facts():
         facts = capture_facts(record, stored.result, settings, known_keys=lambda: list(known))
         known.update(dict.fromkeys(e.key for e in facts.entities))
         resolved.append(facts)

@@ -1,17 +1,18 @@
 """The stages for one capture, the journal updates between them, and the
 retry-or-fail policy.
 
-    admit:   stable file -> parse (capture.py) -> journal.enqueue     (or failed/ + sidecar)
-    work:    journal.claim -> extract (active model) -> journal.record_extraction
+    admit:   stable file -> parse (capture.py) -> journal.captures.enqueue  (or failed/ + sidecar)
+    work:    journal.claims.claim -> extract (active model) -> journal.extractions.record
     finish:  resolve -> project into Neo4j (replace an edited path's old version)
-             -> journal.mark_projected -> move the file to processed/ -> journal.mark_done
-    retract: journal.mark_retracted (graph half pending) -> GraphStore.retract
-             -> journal.mark_graph_retracted (retried by project_due and recover)
+             -> journal.captures.mark_projected -> move the file to processed/
+             -> journal.captures.mark_done
+    retract: journal.captures.mark_retracted (graph half pending) -> GraphStore.retract
+             -> journal.captures.mark_graph_retracted (retried by project_due and recover)
 
 Policy, one line per error branch (membrane.errors):
 - RetryableError: the capture keeps its state and is due again after
   backoff_delay(attempts, daemon.retry_base_s, daemon.retry_max_s); it never fails.
-- PermanentError: journal.fail(stage, reason, hint), then the file goes to
+- PermanentError: journal.captures.fail(stage, reason, hint), then the file goes to
   failed/ with `<name>.error.json` beside it.
 - ModelCrashed (a RetryableError): retried with the same backoff, but the
   daemon.max_model_crashes-th crash on one capture fails it with the crash's
@@ -58,6 +59,7 @@ from membrane.journal import (
     DEFAULT_LEASE_S,
     FACT_STATES,
     CaptureRecord,
+    CaptureState,
     Journal,
     JournalError,
     StaleClaim,
@@ -89,9 +91,10 @@ log = get_logger(__name__)
 class Outcome:
     """What happened to one capture (or file) in one pass through the pipeline.
 
-    state: done | extracted (facts in the journal, projection waiting) |
-    queued (retry scheduled) | failed | rejected (never became a capture) |
-    waiting (queued or in work elsewhere) | gone (file vanished).
+    state: the capture's journal state where it stopped, a CaptureState: done |
+    extracted (facts in the journal, projection waiting) | queued (retry
+    scheduled) | failed; or one of rejected (never became a capture) | waiting
+    (queued or in work elsewhere) | gone (file vanished).
     """
 
     path: str
@@ -102,7 +105,7 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
-        return self.state in ("failed", "rejected")
+        return self.state in (CaptureState.FAILED, "rejected")
 
 
 class _LeaseKeeper:
@@ -117,7 +120,7 @@ class _LeaseKeeper:
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                self.journal.renew(self.sha256)
+                self.journal.claims.renew(self.sha256)
             except JournalError as exc:  # the claim is gone; the pipeline finds out when it records
                 log.warning("lease_renewal_failed", sha256=self.sha256, error=str(exc))
                 return
@@ -252,18 +255,19 @@ class Pipeline:
             return Outcome(name, "gone")
         except CaptureRejected as exc:
             return self._reject(path, name, exc)
-        result = self.journal.enqueue(capture.sha256, name, capture.text, capture.metadata)
+        result = self.journal.captures.enqueue(capture.sha256, name, capture.text, capture.metadata)
         record = result.record
         log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
         if record.state in FACT_STATES:
             # Same bytes already carried to their facts: not extracted again. A
             # capture not yet done is finished by the worker (project_due, recover).
             self.files.done(path, record.sha256)
-            return Outcome(name, "done" if record.state == "done" else "extracted", record.sha256)
-        if record.state == "failed":
+            state = CaptureState.DONE if record.state == CaptureState.DONE else CaptureState.EXTRACTED
+            return Outcome(name, state, record.sha256)
+        if record.state == CaptureState.FAILED:
             self._dispose_failure(path, name, stage=record.stage or "", model="", sha256=record.sha256,
                                   error=PermanentError(record.last_error or "failed", hint=record.hint or ""))
-            return Outcome(name, "failed", record.sha256, record.stage or "", record.last_error or "")
+            return Outcome(name, CaptureState.FAILED, record.sha256, record.stage or "", record.last_error or "")
         return Outcome(name, "waiting", record.sha256)
 
     def _parse_file(self, path: Path) -> Capture:
@@ -272,7 +276,7 @@ class Pipeline:
         return read_capture(path, self.settings.inbox, root=root)
 
     def _reject(self, path: Path, name: str, exc: MembraneError) -> Outcome:
-        self.journal.record_rejection(name, reason=exc.reason, hint=exc.hint, stage="read")
+        self.journal.status.record_rejection(name, reason=exc.reason, hint=exc.hint, stage="read")
         log.warning("capture_rejected", path=name, reason=exc.reason)
         self._dispose_failure(path, name, stage="read", error=exc, model="", sha256=None)
         return Outcome(name, "rejected", None, "read", exc.reason)
@@ -281,7 +285,7 @@ class Pipeline:
 
     def work_once(self, worker: str = "worker") -> Outcome | None:
         """Claim the oldest due queued capture and carry it as far as it goes; None when idle."""
-        record = self.journal.claim(worker)
+        record = self.journal.claims.claim(worker)
         if record is None:
             return None
         try:
@@ -303,16 +307,16 @@ class Pipeline:
             if isinstance(exc, ConfigError):
                 log.error("extraction_misconfigured", sha256=record.sha256, model=str(ref), error=str(exc))
             delay = self._retry_delay(record.attempts + 1, exc)
-            self.journal.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
-            return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
+            self.journal.claims.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+            return Outcome(record.path, CaptureState.QUEUED, record.sha256, "extract", str(exc))
         except PermanentError as exc:
             return self._fail(record, "extract", exc, str(ref))
         with self._holding(record.sha256):  # taken before the capture becomes due for projection
             return self._record_and_finish(record, result)
 
     def _record_and_finish(self, record: CaptureRecord, result: ExtractionResult) -> Outcome:
-        self.journal.record_extraction(record.sha256, result)
-        extracted = self.journal.get(record.sha256)
+        self.journal.extractions.record(record.sha256, result)
+        extracted = self.journal.captures.get(record.sha256)
         assert extracted is not None
         return self.finish(extracted, result)  # the result in hand: not read back from the journal
 
@@ -328,8 +332,8 @@ class Pipeline:
                                  signal=exc.signal, hint=exc.hint)
             return self._fail(record, "extract", final, model)
         delay = self._delay(record.attempts + 1, exc)
-        self.journal.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay, crashed=True)
-        return Outcome(record.path, "queued", record.sha256, "extract", str(exc))
+        self.journal.claims.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay, crashed=True)
+        return Outcome(record.path, CaptureState.QUEUED, record.sha256, "extract", str(exc))
 
     def _delay(self, attempts: int, exc: RetryableError) -> float:
         daemon = self.settings.daemon
@@ -349,21 +353,21 @@ class Pipeline:
 
         `result` is the extraction just recorded; None (recovery, retries) reads the stored one.
         """
-        if record.state == "extracted":
+        if record.state == CaptureState.EXTRACTED:
             outcome = self._project(record, result)
             if outcome is not None:
                 return outcome
         self._dispose_all(record.sha256)
-        self.journal.mark_done(record.sha256)
+        self.journal.captures.mark_done(record.sha256)
         log.info("capture_done", sha256=record.sha256, path=record.path)
-        return Outcome(record.path, "done", record.sha256)
+        return Outcome(record.path, CaptureState.DONE, record.sha256)
 
     def _project(self, record: CaptureRecord, result: ExtractionResult | None) -> Outcome | None:
         """Project into Neo4j; an Outcome when the capture stops short of done."""
-        old = self.journal.last_capture_for_path(record.path, exclude=record.sha256)
+        old = self.journal.captures.last_for_path(record.path, exclude=record.sha256)
         if not self.graph.enabled:
             if old is not None:
-                self.journal.mark_retracted(old.sha256, graph=False)  # no graph to retract from
+                self.journal.captures.mark_retracted(old.sha256, graph=False)  # no graph to retract from
             return None
         try:
             store = self.graph.store()
@@ -377,21 +381,21 @@ class Pipeline:
             # URI the driver rejects. Either way the facts wait in the journal, like an outage.
             delay = self._retry_delay(record.attempts + 1, exc)
             self.graph.reset(pause_s=min(delay, self.settings.daemon.retry_base_s))
-            self.journal.defer(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
+            self.journal.captures.defer(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay)
             # The facts are committed in the journal, so the file may leave the inbox now.
             self._dispose_all(record.sha256)
             log.warning("projection_deferred", sha256=record.sha256, error=str(exc))
-            return Outcome(record.path, "extracted", record.sha256, "project", str(exc))
+            return Outcome(record.path, CaptureState.EXTRACTED, record.sha256, "project", str(exc))
         except PermanentError as exc:
             return self._fail(record, "project", exc, "")
         if old is not None:
-            self.journal.mark_retracted(old.sha256, graph=False)  # store.replace removed its facts
-        self.journal.mark_projected(record.sha256)
+            self.journal.captures.mark_retracted(old.sha256, graph=False)  # store.replace removed its facts
+        self.journal.captures.mark_projected(record.sha256)
         return None
 
     def _stored_result(self, record: CaptureRecord) -> ExtractionResult:
         """The stored extraction of a capture carried on after a crash or an outage."""
-        stored = self.journal.latest_extraction(record.sha256)
+        stored = self.journal.extractions.latest(record.sha256)
         if stored is None:
             raise JournalError(f"capture {record.sha256} is {record.state} but has no stored extraction")
         return stored.result
@@ -409,7 +413,7 @@ class Pipeline:
         try:
             self._retract_due()
             outcomes = []
-            for record in self.journal.due_for_projection(limit=limit):
+            for record in self.journal.captures.due_for_projection(limit=limit):
                 with self._holding(record.sha256) as mine:
                     if mine:  # not one a worker is finishing right now
                         outcomes.append(self._finish_safely(record))
@@ -440,11 +444,11 @@ class Pipeline:
     # -- failure
 
     def _fail(self, record: CaptureRecord, stage: str, exc: MembraneError, model: str) -> Outcome:
-        self.journal.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
-        for name in self.journal.paths(record.sha256):
+        self.journal.captures.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
+        for name in self.journal.captures.paths(record.sha256):
             self._dispose_failure(self.files.locate(name), name, stage=stage, error=exc, model=model,
                                   sha256=record.sha256)
-        return Outcome(record.path, "failed", record.sha256, stage, exc.reason)
+        return Outcome(record.path, CaptureState.FAILED, record.sha256, stage, exc.reason)
 
     def _dispose_failure(self, path: Path, name: str, *, stage: str, error: MembraneError,
                          model: str, sha256: str | None) -> None:
@@ -454,7 +458,7 @@ class Pipeline:
 
     def _dispose_all(self, sha256: str) -> None:
         """Move out every inbox file that holds these bytes (the same capture may arrive twice)."""
-        for name in self.journal.paths(sha256):
+        for name in self.journal.captures.paths(sha256):
             self.files.done(self.files.locate(name), sha256)
 
     # -- deletion
@@ -466,10 +470,10 @@ class Pipeline:
         graph half pending until Neo4j has done it, so an outage or a crash
         only delays it: project_due (and recover at start-up) retries it.
         """
-        record = self.journal.get(sha256)
+        record = self.journal.captures.get(sha256)
         if record is None or record.state not in FACT_STATES:
             return False
-        self.journal.mark_retracted(sha256, graph=self.graph.enabled)
+        self.journal.captures.mark_retracted(sha256, graph=self.graph.enabled)
         log.info("capture_retracted", sha256=sha256, path=record.path, reason=reason)
         if self._finishing.acquire(blocking=False):  # else the pass running now does it
             try:
@@ -484,7 +488,7 @@ class Pipeline:
         Called with self._finishing held."""
         if not self.graph.enabled:
             return
-        due = self.journal.retractions_due()
+        due = self.journal.captures.retractions_due()
         if not due:
             return
         done = 0
@@ -492,7 +496,7 @@ class Pipeline:
             store = self.graph.store()
             for record in due:
                 store.retract(record.sha256)
-                self.journal.mark_graph_retracted(record.sha256)
+                self.journal.captures.mark_graph_retracted(record.sha256)
                 done += 1
         except MembraneError as exc:  # an outage, or a refused write: they stay pending in the journal
             self.graph.reset(pause_s=self.settings.daemon.retry_base_s)
@@ -511,7 +515,8 @@ class Pipeline:
         """
         with self._finishing:
             self._retract_due()
-            return [self._finish_safely(r) for r in self.journal.captures(["projected", "extracted"])]
+            stopped = self.journal.captures.in_states((CaptureState.EXTRACTED, CaptureState.PROJECTED))
+            return [self._finish_safely(r) for r in stopped]
 
 
 @dataclass(frozen=True)
@@ -534,21 +539,21 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
                           hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
     try:
         store = link.store()
-        facts = list(journal.facts())
+        facts = list(journal.extractions.facts())
         records = [record for record, _ in facts]
         store.upsert_many(capture_facts(r, stored.result, settings, store.entity_keys) for r, stored in facts)
         current = {record.sha256 for record in records}
         for record in records:
-            if record.state == "extracted":
+            if record.state == CaptureState.EXTRACTED:
                 try:
-                    journal.mark_projected(record.sha256)
+                    journal.captures.mark_projected(record.sha256)
                 except StaleClaim:  # the daemon moved it on meanwhile
                     pass
         stale = store.capture_shas() - current
         for sha256 in sorted(stale):
             store.retract(sha256)
-        for record in journal.retractions_due(limit=None):  # the graph now holds none of them
-            journal.mark_graph_retracted(record.sha256)
+        for record in journal.captures.retractions_due(limit=None):  # the graph now holds none of them
+            journal.captures.mark_graph_retracted(record.sha256)
     finally:
         if graph is None:
             link.close()

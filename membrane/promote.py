@@ -306,8 +306,8 @@ def apply_decision(decision: Decision, settings: Settings, journal: Journal, *, 
 def promote(ref: ModelRef, settings: Settings, journal: Journal, *, reason: str, evidence: Mapping[str, Any]) -> int:
     """Record `ref` as champion; requeue extraction failures if configured. Returns the count requeued."""
     champion = effective_champion(settings, journal)
-    journal.set_active_model(ref, reason=reason, evidence=evidence, replacing=champion)
-    requeued = journal.requeue_failed("extract") if settings.bench.retry_failed_after_promotion else 0
+    journal.models.set_active_model(ref, reason=reason, evidence=evidence, replacing=champion)
+    requeued = journal.captures.requeue_failed("extract") if settings.bench.retry_failed_after_promotion else 0
     log.info("champion_changed", previous=str(champion), new=str(ref), reason=reason, requeued=requeued)
     return requeued
 

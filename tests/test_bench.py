@@ -124,7 +124,7 @@ def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) 
     files = sorted(p.suffix for p in (tmp_path / "out").iterdir())
     assert files == [".json", ".md", ".png"]
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        assert journal.last_promotion() == ModelRef("ollama", "good:1b")
+        assert journal.models.last_promotion() == ModelRef("ollama", "good:1b")
         report = last_report(journal)
     assert report is not None and report.id == 1
     good = report.run_for("ollama:good:1b")
@@ -164,7 +164,7 @@ def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings
     with Journal(settings.journal.path) as journal:
         report = run_bench(settings, journal, eval_files=[gold], progress=lambda m, d, n: seen.append((m, d, n)),
                            models=[ModelRef("embedded", "smollm2-135m"), ModelRef("embedded", "gemma3-270m")])  # fmt: skip
-        stored = journal.bench_runs(1)[0]
+        stored = journal.models.bench_runs(1)[0]
     assert [(run.model, run.status, run.parameters) for run in report.runs] == [
         ("embedded:smollm2-135m", "ok", "135M"), ("embedded:gemma3-270m", "ok", "270M"),
     ]  # fmt: skip
@@ -238,7 +238,7 @@ def test_report_stored_in_the_journal_by_the_old_codecs_drives_models_and_promot
         encoding="utf-8",
     )
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        run_id = journal.record_bench_run(json.loads(OLD_REPORT.read_text(encoding="utf-8")))
+        run_id = journal.models.record_bench_run(json.loads(OLD_REPORT.read_text(encoding="utf-8")))
         last = last_report(journal)
     assert last is not None and last.id == run_id and last.eval_sha256.startswith("f40b")
     shown = CliRunner().invoke(main, ["--config", str(config), "models", "--json"])

@@ -39,7 +39,7 @@ def running(make_settings: Callable[..., Settings]) -> Iterator[Callable[[Settin
 
 def _counts(settings: Settings) -> dict[str, int]:
     with Journal(settings.journal.path) as journal:
-        return journal.counts()
+        return journal.status.counts()
 
 
 @pytest.mark.neo4j
@@ -81,7 +81,7 @@ def test_slow_atomic_and_bulk_arrivals_reach_the_graph_once(
     assert len(snapshot["facts"]) == total and all(len(f[3]) == 1 for f in snapshot["facts"])
     assert sorted(p.name for p in settings.inbox.processed.iterdir()) == sorted(note(i)[0] for i in range(total))
     with Journal(settings.journal.path) as journal:
-        assert len(list(journal.recorded_outputs())) == total  # each extracted exactly once
+        assert len(list(journal.extractions.recorded_outputs())) == total  # each extracted exactly once
 
 
 def test_bad_inputs_end_to_end(make_settings: Callable[..., Settings], tmp_path: Path,
@@ -160,7 +160,7 @@ def test_stop_finishes_the_capture_in_hand_and_leaves_the_rest_queued(
     register_backend("slow", lambda s: backends.append(_SlowBackend(s, 0.8)) or backends[-1])
     settings = make_settings(**settings_sections(tmp_path, replay_for(4, tmp_path / "r.jsonl")))
     with Journal(settings.journal.path) as journal:
-        journal.set_active_model(ModelRef("slow", "recorded"), reason="test", evidence={})
+        journal.models.set_active_model(ModelRef("slow", "recorded"), reason="test", evidence={})
     settings.inbox.path.mkdir(parents=True)
     for i in range(4):
         name, text, _ = note(i)

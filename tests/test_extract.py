@@ -327,9 +327,9 @@ def test_replay_from_the_journal(tmp_path: Path, make_settings: Callable[..., Se
     journal_path = settings.journal.path
     sha = hashlib.sha256(NOTE.encode()).hexdigest()
     with Journal(journal_path) as journal:
-        journal.enqueue(sha, "inbox/note.txt", NOTE)
-        assert journal.claim() is not None
-        journal.record_extraction(sha, make_result(backend="ollama", prompt_version=PROMPT_VERSION,
+        journal.captures.enqueue(sha, "inbox/note.txt", NOTE)
+        assert journal.claims.claim() is not None
+        journal.extractions.record(sha, make_result(backend="ollama", prompt_version=PROMPT_VERSION,
                                                    raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]]))
     with pytest.raises(ConfigError, match="model.replay_file"):
         get_backend("replay", settings)  # the backends never open the journal themselves

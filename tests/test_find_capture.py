@@ -14,11 +14,11 @@ from tests.support.extraction import make_result
 
 def _capture(journal: Journal, text: str, path: str, *, extracted: bool) -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()
-    journal.enqueue(digest, path, text)
+    journal.captures.enqueue(digest, path, text)
     if extracted:
-        claimed = journal.claim("t")
+        claimed = journal.claims.claim("t")
         assert claimed is not None and claimed.sha256 == digest
-        journal.record_extraction(digest, make_result())
+        journal.extractions.record(digest, make_result())
     return digest
 
 

@@ -50,16 +50,16 @@ def sha(text: str) -> str:
 
 def add(journal: Journal, text: str, path: str | None = None) -> str:
     digest = sha(text)
-    journal.enqueue(digest, path or f"/inbox/{digest[:8]}.txt", text, {"source": "test"})
+    journal.captures.enqueue(digest, path or f"/inbox/{digest[:8]}.txt", text, {"source": "test"})
     return digest
 
 
 def extract(
     journal: Journal, digest: str, *, raw: str = '{"entities": []}', chunks: list[list[int]] | None = None
 ) -> int:
-    claimed = journal.claim("t")
+    claimed = journal.claims.claim("t")
     assert claimed is not None and claimed.sha256 == digest
-    return journal.record_extraction(
+    return journal.extractions.record(
         digest,
         make_result(
             {"entities": [{"name": "Ada", "role": "subject"}], "relationships": []},
@@ -78,15 +78,15 @@ def extract(
 def test_capture_walks_the_state_machine_to_done(journal: Journal) -> None:
     """A capture goes queued -> extracting -> extracted -> projected -> done, counted at each step."""
     digest = add(journal, "Ada wrote the first program.")
-    assert journal.counts()["queued"] == 1
+    assert journal.status.counts()["queued"] == 1
     extraction_id = extract(journal, digest)
-    stored = journal.latest_extraction(digest)
+    stored = journal.extractions.latest(digest)
     assert stored is not None and stored.id == extraction_id
     assert stored.result.raw_outputs == ('{"entities": []}',) and stored.result.completion_tokens == 5
     assert stored.result.extraction.entities[0].name == "Ada"
-    journal.mark_projected(digest)
-    journal.mark_done(digest)
-    counts = journal.counts()
+    journal.captures.mark_projected(digest)
+    journal.captures.mark_done(digest)
+    counts = journal.status.counts()
     assert counts["done"] == 1 and sum(counts.values()) == 1
     assert set(counts) == set(CAPTURE_STATES)
 
@@ -95,34 +95,34 @@ def test_same_bytes_again_adds_a_path_and_keeps_done(journal: Journal) -> None:
     """Enqueuing bytes that are already done records the new path and does not queue them again."""
     digest = add(journal, "same text", "/inbox/a.txt")
     extract(journal, digest)
-    journal.mark_done(digest)
-    again = journal.enqueue(digest, "/inbox/b.txt", "same text")
+    journal.captures.mark_done(digest)
+    again = journal.captures.enqueue(digest, "/inbox/b.txt", "same text")
     assert not again.created and again.record.state == "done"
-    assert journal.paths(digest) == ["/inbox/a.txt", "/inbox/b.txt"]
-    assert journal.claim("t") is None
+    assert journal.captures.paths(digest) == ["/inbox/a.txt", "/inbox/b.txt"]
+    assert journal.claims.claim("t") is None
 
 
 def test_transition_from_the_wrong_state_is_refused(journal: Journal) -> None:
     """Marking a queued capture projected raises StaleClaim and leaves it queued."""
     digest = add(journal, "not extracted yet")
     with pytest.raises(StaleClaim, match="is queued, expected extracted"):
-        journal.mark_projected(digest)
+        journal.captures.mark_projected(digest)
     with pytest.raises(StaleClaim, match="not in the journal"):
-        journal.mark_done("0" * 64)
-    record = journal.get(digest)
+        journal.captures.mark_done("0" * 64)
+    record = journal.captures.get(digest)
     assert record is not None and record.state == "queued"
 
 
 def test_retryable_error_keeps_the_capture_and_delays_it(journal: Journal, clock: Clock) -> None:
     """release() counts the attempt, keeps the error and hides the capture until it is due."""
     digest = add(journal, "model was down")
-    assert journal.claim("t") is not None
-    record = journal.release(digest, error="model unreachable", delay_s=backoff_delay(1, 5, 900))
+    assert journal.claims.claim("t") is not None
+    record = journal.claims.release(digest, error="model unreachable", delay_s=backoff_delay(1, 5, 900))
     assert record.state == "queued" and record.attempts == 1 and record.last_error == "model unreachable"
     assert record.next_attempt_at is not None
-    assert journal.claim("t") is None
+    assert journal.claims.claim("t") is None
     clock.now += 5.1
-    again = journal.claim("t")
+    again = journal.claims.claim("t")
     assert again is not None and again.sha256 == digest and again.attempts == 1
 
 
@@ -135,12 +135,12 @@ def test_projection_retry_keeps_extracted_state(journal: Journal, clock: Clock) 
     """defer() on an extracted capture keeps it extracted and out of due_for_projection until due."""
     digest = add(journal, "neo4j is down")
     extract(journal, digest)
-    journal.defer(digest, error="neo4j unreachable", delay_s=30)
-    assert journal.get(digest).state == "extracted"  # type: ignore[union-attr]
-    assert journal.due_for_projection() == []
+    journal.captures.defer(digest, error="neo4j unreachable", delay_s=30)
+    assert journal.captures.get(digest).state == "extracted"  # type: ignore[union-attr]
+    assert journal.captures.due_for_projection() == []
     clock.now += 31
-    assert [r.sha256 for r in journal.due_for_projection()] == [digest]
-    lag = journal.projection_lag()
+    assert [r.sha256 for r in journal.captures.due_for_projection()] == [digest]
+    lag = journal.status.projection_lag()
     assert lag.count == 1 and lag.oldest_age_s == pytest.approx(31, abs=0.01)
 
 
@@ -148,22 +148,22 @@ def test_failed_captures_are_requeued_by_stage(journal: Journal) -> None:
     """requeue_failed('extract') sends extraction failures to queued and leaves other stages failed."""
     bad_model = add(journal, "the model failed")
     bad_graph = add(journal, "the graph refused")
-    journal.fail(bad_model, stage="extract", reason="no valid JSON", hint="try another model")
-    assert journal.claim("t") is not None
-    journal.record_extraction(bad_graph, make_result())
-    journal.fail(bad_graph, stage="project", reason="constraint violated")
-    assert journal.requeue_failed("extract") == 1
-    assert journal.get(bad_model).state == "queued"  # type: ignore[union-attr]
-    assert journal.get(bad_graph).state == "failed"  # type: ignore[union-attr]
-    assert journal.requeue_failed("project") == 1
-    assert journal.get(bad_graph).state == "extracted"  # type: ignore[union-attr]
+    journal.captures.fail(bad_model, stage="extract", reason="no valid JSON", hint="try another model")
+    assert journal.claims.claim("t") is not None
+    journal.extractions.record(bad_graph, make_result())
+    journal.captures.fail(bad_graph, stage="project", reason="constraint violated")
+    assert journal.captures.requeue_failed("extract") == 1
+    assert journal.captures.get(bad_model).state == "queued"  # type: ignore[union-attr]
+    assert journal.captures.get(bad_graph).state == "failed"  # type: ignore[union-attr]
+    assert journal.captures.requeue_failed("project") == 1
+    assert journal.captures.get(bad_graph).state == "extracted"  # type: ignore[union-attr]
 
 
 def test_failed_capture_dropped_again_is_queued_again(journal: Journal) -> None:
     """A failed capture enqueued again (moved back to the inbox) is queued with its error cleared."""
     digest = add(journal, "retry me")
-    journal.fail(digest, stage="extract", reason="bad output")
-    result = journal.enqueue(digest, "/inbox/retry.txt", "retry me")
+    journal.captures.fail(digest, stage="extract", reason="bad output")
+    result = journal.captures.enqueue(digest, "/inbox/retry.txt", "retry me")
     assert result.record.state == "queued" and result.record.last_error is None
 
 
@@ -171,15 +171,15 @@ def test_edit_finds_the_old_version_and_retraction_keeps_ingested_at(journal: Jo
     """The last capture at a path is found for retraction; re-adding retracted bytes re-projects them."""
     old = add(journal, "version 1", "/inbox/note.md")
     extract(journal, old)
-    journal.mark_done(old)
-    first_ingested = journal.get(old).ingested_at  # type: ignore[union-attr]
+    journal.captures.mark_done(old)
+    first_ingested = journal.captures.get(old).ingested_at  # type: ignore[union-attr]
     clock.now += 60
     new = add(journal, "version 2", "/inbox/note.md")
-    found = journal.last_capture_for_path("/inbox/note.md", exclude=new)
+    found = journal.captures.last_for_path("/inbox/note.md", exclude=new)
     assert found is not None and found.sha256 == old
-    journal.mark_retracted(old)
-    assert journal.last_capture_for_path("/inbox/note.md", exclude=new) is None
-    back = journal.enqueue(old, "/inbox/note.md", "version 1")
+    journal.captures.mark_retracted(old)
+    assert journal.captures.last_for_path("/inbox/note.md", exclude=new) is None
+    back = journal.captures.enqueue(old, "/inbox/note.md", "version 1")
     assert back.record.state == "extracted"  # its stored extraction is projected again, no model call
     assert back.record.ingested_at == first_ingested
 
@@ -194,7 +194,7 @@ def test_two_threads_never_claim_the_same_capture(tmp_path: Path) -> None:
 
         def worker(name: str) -> None:
             start.wait()
-            while (record := journal.claim(name)) is not None:
+            while (record := journal.claims.claim(name)) is not None:
                 claimed[name].append(record.sha256)
                 time.sleep(0.001)  # hold the capture briefly, as a worker would, so claims interleave
 
@@ -212,13 +212,13 @@ def test_connections_of_ended_threads_are_closed(journal: Journal) -> None:
     """A connection opened by a thread that has ended is closed when the next thread connects."""
 
     def use() -> None:
-        journal.counts()
+        journal.status.counts()
 
     for _ in range(5):
         thread = threading.Thread(target=use)
         thread.start()
         thread.join()
-    assert len(journal._connections) <= 2  # this thread's and the last worker's
+    assert len(journal._core._connections) <= 2  # this thread's and the last worker's
 
 
 def test_two_journals_on_one_file_never_claim_the_same_capture(tmp_path: Path) -> None:
@@ -227,10 +227,10 @@ def test_two_journals_on_one_file_never_claim_the_same_capture(tmp_path: Path) -
     with Journal(path) as first, Journal(path) as second:
         for i in range(20):
             add(first, f"shared {i}")
-        taken = [j.claim("w") for _ in range(10) for j in (first, second)]
+        taken = [j.claims.claim("w") for _ in range(10) for j in (first, second)]
         assert None not in taken
         assert len({r.sha256 for r in taken if r is not None}) == 20
-        assert first.claim("w") is None and second.claim("w") is None
+        assert first.claims.claim("w") is None and second.claims.claim("w") is None
 
 
 _CLAIM_AND_HANG = textwrap.dedent(
@@ -241,7 +241,7 @@ _CLAIM_AND_HANG = textwrap.dedent(
     from membrane.logs import configure_logging
     configure_logging("warning", "json")  # stdout carries only the claimed sha256
     journal = Journal(Path(sys.argv[1]))
-    record = journal.claim("doomed")
+    record = journal.claims.claim("doomed")
     print(record.sha256 if record else "none", flush=True)
     time.sleep(60)
     """
@@ -267,9 +267,9 @@ def test_claim_of_a_killed_process_is_recovered_at_open(tmp_path: Path) -> None:
         digest = add(journal, "interrupted capture")
     assert _claim_in_killed_process(path) == digest
     with Journal(path) as journal:
-        record = journal.get(digest)
+        record = journal.captures.get(digest)
         assert record is not None and record.state == "queued" and record.claimed_by is None
-        assert journal.claim("next") is not None
+        assert journal.claims.claim("next") is not None
 
 
 def test_claim_of_an_earlier_process_with_our_pid_is_recovered(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_claim_of_an_earlier_process_with_our_pid_is_recovered(tmp_path: Path) -
     path = tmp_path / "j.sqlite3"
     with Journal(path) as journal:
         digest = add(journal, "claimed before a restart")
-        record = journal.claim("w")
+        record = journal.claims.claim("w")
         assert record is not None and record.claimed_by is not None
     host, pid, _token, worker = record.claimed_by.split(":", 3)
     db = sqlite3.connect(path)
@@ -285,7 +285,7 @@ def test_claim_of_an_earlier_process_with_our_pid_is_recovered(tmp_path: Path) -
         db.execute("UPDATE captures SET claimed_by = ?", (f"{host}:{pid}:oldtoken:{worker}",))
     db.close()
     with Journal(path) as journal:
-        assert journal.get(digest).state == "queued"  # type: ignore[union-attr]
+        assert journal.captures.get(digest).state == "queued"  # type: ignore[union-attr]
 
 
 def test_live_claim_of_this_process_survives_reopening(tmp_path: Path) -> None:
@@ -293,9 +293,9 @@ def test_live_claim_of_this_process_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     with Journal(path) as journal:
         digest = add(journal, "still working on it")
-        assert journal.claim("w") is not None
+        assert journal.claims.claim("w") is not None
         with Journal(path) as second:
-            assert second.get(digest).state == "extracting"  # type: ignore[union-attr]
+            assert second.captures.get(digest).state == "extracting"  # type: ignore[union-attr]
 
 
 def test_capture_that_keeps_killing_the_process_fails(tmp_path: Path) -> None:
@@ -307,24 +307,24 @@ def test_capture_that_keeps_killing_the_process_fails(tmp_path: Path) -> None:
         assert _claim_in_killed_process(path) == digest
         Journal(path, max_interrupted=2).close()
     with Journal(path) as journal:
-        record = journal.get(digest)
+        record = journal.captures.get(digest)
         assert record is not None and record.state == "failed" and record.stage == "extract"
         assert "interrupted 2 times" in (record.last_error or "")
     with Journal(path, max_interrupted=2) as journal:
-        again = journal.enqueue(digest, "/inbox/poison.txt", "poison capture")
+        again = journal.captures.enqueue(digest, "/inbox/poison.txt", "poison capture")
         assert again.record.state == "failed", "a file left in the inbox after the crash must not loop"
 
 
 def test_expired_lease_can_be_claimed_again(journal: Journal, clock: Clock) -> None:
     """A claim whose lease ran out (a hung worker) is handed to the next claimant; renew prevents it."""
     digest = add(journal, "slow model")
-    assert journal.claim("hung", lease_s=10) is not None
+    assert journal.claims.claim("hung", lease_s=10) is not None
     clock.now += 5
-    journal.renew(digest, lease_s=10)
+    journal.claims.renew(digest, lease_s=10)
     clock.now += 8
-    assert journal.claim("other") is None
+    assert journal.claims.claim("other") is None
     clock.now += 3
-    again = journal.claim("other")
+    again = journal.claims.claim("other")
     assert again is not None and again.sha256 == digest and again.claimed_by is not None
     assert again.claimed_by.endswith(":other")
 
@@ -333,19 +333,19 @@ def test_status_reports_errors_and_rejections(journal: Journal, clock: Clock) ->
     """recent_errors lists failed, retrying and rejected items newest first with reason and hint."""
     failed = add(journal, "fails")
     retrying = add(journal, "retries")
-    journal.fail(failed, stage="extract", reason="no valid JSON", hint="try a stronger model")
+    journal.captures.fail(failed, stage="extract", reason="no valid JSON", hint="try a stronger model")
     clock.now += 1
-    journal.claim("t")
-    journal.claim("t")
-    journal.release(retrying, error="model unreachable", delay_s=5)
+    journal.claims.claim("t")
+    journal.claims.claim("t")
+    journal.claims.release(retrying, error="model unreachable", delay_s=5)
     clock.now += 1
-    journal.record_rejection("/inbox/bad.bin", reason="unknown extension .bin", hint="use .txt")
-    errors = journal.recent_errors()
+    journal.status.record_rejection("/inbox/bad.bin", reason="unknown extension .bin", hint="use .txt")
+    errors = journal.status.recent_errors()
     assert [e["state"] for e in errors] == ["rejected", "queued", "failed"]
     assert errors[0]["path"] == "/inbox/bad.bin" and errors[0]["hint"] == "use .txt"
     assert errors[1]["attempts"] == 1 and errors[1]["next_attempt_at"] is not None
     assert errors[2]["stage"] == "extract" and errors[2]["hint"] == "try a stronger model"
-    assert journal.pending() == 1
+    assert journal.status.pending() == 1
 
 
 def test_facts_and_recorded_outputs_come_from_the_journal(journal: Journal) -> None:
@@ -353,13 +353,13 @@ def test_facts_and_recorded_outputs_come_from_the_journal(journal: Journal) -> N
     single = add(journal, "Ada wrote programs.")
     extract(journal, single, raw='{"a": 1}')
     chunked = add(journal, "first halfsecond half")
-    claimed = journal.claim("t")
+    claimed = journal.claims.claim("t")
     assert claimed is not None
-    journal.record_extraction(chunked, make_result(raw_outputs=["one", "two"], chunks=[[0, 10], [10, 21]]))
-    facts = list(journal.facts())
+    journal.extractions.record(chunked, make_result(raw_outputs=["one", "two"], chunks=[[0, 10], [10, 21]]))
+    facts = list(journal.extractions.facts())
     assert [c.sha256 for c, _ in facts] == [single, chunked]
     assert facts[0][1].result.model == "smollm2-135m" and facts[1][1].result.chunks == ((0, 10), (10, 21))
-    assert list(journal.recorded_outputs()) == [
+    assert list(journal.extractions.recorded_outputs()) == [
         ("Ada wrote programs.", '{"a": 1}'),
         ("first half", "one"),
         ("second half", "two"),
@@ -379,16 +379,16 @@ def test_promotion_rollback_and_history(journal: Journal) -> None:
     configured = ModelRef("embedded", "smollm2-135m")
     qwen = ModelRef.parse("ollama:qwen2.5:1.5b")
     gemma = ModelRef("embedded", "gemma3-270m")
-    assert journal.last_promotion() is None
-    journal.set_active_model(qwen, reason="bench", evidence={"f1": 0.6}, replacing=configured)
-    journal.set_active_model(gemma, reason="bench", evidence={"f1": 0.7})
-    assert journal.last_promotion() == gemma
-    assert journal.rollback_active_model(reason="worse in use") == qwen
-    assert journal.last_promotion() == qwen
-    assert journal.rollback_active_model(reason="again") == configured
+    assert journal.models.last_promotion() is None
+    journal.models.set_active_model(qwen, reason="bench", evidence={"f1": 0.6}, replacing=configured)
+    journal.models.set_active_model(gemma, reason="bench", evidence={"f1": 0.7})
+    assert journal.models.last_promotion() == gemma
+    assert journal.models.rollback_active_model(reason="worse in use") == qwen
+    assert journal.models.last_promotion() == qwen
+    assert journal.models.rollback_active_model(reason="again") == configured
     with pytest.raises(MembraneError, match="no previous champion"):
-        journal.rollback_active_model(reason="nothing left")
-    history = journal.promotions()
+        journal.models.rollback_active_model(reason="nothing left")
+    history = journal.models.promotions()
     assert [(h["kind"], h["previous"], h["new"]) for h in history] == [
         ("rollback", "ollama:qwen2.5:1.5b", "embedded:smollm2-135m"),
         ("rollback", "embedded:gemma3-270m", "ollama:qwen2.5:1.5b"),
@@ -400,9 +400,9 @@ def test_promotion_rollback_and_history(journal: Journal) -> None:
 
 def test_bench_runs_newest_first(journal: Journal) -> None:
     """record_bench_run returns increasing ids and bench_runs lists the newest first."""
-    first = journal.record_bench_run({"models": ["a"], "score": 0.5})
-    second = journal.record_bench_run({"models": ["b"], "score": 0.7})
-    runs = journal.bench_runs()
+    first = journal.models.record_bench_run({"models": ["a"], "score": 0.5})
+    second = journal.models.record_bench_run({"models": ["b"], "score": 0.7})
+    runs = journal.models.bench_runs()
     assert [r["id"] for r in runs] == [second, first]
     assert runs[0]["report"] == {"models": ["b"], "score": 0.7} and runs[0]["created_at"].endswith("Z")
 
@@ -437,4 +437,4 @@ def test_closed_journal_refuses_work(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     journal.close()
     with pytest.raises(JournalError, match="closed"):
-        journal.counts()
+        journal.status.counts()

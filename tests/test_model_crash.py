@@ -14,7 +14,7 @@ from membrane.backends.embedded import close_models
 from membrane.backends.embedded_child import FAULT_ENV
 from membrane.config import Settings
 from membrane.daemon import Daemon, Notifier
-from membrane.journal import Journal
+from membrane.journal import CaptureState, Journal
 from tests.support.pipeline import wait_for
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -66,8 +66,8 @@ def test_crashing_capture_fails_with_the_crash_while_the_daemon_goes_on(
     assert "scripts/llama-wheel install" in failure["hint"]
     assert (settings.inbox.failed / "boom.txt").read_text(encoding="utf-8") == notes["boom.txt"]
     with Journal(settings.journal.path) as journal:
-        counts = journal.counts()
-        failed = journal.captures(["failed"])
+        counts = journal.status.counts()
+        failed = journal.captures.in_states([CaptureState.FAILED])
     assert counts["done"] == 2 and counts["failed"] == 1
     assert failed[0].path == "boom.txt" and failed[0].attempts == 2  # two retries, then the third crash failed it
     # A capture arriving after the crashes is still extracted by a fresh child.

@@ -45,7 +45,7 @@ def controllable_rig(neo4j_server: Any) -> Iterator[None]:
 
 def _counts(settings: Settings) -> dict[str, int]:
     with Journal(settings.journal.path) as journal:
-        return journal.counts()
+        return journal.status.counts()
 
 
 def test_neo4j_outage_mid_stream_loses_nothing(
@@ -72,7 +72,7 @@ def test_neo4j_outage_mid_stream_loses_nothing(
         # The facts are in the journal, so the files leave the inbox after a failed projection try.
         wait_for(lambda: not list(inbox.glob("note-*.txt")), 60, "files moved out during the outage")
         with Journal(settings.journal.path) as journal:
-            lag = journal.projection_lag()
+            lag = journal.status.projection_lag()
         assert lag.count == during and _counts(settings)["done"] == before
         assert daemon.healthy()
         assert _rig("start").returncode == 0

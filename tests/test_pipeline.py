@@ -55,8 +55,8 @@ def test_ingest_journal_only_moves_files_after_commit(make_settings: Callable[..
     assert sorted(p.name for p in settings.inbox.processed.iterdir()) == [note(i)[0] for i in range(3)]
     assert not list(settings.inbox.path.glob("*.txt"))
     with Journal(settings.journal.path) as journal:
-        assert journal.counts()["done"] == 3
-        assert all(journal.latest_extraction(o.sha256 or "") for o in report.outcomes)
+        assert journal.status.counts()["done"] == 3
+        assert all(journal.extractions.latest(o.sha256 or "") for o in report.outcomes)
 
 
 def test_same_bytes_are_not_extracted_again(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_same_bytes_are_not_extracted_again(make_settings: Callable[..., Setting
     assert report.ok
     assert (settings.inbox.processed / "copy-of-note.txt").exists()
     with Journal(settings.journal.path) as journal:
-        assert len(list(journal.recorded_outputs())) == 1  # one extraction only
+        assert len(list(journal.extractions.recorded_outputs())) == 1  # one extraction only
 
 
 def test_rejected_files_reach_failed_with_sidecars(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
@@ -122,12 +122,12 @@ def test_retryable_error_backs_off_and_never_fails(make_settings: Callable[..., 
     register_backend("flaky", lambda s: _FlakyBackend(s, failures=2))
     settings = _settings(make_settings, tmp_path, daemon={"retry_base_s": 0.2, "retry_max_s": 5.0})
     with Journal(settings.journal.path) as journal:  # a promoted plugin backend, as a bench would leave it
-        journal.set_active_model(ModelRef("flaky", "recorded"), reason="test", evidence={})
+        journal.models.set_active_model(ModelRef("flaky", "recorded"), reason="test", evidence={})
     (path,) = _drop(settings, [1])
     first = ingest(settings, [path])
     assert first.outcomes[0].state == "queued" and not first.failed
     with Journal(settings.journal.path) as journal:
-        record = journal.get(first.outcomes[0].sha256 or "")
+        record = journal.captures.get(first.outcomes[0].sha256 or "")
         assert record is not None and record.attempts == 1 and record.next_attempt_at is not None
         assert "connection refused" in (record.last_error or "")
     assert path.exists()  # nothing committed yet, so the file stays in the inbox
@@ -165,7 +165,7 @@ def test_edit_retracts_the_old_version_in_journal_only_mode(make_settings: Calla
     assert ingest(settings, [path]).ok
     with Journal(settings.journal.path) as journal:
         graph = collect(settings, journal)
-        assert journal.counts()["retracted"] == 1
+        assert journal.status.counts()["retracted"] == 1
     assert [c.path for c in graph.captures] == ["same-name.txt"]
     assert {e.key for e in graph.entities} == _keys(1)
 
@@ -178,11 +178,12 @@ def test_effective_champion_is_looked_up_per_capture(make_settings: Callable[...
         pipeline = Pipeline(settings, journal)
         pipeline.admit(settings.inbox.path / note(0)[0])
         first = pipeline.work_once()
-        journal.set_active_model(ModelRef("replay", "champion"), reason="test", evidence={})
+        journal.models.set_active_model(ModelRef("replay", "champion"), reason="test", evidence={})
         pipeline.admit(settings.inbox.path / note(1)[0])
         second = pipeline.work_once()
         assert first is not None and second is not None
-        models = [journal.latest_extraction(o.sha256 or "").result.model for o in (first, second)]  # type: ignore[union-attr]
+        stored = [journal.extractions.latest(o.sha256 or "") for o in (first, second)]
+        models = [s.result.model for s in stored]  # type: ignore[union-attr]
     assert models == ["recorded", "champion"]
 
 
@@ -293,12 +294,12 @@ def test_a_misconfigured_model_keeps_the_capture_queued(make_settings: Callable[
     path = settings.inbox.path / note(0)[0]
     path.write_text(note(0)[1], encoding="utf-8")
     with Journal(settings.journal.path) as journal:
-        journal.set_active_model(ModelRef("nosuch", "model"), reason="test", evidence={})
+        journal.models.set_active_model(ModelRef("nosuch", "model"), reason="test", evidence={})
         pipeline = Pipeline(settings, journal)
         pipeline.admit(path)
         outcome = pipeline.work_once()
         assert outcome is not None and (outcome.state, outcome.stage) == ("queued", "extract")
-        record = journal.get(outcome.sha256 or "")
+        record = journal.captures.get(outcome.sha256 or "")
         assert record is not None and record.state == "queued"
         assert "ConfigError" in (record.last_error or "")
     assert path.exists()
@@ -333,9 +334,9 @@ def test_recover_finishes_a_retraction_the_graph_missed(make_settings: Callable[
     assert ingest(settings, [settings.inbox.path]).ok
     assert len(graph_snapshot(neo4j)["captures"]) == 2
     with Journal(settings.journal.path) as journal:
-        gone = journal.last_capture_for_path(note(0)[0])
+        gone = journal.captures.last_for_path(note(0)[0])
         assert gone is not None
-        journal.mark_retracted(gone.sha256)  # the journal's half of a retraction, then a crash
+        journal.captures.mark_retracted(gone.sha256)  # the journal's half of a retraction, then a crash
         pipeline = Pipeline(settings, journal)
         try:
             pipeline.recover()
@@ -354,12 +355,12 @@ def test_project_due_leaves_alone_a_capture_a_worker_is_finishing(
     with Journal(settings.journal.path) as journal:
         pipeline = Pipeline(settings, journal)
         pipeline.admit(path)
-        record = journal.claim("worker-1")
+        record = journal.claims.claim("worker-1")
         assert record is not None
         with pipeline._holding(record.sha256):  # worker-1 between record_extraction and done
-            journal.record_extraction(record.sha256, make_result(model="recorded", backend="replay"))
+            journal.extractions.record(record.sha256, make_result(model="recorded", backend="replay"))
             assert pipeline.project_due() == []
-            assert journal.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
+            assert journal.captures.get(record.sha256).state == "extracted"  # type: ignore[union-attr]
         assert [outcome.state for outcome in pipeline.project_due()] == ["done"]
 
 
@@ -377,10 +378,10 @@ def test_finish_projects_the_result_it_is_given_and_recovery_the_stored_one(
                 path = settings.inbox.path / note(i)[0]
                 path.write_text(note(i)[1], encoding="utf-8")
                 pipeline.admit(path)
-                claimed = journal.claim("t")
+                claimed = journal.claims.claim("t")
                 assert claimed is not None
-                journal.record_extraction(claimed.sha256, make_result(_facts(f"Stored{i}")))
-                extracted = journal.get(claimed.sha256)
+                journal.extractions.record(claimed.sha256, make_result(_facts(f"Stored{i}")))
+                extracted = journal.captures.get(claimed.sha256)
                 assert extracted is not None
                 result = make_result(_facts(fresh)) if fresh else None
                 assert pipeline.finish(extracted, result).state == "done"

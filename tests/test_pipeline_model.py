@@ -33,7 +33,7 @@ def test_real_tiny_model_capture_reaches_the_graph(
     report = ingest(settings, [settings.inbox.path])
     assert report.ok, report.outcomes
     with Journal(settings.journal.path) as journal:
-        stored = journal.latest_extraction(report.outcomes[0].sha256 or "")
+        stored = journal.extractions.latest(report.outcomes[0].sha256 or "")
     assert stored is not None and stored.result.model == "smollm2-135m" and stored.result.completion_tokens > 0
     record = neo4j.execute_query(
         "MATCH (c:Capture {path: 'homelab.txt'}) RETURN c.model AS model, c.prompt_version AS version"

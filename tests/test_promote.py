@@ -140,17 +140,17 @@ def test_unknown_metric_in_weights_is_a_config_error(make_settings: Callable[...
 
 def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Settings, journal: Journal) -> None:
     """Applying a promote decision changes the active model, stores the evidence, and requeues extraction failures."""
-    journal.enqueue("a" * 64, "inbox/a.txt", "some text")
-    assert journal.claim() is not None
-    journal.fail("a" * 64, stage="extract", reason="no valid extraction")
+    journal.captures.enqueue("a" * 64, "inbox/a.txt", "some text")
+    assert journal.claims.claim() is not None
+    journal.captures.fail("a" * 64, stage="extract", reason="no valid extraction")
     decision = decide(table(MEDIOCRE), table(STRONG), settings, champion="embedded:smollm2-135m",
                       challenger="embedded:gemma3-270m")  # fmt: skip
     assert apply_decision(decision, settings, journal) == 1
-    assert journal.last_promotion() == ModelRef("embedded", "gemma3-270m")
-    record = journal.promotions(1)[0]
+    assert journal.models.last_promotion() == ModelRef("embedded", "gemma3-270m")
+    record = journal.models.promotions(1)[0]
     assert record["previous"] == "embedded:smollm2-135m"
     assert record["evidence"]["lower_bound"] == decision.lower_bound
-    assert journal.counts()["queued"] == 1
+    assert journal.status.counts()["queued"] == 1
 
 
 def test_rollback_restores_the_last_champion(settings: Settings, journal: Journal) -> None:
@@ -158,11 +158,11 @@ def test_rollback_restores_the_last_champion(settings: Settings, journal: Journa
     assert effective_champion(settings, journal) == ModelRef("embedded", "smollm2-135m")
     promote(ModelRef("embedded", "gemma3-270m"), settings, journal, reason="test", evidence={})
     promote(ModelRef("ollama", "qwen2.5:1.5b"), settings, journal, reason="test", evidence={})
-    assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "gemma3-270m")
+    assert journal.models.rollback_active_model(reason="test") == ModelRef("embedded", "gemma3-270m")
     assert effective_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
-    assert journal.rollback_active_model(reason="test") == ModelRef("embedded", "smollm2-135m")
+    assert journal.models.rollback_active_model(reason="test") == ModelRef("embedded", "smollm2-135m")
     with pytest.raises(MembraneError):
-        journal.rollback_active_model(reason="test")
+        journal.models.rollback_active_model(reason="test")
 
 
 def test_choose_challenger_prefers_a_clear_win_then_shows_the_best_loser(settings: Settings) -> None:
@@ -182,7 +182,7 @@ def test_manual_promotion_refusals_change_nothing(settings: Settings, journal: J
     assert not promote_manually(champion, settings, journal, None).changed
     with pytest.raises(PromotionRefused, match="has no scores in any bench run"):
         promote_manually(ModelRef("embedded", "gemma3-270m"), settings, journal, None)
-    assert journal.promotions() == [] and effective_champion(settings, journal) == champion
+    assert journal.models.promotions() == [] and effective_champion(settings, journal) == champion
 
 
 def test_manual_promotion_judges_a_scores_table(settings: Settings, journal: Journal) -> None:
@@ -191,7 +191,7 @@ def test_manual_promotion_judges_a_scores_table(settings: Settings, journal: Jou
     done = promote_manually(ModelRef("embedded", "gemma3-270m"), settings, journal, scores, run_id=7)
     assert done.changed and done.previous == ModelRef("embedded", "smollm2-135m")
     assert effective_champion(settings, journal) == ModelRef("embedded", "gemma3-270m")
-    assert journal.promotions(1)[0]["reason"].startswith("manual promotion, bench run 7: ")
+    assert journal.models.promotions(1)[0]["reason"].startswith("manual promotion, bench run 7: ")
 
 
 def test_policy_modules_do_not_load_the_capture_pipeline() -> None:
@@ -235,7 +235,7 @@ def _record_run(tmp_path: Path, challenger_rows: list[tuple[int, int, int, int, 
     report = BenchReport(created_at="2026-01-01T00:00:00Z", eval_file="gold.jsonl", eval_sha256="0" * 64, cases=40,
                          champion="embedded:smollm2-135m", runs=runs)  # fmt: skip
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        journal.record_bench_run(report.model_dump(mode="json"))
+        journal.models.record_bench_run(report.model_dump(mode="json"))
 
 
 def test_promote_command_follows_the_policy(tmp_path: Path) -> None:
@@ -262,8 +262,8 @@ def test_promote_force_and_rollback_commands(tmp_path: Path) -> None:
     result = runner.invoke(main, ["--config", str(config), "promote", "ollama:qwen2.5:1.5b", "--force"])
     assert result.exit_code == 0, result.output
     with Journal(tmp_path / "journal.sqlite3") as journal:
-        assert journal.last_promotion() == ModelRef("ollama", "qwen2.5:1.5b")
-        assert journal.promotions(1)[0]["evidence"]["forced"] is True
+        assert journal.models.last_promotion() == ModelRef("ollama", "qwen2.5:1.5b")
+        assert journal.models.promotions(1)[0]["evidence"]["forced"] is True
     result = runner.invoke(main, ["--config", str(config), "rollback"])
     assert result.exit_code == 0 and "embedded:smollm2-135m" in result.output
     result = runner.invoke(main, ["--config", str(config), "rollback"])

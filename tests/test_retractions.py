@@ -52,7 +52,7 @@ def _graph_paths(driver: Any) -> list[str]:
 
 def _retract_during_outage(dead: Settings, journal: Journal) -> str:
     """Retract note 0 while Neo4j is unreachable; returns its sha256."""
-    record = journal.last_capture_for_path(note(0)[0])
+    record = journal.captures.last_for_path(note(0)[0])
     assert record is not None
     pipeline = Pipeline(dead, journal)
     try:
@@ -70,15 +70,15 @@ def test_a_retraction_during_an_outage_is_retried_when_neo4j_returns(
     live, dead = _ingested(make_settings, tmp_path, neo4j_settings)
     with Journal(live.journal.path) as journal:
         sha = _retract_during_outage(dead, journal)
-        assert [r.sha256 for r in journal.retractions_due()] == [sha]
+        assert [r.sha256 for r in journal.captures.retractions_due()] == [sha]
         assert len(_graph_paths(neo4j)) == 2  # the graph still holds it
         pipeline = Pipeline(live, journal)
         try:
             pipeline.project_due()
         finally:
             pipeline.graph.close()
-        assert journal.retractions_due() == []
-        record = journal.get(sha)
+        assert journal.captures.retractions_due() == []
+        record = journal.captures.get(sha)
         assert record is not None and record.state == "retracted" and not record.graph_retraction_pending
     assert _graph_paths(neo4j) == [note(1)[0]]
 
@@ -92,13 +92,13 @@ def test_a_pending_retraction_survives_a_restart(
     with Journal(live.journal.path) as journal:
         sha = _retract_during_outage(dead, journal)
     with Journal(live.journal.path) as journal:  # a new process: nothing survives but the journal
-        assert [r.sha256 for r in journal.retractions_due()] == [sha]
+        assert [r.sha256 for r in journal.captures.retractions_due()] == [sha]
         pipeline = Pipeline(live, journal)
         try:
             pipeline.recover()
         finally:
             pipeline.graph.close()
-        assert journal.retractions_due() == []
+        assert journal.captures.retractions_due() == []
     assert _graph_paths(neo4j) == [note(1)[0]]
 
 
@@ -132,15 +132,15 @@ def test_a_capture_back_before_its_graph_retraction_keeps_its_facts(
     live, dead = _ingested(make_settings, tmp_path, neo4j_settings)
     with Journal(live.journal.path) as journal:
         sha = _retract_during_outage(dead, journal)
-        back = journal.enqueue(sha, note(0)[0], note(0)[1])
+        back = journal.captures.enqueue(sha, note(0)[0], note(0)[1])
         assert back.record.state == "extracted" and not back.record.graph_retraction_pending
-        assert journal.retractions_due() == []
+        assert journal.captures.retractions_due() == []
         pipeline = Pipeline(live, journal)
         try:
             pipeline.project_due()
         finally:
             pipeline.graph.close()
-        assert journal.get(sha).state == "done"  # type: ignore[union-attr]
+        assert journal.captures.get(sha).state == "done"  # type: ignore[union-attr]
     assert sorted(_graph_paths(neo4j)) == sorted([note(0)[0], note(1)[0]])
 
 
@@ -159,7 +159,7 @@ def test_an_old_journal_opens_with_its_retractions_pending(tmp_path: Path) -> No
     db.close()
     with Journal(path) as journal:
         assert journal.migrations_applied == ["m005_graph_retractions"]
-        assert [r.sha256 for r in journal.retractions_due()] == ["a" * 64]
+        assert [r.sha256 for r in journal.captures.retractions_due()] == ["a" * 64]
 
 
 def test_journal_only_retractions_are_never_pending(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
@@ -169,8 +169,8 @@ def test_journal_only_retractions_are_never_pending(make_settings: Callable[...,
     (settings.inbox.path / note(0)[0]).write_text(note(0)[1], encoding="utf-8")
     assert ingest(settings, [settings.inbox.path]).ok
     with Journal(settings.journal.path) as journal:
-        record = journal.last_capture_for_path(note(0)[0])
+        record = journal.captures.last_for_path(note(0)[0])
         assert record is not None
         assert Pipeline(settings, journal).retract(record.sha256, reason="deleted")
-        assert journal.get(record.sha256).state == "retracted"  # type: ignore[union-attr]
-        assert journal.retractions_due() == []
+        assert journal.captures.get(record.sha256).state == "retracted"  # type: ignore[union-attr]
+        assert journal.captures.retractions_due() == []

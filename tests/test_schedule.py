@@ -16,7 +16,7 @@ from membrane.bench import BenchScheduler
 from membrane.config import Settings
 from membrane.daemon import Daemon
 from membrane.errors import ConfigError
-from membrane.journal import Journal
+from membrane.journal import CaptureState, Journal
 from membrane.schema import ModelRef
 from membrane.testing.ollama_server import FakeOllama
 from tests.support.pipeline import REFERENCE
@@ -67,8 +67,8 @@ def test_interval_fires_one_run_at_a_time_and_skips_while_busy(make_settings: Ca
     finally:
         scheduler.shutdown()
     assert scheduler.runs >= 1
-    assert journal.bench_runs() == []
-    assert journal.last_promotion() is None
+    assert journal.models.bench_runs() == []
+    assert journal.models.last_promotion() is None
 
 
 @pytest.mark.slow
@@ -91,15 +91,15 @@ def test_scheduled_promotion_applies_to_the_daemons_next_capture(make_settings: 
             daemon.scheduler.run_now()
             assert daemon.scheduler.finished.wait(60), "the scheduled bench did not finish"
             assert daemon.journal is not None
-            assert daemon.journal.last_promotion() == ModelRef("ollama", "good:1b")
-            assert daemon.journal.promotions(1)[0]["evidence"]["lower_bound"] > 0
+            assert daemon.journal.models.last_promotion() == ModelRef("ollama", "good:1b")
+            assert daemon.journal.models.promotions(1)[0]["evidence"]["lower_bound"] > 0
             capture = settings.inbox.path / "note.txt"
             capture.write_text("Docker is deployed on the Kubernetes cluster managed by the DevOps team.\n")
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and daemon.journal.counts().get("done", 0) == 0:
+            while time.monotonic() < deadline and daemon.journal.status.counts().get("done", 0) == 0:
                 time.sleep(0.2)
-            (record,) = daemon.journal.captures(["done"])
-            extraction = daemon.journal.latest_extraction(record.sha256)
+            (record,) = daemon.journal.captures.in_states([CaptureState.DONE])
+            extraction = daemon.journal.extractions.latest(record.sha256)
         finally:
             daemon.shutdown()
     assert extraction is not None and (extraction.result.backend, extraction.result.model) == ("ollama", "good:1b")

@@ -41,7 +41,7 @@ def setup(tmp_path: Path) -> tuple[Settings, Path]:
 
 def _journal_texts(settings: Settings) -> list[str]:
     with Journal(settings.journal.path) as journal:
-        return [r.text for r in journal.captures()]
+        return [r.text for r in journal.captures.in_states()]
 
 
 def _untouched(outside: Path) -> None:

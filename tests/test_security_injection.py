@@ -162,7 +162,7 @@ def test_payloads_are_stored_verbatim_or_rejected_and_never_become_query_text(
     paths = {r["path"] for r in neo4j.execute_query("MATCH (c:Capture) RETURN c.path AS path").records}
     types = {r["t"] for r in neo4j.execute_query("MATCH ()-[r]->() RETURN DISTINCT type(r) AS t").records}
     with Journal(settings.journal.path) as journal:
-        metadata = {r.path: dict(r.metadata) for r in journal.captures()}
+        metadata = {r.path: dict(r.metadata) for r in journal.captures.in_states()}
     for i, payload in enumerate(PAYLOADS):
         name = _file_name(i, payload)
         assert by_path[name].state == "done", f"{payload!r}: {by_path[name]}"

@@ -84,10 +84,10 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 def _record(journal: Journal, text: str, backend: str, model: str, entities: list[str]) -> None:
     digest = hashlib.sha256(text.encode()).hexdigest()
-    journal.enqueue(digest, f"/inbox/{digest[:8]}.txt", text)
-    assert journal.claim("t") is not None
+    journal.captures.enqueue(digest, f"/inbox/{digest[:8]}.txt", text)
+    assert journal.claims.claim("t") is not None
     data = {"entities": [{"name": n, "role": "subject"} for n in entities], "relationships": []}
-    journal.record_extraction(digest, make_result(data, model=model, backend=backend, prompt_version=PROMPT_VERSION,
+    journal.extractions.record(digest, make_result(data, model=model, backend=backend, prompt_version=PROMPT_VERSION,
                                                   raw_outputs=[json.dumps(data)]))
 
 

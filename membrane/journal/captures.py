@@ -2,14 +2,20 @@
 
 Captures are keyed by the sha256 of their bytes::
 
-    queued --claim--> extracting --record_extraction--> extracted
+    queued --claim--> extracting --record (extractions.py)--> extracted
       ^                  |  \\--release (retryable; attempts+1, next_attempt_at)--> queued
       |                  |
       |   extracted --mark_projected--> projected --mark_done--> done
       |   extracted --mark_done (journal-only mode, no Neo4j)--> done
       |   extracted|projected|done --mark_retracted--> retracted
       |   any state but done/retracted --fail--> failed (stage, reason, hint)
-      \\-- requeue_failed / enqueue of the same bytes again <-- failed
+      \\-- requeue_failed / enqueue of the same bytes again <-- failed|retracted
+
+`CaptureState` names the states, `TRANSITIONS` is the machine, and every state
+change in the journal goes through `change_state`, which refuses a move the
+table does not hold (or one from a state the caller no longer holds the
+capture in) with StaleClaim, naming both states. The stored values are the
+states' strings.
 
 A retraction, like a projection, has a journal half and a graph half:
 mark_retracted(graph=True) leaves `graph_retraction_pending` set until
@@ -26,22 +32,67 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from membrane.clock import iso_utc
 from membrane.errors import StaleClaim
-from membrane.journal.core import JournalCore
+from membrane.journal.core import Store
 from membrane.logs import get_logger
 
-__all__ = ["CAPTURE_STATES", "FACT_STATES", "CaptureRecord", "CaptureStore", "EnqueueResult"]
+__all__ = [
+    "CAPTURE_STATES",
+    "FACT_STATES",
+    "PENDING_STATES",
+    "TRANSITIONS",
+    "CaptureRecord",
+    "CaptureState",
+    "CaptureStore",
+    "EnqueueResult",
+    "sources",
+]
 
 log = get_logger(__name__)
 
-CAPTURE_STATES = ("queued", "extracting", "extracted", "projected", "done", "failed", "retracted")
-# States whose extraction is part of the graph (exported, synced).
-FACT_STATES = ("extracted", "projected", "done")
+
+class CaptureState(StrEnum):
+    """Where a capture stands; the value is what the journal stores."""
+
+    QUEUED = "queued"
+    EXTRACTING = "extracting"
+    EXTRACTED = "extracted"
+    PROJECTED = "projected"
+    DONE = "done"
+    FAILED = "failed"
+    RETRACTED = "retracted"
+
+
+_S = CaptureState
+# The state machine: from each state, the states it may move to. Nothing else changes a state.
+TRANSITIONS: Mapping[CaptureState, frozenset[CaptureState]] = MappingProxyType({
+    _S.QUEUED: frozenset({_S.EXTRACTING, _S.FAILED}),
+    _S.EXTRACTING: frozenset({_S.QUEUED, _S.EXTRACTED, _S.FAILED}),
+    _S.EXTRACTED: frozenset({_S.PROJECTED, _S.DONE, _S.RETRACTED, _S.FAILED}),
+    _S.PROJECTED: frozenset({_S.DONE, _S.RETRACTED, _S.FAILED}),
+    _S.DONE: frozenset({_S.RETRACTED}),
+    # A person moved the file back, a promotion requeued it, or the same bytes arrived again.
+    _S.FAILED: frozenset({_S.QUEUED, _S.EXTRACTED}),
+    _S.RETRACTED: frozenset({_S.QUEUED, _S.EXTRACTED}),
+})  # fmt: skip
+
+CAPTURE_STATES: tuple[CaptureState, ...] = tuple(CaptureState)
+# States whose extraction is part of the graph (exported, synced, retracted on an edit).
+FACT_STATES: tuple[CaptureState, ...] = (_S.EXTRACTED, _S.PROJECTED, _S.DONE)
+# States with work still to do before the capture settles: zero of them means idle.
+PENDING_STATES: tuple[CaptureState, ...] = (_S.QUEUED, _S.EXTRACTING, _S.EXTRACTED)
+
+
+def sources(to: CaptureState) -> tuple[CaptureState, ...]:
+    """The states the table lets move to `to`."""
+    return tuple(state for state in CaptureState if to in TRANSITIONS[state])
 
 
 @dataclass(frozen=True)
@@ -52,7 +103,7 @@ class CaptureRecord:
     path: str  # the path it first (or last, for an edit) arrived at
     text: str
     metadata: Mapping[str, Any]
-    state: str
+    state: CaptureState
     ingested_at: str  # ISO-8601 UTC, fixed at first enqueue
     updated_at: str
     attempts: int  # retryable failures (and interrupted claims) since the last success
@@ -73,8 +124,8 @@ class EnqueueResult:
     created: bool  # False: the same bytes were already in the journal
 
 
-class CaptureStore(JournalCore):
-    """Enqueue, look-up and the state transitions after the claim."""
+class CaptureStore(Store):
+    """Enqueue, look-ups and the state transitions after the claim."""
 
     # -- enqueue and look-up
 
@@ -88,62 +139,57 @@ class CaptureStore(JournalCore):
         crash-loop); and retracted goes back to extracted when an extraction
         is stored (the facts are re-projected without calling the model).
         """
-        now = self._now()
+        now = self._core.now()
         meta = json.dumps(dict(metadata or {}), ensure_ascii=False, sort_keys=True, default=str)
-        with self._write("enqueue") as db:
-            row = db.execute("SELECT state, interrupted FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
-            created = row is None
-            if created:
+        with self._core.write("enqueue") as db:
+            known = _get(db, sha256)
+            created = known is None
+            if known is None:
                 db.execute(
                     """INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at)
-                       VALUES (?, ?, ?, ?, 'queued', ?, ?)""",
-                    (sha256, path, text, meta, iso_utc(now), iso_utc(now)),
+                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (sha256, path, text, meta, CaptureState.QUEUED, iso_utc(now), iso_utc(now)),
                 )
-            elif row["state"] == "retracted" or (row["state"] == "failed" and not self._crash_failed(row)):
-                self._revive(db, sha256, row["state"], path, meta, now)
+            elif known.state == CaptureState.RETRACTED or (
+                known.state == CaptureState.FAILED and not self._crash_failed(known)
+            ):
+                self._revive(db, known, path, meta, now)
             db.execute(
                 "INSERT INTO capture_paths (sha256, path, seen_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (sha256, path) DO UPDATE SET seen_at = excluded.seen_at",
                 (sha256, path, iso_utc(now)),
             )
-            record = self._get(db, sha256)
+            record = _get(db, sha256)
         assert record is not None
         log.debug("capture_enqueued", sha256=sha256, path=path, created=created, state=record.state)
         return EnqueueResult(record, created)
 
-    def _revive(self, db: sqlite3.Connection, sha256: str, state: str, path: str, meta: str, now: float) -> None:
-        has_extraction = db.execute("SELECT 1 FROM extractions WHERE sha256 = ?", (sha256,)).fetchone()
-        to = "extracted" if state == "retracted" and has_extraction else "queued"
+    def _revive(self, db: sqlite3.Connection, capture: CaptureRecord, path: str, meta: str, now: float) -> None:
+        has_extraction = db.execute("SELECT 1 FROM extractions WHERE sha256 = ?", (capture.sha256,)).fetchone()
+        back_to_facts = capture.state == CaptureState.RETRACTED and has_extraction
+        to = CaptureState.EXTRACTED if back_to_facts else CaptureState.QUEUED
         # A graph retraction still pending must not run after the facts are projected again.
-        db.execute(
-            """UPDATE captures SET state = ?, path = ?, metadata = ?, updated_at = ?, attempts = 0,
-               interrupted = 0, last_error = NULL, stage = NULL, hint = NULL, next_attempt_at = NULL,
-               graph_retraction_pending = 0 WHERE sha256 = ?""",
-            (to, path, meta, iso_utc(now), sha256),
-        )
+        change_state(db, capture, to, path=path, metadata=meta, updated_at=iso_utc(now), attempts=0, interrupted=0,
+                     last_error=None, stage=None, hint=None, next_attempt_at=None, graph_retraction_pending=0)
 
-    def _crash_failed(self, row: sqlite3.Row) -> bool:
-        return bool(row["interrupted"] >= self._max_interrupted)
+    def _crash_failed(self, capture: CaptureRecord) -> bool:
+        return capture.interrupted >= self._core.max_interrupted
 
     def get(self, sha256: str) -> CaptureRecord | None:
         """The capture with this sha256, or None."""
-        with self._translate("read"):
-            return self._get(self._db(), sha256)
-
-    def _get(self, db: sqlite3.Connection, sha256: str) -> CaptureRecord | None:
-        row = db.execute("SELECT * FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
-        return None if row is None else capture_from_row(row)
+        with self._core.translate("read"):
+            return _get(self._core.db(), sha256)
 
     def paths(self, sha256: str) -> list[str]:
         """Every path this capture's bytes arrived at, oldest first."""
-        rows = self._read("SELECT path FROM capture_paths WHERE sha256 = ? ORDER BY seen_at, path", (sha256,))
+        rows = self._core.read("SELECT path FROM capture_paths WHERE sha256 = ? ORDER BY seen_at, path", (sha256,))
         return [row["path"] for row in rows]
 
-    def last_capture_for_path(self, path: str, *, exclude: str | None = None) -> CaptureRecord | None:
+    def last_for_path(self, path: str, *, exclude: str | None = None) -> CaptureRecord | None:
         """The most recent capture seen at `path` whose facts are in the graph (extracted,
         projected or done), other than `exclude`: the old version to retract on an edit."""
         placeholders = ",".join("?" * len(FACT_STATES))
-        rows = self._read(
+        rows = self._core.read(
             f"""SELECT c.* FROM capture_paths p JOIN captures c ON c.sha256 = p.sha256
                 WHERE p.path = ? AND c.state IN ({placeholders}) AND c.sha256 IS NOT ?
                 ORDER BY p.seen_at DESC, c.seq DESC LIMIT 1""",
@@ -151,7 +197,8 @@ class CaptureStore(JournalCore):
         )
         return capture_from_row(rows[0]) if rows else None
 
-    def captures(self, states: Sequence[str] | None = None, *, limit: int | None = None) -> list[CaptureRecord]:
+    def in_states(self, states: Sequence[CaptureState] | None = None, *, limit: int | None = None
+                  ) -> list[CaptureRecord]:
         """Captures in the given states (all when None), oldest first."""
         sql, params = "SELECT * FROM captures", list[Any]()
         if states:
@@ -161,22 +208,22 @@ class CaptureStore(JournalCore):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [capture_from_row(row) for row in self._read(sql, params)]
+        return [capture_from_row(row) for row in self._core.read(sql, params)]
 
     def due_for_projection(self, *, limit: int = 100) -> list[CaptureRecord]:
         """Captures in 'extracted' whose next projection attempt is due, oldest first."""
-        rows = self._read(
-            """SELECT * FROM captures WHERE state = 'extracted'
+        rows = self._core.read(
+            """SELECT * FROM captures WHERE state = ?
                AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY seq LIMIT ?""",
-            (self._now(), limit),
+            (CaptureState.EXTRACTED, self._core.now(), limit),
         )
         return [capture_from_row(row) for row in rows]
 
     def retractions_due(self, *, limit: int | None = 100) -> list[CaptureRecord]:
         """Retracted captures whose facts may still be in Neo4j, oldest first (all when limit is None)."""
-        rows = self._read(
-            "SELECT * FROM captures WHERE graph_retraction_pending = 1 AND state = 'retracted' ORDER BY seq LIMIT ?",
-            (-1 if limit is None else limit,),
+        rows = self._core.read(
+            "SELECT * FROM captures WHERE graph_retraction_pending = 1 AND state = ? ORDER BY seq LIMIT ?",
+            (CaptureState.RETRACTED, -1 if limit is None else limit),
         )
         return [capture_from_row(row) for row in rows]
 
@@ -184,34 +231,25 @@ class CaptureStore(JournalCore):
 
     def defer(self, sha256: str, *, error: str, delay_s: float) -> CaptureRecord:
         """A retryable error in a later stage (projection): same state, due again after delay_s."""
-        record = self.get(sha256)
-        if record is None:
+        seen = self.get(sha256)
+        if seen is None:
             raise StaleClaim(f"capture {sha256} is not in the journal")
-        return self._retry(sha256, (record.state,), record.state, error, delay_s)
-
-    def _retry(self, sha256: str, states: tuple[str, ...], to: str, error: str, delay_s: float,
-               *, crashed: bool = False) -> CaptureRecord:
-        now = self._now()
-        with self._write("retry") as db:
-            self._require(db, sha256, states)
-            db.execute(
-                """UPDATE captures SET state = ?, attempts = attempts + 1, interrupted = interrupted + ?,
-                   last_error = ?, next_attempt_at = ?, claimed_by = NULL, lease_until = NULL, updated_at = ?
-                   WHERE sha256 = ?""",
-                (to, int(crashed), error, now + max(0.0, delay_s), iso_utc(now), sha256),
-            )
-            record = self._get(db, sha256)
+        now = self._core.now()
+        with self._core.write("retry") as db:
+            capture = held_capture(db, sha256, seen.state)
+            _update(db, sha256, **retry_columns(capture, now, error=error, delay_s=delay_s))
+            record = _get(db, sha256)
         assert record is not None
-        log.info("capture_retry_scheduled", sha256=sha256, attempts=record.attempts, delay_s=delay_s, error=error)
+        log_retry(record, delay_s=delay_s, error=error)
         return record
 
     def mark_projected(self, sha256: str) -> None:
         """extracted -> projected: its facts are committed in Neo4j."""
-        self._move(sha256, ("extracted",), "projected")
+        self._settle(sha256, CaptureState.PROJECTED)
 
     def mark_done(self, sha256: str) -> None:
         """extracted|projected -> done: the capture's file has left the inbox (or there is none)."""
-        self._move(sha256, ("extracted", "projected"), "done")
+        self._settle(sha256, CaptureState.DONE)
 
     def mark_retracted(self, sha256: str, *, graph: bool = True) -> None:
         """extracted|projected|done -> retracted: its file was deleted or replaced by an edit.
@@ -219,35 +257,26 @@ class CaptureStore(JournalCore):
         graph: its facts are still in Neo4j, so a graph retraction is due
         (False when the caller already removed them, or there is no Neo4j).
         """
-        self._move(sha256, FACT_STATES, "retracted", graph_retraction_pending=graph)
+        self._settle(sha256, CaptureState.RETRACTED, graph_retraction_pending=graph)
 
     def mark_graph_retracted(self, sha256: str) -> None:
         """The graph half of a retraction is done: Neo4j no longer holds its facts."""
-        with self._write("mark_graph_retracted") as db:
-            db.execute("UPDATE captures SET graph_retraction_pending = 0 WHERE sha256 = ?", (sha256,))
+        with self._core.write("mark_graph_retracted") as db:
+            _update(db, sha256, graph_retraction_pending=0)
         log.debug("capture_graph_retracted", sha256=sha256)
 
-    def _move(self, sha256: str, states: tuple[str, ...], to: str, *, graph_retraction_pending: bool = False) -> None:
-        now = self._now()
-        with self._write(f"mark_{to}") as db:
-            self._require(db, sha256, states)
-            db.execute(
-                """UPDATE captures SET state = ?, updated_at = ?, attempts = 0, last_error = NULL,
-                   next_attempt_at = NULL, graph_retraction_pending = ? WHERE sha256 = ?""",
-                (to, iso_utc(now), int(graph_retraction_pending), sha256),
-            )
+    def _settle(self, sha256: str, to: CaptureState, *, graph_retraction_pending: bool = False) -> None:
+        """A move after the extraction, from any state the table allows: the error fields clear."""
+        now = self._core.now()
+        with self._core.write(f"mark_{to}") as db:
+            change_state(db, locked_capture(db, sha256), to, updated_at=iso_utc(now), attempts=0, last_error=None,
+                         next_attempt_at=None, graph_retraction_pending=int(graph_retraction_pending))
         log.debug("capture_state", sha256=sha256, state=to)
 
     def fail(self, sha256: str, *, stage: str, reason: str, hint: str = "") -> None:
         """Any live state -> failed (permanent): the file goes to failed/ with this reason and hint."""
-        now = self._now()
-        with self._write("fail") as db:
-            self._require(db, sha256, ("queued", "extracting", "extracted", "projected"))
-            db.execute(
-                """UPDATE captures SET state = 'failed', stage = ?, last_error = ?, hint = ?, updated_at = ?,
-                   claimed_by = NULL, lease_until = NULL, next_attempt_at = NULL WHERE sha256 = ?""",
-                (stage, reason, hint, iso_utc(now), sha256),
-            )
+        with self._core.write("fail") as db:
+            fail_capture(db, locked_capture(db, sha256), self._core.now(), stage=stage, reason=reason, hint=hint)
         log.warning("capture_failed", sha256=sha256, stage=stage, reason=reason)
 
     def requeue_failed(self, stage: str = "extract") -> int:
@@ -256,24 +285,84 @@ class CaptureStore(JournalCore):
         Stage "extract" (or any stage before it) goes back to queued; stage
         "project" goes back to extracted, since its extraction is stored.
         """
-        now = self._now()
-        to = "extracted" if stage == "project" else "queued"
-        with self._write("requeue_failed") as db:
-            cursor = db.execute(
-                """UPDATE captures SET state = ?, stage = NULL, last_error = NULL, hint = NULL, attempts = 0,
-                   interrupted = 0, next_attempt_at = NULL, updated_at = ? WHERE state = 'failed' AND stage = ?""",
-                (to, iso_utc(now), stage),
-            )
-        count = cursor.rowcount
+        now = self._core.now()
+        to = CaptureState.EXTRACTED if stage == "project" else CaptureState.QUEUED
+        with self._core.write("requeue_failed") as db:
+            rows = db.execute(
+                "SELECT * FROM captures WHERE state = ? AND stage = ? ORDER BY seq", (CaptureState.FAILED, stage)
+            ).fetchall()
+            for row in rows:
+                change_state(db, capture_from_row(row), to, expect=(CaptureState.FAILED,), stage=None,
+                             last_error=None, hint=None, attempts=0, interrupted=0, next_attempt_at=None,
+                             updated_at=iso_utc(now))
+        count = len(rows)
         log.info("captures_requeued", stage=stage, count=count)
         return count
 
-    def _require(self, db: sqlite3.Connection, sha256: str, states: tuple[str, ...]) -> None:
-        row = db.execute("SELECT state FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
-        if row is None:
-            raise StaleClaim(f"capture {sha256} is not in the journal")
-        if row["state"] not in states:
-            raise StaleClaim(f"capture {sha256} is {row['state']}, expected {' or '.join(states)}")
+
+# -- the one way a state changes, for every store (claims and extractions move captures too)
+
+
+def locked_capture(db: sqlite3.Connection, sha256: str) -> CaptureRecord:
+    """The capture as it is inside the caller's write transaction; StaleClaim if there is none."""
+    capture = _get(db, sha256)
+    if capture is None:
+        raise StaleClaim(f"capture {sha256} is not in the journal")
+    return capture
+
+
+def held_capture(db: sqlite3.Connection, sha256: str, state: CaptureState) -> CaptureRecord:
+    """The capture, read in this transaction, still in `state` (a renewal or a retry that
+    keeps the state); StaleClaim when it moved on."""
+    capture = locked_capture(db, sha256)
+    if capture.state != state:
+        raise StaleClaim(f"capture {sha256} is {capture.state}, expected {state}")
+    return capture
+
+
+def change_state(db: sqlite3.Connection, capture: CaptureRecord, to: CaptureState, *,
+                 expect: Collection[CaptureState] | None = None, **columns: object) -> None:
+    """Move `capture` (read in this transaction) to `to`, setting `columns` in the same UPDATE.
+
+    `expect` is the states the caller holds the capture in (default: every state
+    the table lets move to `to`). A capture elsewhere, or a move the table does
+    not hold, is refused with StaleClaim naming both states.
+    """
+    expected = tuple(expect) if expect is not None else sources(to)
+    if capture.state not in expected or to not in TRANSITIONS[capture.state]:
+        raise StaleClaim(f"capture {capture.sha256} is {capture.state}, expected {' or '.join(expected)}: "
+                         f"cannot move {capture.state} -> {to}")
+    _update(db, capture.sha256, state=to, **columns)
+
+
+def fail_capture(db: sqlite3.Connection, capture: CaptureRecord, now: float, *, stage: str, reason: str,
+                 hint: str, expect: Collection[CaptureState] | None = None, **columns: object) -> None:
+    """-> failed (permanent), with the stage, reason and hint that go into failed/; the claim and any retry end."""
+    change_state(db, capture, CaptureState.FAILED, expect=expect, stage=stage, last_error=reason, hint=hint,
+                 claimed_by=None, lease_until=None, next_attempt_at=None, updated_at=iso_utc(now), **columns)
+
+
+def retry_columns(capture: CaptureRecord, now: float, *, error: str, delay_s: float, crashed: bool = False
+                  ) -> dict[str, object]:
+    """A retryable error: the attempt counted, the error kept, due again after delay_s; the claim ends."""
+    return {"attempts": capture.attempts + 1, "interrupted": capture.interrupted + int(crashed),
+            "last_error": error, "next_attempt_at": now + max(0.0, delay_s), "claimed_by": None,
+            "lease_until": None, "updated_at": iso_utc(now)}
+
+
+def log_retry(record: CaptureRecord, *, delay_s: float, error: str) -> None:
+    log.info("capture_retry_scheduled", sha256=record.sha256, attempts=record.attempts, delay_s=delay_s, error=error)
+
+
+def _update(db: sqlite3.Connection, sha256: str, **columns: object) -> None:
+    # The column names come from the code above, never from data.
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    db.execute(f"UPDATE captures SET {assignments} WHERE sha256 = ?", (*columns.values(), sha256))
+
+
+def _get(db: sqlite3.Connection, sha256: str) -> CaptureRecord | None:
+    row = db.execute("SELECT * FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
+    return None if row is None else capture_from_row(row)
 
 
 def iso_or_none(epoch: float | None) -> str | None:
@@ -286,7 +375,7 @@ def capture_from_row(row: sqlite3.Row) -> CaptureRecord:
         path=row["path"],
         text=row["text"],
         metadata=json.loads(row["metadata"]),
-        state=row["state"],
+        state=CaptureState(row["state"]),
         ingested_at=row["ingested_at"],
         updated_at=row["updated_at"],
         attempts=row["attempts"],

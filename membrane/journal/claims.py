@@ -16,7 +16,17 @@ import sqlite3
 import uuid
 
 from membrane.clock import iso_utc
-from membrane.journal.captures import CaptureRecord, CaptureStore
+from membrane.journal.captures import (
+    CaptureRecord,
+    CaptureState,
+    change_state,
+    fail_capture,
+    held_capture,
+    locked_capture,
+    log_retry,
+    retry_columns,
+)
+from membrane.journal.core import Store
 from membrane.logs import get_logger
 
 __all__ = ["DEFAULT_LEASE_S", "ClaimStore"]
@@ -26,7 +36,7 @@ log = get_logger(__name__)
 DEFAULT_LEASE_S = 900.0
 
 
-class ClaimStore(CaptureStore):
+class ClaimStore(Store):
     """queued -> extracting and back: claim, renew, release, recovery of dead claims."""
 
     def claim(self, worker: str = "worker", *, lease_s: float = DEFAULT_LEASE_S) -> CaptureRecord | None:
@@ -35,32 +45,30 @@ class ClaimStore(CaptureStore):
         Also takes an 'extracting' capture whose lease ran out (its claimant
         hung or died elsewhere); that counts as an interruption.
         """
-        now = self._now()
+        now = self._core.now()
         claimant = _claimant(worker)
-        with self._write("claim") as db:
+        with self._core.write("claim") as db:
             self._expire_leases(db, now)
             row = db.execute(
                 """SELECT sha256 FROM captures
-                   WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
+                   WHERE state = ? AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
                    ORDER BY seq LIMIT 1""",
-                (now,),
+                (CaptureState.QUEUED, now),
             ).fetchone()
             if row is None:
                 return None
-            db.execute(
-                """UPDATE captures SET state = 'extracting', claimed_by = ?, lease_until = ?, updated_at = ?
-                   WHERE sha256 = ?""",
-                (claimant, now + lease_s, iso_utc(now), row["sha256"]),
-            )
-            record = self._get(db, row["sha256"])
-        log.debug("capture_claimed", sha256=row["sha256"], worker=claimant)
+            sha256 = row["sha256"]
+            change_state(db, locked_capture(db, sha256), CaptureState.EXTRACTING, claimed_by=claimant,
+                         lease_until=now + lease_s, updated_at=iso_utc(now))
+            record = locked_capture(db, sha256)
+        log.debug("capture_claimed", sha256=sha256, worker=claimant)
         return record
 
     def renew(self, sha256: str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Extend the lease of a capture this process is extracting (long model calls)."""
-        now = self._now()
-        with self._write("renew") as db:
-            self._require(db, sha256, ("extracting",))
+        now = self._core.now()
+        with self._core.write("renew") as db:
+            held_capture(db, sha256, CaptureState.EXTRACTING)
             db.execute("UPDATE captures SET lease_until = ? WHERE sha256 = ?", (now + lease_s, sha256))
 
     def release(self, sha256: str, *, error: str, delay_s: float, crashed: bool = False) -> CaptureRecord:
@@ -68,17 +76,26 @@ class ClaimStore(CaptureStore):
 
         crashed: the model's process died on it (ModelCrashed); counted with the interruptions.
         """
-        return self._retry(sha256, ("extracting",), "queued", error, delay_s, crashed=crashed)
+        now = self._core.now()
+        with self._core.write("retry") as db:
+            capture = locked_capture(db, sha256)
+            change_state(db, capture, CaptureState.QUEUED, expect=(CaptureState.EXTRACTING,),
+                         **retry_columns(capture, now, error=error, delay_s=delay_s, crashed=crashed))
+            record = locked_capture(db, sha256)
+        log_retry(record, delay_s=delay_s, error=error)
+        return record
 
-    def recover_claims(self) -> int:
+    def recover(self) -> int:
         """Claims held by dead processes on this host go back to queued; returns how many.
 
         Run at open. A capture interrupted `max_interrupted` times fails instead.
         """
-        now = self._now()
+        now = self._core.now()
         host = socket.gethostname()
-        with self._write("recover_claims") as db:
-            rows = db.execute("SELECT sha256, claimed_by FROM captures WHERE state = 'extracting'").fetchall()
+        with self._core.write("recover_claims") as db:
+            rows = db.execute(
+                "SELECT sha256, claimed_by FROM captures WHERE state = ?", (CaptureState.EXTRACTING,)
+            ).fetchall()
             dead = [r["sha256"] for r in rows if _dead_claimant(r["claimed_by"], host)]
             for sha256 in dead:
                 self._interrupt(db, sha256, now)
@@ -88,33 +105,24 @@ class ClaimStore(CaptureStore):
 
     def _expire_leases(self, db: sqlite3.Connection, now: float) -> None:
         rows = db.execute(
-            "SELECT sha256 FROM captures WHERE state = 'extracting' AND lease_until < ?", (now,)
+            "SELECT sha256 FROM captures WHERE state = ? AND lease_until < ?", (CaptureState.EXTRACTING, now)
         ).fetchall()
         for row in rows:
             self._interrupt(db, row["sha256"], now)
 
     def _interrupt(self, db: sqlite3.Connection, sha256: str, now: float) -> None:
-        row = db.execute("SELECT interrupted FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
-        interrupted = row["interrupted"] + 1
-        if interrupted >= self._max_interrupted:
-            db.execute(
-                """UPDATE captures SET state = 'failed', stage = 'extract', interrupted = ?, last_error = ?,
-                   hint = ?, claimed_by = NULL, lease_until = NULL, updated_at = ? WHERE sha256 = ?""",
-                (
-                    interrupted,
-                    f"extraction was interrupted {interrupted} times (the process died or hung)",
-                    "This capture may crash or hang the model; split it or try another model, "
-                    "then move it back to the inbox.",
-                    iso_utc(now),
-                    sha256,
-                ),
+        capture = locked_capture(db, sha256)
+        interrupted = capture.interrupted + 1
+        if interrupted >= self._core.max_interrupted:
+            fail_capture(
+                db, capture, now, expect=(CaptureState.EXTRACTING,), stage="extract", interrupted=interrupted,
+                reason=f"extraction was interrupted {interrupted} times (the process died or hung)",
+                hint="This capture may crash or hang the model; split it or try another model, "
+                "then move it back to the inbox.",
             )
             return
-        db.execute(
-            """UPDATE captures SET state = 'queued', interrupted = ?, claimed_by = NULL, lease_until = NULL,
-               updated_at = ? WHERE sha256 = ?""",
-            (interrupted, iso_utc(now), sha256),
-        )
+        change_state(db, capture, CaptureState.QUEUED, expect=(CaptureState.EXTRACTING,), interrupted=interrupted,
+                     claimed_by=None, lease_until=None, updated_at=iso_utc(now))
 
 
 @functools.cache

@@ -3,6 +3,8 @@
 It owns the SQLite file's settings (WAL, synchronous=FULL, busy timeout,
 foreign keys), one connection per thread, the BEGIN IMMEDIATE transaction,
 and the translation of sqlite3 errors into JournalError (the one boundary).
+Each store (captures, claims, ...) is a `Store` holding the one core of its
+Journal; the stores are the core's only users.
 
 Durability: a capture's file leaves the inbox right after a commit, so that
 commit must survive a power cut, not just a process crash. synchronous=FULL
@@ -22,7 +24,7 @@ from typing import Any
 
 from membrane.errors import JournalError
 
-__all__ = ["BUSY_TIMEOUT_MS", "JournalCore"]
+__all__ = ["BUSY_TIMEOUT_MS", "JournalCore", "Store"]
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -35,7 +37,7 @@ class JournalCore:
         self.path = Path(path)
         self._clock = clock
         # A capture whose extraction died this many times fails (captures, claims).
-        self._max_interrupted = max_interrupted
+        self.max_interrupted = max_interrupted
         self._local = threading.local()
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
@@ -45,7 +47,8 @@ class JournalCore:
         except OSError as exc:
             raise JournalError(f"cannot create the journal folder {str(self.path.parent)!r}: {exc.strerror}") from exc
 
-    def _db(self) -> sqlite3.Connection:
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
         if self._closed:
             raise JournalError("the journal is closed")
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -58,7 +61,7 @@ class JournalCore:
         return db
 
     def _connect(self) -> sqlite3.Connection:
-        with self._translate("open"):
+        with self.translate("open"):
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves.
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             db.row_factory = sqlite3.Row
@@ -79,17 +82,18 @@ class JournalCore:
         self._connections = alive
 
     @contextmanager
-    def _translate(self, action: str) -> Iterator[None]:
+    def translate(self, action: str) -> Iterator[None]:
+        """sqlite3 errors inside become JournalError naming the file and `action`."""
         try:
             yield
         except sqlite3.Error as exc:
             raise JournalError(f"journal {str(self.path)!r}: {action} failed: {exc}") from exc
 
     @contextmanager
-    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+    def write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One BEGIN IMMEDIATE transaction: the write lock is taken before any read."""
-        db = self._db()
-        with self._translate(action):
+        db = self.db()
+        with self.translate(action):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -98,11 +102,13 @@ class JournalCore:
                 raise
             db.execute("COMMIT")
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._translate("read"):
-            return self._db().execute(sql, params).fetchall()
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of one query, outside any transaction."""
+        with self.translate("read"):
+            return self.db().execute(sql, params).fetchall()
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """Epoch seconds by the journal's clock (settable in tests)."""
         return self._clock()
 
     def close(self) -> None:
@@ -115,3 +121,10 @@ class JournalCore:
                 db.close()
             except sqlite3.Error:  # closing a connection another thread is using; nothing to save
                 pass
+
+
+class Store:
+    """One concern's tables and rules over the core its Journal shares with the other stores."""
+
+    def __init__(self, core: JournalCore) -> None:
+        self._core = core

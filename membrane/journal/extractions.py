@@ -15,7 +15,15 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from membrane.clock import iso_utc
-from membrane.journal.captures import FACT_STATES, CaptureRecord, CaptureStore, capture_from_row
+from membrane.journal.captures import (
+    FACT_STATES,
+    CaptureRecord,
+    CaptureState,
+    capture_from_row,
+    change_state,
+    locked_capture,
+)
+from membrane.journal.core import Store
 from membrane.logs import get_logger
 from membrane.records import ExtractionResult
 from membrane.schema import UNBOUNDED_RULES, Extraction
@@ -59,39 +67,36 @@ class StoredExtraction:
     result: ExtractionResult
 
 
-class ExtractionStore(CaptureStore):
+class ExtractionStore(Store):
     """extracting -> extracted with its stored result, and the reads of stored results."""
 
-    def record_extraction(self, sha256: str, result: ExtractionResult) -> int:
+    def record(self, sha256: str, result: ExtractionResult) -> int:
         """Store a validated extraction and move the capture extracting -> extracted; returns its id."""
-        now = self._now()
+        now = self._core.now()
         values = [_ENCODE.get(name, _same)(getattr(result, name)) for name in _COLUMNS]
         columns = ", ".join(("sha256", *_COLUMNS, "created_at"))
         marks = ", ".join("?" * (len(_COLUMNS) + 2))
-        with self._write("record_extraction") as db:
-            self._require(db, sha256, ("extracting",))
+        with self._core.write("record_extraction") as db:
+            # A capture no longer extracting (its lease was lost) is refused before anything is stored.
+            change_state(db, locked_capture(db, sha256), CaptureState.EXTRACTED, expect=(CaptureState.EXTRACTING,),
+                         extracted_at=iso_utc(now), updated_at=iso_utc(now), attempts=0, interrupted=0,
+                         last_error=None, next_attempt_at=None, claimed_by=None, lease_until=None)
             # The column names come from ExtractionResult's fields, never from data.
             cursor = db.execute(f"INSERT INTO extractions ({columns}) VALUES ({marks})", (sha256, *values, iso_utc(now)))
-            db.execute(
-                """UPDATE captures SET state = 'extracted', extracted_at = ?, updated_at = ?, attempts = 0,
-                   interrupted = 0, last_error = NULL, next_attempt_at = NULL, claimed_by = NULL,
-                   lease_until = NULL WHERE sha256 = ?""",
-                (iso_utc(now), iso_utc(now), sha256),
-            )
         log.info("capture_extracted", sha256=sha256, model=result.model, backend=result.backend,
                  seconds=result.seconds, calls=result.calls)
         return int(cursor.lastrowid or 0)
 
-    def latest_extraction(self, sha256: str) -> StoredExtraction | None:
+    def latest(self, sha256: str) -> StoredExtraction | None:
         """The newest stored extraction of this capture, or None."""
-        rows = self._read("SELECT * FROM extractions WHERE sha256 = ? ORDER BY id DESC LIMIT 1", (sha256,))
+        rows = self._core.read("SELECT * FROM extractions WHERE sha256 = ? ORDER BY id DESC LIMIT 1", (sha256,))
         return _stored(rows[0]) if rows else None
 
-    def facts(self, states: Sequence[str] = FACT_STATES) -> Iterator[tuple[CaptureRecord, StoredExtraction]]:
+    def facts(self, states: Sequence[CaptureState] = FACT_STATES) -> Iterator[tuple[CaptureRecord, StoredExtraction]]:
         """Each capture in `states` with its latest extraction, oldest first: for sync and export."""
         placeholders = ",".join("?" * len(states))
         joined = ", ".join(f"e.{name} AS e_{name}" for name in ("id", *_COLUMNS, "created_at"))
-        rows = self._read(
+        rows = self._core.read(
             f"""SELECT c.*, {joined}
                 FROM captures c JOIN extractions e ON e.id = (
                     SELECT MAX(id) FROM extractions WHERE sha256 = c.sha256)
@@ -109,7 +114,7 @@ class ExtractionStore(CaptureStore):
         chunk took one call; chunked ones with repairs are skipped, since their
         outputs cannot be matched to chunks.
         """
-        rows = self._read(
+        rows = self._core.read(
             """SELECT c.text, e.raw_outputs, e.chunks FROM extractions e JOIN captures c ON c.sha256 = e.sha256
                ORDER BY e.id"""
         )

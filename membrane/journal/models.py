@@ -15,7 +15,7 @@ from typing import Any
 
 from membrane.clock import iso_utc
 from membrane.errors import MembraneError
-from membrane.journal.core import JournalCore
+from membrane.journal.core import Store
 from membrane.logs import get_logger
 from membrane.schema import ModelRef
 
@@ -24,7 +24,7 @@ __all__ = ["ModelStore"]
 log = get_logger(__name__)
 
 
-class ModelStore(JournalCore):
+class ModelStore(Store):
     """Champion history and bench runs."""
 
     def _champions(self, db: sqlite3.Connection) -> list[str]:
@@ -42,8 +42,8 @@ class ModelStore(JournalCore):
 
     def last_promotion(self) -> ModelRef | None:
         """The model the promotions (less rollbacks) left champion, or None before any promotion."""
-        with self._translate("last_promotion"):
-            stack = self._champions(self._db())
+        with self._core.translate("last_promotion"):
+            stack = self._champions(self._core.db())
         return ModelRef.parse(stack[-1]) if stack else None
 
     def set_active_model(
@@ -54,7 +54,7 @@ class ModelStore(JournalCore):
         `replacing` names the champion in effect when none was promoted yet (the
         configured model), so that a rollback can return to it.
         """
-        with self._write("set_active_model") as db:
+        with self._core.write("set_active_model") as db:
             stack = self._champions(db)
             previous = stack[-1] if stack else (str(replacing) if replacing else None)
             self._insert_promotion(db, "promote", previous, str(ref), reason, evidence)
@@ -62,7 +62,7 @@ class ModelStore(JournalCore):
 
     def rollback_active_model(self, *, reason: str) -> ModelRef:
         """Restore the previous champion (recorded as a promotion of kind 'rollback')."""
-        with self._write("rollback_active_model") as db:
+        with self._core.write("rollback_active_model") as db:
             stack = self._champions(db)
             if len(stack) < 2:
                 raise MembraneError(
@@ -84,24 +84,24 @@ class ModelStore(JournalCore):
     ) -> None:
         db.execute(
             "INSERT INTO promotions (created_at, kind, previous, new, reason, evidence) VALUES (?, ?, ?, ?, ?, ?)",
-            (iso_utc(self._now()), kind, previous, new, reason, json.dumps(dict(evidence), default=str)),
+            (iso_utc(self._core.now()), kind, previous, new, reason, json.dumps(dict(evidence), default=str)),
         )
 
     def promotions(self, limit: int = 20) -> list[dict[str, Any]]:
         """Newest first: id, created_at, kind ("promote" or "rollback"), previous, new, reason, evidence."""
-        rows = self._read("SELECT * FROM promotions ORDER BY id DESC LIMIT ?", (limit,))
+        rows = self._core.read("SELECT * FROM promotions ORDER BY id DESC LIMIT ?", (limit,))
         return [{**dict(row), "evidence": json.loads(row["evidence"])} for row in rows]
 
     def record_bench_run(self, report: Mapping[str, Any]) -> int:
         """Store a bench report (JSON data); returns its id."""
-        with self._write("record_bench_run") as db:
+        with self._core.write("record_bench_run") as db:
             cursor = db.execute(
                 "INSERT INTO bench_runs (created_at, report) VALUES (?, ?)",
-                (iso_utc(self._now()), json.dumps(dict(report), default=str)),
+                (iso_utc(self._core.now()), json.dumps(dict(report), default=str)),
             )
         return int(cursor.lastrowid or 0)
 
     def bench_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         """Newest first: id, created_at, report."""
-        rows = self._read("SELECT * FROM bench_runs ORDER BY id DESC LIMIT ?", (limit,))
+        rows = self._core.read("SELECT * FROM bench_runs ORDER BY id DESC LIMIT ?", (limit,))
         return [{"id": row["id"], "created_at": row["created_at"], "report": json.loads(row["report"])} for row in rows]

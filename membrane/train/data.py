@@ -98,7 +98,7 @@ def distilled_cases(journal: Journal, models: Iterable[str], *, threshold: float
     """The journal's latest valid, grounded extractions by `models` ("backend:name") as cases."""
     wanted = set(models)
     cases = []
-    for capture, stored in journal.facts():
+    for capture, stored in journal.extractions.facts():
         ref = f"{stored.result.backend}:{stored.result.model}"
         if ref not in wanted:
             continue

@@ -144,7 +144,7 @@ def journal_counts(path: Path) -> dict[str, int]:
     from membrane.journal import Journal
 
     with Journal(path) as journal:
-        return journal.counts()
+        return journal.status.counts()
 
 
 def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any, *, seed: int,
@@ -222,7 +222,7 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
     from membrane.journal import Journal
 
     with Journal(Path(sections["journal"]["path"])) as journal:
-        extractions = len(list(journal.recorded_outputs()))
+        extractions = len(list(journal.extractions.recorded_outputs()))
     problems = []
     if code != 0:
         problems.append(f"daemon exited {code} on SIGTERM")
