@@ -18,7 +18,16 @@ import pytest
 
 from membrane.clock import backoff_delay
 from membrane.errors import MembraneError
-from membrane.journal import CAPTURE_STATES, Journal, JournalError, StaleClaim
+from membrane.journal import (
+    CAPTURE_STATES,
+    FACT_STATES,
+    PENDING_STATES,
+    TRANSITIONS,
+    CaptureState,
+    Journal,
+    JournalError,
+    StaleClaim,
+)
 from membrane.schema import ModelRef
 from tests.support.extraction import make_result
 
@@ -111,6 +120,36 @@ def test_transition_from_the_wrong_state_is_refused(journal: Journal) -> None:
         journal.captures.mark_done("0" * 64)
     record = journal.captures.get(digest)
     assert record is not None and record.state == "queued"
+
+
+def test_the_transition_table_covers_every_state() -> None:
+    """Every state has a row, every move leads to a state, and the stored values are the journal's strings."""
+    assert set(TRANSITIONS) == set(CaptureState) == set(CAPTURE_STATES)
+    assert all(targets <= set(CaptureState) for targets in TRANSITIONS.values())
+    assert {state.value for state in CaptureState} == {
+        "queued", "extracting", "extracted", "projected", "done", "failed", "retracted"}
+    assert set(FACT_STATES) <= set(CaptureState) and set(PENDING_STATES) <= set(CaptureState)
+
+
+def test_a_move_the_table_does_not_hold_is_refused(journal: Journal) -> None:
+    """Failing a done capture, or marking a retracted one done, raises StaleClaim naming both states."""
+    digest = add(journal, "settled")
+    extract(journal, digest)
+    journal.captures.mark_done(digest)
+    with pytest.raises(StaleClaim, match="cannot move done -> failed"):
+        journal.captures.fail(digest, stage="extract", reason="too late")
+    journal.captures.mark_retracted(digest, graph=False)
+    with pytest.raises(StaleClaim, match="cannot move retracted -> done"):
+        journal.captures.mark_done(digest)
+    record = journal.captures.get(digest)
+    assert record is not None and record.state == CaptureState.RETRACTED and record.last_error is None
+
+
+def test_journal_is_composed_of_its_stores(journal: Journal) -> None:
+    """The journal's public surface is its stores, not their methods."""
+    public = {name for name in vars(journal) if not name.startswith("_")}
+    assert public == {"captures", "claims", "extractions", "models", "status", "migrations_applied"}
+    assert not hasattr(journal, "enqueue") and not hasattr(journal, "claim")
 
 
 def test_retryable_error_keeps_the_capture_and_delays_it(journal: Journal, clock: Clock) -> None:
@@ -327,6 +366,21 @@ def test_expired_lease_can_be_claimed_again(journal: Journal, clock: Clock) -> N
     again = journal.claims.claim("other")
     assert again is not None and again.sha256 == digest and again.claimed_by is not None
     assert again.claimed_by.endswith(":other")
+
+
+def test_a_capture_failed_by_interruptions_has_no_retry_time(tmp_path: Path, clock: Clock) -> None:
+    """A capture failed after its last lease ran out keeps no due time from an earlier retry."""
+    with Journal(tmp_path / "j.sqlite3", clock=clock, max_interrupted=2) as journal:
+        digest = add(journal, "crashes the model, then hangs")
+        assert journal.claims.claim("t") is not None
+        journal.claims.release(digest, error="the model crashed", delay_s=5, crashed=True)
+        clock.now += 6
+        assert journal.claims.claim("t", lease_s=10) is not None
+        clock.now += 11
+        assert journal.claims.claim("other") is None
+        record = journal.captures.get(digest)
+        assert record is not None and record.state == CaptureState.FAILED and record.stage == "extract"
+        assert record.next_attempt_at is None
 
 
 def test_status_reports_errors_and_rejections(journal: Journal, clock: Clock) -> None:
