@@ -186,6 +186,7 @@ class GraphSettings(_Section):
     on_capture_deleted: Literal["retract", "keep"] = "retract"
     fuzzy_threshold: float = Field(0.0, ge=0, le=100)  # 0 disables fuzzy entity matching
     batch_size: int = Field(500, gt=0)
+    store_text: bool = True  # a capture's text and title on its :Capture node (false: facts only)
 
 
 class JournalSettings(_Section):

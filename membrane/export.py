@@ -65,7 +65,8 @@ def _rows(graph: MergedGraph) -> dict[str, list[Row]]:
     relationship with its support."""
     return {
         "capture": [{"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
-                     "prompt_version": c.prompt_version} for c in graph.captures],
+                     "prompt_version": c.prompt_version, "title": c.title, "captured_at": c.captured_at,
+                     "text": c.text} for c in graph.captures],
         "entity": [{"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
                     "last_seen": e.last_seen} for e in graph.entities],
         "mention": [{"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}

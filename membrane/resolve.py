@@ -21,15 +21,19 @@ docs/design-notes.md, "## Graph"):
 - ingested_at is normalised to UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (a naive
   time counts as UTC), so string order is time order and re-projection writes
   byte-identical values.
+- A capture's title is its metadata's `title`, else a Markdown heading on its
+  first line; its date is the metadata's `captured_at`, else `date`, as written.
+  Its text and title travel with its facts only when graph.store_text is on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rapidfuzz import fuzz, process
 
@@ -49,7 +53,9 @@ __all__ = [
     "ResolvedEntity",
     "ResolvedRelationship",
     "Resolver",
+    "capture_date",
     "capture_facts",
+    "capture_title",
     "entity_key",
     "normalize_timestamp",
 ]
@@ -59,6 +65,9 @@ log = get_logger(__name__)
 _ARTICLES = frozenset({"the", "a", "an"})
 # Joiners kept between two word characters ("node.js", "at&t", "o'neil", "tcp/ip").
 _INNER_JOINERS = frozenset(".&'/@")
+# A title or a date is one line of at most this many characters.
+MAX_TITLE_CHARS = 200
+MAX_DATE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -88,11 +97,15 @@ class CaptureSource:
 
 @dataclass(frozen=True)
 class CaptureFacts(CaptureSource):
-    """Everything the graph holds about one capture, keyed deterministically."""
+    """Everything the graph holds about one capture, keyed deterministically;
+    its text and title only when graph.store_text is on."""
 
     prompt_version: str
     entities: tuple[ResolvedEntity, ...]
     relationships: tuple[ResolvedRelationship, ...]
+    title: str | None = None
+    captured_at: str | None = None
+    text: str | None = None
 
 
 def _is_word(char: str) -> bool:
@@ -221,6 +234,29 @@ class Resolver:
             raise GraphWriteError(f"capture {sha256}: {exc}") from exc
 
 
+def _one_line(value: str, limit: int) -> str | None:
+    line = " ".join(value.split())[:limit].strip()
+    return line or None
+
+
+def capture_title(text: str, metadata: Mapping[str, Any]) -> str | None:
+    """The capture's title: its metadata's `title`, else a Markdown heading (`# ...`) on its first line."""
+    title = metadata.get("title")
+    if isinstance(title, str) and title.strip():
+        return _one_line(title, MAX_TITLE_CHARS)
+    first = text.lstrip().partition("\n")[0]
+    return _one_line(first[2:], MAX_TITLE_CHARS) if first.startswith("# ") else None
+
+
+def capture_date(metadata: Mapping[str, Any]) -> str | None:
+    """The capture's own date as its metadata writes it (`captured_at`, else `date`)."""
+    for key in ("captured_at", "date"):
+        value = metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            return _one_line(value, MAX_DATE_CHARS)
+    return None
+
+
 def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Settings,
                   known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
     """Resolve a capture's extraction result into the facts the graph holds.
@@ -228,11 +264,18 @@ def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Set
     The caller passes the result it holds (the worker's fresh one, or one the
     journal read back for recovery, sync or export); nothing is read here.
     """
-    return Resolver(settings, known_keys).resolve(
+    facts = Resolver(settings, known_keys).resolve(
         result.extraction,
         sha256=record.sha256,
         path=record.path,
         ingested_at=record.ingested_at,
         model=f"{result.backend}:{result.model}",
         prompt_version=result.prompt_version,
+    )
+    stored = settings.graph.store_text
+    return dataclasses.replace(
+        facts,
+        title=capture_title(record.text, record.metadata) if stored else None,
+        captured_at=capture_date(record.metadata),
+        text=record.text if stored else None,
     )

@@ -109,7 +109,7 @@ CALL () {
   UNWIND $captures AS row
   CREATE (c:Capture {
     sha256: row.sha256, path: row.path, model: row.model, prompt_version: row.prompt_version,
-    fingerprint: row.fingerprint,
+    fingerprint: row.fingerprint, title: row.title, captured_at: row.captured_at, text: row.text,
     ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000})
   })
   WITH c, row
@@ -155,9 +155,12 @@ UNWIND $captures AS row
 MATCH (c:Capture {sha256: row.sha256})
 WITH c, row, {
   path: row.path, model: row.model, prompt_version: row.prompt_version, fingerprint: row.fingerprint,
+  title: row.title, captured_at: row.captured_at, text: row.text,
   ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000})
 } AS props
-FOREACH (_ IN CASE WHEN c {.path, .ingested_at, .model, .prompt_version, .fingerprint} = props THEN [] ELSE [1] END |
+// A null in props removes that property (text storage turned off).
+FOREACH (_ IN CASE WHEN c {.path, .ingested_at, .model, .prompt_version, .fingerprint, .title, .captured_at, .text}
+                   = props THEN [] ELSE [1] END |
   SET c += props)
 WITH c, row
 UNWIND row.mentions AS mention
@@ -291,7 +294,8 @@ RETURN captures, entities, mentions, edges - mentions AS relationships
 SCRIPT_CAPTURES = (
     "UNWIND $captures AS row MERGE (c:Capture {sha256: row.sha256}) "
     "SET c.path = row.path, c.ingested_at = datetime(row.ingested_at), c.model = row.model, "
-    "c.prompt_version = row.prompt_version;"
+    "c.prompt_version = row.prompt_version, c.title = row.title, c.captured_at = row.captured_at, "
+    "c.text = row.text;"
 )
 SCRIPT_ENTITIES = (
     "UNWIND $entities AS row MERGE (e:Entity {key: row.key}) "

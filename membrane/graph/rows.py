@@ -46,7 +46,8 @@ def mention_rows(capture: CaptureFacts | None) -> list[Row]:
 
 def _capture_row(c: CaptureFacts, fingerprint: str) -> Row:
     return {"sha256": c.sha256, "path": c.path, "ingested_at": _moment(c.ingested_at), "model": c.model,
-            "prompt_version": c.prompt_version, "fingerprint": fingerprint, "mentions": mention_rows(c)}  # fmt: skip
+            "prompt_version": c.prompt_version, "fingerprint": fingerprint, "mentions": mention_rows(c),
+            "title": c.title, "captured_at": c.captured_at, "text": c.text}  # fmt: skip
 
 
 def _entity_row(e: MergedEntity) -> Row:
@@ -68,10 +69,12 @@ def _moment(timestamp: str) -> int:
 def fingerprint(facts: CaptureFacts) -> str:
     """A digest of everything a capture contributes; stored on its node so an
     unchanged re-ingest is recognised with one lookup and writes nothing."""
+    text = hashlib.sha256(facts.text.encode("utf-8")).hexdigest() if facts.text is not None else None
     payload = [
         facts.sha256, facts.path, facts.ingested_at, facts.model, facts.prompt_version,
         [[e.key, e.name, e.role, e.aliases] for e in facts.entities],
         [[r.source_key, r.type, r.target_key] for r in facts.relationships],
+        [facts.title, facts.captured_at, text],
     ]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 

@@ -6,7 +6,8 @@ graph/cypher.py's, the parameters graph/rows.py's.
 
 Graph model (see docs/design-notes.md, "## Graph"):
 
-    (:Capture {sha256, path, ingested_at, model, prompt_version, fingerprint})
+    (:Capture {sha256, path, ingested_at, model, prompt_version, fingerprint,
+               title, captured_at, text})  (title and text: graph.store_text)
     (:Entity {key, name, aliases, first_seen, last_seen})
     (:Capture)-[:MENTIONS {role, aliases}]->(:Entity)
     (:Entity)-[:<TYPE> {sources, first_seen, last_seen, model}]->(:Entity)
