@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the same names for type checkers, which do not run __getatt
     from membrane.config import Settings, load_settings
     from membrane.daemon import Daemon, IngestReport, ingest
     from membrane.errors import (
+        BadRequest,
         CaptureRejected,
         ConfigError,
         ExtractionFailed,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # the same names for type checkers, which do not run __getatt
     from membrane.schema import Entity, Extraction, ExtractionRules, ModelRef, Relationship
 
 __all__ = [
+    "BadRequest",
     "CaptureRejected",
     "ConfigError",
     "Daemon",
@@ -83,7 +85,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "membrane.config": ("Settings", "load_settings"),
     "membrane.daemon": ("Daemon", "IngestReport", "ingest"),
     "membrane.errors": (
-        "CaptureRejected", "ConfigError", "ExtractionFailed", "GraphAuthFailed", "GraphUnavailable",
+        "BadRequest", "CaptureRejected", "ConfigError", "ExtractionFailed", "GraphAuthFailed", "GraphUnavailable",
         "GraphWriteError", "JournalError", "MembraneError", "ModelCrashed", "ModelNotFound", "ModelRejected",
         "ModelUnavailable", "NotFound", "PermanentError", "PromotionRefused", "RetryableError", "StaleClaim",
     ),

@@ -345,7 +345,8 @@ def forget(app: AppContext, target: str) -> None:
 
 
 # ---------------------------------------------------------------- explore commands
-# show, facts: thin shells over membrane.explore (Neo4j when configured, else the journal).
+# show, facts, search: thin shells over membrane.explore and membrane.search
+# (Neo4j when configured, else the journal).
 
 
 def _visible(text: str) -> str:
@@ -425,6 +426,37 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
         _not_found(NotFound(f"capture {record.sha256[:12]} ({record.path}) is not in Neo4j yet",
                             hint="`membrane status` shows the projection lag; `membrane sync` projects it."), as_json)  # fmt: skip
     _print_report(report, capture_lines, as_json)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--limit", type=click.IntRange(1, 50), default=10, show_default=True,
+              help="Most entity hits and most capture hits to show.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_app
+@handle_errors
+def search(app: AppContext, query: str, limit: int, as_json: bool) -> None:
+    """Find entities (by name and alias) and captures (by title and text) for
+    QUERY: entities with their key facts and newest capture, captures newest
+    first with a snippet. Neo4j when configured, else the journal alone."""
+    import dataclasses
+    import json
+
+    from membrane.errors import BadRequest
+    from membrane.search import open_search, search_lines
+    from membrane.search import search as run_search
+
+    settings = app.settings
+    try:
+        with open_search(settings) as source:
+            result = run_search(source, query, limit=limit, fuzzy_threshold=settings.graph.fuzzy_threshold)
+    except BadRequest as exc:
+        raise click.BadParameter(f"{exc} ({exc.hint})" if exc.hint else str(exc), param_hint="QUERY") from None
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2))
+        return
+    for line in search_lines(result, _visible):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------- bench commands

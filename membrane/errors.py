@@ -8,6 +8,8 @@ those boundaries code only catches MembraneError subclasses.
     MembraneError
     ├── ConfigError                 bad or missing setting (exit 2)
     ├── NotFound                    `show`/`facts`: no such entity or capture; close candidates (exit 1)
+    ├── BadRequest                  a question that cannot be asked: a search without words, an
+    │                               argument out of bounds, writes that are off (exit 2; a tool error)
     ├── PromotionRefused            `promote`: the policy keeps the champion, or no scores to judge by (exit 1)
     ├── JournalError                SQLite failed or a transition is not allowed
     │   │                           (the daemon stops, systemd restarts it; no capture fails)
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 __all__ = [
+    "BadRequest",
     "CaptureRejected",
     "ConfigError",
     "ExtractionFailed",
@@ -101,6 +104,11 @@ class NotFound(MembraneError):
     def __init__(self, message: str, *, candidates: tuple[str, ...] = (), hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.candidates = tuple(candidates)
+
+
+class BadRequest(MembraneError):
+    """A question that cannot be asked as put: a search without words, an argument
+    out of its bounds, a write tool while writes are off. Nothing was read or changed."""
 
 
 class PromotionRefused(MembraneError):

@@ -148,7 +148,7 @@ def test_a_move_the_table_does_not_hold_is_refused(journal: Journal) -> None:
 def test_journal_is_composed_of_its_stores(journal: Journal) -> None:
     """The journal's public surface is its stores, not their methods."""
     public = {name for name in vars(journal) if not name.startswith("_")}
-    assert public == {"captures", "claims", "extractions", "models", "status", "migrations_applied"}
+    assert public == {"captures", "claims", "extractions", "models", "status", "search", "migrations_applied"}
     assert not hasattr(journal, "enqueue") and not hasattr(journal, "claim")
 
 
@@ -473,7 +473,7 @@ def test_schema_is_migrated_once_and_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
         assert names == ["m001_captures", "m002_extractions", "m003_rejections", "m004_models",
-                         "m005_graph_retractions"]
+                         "m005_graph_retractions", "m006_search"]
     finally:
         db.close()
 

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("membrane.merge", "membrane.extract", "membrane.champion"),
     ("membrane.graph", "membrane.score"),
     ("membrane.export", "membrane.promote"),
-    ("membrane.explore", "membrane.bench"),
+    ("membrane.explore", "membrane.bench", "membrane.search"),
     ("membrane.pipeline", "membrane.train"),
     ("membrane.daemon", "membrane.doctor"),
     ("membrane.cli", "membrane.testing"),

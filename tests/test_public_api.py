@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Changing this list changes what users may rely on: say so in the release notes.
 PUBLIC = [
+    "BadRequest",
     "CaptureRejected",
     "ConfigError",
     "Daemon",

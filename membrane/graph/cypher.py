@@ -15,10 +15,15 @@ first, hence no duplicate.)
 
 The saved questions people run are files (membrane/queries/*.cypher, read by
 graph/questions.py), not constants here.
+
+Full-text searches take a Lucene query string as a parameter; lucene_query
+builds it from the caller's words with every Lucene special character
+escaped, so a word is only ever a term.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from membrane.errors import GraphWriteError
@@ -43,12 +48,16 @@ __all__ = [
     "PING",
     "RECORD_MIGRATION",
     "REFRESH_ENTITIES",
+    "SEARCH_CAPTURES",
+    "SEARCH_DETAILS",
+    "SEARCH_ENTITIES",
     "SCRIPT_CAPTURES",
     "SCRIPT_ENTITIES",
     "SCRIPT_MENTIONS",
     "SERVER_COMPONENTS",
     "WRITE_BATCH",
     "cypher_literal",
+    "lucene_query",
     "param_line",
     "relationship_type_literal",
     "script_relationships",
@@ -284,6 +293,56 @@ CALL () { MATCH ()-[m:MENTIONS]->() RETURN count(m) AS mentions }
 CALL () { MATCH ()-[r]->() RETURN count(r) AS edges }
 RETURN captures, entities, mentions, edges - mentions AS relationships
 """
+
+
+# ---------------------------------------------------------------- search
+# The full-text indexes are migrations/0002_fulltext.cypher's. The order is the
+# one the journal's index (journal/search.py) uses too; a read at read-committed
+# may meet a node a retraction deleted mid-read (null key), which is dropped.
+
+SEARCH_ENTITIES = """
+CALL db.index.fulltext.queryNodes('entity_names', $search) YIELD node
+WITH node AS e WHERE e.key IS NOT NULL
+WITH e ORDER BY e.key = $key DESC, size(e.key), e.key LIMIT $limit
+RETURN e.key AS key, e.name AS name, coalesce(e.aliases, []) AS aliases
+"""
+
+SEARCH_CAPTURES = """
+CALL db.index.fulltext.queryNodes('capture_text', $search) YIELD node
+WITH node AS c WHERE c.sha256 IS NOT NULL
+WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT $limit
+RETURN c.sha256 AS sha256, c.path AS path, c.title AS title, c.captured_at AS captured_at,
+       c.ingested_at AS ingested_at, c.model AS model, coalesce(c.text, '') AS text
+"""
+
+# For each entity hit: its $facts relationships with the most captures behind
+# them (then type, the other end's key, outgoing first), and its newest capture.
+SEARCH_DETAILS = """
+UNWIND $keys AS key
+MATCH (e:Entity {key: key})
+CALL (e) {
+  MATCH (e)-[r]-(o:Entity)
+  WITH r, o, startNode(r) = e AS outgoing
+  ORDER BY size(r.sources) DESC, type(r), o.key, outgoing DESC LIMIT $facts
+  RETURN collect({source_name: startNode(r).name, type: type(r), target_name: endNode(r).name,
+                  sources: size(r.sources)}) AS facts
+}
+CALL (e) {
+  MATCH (c:Capture)-[:MENTIONS]->(e)
+  WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT 1
+  RETURN collect(c {.sha256, .path, .title, .captured_at, .ingested_at}) AS newest
+}
+RETURN e.key AS key, facts, newest
+"""
+
+_LUCENE_SPECIAL = frozenset('+-&|!(){}[]^"~*?:\\/')
+
+
+def lucene_query(terms: Sequence[str], *, fuzzy: bool = False) -> str:
+    """A Lucene query requiring every term: as a prefix (`term*`), or with
+    `fuzzy` within two edits (`term~`); special characters are escaped."""
+    suffix = "~" if fuzzy else "*"
+    return " AND ".join("".join("\\" + c if c in _LUCENE_SPECIAL else c for c in term) + suffix for term in terms)
 
 
 # ---------------------------------------------------------------- the export script

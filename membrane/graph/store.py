@@ -127,6 +127,12 @@ def _run(tx: ManagedTransaction, query: str, **params: Any) -> list[dict[str, An
     return [record.data() for record in tx.run(query, params)]
 
 
+def _ask_rows(tx: ManagedTransaction, query: str, **params: Any) -> list[dict[str, Any]]:
+    """Rows with driver values made plain (DATETIMEs as the journal's ISO strings)."""
+    # neo4j's Record.items() carries no annotations.
+    return [{k: _plain(v) for k, v in record.items()} for record in tx.run(query, params)]  # type: ignore[no-untyped-call]
+
+
 def _prune(tx: ManagedTransaction, sha: str, capture: CaptureFacts | None) -> list[str]:
     """Withdraw `sha`'s support from every fact `capture` no longer states (all of
     them when capture is None); returns the entity keys to refresh."""
@@ -340,6 +346,25 @@ class GraphStore:
     def entity_names(self) -> list[dict[str, Any]]:
         """key, name and aliases of every entity, by key (for resolving a name)."""
         return self._read(lambda tx: _run(tx, cypher.ENTITY_NAMES))
+
+    # -- search (membrane/search.py ranks and checks what these return)
+
+    def search_entities(self, terms: Sequence[str], key: str, limit: int, *, fuzzy: bool = False) -> list[dict[str, Any]]:
+        """Entities whose name or an alias holds every term (as a prefix, or within two edits
+        with `fuzzy`): key, name, aliases; exact key first, then shorter keys, then key."""
+        query = cypher.lucene_query(terms, fuzzy=fuzzy)
+        return self._read(lambda tx: _run(tx, cypher.SEARCH_ENTITIES, search=query, key=key, limit=limit))
+
+    def search_captures(self, terms: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """Captures whose title or text holds every term as a prefix, newest first, with their text."""
+        query = cypher.lucene_query(terms)
+        return self._read(lambda tx: _ask_rows(tx, cypher.SEARCH_CAPTURES, search=query, limit=limit))
+
+    def entity_details(self, keys: Sequence[str], facts: int) -> list[dict[str, Any]]:
+        """For each key: its `facts` key facts (source_name, type, target_name, sources) and
+        its newest capture (sha256, path, title, captured_at, ingested_at) or None."""
+        rows = self._read(lambda tx: _ask_rows(tx, cypher.SEARCH_DETAILS, keys=list(keys), facts=facts))
+        return [{"key": r["key"], "facts": r["facts"], "capture": (r["newest"] or [None])[0]} for r in rows]
 
     def counts(self) -> dict[str, int]:
         """captures, entities, mentions and relationships (between entities)."""

@@ -15,6 +15,7 @@ transaction core (`journal.captures.enqueue(...)`, `journal.claims.claim()`):
     extractions.py  stored extraction results and the reads joining them to captures
     models.py       champion history (promotions, rollbacks) and bench runs
     status.py       rejected files and the status queries
+    search.py       the search index (FTS5) `membrane search` reads without Neo4j
 
 Times: ISO-8601 UTC strings for people and the graph (`ingested_at` is fixed
 at first enqueue and never changes); epoch seconds for due times and leases.
@@ -42,6 +43,7 @@ from membrane.journal.core import JournalCore
 from membrane.journal.extractions import ExtractionStore, StoredExtraction
 from membrane.journal.migrations import migrate
 from membrane.journal.models import ModelStore
+from membrane.journal.search import SearchStore
 from membrane.journal.status import ProjectionLag, StatusStore
 
 __all__ = [
@@ -78,6 +80,7 @@ class Journal:
         self.extractions = ExtractionStore(self._core)
         self.models = ModelStore(self._core)
         self.status = StatusStore(self._core)
+        self.search = SearchStore(self._core)
         with self._core.translate("migrate"):
             self.migrations_applied = migrate(self._core.db())
         self.claims.recover()

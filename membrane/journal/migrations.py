@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Callable
 
 from membrane.clock import iso_utc
+from membrane.journal.search import create_search_schema
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -114,12 +115,18 @@ def _m005_graph_retractions(db: sqlite3.Connection) -> None:
     )
 
 
+def _m006_search(db: sqlite3.Connection) -> None:
+    # The search index and the triggers that keep it current (journal/search.py).
+    create_search_schema(db)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_captures,
     _m002_extractions,
     _m003_rejections,
     _m004_models,
     _m005_graph_retractions,
+    _m006_search,
 )
 
 
