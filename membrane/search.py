@@ -32,7 +32,7 @@ import functools
 import re
 import sys
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -189,16 +189,18 @@ def _snippet(text: str, terms: Sequence[str]) -> str:
 # ---------------------------------------------------------------- the stores
 
 
+Details = tuple[list[Row], Row | None]  # an entity's key facts, its newest capture
+Found = tuple[list[Row], dict[str, Details], list[Row]]  # entity candidates, details of the picked, captures
+
+
 class SearchSource(Protocol):
-    """Where hits come from: candidates in the shared order, and the details of entity hits."""
+    """Where hits come from: candidates in the shared order, and the details of the entities the caller picks."""
 
-    def find_entities(self, terms: Sequence[str], key: str, limit: int) -> list[Row]: ...
-
-    def find_captures(self, terms: Sequence[str], limit: int) -> list[Row]: ...
+    def find(self, terms: Sequence[str], key: str, limit: int, pick: Callable[[list[Row]], list[str]]) -> Found: ...
 
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]: ...
 
-    def entity_details(self, keys: Sequence[str]) -> dict[str, tuple[list[Row], Row | None]]: ...
+    def entity_details(self, keys: Sequence[str]) -> dict[str, Details]: ...
 
 
 def index_journal(settings: Settings, journal: Journal) -> int:
@@ -249,8 +251,9 @@ class JournalSource:
         index_journal(settings, journal)
         self._store = journal.search
 
-    def find_entities(self, terms: Sequence[str], key: str, limit: int) -> list[Row]:
-        return self._store.find_entities(terms, key, limit)
+    def find(self, terms: Sequence[str], key: str, limit: int, pick: Callable[[list[Row]], list[str]]) -> Found:
+        entities = self._store.find_entities(terms, key, limit)
+        return entities, self.entity_details(pick(entities)), self.find_captures(terms, limit)
 
     def find_captures(self, terms: Sequence[str], limit: int) -> list[Row]:
         return self._store.find_captures(terms, limit)
@@ -258,9 +261,10 @@ class JournalSource:
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]:
         keys = [k for k, _, _ in process.extract(key, self._store.entity_keys(), scorer=fuzz.ratio,
                                                  score_cutoff=threshold, limit=FUZZY_CANDIDATES)]  # fmt: skip
-        return self._store.entity_names(keys) if keys else []
+        rows = {row["key"]: row for row in self._store.entity_names(keys)} if keys else {}
+        return [rows[k] for k in keys if k in rows]
 
-    def entity_details(self, keys: Sequence[str]) -> dict[str, tuple[list[Row], Row | None]]:
+    def entity_details(self, keys: Sequence[str]) -> dict[str, Details]:
         details = {}
         for key in keys:
             facts = sorted(self._store.entity_facts(key), key=lambda f: _fact_order(f, key))[:FACTS_PER_ENTITY]
@@ -281,23 +285,22 @@ class GraphSource:
         self._graph = graph
         self._captures = captures
 
-    def find_entities(self, terms: Sequence[str], key: str, limit: int) -> list[Row]:
-        return self._graph.search_entities(terms, key, limit)
-
-    def find_captures(self, terms: Sequence[str], limit: int) -> list[Row]:
+    def find(self, terms: Sequence[str], key: str, limit: int, pick: Callable[[list[Row]], list[str]]) -> Found:
+        entities, details, captures = self._graph.search(terms, key, limit, captures=self._captures is None,
+                                                         facts=FACTS_PER_ENTITY, pick=pick)  # fmt: skip
         if self._captures is not None:
-            return self._captures.find_captures(terms, limit)
-        return self._graph.search_captures(terms, limit)
+            captures = self._captures.find_captures(terms, limit)
+        return entities, details, captures
 
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]:
-        rows = self._graph.search_entities(terms, key, FUZZY_CANDIDATES * 20, fuzzy=True)
+        rows = self._graph.search(terms, key, FUZZY_CANDIDATES * 20, captures=False, facts=FACTS_PER_ENTITY,
+                                  pick=lambda _: [], fuzzy=True).entities  # fmt: skip
         scored = [(fuzz.ratio(key, row["key"]), row) for row in rows]
         close = sorted((item for item in scored if item[0] >= threshold), key=lambda item: (-item[0], item[1]["key"]))
         return [row for _, row in close[:FUZZY_CANDIDATES]]
 
-    def entity_details(self, keys: Sequence[str]) -> dict[str, tuple[list[Row], Row | None]]:
-        rows = self._graph.entity_details(keys, FACTS_PER_ENTITY)
-        return {row["key"]: (row["facts"], row["capture"]) for row in rows}
+    def entity_details(self, keys: Sequence[str]) -> dict[str, Details]:
+        return self._graph.entity_details(keys, FACTS_PER_ENTITY)
 
 
 @contextmanager
@@ -334,35 +337,39 @@ def search(source: SearchSource, query: str, *, limit: int = 10, fuzzy_threshold
     terms = search_terms(query)
     if not terms:
         raise BadRequest(f"the query {query[:80]!r} has no words to search for",
-                          hint="Search for a name or words of a note: letters or digits.")  # fmt: skip
+                         hint="Search for a name or words of a note: letters or digits.")  # fmt: skip
     limit = max(1, min(limit, MAX_LIMIT))
     key = entity_key(query[:MAX_QUERY_CHARS])
-    entities = _ranked_entities(source, terms, key, limit, fuzzy_threshold)
-    details = source.entity_details([hit[0]["key"] for hit in entities]) if entities else {}
-    captures = [row for row in source.find_captures(terms, limit + _SPARE) if _holds(terms, [row["title"], row["text"]])]
+
+    def pick(rows: list[Row]) -> list[str]:
+        return [row["key"] for row, _ in _ranked(rows, terms, key)[:limit]]
+
+    rows, details, capture_rows = source.find(terms, key, limit + _SPARE, pick)
+    entities = _ranked(rows, terms, key)[:limit]
+    if fuzzy_threshold > 0 and not any(match in ("key", "alias") for _, match in entities):
+        seen = {row["key"] for row, _ in entities}
+        close = [row for row in source.fuzzy_entities(key, terms, fuzzy_threshold) if row["key"] not in seen]
+        details.update(source.entity_details([row["key"] for row in close]))
+        entities = ([(row, "fuzzy") for row in close] + entities)[:limit]
+    captures = [row for row in capture_rows if _holds(terms, [row["title"], row["text"]])][:limit]
     return SearchResult(
         query=query,
         terms=terms,
         entities=tuple(_entity_hit(row, match, *details.get(row["key"], ([], None))) for row, match in entities),
-        captures=tuple(CaptureHit(_capture_ref(row), _snippet(row["text"], terms)) for row in captures[:limit]),
+        captures=tuple(CaptureHit(_capture_ref(row), _snippet(row["text"], terms)) for row in captures),
     )
 
 
-def _ranked_entities(source: SearchSource, terms: Sequence[str], key: str, limit: int,
-                     fuzzy_threshold: float) -> list[tuple[Row, Match]]:  # fmt: skip
+def _ranked(rows: list[Row], terms: Sequence[str], key: str) -> list[tuple[Row, Match]]:
+    """The rows that hold every term, by how exactly they name the query, then shorter keys, then key."""
     ranked: list[tuple[int, Row, Match]] = []
-    for row in source.find_entities(terms, key, limit + _SPARE):
+    for row in rows:
         if not _holds(terms, [row["name"], *row["aliases"]]):
             continue
         match: Match = "key" if row["key"] == key else "alias" if key in map(entity_key, row["aliases"]) else "words"
         ranked.append((("key", "alias", "words").index(match), row, match))
     ranked.sort(key=lambda item: (item[0], len(item[1]["key"]), item[1]["key"]))
-    hits: list[tuple[Row, Match]] = [(row, match) for _, row, match in ranked[:limit]]
-    if fuzzy_threshold > 0 and not any(match in ("key", "alias") for _, match in hits):
-        seen = {row["key"] for row, _ in hits}
-        close = [row for row in source.fuzzy_entities(key, terms, fuzzy_threshold) if row["key"] not in seen]
-        hits = [(row, "fuzzy") for row in close] + hits
-    return hits[:limit]
+    return [(row, match) for _, row, match in ranked]
 
 
 def _capture_ref(row: Row) -> CaptureRef:

@@ -121,11 +121,28 @@ def test_hostile_queries_are_words_only_and_change_nothing(stores: Stores, neo4j
         assert journal.exit_code == graph.exit_code == 0, (query, journal.stderr, graph.stderr)
         assert journal.stdout == graph.stdout, query
     monkeypatch.undo()
-    fixed = {cypher.SEARCH_ENTITIES, cypher.SEARCH_CAPTURES, cypher.SEARCH_DETAILS, cypher.PING}
+    fixed = {cypher.SEARCH, cypher.SEARCH_DETAILS, cypher.PING}
     assert {query for query, _ in sent} <= fixed
     assert neo4j.execute_query(count).records[0]["n"] == before
     found = json.loads(cli(stores.neo4j, "search", HOSTILE["cypher"], "--json").stdout)
     assert found["entities"][0]["name"] == HOSTILE["cypher"]
+
+
+@pytest.mark.neo4j
+def test_fuzzy_matching_finds_a_misspelt_name_as_ingestion_would(tmp_path: Path, neo4j: Any,
+                                                                  neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+    """With graph.fuzzy_threshold set, a misspelt name finds the entity first (match "fuzzy"), from both stores;
+    with it off (the default) it finds nothing."""
+    stores = ingest_both(tmp_path, neo4j_settings, graph={"fuzzy_threshold": 85})
+    journal, graph = both(stores, "search", "raspbery pi", "--json")
+    assert journal.exit_code == graph.exit_code == 0, (journal.stderr, graph.stderr)
+    assert journal.stdout == graph.stdout
+    first = json.loads(graph.stdout)["entities"][0]
+    assert (first["name"], first["match"]) == ("Raspberry Pi", "fuzzy") and first["facts"]
+    for config in (stores.journal_only, stores.neo4j):
+        config.write_text(config.read_text(encoding="utf-8").replace("fuzzy_threshold = 85", "fuzzy_threshold = 0"),
+                          encoding="utf-8")  # fmt: skip
+    assert json.loads(cli(stores.neo4j, "search", "raspbery pi", "--json").stdout)["entities"] == []
 
 
 # ---------------------------------------------------------------- the journal's index

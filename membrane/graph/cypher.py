@@ -48,7 +48,7 @@ __all__ = [
     "PING",
     "RECORD_MIGRATION",
     "REFRESH_ENTITIES",
-    "SEARCH_CAPTURES",
+    "SEARCH",
     "SEARCH_DETAILS",
     "SEARCH_ENTITIES",
     "SCRIPT_CAPTURES",
@@ -300,19 +300,23 @@ RETURN captures, entities, mentions, edges - mentions AS relationships
 # one the journal's index (journal/search.py) uses too; a read at read-committed
 # may meet a node a retraction deleted mid-read (null key), which is dropped.
 
-SEARCH_ENTITIES = """
-CALL db.index.fulltext.queryNodes('entity_names', $search) YIELD node
-WITH node AS e WHERE e.key IS NOT NULL
-WITH e ORDER BY e.key = $key DESC, size(e.key), e.key LIMIT $limit
-RETURN e.key AS key, e.name AS name, coalesce(e.aliases, []) AS aliases
+# Entities (candidates for the caller to rank and check), then captures, in one round trip.
+_SEARCH_ENTITIES = """
+CALL () {
+  CALL db.index.fulltext.queryNodes('entity_names', $search) YIELD node
+  WITH node AS e WHERE e.key IS NOT NULL
+  WITH e ORDER BY e.key = $key DESC, size(e.key), e.key LIMIT $limit
+  RETURN collect({key: e.key, name: e.name, aliases: coalesce(e.aliases, [])}) AS entities
+}
 """
-
-SEARCH_CAPTURES = """
-CALL db.index.fulltext.queryNodes('capture_text', $search) YIELD node
-WITH node AS c WHERE c.sha256 IS NOT NULL
-WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT $limit
-RETURN c.sha256 AS sha256, c.path AS path, c.title AS title, c.captured_at AS captured_at,
-       c.ingested_at AS ingested_at, c.model AS model, coalesce(c.text, '') AS text
+SEARCH_ENTITIES = _SEARCH_ENTITIES + "RETURN entities, [] AS captures"
+SEARCH = _SEARCH_ENTITIES + """CALL () {
+  CALL db.index.fulltext.queryNodes('capture_text', $search) YIELD node
+  WITH node AS c WHERE c.sha256 IS NOT NULL
+  WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT $limit
+  RETURN collect(c {.sha256, .path, .title, .captured_at, .ingested_at, .model, text: coalesce(c.text, '')}) AS captures
+}
+RETURN entities, captures
 """
 
 # For each entity hit: its $facts relationships with the most captures behind

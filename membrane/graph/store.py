@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import (
@@ -59,7 +59,7 @@ from membrane.graph.rows import batches, fingerprint, mention_rows, write_rows
 from membrane.logs import get_logger
 from membrane.resolve import CaptureFacts
 
-__all__ = ["MIGRATIONS_DIR", "GraphStore"]
+__all__ = ["MIGRATIONS_DIR", "GraphStore", "SearchRows"]
 
 log = get_logger(__name__)
 
@@ -84,6 +84,21 @@ _AUTH_HINT = "Neo4j refused the credentials: check neo4j.user and the password (
 
 
 # ---------------------------------------------------------------- reads
+
+
+class SearchRows(NamedTuple):
+    """A search's rows: entity candidates (key, name, aliases); per picked key its key facts
+    (source_name, type, target_name, sources) and newest capture (sha256, path, title,
+    captured_at, ingested_at) or None; capture candidates (those fields, model and text)."""
+
+    entities: list[dict[str, Any]]
+    details: dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]]
+    captures: list[dict[str, Any]]
+
+
+def _details(tx: ManagedTransaction, keys: Sequence[str], facts: int) -> dict[str, Any]:
+    rows = _ask_rows(tx, cypher.SEARCH_DETAILS, keys=list(keys), facts=facts) if keys else []
+    return {r["key"]: (r["facts"], (r["newest"] or [None])[0]) for r in rows}
 
 
 def _iso(moment: DateTime) -> str:
@@ -349,22 +364,25 @@ class GraphStore:
 
     # -- search (membrane/search.py ranks and checks what these return)
 
-    def search_entities(self, terms: Sequence[str], key: str, limit: int, *, fuzzy: bool = False) -> list[dict[str, Any]]:
-        """Entities whose name or an alias holds every term (as a prefix, or within two edits
-        with `fuzzy`): key, name, aliases; exact key first, then shorter keys, then key."""
-        query = cypher.lucene_query(terms, fuzzy=fuzzy)
-        return self._read(lambda tx: _run(tx, cypher.SEARCH_ENTITIES, search=query, key=key, limit=limit))
+    def search(self, terms: Sequence[str], key: str, limit: int, *, captures: bool, facts: int,
+               pick: Callable[[list[dict[str, Any]]], list[str]], fuzzy: bool = False) -> SearchRows:  # fmt: skip
+        """One read transaction: up to `limit` entities whose name or an alias holds every term
+        (as a prefix, or within two edits with `fuzzy`; exact key first, then shorter keys), and
+        with `captures` up to `limit` captures whose title or text holds them (newest first, with
+        their text); then, for the entity keys `pick` chooses from the first, their key facts and
+        newest capture (see SearchRows)."""
+        search = cypher.lucene_query(terms, fuzzy=fuzzy)
+        statement = cypher.SEARCH if captures else cypher.SEARCH_ENTITIES
 
-    def search_captures(self, terms: Sequence[str], limit: int) -> list[dict[str, Any]]:
-        """Captures whose title or text holds every term as a prefix, newest first, with their text."""
-        query = cypher.lucene_query(terms)
-        return self._read(lambda tx: _ask_rows(tx, cypher.SEARCH_CAPTURES, search=query, limit=limit))
+        def work(tx: ManagedTransaction) -> SearchRows:
+            found = _ask_rows(tx, statement, search=search, key=key, limit=limit)[0]
+            return SearchRows(found["entities"], _details(tx, pick(found["entities"]), facts), found["captures"])
 
-    def entity_details(self, keys: Sequence[str], facts: int) -> list[dict[str, Any]]:
-        """For each key: its `facts` key facts (source_name, type, target_name, sources) and
-        its newest capture (sha256, path, title, captured_at, ingested_at) or None."""
-        rows = self._read(lambda tx: _ask_rows(tx, cypher.SEARCH_DETAILS, keys=list(keys), facts=facts))
-        return [{"key": r["key"], "facts": r["facts"], "capture": (r["newest"] or [None])[0]} for r in rows]
+        return self._read(work)
+
+    def entity_details(self, keys: Sequence[str], facts: int) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+        """SearchRows.details for these keys."""
+        return self._read(lambda tx: _details(tx, keys, facts))
 
     def counts(self) -> dict[str, int]:
         """captures, entities, mentions and relationships (between entities)."""
