@@ -1,10 +1,9 @@
 """`membrane search` latency on a synthetic graph, from Neo4j and from the journal alone.
 
 E entities and C captures (defaults: 100,000 and 20,000). Entity names are one
-to three made-up words (a few thousand words, so names share words); each
-capture names 5 entities (one in five from the 1,000 most common ones, the
-hubs), states 4 relationships between them and has about 60 words of text
-around them. The same CaptureFacts are written into Neo4j by the real writer
+to three made-up words (4,000 words, so names share words); each capture names
+E/C entities no capture named before plus one of 1,000 hubs, states 4
+relationships between them and has about 60 words of text around them. The same CaptureFacts are written into Neo4j by the real writer
 (GraphStore.upsert_many, after the migrations that create the full-text
 indexes; the server from MEMBRANE_TEST_NEO4J_URI / _USER / _PASSWORD[_FILE],
 as `scripts/neo4j-local env` prints them; its data is wiped) and into the
@@ -75,14 +74,14 @@ def synthetic(entities: int, captures: int, seed: int = 11) -> tuple[list[str], 
     keys = list(names)
     filler = _words(rng, 1500)
     order = iter(rng.sample(keys, len(keys)))
+    fresh = max(1, -(-entities // captures))
     facts = []
     for i in range(captures):
-        chosen: list[str] = []
-        while len(chosen) < 5:
-            key = rng.choice(keys[:1000]) if rng.random() < 0.2 else next(order, None) or rng.choice(keys)
-            if key not in chosen:
-                chosen.append(key)
-        rels = {(chosen[a], rng.choice(TYPES), chosen[b]) for a, b in (rng.sample(range(5), 2) for _ in range(4))}
+        chosen = [next(order, None) or rng.choice(keys) for _ in range(fresh)]  # every name in some capture
+        hub = rng.choice(keys[:1000])
+        chosen = list(dict.fromkeys([*chosen, hub]))
+        pairs = (rng.sample(range(len(chosen)), 2) for _ in range(4))
+        rels = {(chosen[a], rng.choice(TYPES), chosen[b]) for a, b in pairs}
         words = [rng.choice(filler) for _ in range(50)]
         for key in chosen:
             words.insert(rng.randint(0, len(words)), names[key])

@@ -55,10 +55,15 @@ class AppContext:
 
 
 def _secrets(settings: Settings) -> tuple[str, ...]:
-    try:
-        return (settings.neo4j_password(),)
-    except ConfigError:
-        return ()
+    found = []
+    for read in (settings.neo4j_password, settings.mcp_token):
+        try:
+            secret = read()
+        except ConfigError:
+            continue
+        if secret:
+            found.append(secret)
+    return tuple(found)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -457,6 +462,28 @@ def search(app: AppContext, query: str, limit: int, as_json: bool) -> None:
         return
     for line in search_lines(result, _visible):
         click.echo(line)
+
+
+@main.command()
+@click.option("--transport", type=click.Choice(["stdio", "http"]), help="Overrides mcp.transport.")
+@click.option("--host", help="Overrides mcp.host (HTTP).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Overrides mcp.port (HTTP).")
+@pass_app
+@handle_errors
+def mcp(app: AppContext, transport: str | None, host: str | None, port: int | None) -> None:
+    """Serve MemBrane to an assistant over the Model Context Protocol: search,
+    entities, captures, recent changes, paths, hubs; remember, capture_status
+    and forget when [mcp] allow_write is set. stdio (the assistant starts this
+    command) or streamable HTTP at http://host:port/mcp. Needs the `mcp` extra."""
+    settings = app.settings
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"mcp": settings.mcp.model_copy(update=overrides)})
+    try:
+        from membrane.mcp_server import serve
+    except ImportError as exc:
+        fail(f"the MCP SDK is not installed ({exc}); install it with: pip install 'membrane[mcp]'", EXIT_USAGE)
+    serve(settings, transport or settings.mcp.transport)
 
 
 # ---------------------------------------------------------------- bench commands

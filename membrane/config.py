@@ -8,11 +8,14 @@ what was expected; the CLI turns that into exit code 2.
 Relative paths are resolved against the current working directory (systemd's
 WorkingDirectory=/var/lib/membrane for the service). The Neo4j password comes
 from `neo4j.password_file`, else systemd's credential `neo4j-password`
-($CREDENTIALS_DIRECTORY), else `neo4j.password` / MEMBRANE_NEO4J__PASSWORD.
+($CREDENTIALS_DIRECTORY), else `neo4j.password` / MEMBRANE_NEO4J__PASSWORD;
+the MCP server's bearer token from `mcp.token_file`, else the credential
+`mcp-token`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -34,6 +37,7 @@ __all__ = [
     "InboxSettings",
     "JournalSettings",
     "LoggingSettings",
+    "McpSettings",
     "ModelSettings",
     "Neo4jSettings",
     "Settings",
@@ -252,6 +256,33 @@ class TrainSettings(_Section):
                              "manifest.json).")
 
 
+class McpSettings(_Section):
+    # `membrane mcp`: stdio for an assistant on this machine, streamable HTTP for one on the LAN.
+    transport: Literal["stdio", "http"] = "stdio"
+    host: str = "127.0.0.1"  # any address but a loopback one needs a bearer token
+    port: int = Field(8765, gt=0, lt=65536)
+    path: str = "/mcp"
+    allow_write: bool = False  # remember, capture_status and forget
+    token_file: Path | None = None  # else the systemd credential "mcp-token"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /, e.g. /mcp")
+        return value
+
+    @property
+    def loopback(self) -> bool:
+        """Whether host is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: reachable from wherever it resolves
+            return False
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -267,6 +298,7 @@ class Settings(_Section):
     daemon: DaemonSettings = DaemonSettings()
     bench: BenchSettings = BenchSettings()
     train: TrainSettings = TrainSettings()
+    mcp: McpSettings = McpSettings()
     logging: LoggingSettings = LoggingSettings()
 
     def neo4j_password(self) -> str:
@@ -284,6 +316,25 @@ class Settings(_Section):
                     key="neo4j.password_file",
                 ) from exc
         return self.neo4j.password.get_secret_value()
+
+    def mcp_token(self) -> str | None:
+        """The bearer token `membrane mcp` over HTTP requires: mcp.token_file, else the
+        systemd credential `mcp-token`; None when neither is there."""
+        path = self.mcp.token_file
+        if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "mcp-token"
+            path = candidate if candidate.exists() else None
+        if path is None:
+            return None
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"mcp.token_file = {str(path)!r}: cannot read it ({exc.strerror})",
+                              key="mcp.token_file") from exc  # fmt: skip
+        if len(token) < 16 or not token.isprintable() or " " in token:
+            raise ConfigError(f"mcp.token_file = {str(path)!r}: the token must be at least 16 printable "
+                              "characters without spaces", key="mcp.token_file")  # fmt: skip
+        return token
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -1,5 +1,7 @@
 """What MemBrane knows, as a person asks it: `membrane show NAME` (an entity)
-and `membrane facts PATH|SHA256` (one capture).
+and `membrane facts PATH|SHA256` (one capture); and, for assistants (`membrane
+mcp`), what changed recently, the path between two entities, and the most
+connected entities.
 
 Owns the two reports (EntityReport, CaptureReport), how a typed name finds an
 entity, how a typed target finds a capture (`find_capture`, which `membrane
@@ -12,7 +14,8 @@ forget` uses too), and the two stores they are read from:
   and `membrane sync` build it, merge's typed values).
 
 Both give the same reports for the same captures, because every list is
-sorted here, never by a store: facts by (direction, type, other entity's key),
+sorted here, never by a store (a path is the shortest one whose entity keys,
+then relationship types, come first in string order): facts by (direction, type, other entity's key),
 captures by (ingested_at, sha256), aliases as stored (sorted). What can differ
 is only what each store holds: Neo4j has what was projected (captures still
 waiting for it show in `membrane status` as projection lag).
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -41,7 +45,7 @@ from membrane.merge import EntityName, MergedEntity, MergedRelationship
 # surface forms), a relationship by its keys: resolve's own records of them.
 from membrane.resolve import CaptureSource as Source
 from membrane.resolve import ResolvedEntity as Mention
-from membrane.resolve import ResolvedRelationship, entity_key
+from membrane.resolve import ResolvedRelationship, entity_key, normalize_timestamp
 
 if TYPE_CHECKING:
     from membrane.config import InboxSettings, Settings
@@ -58,9 +62,12 @@ __all__ = [
     "EntityReport",
     "Fact",
     "GraphReader",
+    "Hub",
     "JournalReader",
     "Mention",
+    "PathStep",
     "Reader",
+    "RecentCapture",
     "Source",
     "capture_lines",
     "close_candidates",
@@ -74,6 +81,8 @@ __all__ = [
 # Unknown names: how many close candidates to offer, and how close they must be.
 CANDIDATES = 5
 CANDIDATE_CUTOFF = 70.0
+# The longest path looked for, in relationships (cypher.SHORTEST_PATHS and the saved question hold it too).
+MAX_PATH_HOPS = 8
 
 Direction = Literal["out", "in"]
 _DIRECTIONS: tuple[Direction, ...] = ("out", "in")
@@ -130,6 +139,33 @@ class Candidate:
     score: float
 
 
+@dataclass(frozen=True)
+class RecentCapture:
+    """A capture ingested recently and the entities it names (by key)."""
+
+    capture: Source
+    entities: tuple[EntityName, ...]
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One relationship on a path, walked from `source` to `target`; `direction`
+    "out" when the relationship points that way, "in" when against it."""
+
+    source: EntityName
+    type: str
+    direction: Direction
+    target: EntityName
+
+
+@dataclass(frozen=True)
+class Hub:
+    """An entity and how many relationships (to other entities) it takes part in."""
+
+    entity: EntityName
+    facts: int
+
+
 class Reader(Protocol):
     """A store the reports are read from."""
 
@@ -138,6 +174,18 @@ class Reader(Protocol):
     def entity(self, key: str) -> EntityReport | None: ...
 
     def capture(self, sha256: str) -> CaptureReport | None: ...
+
+    def recent(self, since: str, limit: int) -> list[RecentCapture]:
+        """Captures ingested at or after `since` (an ISO-8601 UTC stamp), newest first."""
+        ...
+
+    def path(self, from_key: str, to_key: str) -> list[PathStep] | None:
+        """The shortest path through relationships (see the module docstring); None if there is none."""
+        ...
+
+    def hubs(self, limit: int) -> list[Hub]:
+        """The entities with the most relationships, then by key."""
+        ...
 
 
 # ---------------------------------------------------------------- resolving a name
@@ -290,11 +338,37 @@ def _capture_report(source: Source, prompt_version: str, mentions: Iterable[Ment
     )
 
 
+def _recent(captures: Iterable[RecentCapture], limit: int) -> list[RecentCapture]:
+    ordered = sorted(captures, key=lambda r: (r.capture.ingested_at, r.capture.sha256), reverse=True)[:limit]
+    return [RecentCapture(r.capture, tuple(sorted(r.entities, key=lambda e: e.key))) for r in ordered]
+
+
+def _hubs(counts: Iterable[tuple[EntityName, int]], limit: int) -> list[Hub]:
+    ranked = sorted(counts, key=lambda item: (-item[1], item[0].key))[:limit]
+    return [Hub(entity, facts) for entity, facts in ranked if facts > 0]
+
+
+Hop = tuple[str, str, Direction]  # the next entity's key, the relationship type, its direction
+
+
+def _best_path(paths: Iterable[tuple[list[str], list[tuple[str, Direction]]]]) -> tuple[list[str], list[tuple[str, Direction]]] | None:
+    """The path whose keys, then (type, direction) pairs, come first; "out" before "in"."""
+    return min(paths, key=lambda p: (p[0], [(t, d != "out") for t, d in p[1]]), default=None)
+
+
+def _steps(keys: list[str], hops: list[tuple[str, Direction]], names: dict[str, EntityName]) -> list[PathStep]:
+    return [PathStep(names[a], t, d, names[b]) for a, b, (t, d) in zip(keys[:-1], keys[1:], hops, strict=True)]
+
+
 # ---------------------------------------------------------------- the two stores
 
 
 def _source(node: dict[str, Any]) -> Source:
     return Source(node["sha256"], node["path"], node["ingested_at"], node["model"])
+
+
+def _entity_name(node: dict[str, Any]) -> EntityName:
+    return EntityName(node["key"], node["name"], tuple(node.get("aliases") or ()))
 
 
 def _merged_entity(node: dict[str, Any]) -> MergedEntity:
@@ -345,6 +419,30 @@ class GraphReader:
         capture = rows[0]["capture"]
         return _capture_report(_source(capture), capture["prompt_version"], mentions, facts)
 
+    def recent(self, since: str, limit: int) -> list[RecentCapture]:
+        rows = self._graph.ask("recent", since=datetime.fromisoformat(since), limit=limit)
+        return _recent((RecentCapture(_source(r["capture"]), tuple(map(_entity_name, r["entities"])))
+                        for r in rows if r["capture"].get("sha256")), limit)  # fmt: skip
+
+    def path(self, from_key: str, to_key: str) -> list[PathStep] | None:
+        names: dict[str, EntityName] = {}
+        paths = []
+        for row in self._graph.shortest_paths(from_key, to_key):
+            nodes = [_entity_name(n) for n in row["path"]["nodes"]]
+            names.update((n.key, n) for n in nodes)
+            keys = [n.key for n in nodes]
+            hops: list[tuple[str, Direction]] = [
+                (rel["type"], "out" if rel["start"]["key"] == a else "in")
+                for a, rel in zip(keys, row["path"]["relationships"], strict=False)
+            ]
+            paths.append((keys, hops))
+        best = _best_path(paths)
+        return None if best is None else _steps(*best, names)
+
+    def hubs(self, limit: int) -> list[Hub]:
+        return _hubs(((_entity_name(r["entity"]), int(r["facts"])) for r in self._graph.ask("hubs", limit=limit)
+                      if r["entity"].get("key")), limit)  # fmt: skip
+
 
 class JournalReader:
     """Reports from the journal alone: the graph export.collect builds, merged as Neo4j merges it."""
@@ -388,6 +486,55 @@ class JournalReader:
             for r in self._relationships if sha256 in r.sources
         ]  # fmt: skip
         return _capture_report(self._sources[sha256], capture.prompt_version, mentions, facts)
+
+    def _name(self, key: str) -> EntityName:
+        entity = self._entities[key]
+        return EntityName(entity.key, entity.name, entity.aliases)
+
+    def recent(self, since: str, limit: int) -> list[RecentCapture]:
+        since = normalize_timestamp(since)
+        return _recent((RecentCapture(self._sources[c.sha256], tuple(self._name(e.key) for e in c.entities))
+                        for c in self._captures.values() if c.ingested_at >= since), limit)  # fmt: skip
+
+    def path(self, from_key: str, to_key: str) -> list[PathStep] | None:
+        if from_key not in self._entities or to_key not in self._entities:
+            return None
+        links: dict[str, dict[str, list[tuple[str, Direction]]]] = {}
+        for rel in self._relationships:
+            links.setdefault(rel.source_key, {}).setdefault(rel.target_key, []).append((rel.type, "out"))
+            links.setdefault(rel.target_key, {}).setdefault(rel.source_key, []).append((rel.type, "in"))
+        distance = _distances(links, to_key, MAX_PATH_HOPS)
+        if from_key not in distance or from_key == to_key:
+            return None
+        keys, hops = [from_key], []
+        while keys[-1] != to_key:  # the smallest next key one step closer; its smallest (type, direction)
+            here = keys[-1]
+            step = min(k for k in links[here] if distance.get(k) == distance[here] - 1)
+            hops.append(min(links[here][step], key=lambda h: (h[0], h[1] != "out")))
+            keys.append(step)
+        return _steps(keys, hops, {k: self._name(k) for k in keys})
+
+    def hubs(self, limit: int) -> list[Hub]:
+        counts: dict[str, int] = {}
+        for rel in self._relationships:
+            for key in (rel.source_key, rel.target_key):
+                counts[key] = counts.get(key, 0) + 1
+        return _hubs(((self._name(k), n) for k, n in counts.items()), limit)
+
+
+def _distances(links: dict[str, dict[str, list[tuple[str, Direction]]]], start: str, most: int) -> dict[str, int]:
+    """Hops from `start` to every entity within `most` (breadth first)."""
+    distance = {start: 0}
+    frontier = [start]
+    while frontier and distance[frontier[0]] < most:
+        following = []
+        for key in frontier:
+            for other in links.get(key, {}):
+                if other not in distance:
+                    distance[other] = distance[key] + 1
+                    following.append(other)
+        frontier = following
+    return distance
 
 
 @contextmanager

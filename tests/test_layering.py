@@ -33,7 +33,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("membrane.export", "membrane.promote"),
     ("membrane.explore", "membrane.bench", "membrane.search"),
     ("membrane.pipeline", "membrane.train"),
-    ("membrane.daemon", "membrane.doctor"),
+    ("membrane.daemon", "membrane.doctor", "membrane.assistant"),
+    ("membrane.mcp_server",),
     ("membrane.cli", "membrane.testing"),
     (SURFACE,),  # the public surface: nothing inside the package imports it
 )

@@ -49,6 +49,7 @@ __all__ = [
     "RECORD_MIGRATION",
     "REFRESH_ENTITIES",
     "SEARCH",
+    "SHORTEST_PATHS",
     "SEARCH_DETAILS",
     "SEARCH_ENTITIES",
     "SCRIPT_CAPTURES",
@@ -337,6 +338,16 @@ CALL (e) {
   RETURN collect(c {.sha256, .path, .title, .captured_at, .ingested_at}) AS newest
 }
 RETURN e.key AS key, facts, newest
+"""
+
+# Every shortest path between two entities through relationships (never through
+# the captures that mention both); the reader picks one by its keys. Bounded:
+# a dense graph has combinatorially many.
+SHORTEST_PATHS = """
+MATCH (a:Entity {key: $from_key}), (b:Entity {key: $to_key})
+MATCH path = allShortestPaths((a)-[*..8]-(b))
+WHERE all(n IN nodes(path) WHERE n:Entity)
+RETURN path LIMIT 1000
 """
 
 _LUCENE_SPECIAL = frozenset('+-&|!(){}[]^"~*?:\\/')

@@ -358,6 +358,11 @@ class GraphStore:
         dicts, a relationship with its type and both end nodes)."""
         return self._read(lambda tx: _ask(tx, name, params))
 
+    def shortest_paths(self, from_key: str, to_key: str) -> list[dict[str, Any]]:
+        """Every shortest path of at most 8 relationships between two entities (at most 1,000), as
+        {"path": {"nodes": [...], "relationships": [...]}} with plain property dicts."""
+        return self._read(lambda tx: _ask_rows(tx, cypher.SHORTEST_PATHS, from_key=from_key, to_key=to_key))
+
     def entity_names(self) -> list[dict[str, Any]]:
         """key, name and aliases of every entity, by key (for resolving a name)."""
         return self._read(lambda tx: _run(tx, cypher.ENTITY_NAMES))
