@@ -20,9 +20,9 @@ directly:
 Every write call is logged (tool, sha256, sizes; never the note's text).
 
 No argument is a file path: captures are named by sha256 only. Text
-arguments are bounded (MAX_* below) and must be printable (a note's text may
-hold line breaks and tabs); anything else is a BadRequest, which changes
-nothing. Lists in answers are cut at MAX_ITEMS, with how many were left out.
+arguments are bounded (MAX_* below) and hold no control characters (a note's
+text may hold line breaks and tabs); anything else is a BadRequest, which
+changes nothing. Lists in answers are cut at MAX_ITEMS, with how many were left out.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import re
 import threading
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -178,17 +179,23 @@ class Forgotten:
 
 
 def _text(value: str, what: str, most: int, *, lines: bool = False) -> str:
-    """`value` stripped, non-empty, at most `most` characters, printable (line breaks and tabs with `lines`)."""
+    """`value` stripped, non-empty, at most `most` characters, without control characters or line
+    separators (with `lines`, line breaks and tabs are fine). Invisible format characters (a
+    zero-width joiner, a direction mark) are text: names and notes in any script hold them."""
     if len(value) > most:
         raise BadRequest(f"{what} is {len(value)} characters long; at most {most} are allowed")
     value = value.strip()
     if not value:
         raise BadRequest(f"{what} is empty")
-    bad = next((c for c in value if not c.isprintable() and not (lines and c in _NOTE_CONTROLS)), None)
+    bad = next((c for c in value if _forbidden(c) and not (lines and c in _NOTE_CONTROLS)), None)
     if bad is not None:
         raise BadRequest(f"{what} holds the control character U+{ord(bad):04X}",
                          hint="Send plain text" + (" (line breaks and tabs are fine)." if lines else " on one line."))
     return value
+
+
+def _forbidden(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def _bounded(value: int, what: str, least: int, most: int) -> int:
