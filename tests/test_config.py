@@ -99,6 +99,30 @@ def test_password_comes_from_systemd_credential(tmp_path: Path, monkeypatch: pyt
     assert Settings().neo4j_password() == "cred"
 
 
+def test_mcp_token_comes_from_its_file_or_the_systemd_credential(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """mcp.token_file, else $CREDENTIALS_DIRECTORY/mcp-token; none is None; a short token or an unreadable
+    file is a ConfigError that never shows the token."""
+    assert Settings().mcp_token() is None
+    (tmp_path / "mcp-token").write_text("credential-token-0123456789\n", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert Settings().mcp_token() == "credential-token-0123456789"
+    short = tmp_path / "short"
+    short.write_text("tooshort", encoding="utf-8")
+    with pytest.raises(ConfigError, match="at least 16") as caught:
+        Settings.model_validate({"mcp": {"token_file": short}}).mcp_token()
+    assert "tooshort" not in str(caught.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.model_validate({"mcp": {"token_file": tmp_path / "missing"}}).mcp_token()
+
+
+def test_only_loopback_mcp_hosts_count_as_local() -> None:
+    """127.0.0.1, ::1 and localhost are loopback; a LAN address, 0.0.0.0 or a host name are not."""
+    local = [Settings.model_validate({"mcp": {"host": h}}).mcp.loopback for h in ("127.0.0.1", "::1", "localhost")]
+    remote = [Settings.model_validate({"mcp": {"host": h}}).mcp.loopback for h in ("0.0.0.0", "192.168.1.5", "nas")]
+    assert all(local) and not any(remote)
+
+
 def test_password_is_hidden_in_errors_and_repr() -> None:
     """The password never shows in a settings repr or a config error."""
     settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_NEO4J__PASSWORD": "s3cret-value"})
