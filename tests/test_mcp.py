@@ -367,3 +367,28 @@ def test_remember_reaches_the_graph_through_a_real_daemon_and_search_finds_it(
     assert (hit["name"], hit["match"], hit["capture"]["sha256"]) == (name, "key", sha256)
     assert neo4j.execute_query("MATCH (c:Capture {sha256: $sha}) RETURN c.title AS t", sha=sha256).records[0]["t"] \
         == "Home lab"
+
+
+def test_the_journal_graph_is_rebuilt_only_when_facts_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the journal alone the reads build the graph once and reuse it; forget (a change of facts) makes the
+    next read build it again, and the forgotten capture's entity is gone from it."""
+    from membrane import explore
+    from membrane.errors import NotFound
+    from tests.support.explore import cli, fill_inbox
+
+    replay = fill_inbox(tmp_path / "inbox")
+    config = tmp_path / "membrane.toml"
+    config.write_text(toml_text(settings_sections(tmp_path, replay, mcp={"allow_write": True})), encoding="utf-8")
+    assert cli(config, "ingest").exit_code == 0
+    builds: list[int] = []
+    real = explore.JournalReader.from_journal.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(explore.JournalReader, "from_journal",
+                        classmethod(lambda cls, *a: builds.append(1) or real(cls, *a)))  # fmt: skip
+    with Memory(load_settings(config)) as memory:
+        polonium = memory.entity("polonium")
+        assert memory.hubs(5).hubs and memory.recent(1).captures and len(builds) == 1
+        sha = polonium.entity.mentioned_in[0].sha256
+        assert memory.forget(sha).sha256 == sha
+        with pytest.raises(NotFound):
+            memory.entity("polonium")
+        assert memory.entity("alice").entity.name == "Alice" and len(builds) == 2

@@ -11,8 +11,10 @@ Keeping it current takes no change to the writers: triggers (migration
 m006_search) mark a capture dirty whenever it is enqueued, changes state or
 path, or gets a new extraction; the reader (membrane/search.py) resolves the
 dirty captures and hands them to `apply`, which replaces their rows and
-clears each mark only if no newer change came in meanwhile. An existing
-journal starts with every capture dirty.
+clears each mark only if no newer change came in meanwhile, and counts its
+changes (`generation`), so a reader holding a graph built from the journal
+knows when to build it again. An existing journal starts with every capture
+dirty.
 
 Matching uses FTS5's unicode61 tokenizer with diacritics kept and marks,
 format characters and underscores inside words, as Neo4j's standard analyzer
@@ -57,6 +59,9 @@ def create_search_schema(db: sqlite3.Connection) -> None:
     )
     db.execute(f"CREATE TRIGGER search_extraction_added AFTER INSERT ON extractions BEGIN {mark} END")
     db.execute("INSERT INTO search_dirty (sha256) SELECT sha256 FROM captures")
+    # Counts the index's changes, so a reader can tell that what it built from the journal is still current.
+    db.execute("CREATE TABLE search_generation (id INTEGER PRIMARY KEY CHECK (id = 1), generation INTEGER NOT NULL)")
+    db.execute("INSERT INTO search_generation (id, generation) VALUES (1, 0)")
     db.execute(
         """CREATE TABLE search_captures (
             id INTEGER PRIMARY KEY,
@@ -175,6 +180,8 @@ class SearchStore(Store):
                 db.execute("DELETE FROM search_dirty WHERE sha256 = ? AND version = ?", (change.sha256, change.version))
             for key in sorted(keys):
                 self._merge_entity(db, key)
+            if changes:
+                db.execute("UPDATE search_generation SET generation = generation + 1 WHERE id = 1")
 
     @staticmethod
     def _remove(db: sqlite3.Connection, sha256: str) -> set[str]:
@@ -231,6 +238,10 @@ class SearchStore(Store):
                    (entity_id, "\n".join([name, *aliases])))  # fmt: skip
 
     # -- reads
+
+    def generation(self) -> int:
+        """How many times `apply` changed the index: the same number means the same captures' facts."""
+        return int(self._core.read("SELECT generation FROM search_generation WHERE id = 1")[0]["generation"])
 
     def entity_keys(self) -> list[str]:
         """Every indexed entity's key, sorted (fuzzy matching's known keys)."""
