@@ -8,8 +8,11 @@ Owns what a query means, how hits rank and what a hit carries:
   and digits, with the marks and invisible format characters inside a word;
   `.`, `'` and `:` between two of them join, so "node.js" is one word),
   lower-cased; at most MAX_TERMS of them, each at most MAX_TERM_CHARS.
-- A hit holds every word of the query as the start of one of its words (a
-  prefix: "rasp" finds "Raspberry Pi"). Each store finds its candidates with
+- An entity hit holds every word of the query as the start of one of its
+  names' words ("rasp" finds "Raspberry Pi"); a capture hit holds every word
+  of the query as a whole word of its title or text (a prefix in notes finds
+  every "pi..." word, and would sort thousands of captures). Each store finds
+  its candidates with
   its own index, in one shared order; the words are then checked here, so a
   store that cuts words differently (FTS5 splits "node.js") answers the same.
 - Entities rank by how exactly they are named: the query's key is the
@@ -20,7 +23,7 @@ Owns what a query means, how hits rank and what a hit carries:
   entity hit brings its key facts (the FACTS_PER_ENTITY relationships with the
   most captures behind them) and its newest capture.
 - Captures rank newest first (then by sha256), each with a snippet of its
-  text around the first matched word.
+  text around the first word of the query.
 
 With Neo4j and graph.store_text off, the graph holds no text: captures are
 then found in the journal, which always holds it.
@@ -75,7 +78,7 @@ FACTS_PER_ENTITY = 3
 SNIPPET_CHARS = 160
 FUZZY_CANDIDATES = 5
 # Rows each store hands over beyond the limit, for hits the word check drops.
-_SPARE = 20
+_SPARE = 10
 _INDEX_BATCH = 500
 
 
@@ -171,15 +174,18 @@ def _words(texts: Sequence[str | None]) -> list[str]:
     return [word for text in texts if text for word in _word().findall(text.lower())]
 
 
-def _holds(terms: Sequence[str], texts: Sequence[str | None]) -> bool:
+def _holds(terms: Sequence[str], texts: Sequence[str | None], *, prefix: bool) -> bool:
+    """Whether every term starts (with `prefix`) or is one of the texts' words."""
     words = _words(texts)
+    if not prefix:
+        return set(terms) <= set(words)
     return all(any(word.startswith(term) for word in words) for term in terms)
 
 
 def _snippet(text: str, terms: Sequence[str]) -> str:
-    """SNIPPET_CHARS of `text` around the first word a term starts, whitespace collapsed."""
+    """SNIPPET_CHARS of `text` around the first word that is a term, whitespace collapsed."""
     lowered = text.lower()
-    starts = [m.start() for m in _word().finditer(lowered) if any(m.group().startswith(t) for t in terms)]
+    starts = [m.start() for m in _word().finditer(lowered) if m.group() in terms]
     at = starts[0] if starts else 0
     begin = max(0, at - SNIPPET_CHARS // 3)
     window = " ".join(text[begin : begin + SNIPPET_CHARS].split())
@@ -351,7 +357,7 @@ def search(source: SearchSource, query: str, *, limit: int = 10, fuzzy_threshold
         close = [row for row in source.fuzzy_entities(key, terms, fuzzy_threshold) if row["key"] not in seen]
         details.update(source.entity_details([row["key"] for row in close]))
         entities = ([(row, "fuzzy") for row in close] + entities)[:limit]
-    captures = [row for row in capture_rows if _holds(terms, [row["title"], row["text"]])][:limit]
+    captures = [row for row in capture_rows if _holds(terms, [row["title"], row["text"]], prefix=False)][:limit]
     return SearchResult(
         query=query,
         terms=terms,
@@ -364,7 +370,7 @@ def _ranked(rows: list[Row], terms: Sequence[str], key: str) -> list[tuple[Row, 
     """The rows that hold every term, by how exactly they name the query, then shorter keys, then key."""
     ranked: list[tuple[int, Row, Match]] = []
     for row in rows:
-        if not _holds(terms, [row["name"], *row["aliases"]]):
+        if not _holds(terms, [row["name"], *row["aliases"]], prefix=True):
             continue
         match: Match = "key" if row["key"] == key else "alias" if key in map(entity_key, row["aliases"]) else "words"
         ranked.append((("key", "alias", "words").index(match), row, match))

@@ -43,8 +43,9 @@ def test_search_terms_cut_words_as_lucene_does() -> None:
 def test_store_queries_hold_every_word_as_a_term_only() -> None:
     """Lucene special characters are escaped and FTS5 strings quoted: a word is never syntax."""
     assert lucene_query(["a+b", "c:d", "e\\f", "*"]) == "a\\+b* AND c\\:d* AND e\\\\f* AND \\**"
-    assert lucene_query(["alice"], fuzzy=True) == "alice~"
+    assert lucene_query(["alice"], match="fuzzy") == "alice~" and lucene_query(["o'b", "x"], match="word") == "o'b AND x"
     assert fts_query(['say "hi"', "x"]) == '"say ""hi"""* AND "x"*'
+    assert fts_query(["x"], prefix=False) == '"x"'
 
 
 # ---------------------------------------------------------------- both stores

@@ -24,7 +24,7 @@ escaped, so a word is only ever a term.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from membrane.errors import GraphWriteError
 from membrane.schema import RELATION_PATTERN, is_relation_type
@@ -301,10 +301,11 @@ RETURN captures, entities, mentions, edges - mentions AS relationships
 # one the journal's index (journal/search.py) uses too; a read at read-committed
 # may meet a node a retraction deleted mid-read (null key), which is dropped.
 
-# Entities (candidates for the caller to rank and check), then captures, in one round trip.
+# Entities by their names' words ($names: prefixes), then captures by their words
+# ($words: whole words), in one round trip; the caller ranks and checks them.
 _SEARCH_ENTITIES = """
 CALL () {
-  CALL db.index.fulltext.queryNodes('entity_names', $search) YIELD node
+  CALL db.index.fulltext.queryNodes('entity_names', $names) YIELD node
   WITH node AS e WHERE e.key IS NOT NULL
   WITH e ORDER BY e.key = $key DESC, size(e.key), e.key LIMIT $limit
   RETURN collect({key: e.key, name: e.name, aliases: coalesce(e.aliases, [])}) AS entities
@@ -312,7 +313,7 @@ CALL () {
 """
 SEARCH_ENTITIES = _SEARCH_ENTITIES + "RETURN entities, [] AS captures"
 SEARCH = _SEARCH_ENTITIES + """CALL () {
-  CALL db.index.fulltext.queryNodes('capture_text', $search) YIELD node
+  CALL db.index.fulltext.queryNodes('capture_text', $words) YIELD node
   WITH node AS c WHERE c.sha256 IS NOT NULL
   WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT $limit
   RETURN collect(c {.sha256, .path, .title, .captured_at, .ingested_at, .model, text: coalesce(c.text, '')}) AS captures
@@ -353,10 +354,10 @@ RETURN path LIMIT 1000
 _LUCENE_SPECIAL = frozenset('+-&|!(){}[]^"~*?:\\/')
 
 
-def lucene_query(terms: Sequence[str], *, fuzzy: bool = False) -> str:
-    """A Lucene query requiring every term: as a prefix (`term*`), or with
-    `fuzzy` within two edits (`term~`); special characters are escaped."""
-    suffix = "~" if fuzzy else "*"
+def lucene_query(terms: Sequence[str], *, match: Literal["prefix", "word", "fuzzy"] = "prefix") -> str:
+    """A Lucene query requiring every term: as a word's start (`term*`), as a whole word, or
+    within two edits (`term~`); special characters are escaped."""
+    suffix = {"prefix": "*", "word": "", "fuzzy": "~"}[match]
     return " AND ".join("".join("\\" + c if c in _LUCENE_SPECIAL else c for c in term) + suffix for term in terms)
 
 

@@ -372,15 +372,17 @@ class GraphStore:
     def search(self, terms: Sequence[str], key: str, limit: int, *, captures: bool, facts: int,
                pick: Callable[[list[dict[str, Any]]], list[str]], fuzzy: bool = False) -> SearchRows:  # fmt: skip
         """One read transaction: up to `limit` entities whose name or an alias holds every term
-        (as a prefix, or within two edits with `fuzzy`; exact key first, then shorter keys), and
-        with `captures` up to `limit` captures whose title or text holds them (newest first, with
-        their text); then, for the entity keys `pick` chooses from the first, their key facts and
+        (as a word's start, or within two edits with `fuzzy`; exact key first, then shorter keys),
+        and with `captures` up to `limit` captures whose title or text holds every term as a whole
+        word (newest first, with their text); then, for the entity keys `pick` chooses from the first, their key facts and
         newest capture (see SearchRows)."""
-        search = cypher.lucene_query(terms, fuzzy=fuzzy)
+        names = cypher.lucene_query(terms, match="fuzzy" if fuzzy else "prefix")
+        words = cypher.lucene_query(terms, match="word")
         statement = cypher.SEARCH if captures else cypher.SEARCH_ENTITIES
 
         def work(tx: ManagedTransaction) -> SearchRows:
-            found = _ask_rows(tx, statement, search=search, key=key, limit=limit)[0]
+            params = {"names": names, "key": key, "limit": limit} | ({"words": words} if captures else {})
+            found = _ask_rows(tx, statement, **params)[0]
             return SearchRows(found["entities"], _details(tx, pick(found["entities"]), facts), found["captures"])
 
         return self._read(work)

@@ -18,9 +18,9 @@ dirty.
 
 Matching uses FTS5's unicode61 tokenizer with diacritics kept and marks,
 format characters and underscores inside words, as Neo4j's standard analyzer
-keeps them; `fts_query` turns the caller's words into a
-MATCH expression (each a quoted prefix phrase, all required), so no input is
-ever FTS5 syntax. Ordering is the one both stores share: entities by exact key
+keeps them; `fts_query` turns the caller's words into a MATCH expression
+(each a quoted phrase, a prefix for names, all required), so no input is ever
+FTS5 syntax. Ordering is the one both stores share: entities by exact key
 first, then shorter keys, then key; captures newest first, then sha256.
 """
 
@@ -107,10 +107,11 @@ def create_search_schema(db: sqlite3.Connection) -> None:
     db.execute(f"CREATE VIRTUAL TABLE search_entity_names USING fts5(names, tokenize = '{_TOKENIZER}')")
 
 
-def fts_query(terms: Sequence[str]) -> str:
-    """An FTS5 MATCH expression requiring every term as a word prefix: each term
-    a quoted string (quotes doubled) with `*`, so no character of it is syntax."""
-    return " AND ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+def fts_query(terms: Sequence[str], *, prefix: bool = True) -> str:
+    """An FTS5 MATCH expression requiring every term, as a word's start (`*`) or a whole
+    word: each term a quoted string (quotes doubled), so no character of it is syntax."""
+    suffix = "*" if prefix else ""
+    return " AND ".join('"' + term.replace('"', '""') + '"' + suffix for term in terms)
 
 
 # ---------------------------------------------------------------- records
@@ -263,12 +264,12 @@ class SearchStore(Store):
         return [{**_row(r), "aliases": json.loads(r["aliases"])} for r in rows]
 
     def find_captures(self, terms: Sequence[str], limit: int) -> list[Row]:
-        """Captures whose title or text holds every term as a word prefix, newest first."""
+        """Captures whose title or text holds every term as a whole word, newest first."""
         rows = self._core.read(
             """SELECT c.sha256, c.path, c.title, c.captured_at, c.ingested_at, c.model, t.text
                FROM search_capture_text t JOIN search_captures c ON c.id = t.rowid
                WHERE search_capture_text MATCH ? ORDER BY c.ingested_at DESC, c.sha256 LIMIT ?""",
-            (fts_query(terms), limit),
+            (fts_query(terms, prefix=False), limit),
         )
         return [_row(r) for r in rows]
 
