@@ -146,6 +146,17 @@ def test_fuzzy_matching_finds_a_misspelt_name_as_ingestion_would(tmp_path: Path,
     assert json.loads(cli(stores.neo4j, "search", "raspbery pi", "--json").stdout)["entities"] == []
 
 
+@pytest.mark.neo4j
+def test_search_before_the_fulltext_migration_names_the_fix(stores: Stores, neo4j: Any) -> None:
+    """Without the full-text indexes (a graph not migrated since the upgrade), search exits 1 and says to migrate."""
+    neo4j.execute_query("DROP INDEX entity_names")
+    neo4j.execute_query("MATCH (m:MembraneMigration {name: '0002_fulltext.cypher'}) DELETE m")
+    result = cli(stores.neo4j, "search", "alice")
+    assert result.exit_code == 1 and "membrane migrate" in result.stderr
+    assert cli(stores.neo4j, "migrate").exit_code == 0
+    assert json.loads(cli(stores.neo4j, "search", "alice", "--json").stdout)["entities"][0]["name"] == "Alice"
+
+
 # ---------------------------------------------------------------- the journal's index
 
 

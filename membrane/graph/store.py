@@ -80,6 +80,7 @@ _MIGRATION_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.cypher$")
 _CONSTRAINT_RETRIES = 3
 _RACE_CODES = ("Neo.ClientError.Schema.ConstraintValidationFailed",)
 _ALREADY_EXISTS = ("EquivalentSchemaRuleAlreadyExists", "ConstraintAlreadyExists", "IndexAlreadyExists")
+_MIGRATE_HINT = "Run `membrane migrate` (the daemon does at start) to create the full-text indexes search needs."
 _AUTH_HINT = "Neo4j refused the credentials: check neo4j.user and the password (neo4j.password_file)."
 
 
@@ -440,7 +441,8 @@ def _translate(exc: Exception, capture: str | None) -> Exception:
         log.warning("graph_unavailable", sha256=capture, error=type(exc).__name__)
         return GraphUnavailable(f"{about}Neo4j is unavailable after retries: {exc}")
     if isinstance(exc, Neo4jError):
-        return GraphWriteError(f"{about}Neo4j refused the query: {exc.code}: {exc.message}")
+        hint = _MIGRATE_HINT if "no such fulltext schema index" in str(exc.message) else None
+        return GraphWriteError(f"{about}Neo4j refused the query: {exc.code}: {exc.message}", hint=hint)
     if isinstance(exc, DriverError):
         return GraphUnavailable(f"{about}Neo4j driver error: {exc}")
     return exc
