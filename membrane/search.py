@@ -77,6 +77,9 @@ MAX_LIMIT = 50
 FACTS_PER_ENTITY = 3
 SNIPPET_CHARS = 160
 FUZZY_CANDIDATES = 5
+# Lucene's fuzzy matches (two edits per word) handed over for the ratio check; past
+# this many, the closest may be missed where the journal, checking every key, finds it.
+FUZZY_ROWS = 500
 # Rows each store hands over beyond the limit, for hits the word check drops.
 _SPARE = 10
 _INDEX_BATCH = 500
@@ -299,7 +302,7 @@ class GraphSource:
         return entities, details, captures
 
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]:
-        rows = self._graph.search(terms, key, FUZZY_CANDIDATES * 20, captures=False, facts=FACTS_PER_ENTITY,
+        rows = self._graph.search(terms, key, FUZZY_ROWS, captures=False, facts=FACTS_PER_ENTITY,
                                   pick=lambda _: [], fuzzy=True).entities  # fmt: skip
         scored = [(fuzz.ratio(key, row["key"]), row) for row in rows]
         close = sorted((item for item in scored if item[0] >= threshold), key=lambda item: (-item[0], item[1]["key"]))
@@ -402,7 +405,7 @@ def _capture_line(ref: CaptureRef) -> str:
     return f"{ref.path}{title}  {date}  {ref.sha256[:12]}"
 
 
-def search_lines(result: SearchResult, printable: Any = str) -> list[str]:
+def search_lines(result: SearchResult, printable: Callable[[str], str] = str) -> list[str]:
     """`membrane search` as text; `printable` escapes what must not reach a terminal raw."""
     p = printable
     lines = [f"entities ({len(result.entities)}):"]
