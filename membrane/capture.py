@@ -7,6 +7,17 @@ Formats:
   at the very top) becomes the capture's metadata; the rest is the text.
 - ``.json``: ``{"text": ..., "source": ..., "captured_at": ..., "tags": [...]}``;
   only "text" is required; any other key is an error naming that key.
+- ``.pdf``, ``.html``/``.htm``, ``.docx``, ``.eml``: documents, converted to
+  text and metadata by membrane.formats in a child process (refusals keep the
+  converter's code: encrypted, no_text_layer, zip_bomb, missing_extra, ...).
+  Each format has its own size limit (inbox.format_max_bytes), and the
+  converted text a cap (inbox.max_text_chars).
+
+The capture's own date (`Capture.captured_at`, see `note_date`): the first of
+the metadata's captured_at, date, created (a JSON capture's captured_at, front
+matter, an e-mail's Date, a PDF's CreationDate, a web page's or Word file's
+date) that reads as an ISO-8601 date or time, as the note writes it; else the
+file's modification time, in UTC to the second.
 
 Decisions (also in docs/design-notes.md, "Journal and inbox"):
 - The sha256 is of the file's bytes: the same bytes are the same capture.
@@ -40,7 +51,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +59,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
+from membrane.clock import ISO_SECONDS_FORMAT
 from membrane.config import InboxSettings
 from membrane.errors import CaptureRejected, MembraneError, error_key, error_message, validation_line
+from membrane.formats import DOCUMENT_FORMATS, ConversionRefused, Limits, convert_isolated
 
 __all__ = [
     "Capture",
     "CaptureVanished",
     "Rejection",
     "capture_path",
+    "note_date",
     "read_capture",
 ]
 
@@ -71,6 +85,8 @@ MAX_FRONT_MATTER_CHARS = 64 * 1024
 # (quadratic) on a front matter of 64 KiB of "[", libyaml caps nesting at once.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Metadata keys that give the capture's own date, in order (see note_date).
+DATE_KEYS = ("captured_at", "date", "created")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(?P<yaml>.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S | re.M)
 
 _HINTS = {
@@ -109,10 +125,13 @@ class Capture:
     path: Path
     text: str
     sha256: str  # of the file's bytes
-    format: str  # "txt", "md" or "json"
+    format: str  # "txt", "md", "json", "pdf", "html", "docx" or "eml"
     size: int
-    # The person's metadata: front matter, or the JSON capture's source/captured_at/tags.
+    # The person's metadata: front matter, the JSON capture's source/captured_at/tags,
+    # or what a document carries (title, author, date, source URL, an e-mail's from/to).
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # The capture's own date, ISO-8601 as the note writes it (note_date), else the file's mtime.
+    captured_at: str = ""
 
 
 def capture_path(path: Path, inbox: Path) -> str:
@@ -133,19 +152,41 @@ def read_capture(path: Path, settings: InboxSettings, *, root: Path | None = Non
     Raises Rejection (a CaptureRejected) or CaptureVanished.
     """
     path = Path(path)
-    data = _read_bytes(path, settings, (root or settings.path))
+    fmt = DOCUMENT_FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+    data, info = _read_bytes(path, settings, (root or settings.path), fmt)
     digest = hashlib.sha256(data).hexdigest()
-    text = _decode(data)
-    fmt = path.suffix.lower().lstrip(".")
-    parse = {"md": _parse_markdown, "json": _parse_json}.get(fmt, _parse_text)
-    body, metadata = parse(text)
-    return Capture(path=path, text=body, sha256=digest, format=fmt, size=len(data), metadata=metadata)
+    if path.suffix.lower() in DOCUMENT_FORMATS:
+        body, metadata = _convert(fmt, data, settings)
+    else:
+        parse = {"md": _parse_markdown, "json": _parse_json}.get(fmt, _parse_text)
+        body, metadata = parse(_decode(data))
+    dated = note_date(metadata) or datetime.fromtimestamp(int(info.st_mtime), UTC).strftime(ISO_SECONDS_FORMAT)
+    return Capture(path=path, text=body, sha256=digest, format=fmt, size=len(data), metadata=metadata,
+                   captured_at=dated)  # fmt: skip
+
+
+def note_date(metadata: Mapping[str, Any]) -> str | None:
+    """The capture's own date as its metadata writes it: the first of DATE_KEYS
+    whose value reads as an ISO-8601 date or time (2024-03-05, 2024-03-05T09:30,
+    2024-03-05T09:30:00+01:00, ...Z) with a four-digit year; None when none does
+    (a value such as "last Tuesday" is not a date: the file's mtime is taken)."""
+    for key in DATE_KEYS:
+        value = metadata.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            continue
+        if moment.year >= 1000:
+            return value.strip()
+    return None
 
 
 # ---------------------------------------------------------------- the file
 
 
-def _read_bytes(path: Path, settings: InboxSettings, root: Path) -> bytes:
+def _read_bytes(path: Path, settings: InboxSettings, root: Path, fmt: str) -> tuple[bytes, os.stat_result]:
     info = _lstat(path)
     target = path
     if stat.S_ISLNK(info.st_mode):
@@ -163,10 +204,11 @@ def _read_bytes(path: Path, settings: InboxSettings, root: Path) -> bytes:
             f"unknown extension {shown}: captures are {', '.join(extensions)}",
             hint=_HINTS["unknown_extension"].format(extensions=", ".join(extensions)),
         )
-    _check_size(info.st_size, settings.max_bytes)
-    data = _read_regular(target, info, settings.max_bytes, root)
-    _check_size(len(data), settings.max_bytes)
-    return data
+    limit = settings.max_bytes_for(fmt)
+    _check_size(info.st_size, limit, fmt)
+    data = _read_regular(target, info, limit, root)
+    _check_size(len(data), limit, fmt)
+    return data, info
 
 
 def _lstat(path: Path) -> os.stat_result:
@@ -219,9 +261,11 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "not a file")
 
 
-def _check_size(size: int, max_bytes: int) -> None:
+def _check_size(size: int, max_bytes: int, fmt: str) -> None:
     if size > max_bytes:
-        raise Rejection("too_large", f"too large: {size} bytes, the limit is {max_bytes} (inbox.max_bytes)")
+        key = f"inbox.format_max_bytes.{fmt}" if fmt in DOCUMENT_FORMATS.values() else "inbox.max_bytes"
+        raise Rejection("too_large", f"too large: {size} bytes, the limit is {max_bytes} ({key})",
+                        hint=f"Split the capture into smaller files, or raise {key}.")  # fmt: skip
 
 
 def _opened_path(fd: int) -> Path | None:
@@ -277,6 +321,22 @@ def _require_text(text: str, what: str) -> str:
 
 
 # ---------------------------------------------------------------- formats
+
+
+def _convert(fmt: str, data: bytes, settings: InboxSettings) -> tuple[str, dict[str, Any]]:
+    """A document's text and metadata, from its converter in a child process."""
+    if not data:
+        raise Rejection("empty", "empty file")
+    limits = Limits(max_text_chars=settings.max_text_chars,
+                    max_bytes={"txt": settings.max_bytes, "md": settings.max_bytes, **settings.format_max_bytes})
+    try:
+        converted = convert_isolated(fmt, data, limits, timeout_s=settings.convert_timeout_s,
+                                     memory_bytes=settings.convert_memory_mb * 2**20)
+    except ConversionRefused as exc:
+        raise Rejection(exc.code, exc.reason, hint=exc.hint or None) from None
+    metadata = dict(converted.metadata)
+    _require_storable({"text": converted.text, **metadata}, "corrupt", "the converted document")
+    return _require_text(converted.text, "the converted text"), metadata
 
 
 def _parse_text(text: str) -> tuple[str, dict[str, Any]]:

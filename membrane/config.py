@@ -63,8 +63,30 @@ class InboxSettings(_Section):
     poll_interval_s: float = Field(5.0, gt=0)
     stable_seconds: float = Field(2.0, ge=0)
     rescan_interval_s: float = Field(60.0, gt=0)
-    max_bytes: int = Field(1_000_000, gt=0)
-    extensions: tuple[str, ...] = (".txt", ".md", ".json")
+    max_bytes: int = Field(1_000_000, gt=0)  # .txt, .md and .json captures
+    # Documents are larger than notes: each converted format has its own limit.
+    format_max_bytes: dict[str, int] = Field(
+        default_factory=lambda: {"pdf": 50_000_000, "docx": 20_000_000, "html": 5_000_000, "eml": 30_000_000}
+    )
+    max_text_chars: int = Field(1_000_000, gt=0)  # a document's converted text
+    convert_timeout_s: float = Field(120.0, gt=0)
+    convert_memory_mb: int = Field(1024, ge=256)
+    extensions: tuple[str, ...] = (".txt", ".md", ".json", ".pdf", ".html", ".htm", ".docx", ".eml")
+
+    @field_validator("format_max_bytes")
+    @classmethod
+    def _format_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        known = ("pdf", "docx", "html", "eml")
+        for fmt, limit in value.items():
+            if fmt not in known:
+                raise ValueError(f"unknown format {fmt!r} (known: {', '.join(known)})")
+            if limit <= 0:
+                raise ValueError(f"the limit of {fmt} must be positive, not {limit}")
+        return value
+
+    def max_bytes_for(self, fmt: str) -> int:
+        """The size limit of a capture of format `fmt` ("txt", "pdf", ...): its own, else max_bytes."""
+        return self.format_max_bytes.get(fmt, self.max_bytes)
 
     @property
     def processed(self) -> Path:

@@ -114,9 +114,9 @@ def test_bad_json_capture_names_the_problem(
 
 
 def test_unknown_extension_is_rejected(inbox: Path, settings: InboxSettings) -> None:
-    """A .pdf in the inbox is refused with the accepted extensions in the reason."""
-    error = rejected(write(inbox, "scan.pdf", b"%PDF-1.7"), settings)
-    assert error.code == "unknown_extension" and ".txt" in str(error) and ".pdf" in str(error)
+    """A .png in the inbox is refused with the accepted extensions in the reason."""
+    error = rejected(write(inbox, "scan.png", b"\x89PNG\r\n"), settings)
+    assert error.code == "unknown_extension" and ".txt" in str(error) and ".pdf" in str(error) and ".png" in str(error)
 
 
 def test_invalid_utf8_names_the_byte(inbox: Path, settings: InboxSettings) -> None:
@@ -221,3 +221,28 @@ def test_byte_order_mark_is_dropped(inbox: Path, settings: InboxSettings) -> Non
     """A UTF-8 byte order mark is not part of the text."""
     capture = read_capture(write(inbox, "bom.txt", b"\xef\xbb\xbfhello"), settings)
     assert capture.text == "hello"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "date"),
+    [
+        ("a.json", '{"text": "x", "captured_at": "2026-01-31T09:30:00Z"}', "2026-01-31T09:30:00Z"),
+        ("b.md", "---\ndate: 2024-03-05\n---\nx\n", "2024-03-05"),
+        ("c.md", "---\ncreated: 2024-03-05 10:00:00\n---\nx\n", "2024-03-05T10:00:00"),
+        ("d.md", "---\ncreated: 2020-01-01\ndate: 2024-03-05T10:00+02:00\n---\nx\n", "2024-03-05T10:00+02:00"),
+        ("e.md", "---\ncaptured_at: 2023-07-01\ndate: 2024-03-05\n---\nx\n", "2023-07-01"),
+        ("f.md", "---\ndate: last Tuesday\ncreated: 2022-02-02\n---\nx\n", "2022-02-02"),
+    ],
+)
+def test_a_capture_is_dated_as_its_note_writes_it(inbox: Path, settings: InboxSettings, name: str, content: str,
+                                                  date: str) -> None:  # fmt: skip
+    """The date is the first of captured_at, date, created that reads as ISO-8601, kept as the note writes it."""
+    assert read_capture(write(inbox, name, content), settings).captured_at == date
+
+
+@pytest.mark.parametrize("front", ["", "---\ndate: someday\n---\n", "---\ndate: 0999-01-01\n---\n"])
+def test_an_undated_capture_takes_its_files_mtime(inbox: Path, settings: InboxSettings, front: str) -> None:
+    """A capture with no (readable, four-digit-year) date of its own is dated by its file's mtime, to the second in UTC."""
+    path = write(inbox, "n.md", front + "Alice works at Acme.\n")
+    os.utime(path, (1_700_000_000.75, 1_700_000_000.75))
+    assert read_capture(path, settings).captured_at == "2023-11-14T22:13:20Z"

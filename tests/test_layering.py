@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("membrane.schema",),
     ("membrane.records", "membrane.prompts", "membrane.relations"),
     ("membrane.config",),
+    ("membrane.formats",),
     ("membrane.journal", "membrane.backends", "membrane.capture", "membrane.inbox", "membrane.resolve"),
     ("membrane.merge", "membrane.extract", "membrane.champion"),
     ("membrane.graph", "membrane.score"),
