@@ -1,11 +1,16 @@
-"""Fuzzing at volume: capture files, front matter, JSON captures, file names and model answers.
+"""Fuzzing at volume: capture files, front matter, JSON captures, file names,
+documents (PDF, web pages, Word, e-mail) and model answers.
 
 Runs the strategies of tests/support/fuzz.py for --examples inputs per
-target (6 targets: 12,000 inputs by default) with random seeds, and prints,
+target (7 targets: 14,000 inputs by default) with random seeds, and prints,
 per target and in total, the count of each outcome (parsed, rejected with a
 code, or a finding: uncaught:<Exception>, unusable:<why>, unexplained) and the
 slowest input's time. A watchdog (faulthandler) ends the process with a
 traceback if one input runs past --hang-s: a hang cannot pass silently.
+Documents are converted in this process (the converter child's own work,
+without its time and memory limits), so a converter that hangs or crashes
+on an input is a finding here rather than a refusal; `--child` reads them
+as the daemon does instead, through the child (slower: one process each).
 Exit status 1 when any input broke the contract.
 
     .venv/bin/python benchmarks/fuzz_inputs.py [--examples 2000] [--seed 1] [--hang-s 30]
@@ -41,6 +46,8 @@ from tests.support.fuzz import (  # noqa: E402
     capture_files,
     classify_answer,
     classify_capture,
+    classify_document,
+    document_files,
     file_names,
     front_matters,
     json_captures,
@@ -99,7 +106,7 @@ def _run(strategy: st.SearchStrategy[Any], check: Callable[[Any], Result], examp
     body()
 
 
-def targets(folder: Path) -> dict[str, tuple[st.SearchStrategy[Any], Callable[[Any], Result]]]:
+def targets(folder: Path, child: bool = False) -> dict[str, tuple[st.SearchStrategy[Any], Callable[[Any], Result]]]:
     inbox = InboxSettings(path=folder, max_bytes=1_000_000)
     rules = ExtractionRules()
 
@@ -118,6 +125,7 @@ def targets(folder: Path) -> dict[str, tuple[st.SearchStrategy[Any], Callable[[A
         "front_matter": (front_matters(), lambda c: capture((".md", c))),
         "json_captures": (json_captures(), lambda c: capture((".json", c))),
         "file_names": (file_names(), named),
+        "documents": (document_files(), capture if child else lambda case: classify_document(*case)),
         "model_answers": (model_answers(), lambda raw: classify_answer(raw, rules)),
         "answer_objects": (answer_objects(), lambda v: classify_answer(json.dumps(v, allow_nan=True), rules)),
     }
@@ -125,7 +133,8 @@ def targets(folder: Path) -> dict[str, tuple[st.SearchStrategy[Any], Callable[[A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=2000, help="inputs per target (6 targets)")
+    parser.add_argument("--examples", type=int, default=2000, help="inputs per target (7 targets)")
+    parser.add_argument("--child", action="store_true", help="convert documents in the child process")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hang-s", type=float, default=30.0, help="one input running longer is a hang")
     parser.add_argument("--only", help="comma-separated targets")
@@ -133,7 +142,7 @@ def main() -> None:
     configure_logging("error", "console")
     started, summaries = time.monotonic(), []
     with tempfile.TemporaryDirectory(prefix="membrane-fuzz-") as tmp:
-        chosen = targets(Path(tmp))
+        chosen = targets(Path(tmp), args.child)
         if args.only:
             chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
         for n, (name, (strategy, check)) in enumerate(chosen.items()):

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 
 from membrane.capture import read_capture
 from membrane.config import InboxSettings
@@ -20,6 +20,8 @@ from tests.support.fuzz import (
     SUITE,
     capture_files,
     classify_capture,
+    classify_document,
+    document_files,
     file_names,
     front_matters,
     json_captures,
@@ -104,3 +106,19 @@ def test_deeply_nested_front_matter_is_rejected_at_once(tmp_path: Path) -> None:
         read_capture(path, _inbox(tmp_path))
     assert getattr(info.value, "code", None) == "bad_front_matter"
     assert time.perf_counter() - started < 1.0
+
+
+@SUITE
+@given(document_files())
+def test_any_document_is_converted_or_refused(case: tuple[str, bytes]) -> None:
+    """PDF, web page, Word and e-mail files cut, flipped, spliced or built as bombs are text or a reasoned refusal."""
+    result = classify_document(*case)
+    assert result.ok, f"{result.outcome} ({result.detail}) for {case[0]} {case[1][:120]!r}"
+    assert result.seconds < PER_INPUT_LIMIT_S, f"{result.seconds:.1f} s for {case[0]} {case[1][:120]!r}"
+
+
+@settings(SUITE, max_examples=8)
+@given(document_files())
+def test_any_document_file_is_read_or_refused_through_the_child(case: tuple[str, bytes]) -> None:
+    """The same documents as capture files, converted in the child process the daemon uses."""
+    _check(*case)

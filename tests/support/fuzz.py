@@ -1,7 +1,8 @@
 """Fuzzing helpers shared by tests/test_fuzz_*.py and benchmarks/fuzz_inputs.py (no tests here).
 
 Strategies (hypothesis) for the two untrusted inputs MemBrane parses: capture
-files (bytes, front matter, JSON captures, file names) and model answers.
+files (bytes, front matter, JSON captures, file names, documents: real PDF,
+web page, Word and e-mail files, cut, flipped and spliced) and model answers.
 Classifiers run one input and name its outcome; the contract is that every
 input ends in exactly one of "parsed" (a value every later stage can store:
 non-empty text, strict UTF-8, JSON-serialisable metadata) or "rejected" (a
@@ -29,7 +30,9 @@ from membrane.capture import Capture, CaptureVanished, Rejection, read_capture
 from membrane.config import InboxSettings
 from membrane.errors import MembraneError
 from membrane.extract import InvalidOutput, parse_output
+from membrane.formats import ConversionRefused, Converted, Limits, convert_here
 from membrane.schema import Extraction, ExtractionRules
+from tests.support.documents import Attachment, Document, docx_bytes, eml_bytes, html_bytes, pdf_bytes
 
 # Hypothesis caches constants under its home directory (.hypothesis/ in the
 # working directory by default): keep that, like the example database, out of the repo.
@@ -172,6 +175,102 @@ def _longest(char: str, suffix: str) -> bytes:
     tail = os.fsencode(suffix)
     each = len(char.encode())
     return os.fsencode(char * ((NAME_MAX - len(tail)) // each)) + tail
+
+
+# ---------------------------------------------------------------- documents
+
+_DOC = Document(("Grete Lindqvist moved the Jellyfin server to the garage NAS in March.",
+                 "The NAS runs Debian and backs up to a Hetzner storage box every night."))  # fmt: skip
+# Tokens that parsers of each format treat specially, spliced in at random places.
+_DOCUMENT_TOKENS = [
+    b"<<", b">>", b"/Length 999999999", b"/Filter /FlateDecode", b"stream\n", b"endstream", b"obj", b"R",
+    b"%%EOF", b"xref\n0 99999\n", b"trailer", b"/Encrypt", b"/Type /Page",
+    b"<w:p>", b"</w:p>", b"<!DOCTYPE x [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;&a;'>]>", b"&b;", b"<![CDATA[",
+    b"<div>" * 2000, b"<table>", b"<script>", b"<!--", b"\x00",
+    b"\nContent-Type: multipart/mixed; boundary=x\n", b"\n--x\n", b"\n--x--\n",
+    b"Content-Transfer-Encoding: base64\n", b"=?utf-8?b?////?=", b"charset=x-nope", b"\r\n\r\n",
+]
+
+
+def _docx_with(template: bytes, xml: bytes) -> bytes:
+    """The real .docx `template` with its document part replaced by `xml`."""
+    import io
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(template))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for item in source.infolist():
+            archive.writestr(item, xml if item.filename == "word/document.xml" else source.read(item))
+    return buffer.getvalue()
+
+
+def _document_seeds() -> list[tuple[str, bytes]]:
+    global _SEEDS
+    if _SEEDS is None:
+        pdf = pdf_bytes(_DOC)
+        _SEEDS = [
+            (".pdf", pdf), (".pdf", pdf_bytes(_DOC, layout="columns")), (".pdf", pdf_bytes(_DOC, password="x")),
+            (".pdf", pdf_bytes(_DOC, image_only=True)), (".html", html_bytes(_DOC)), (".docx", docx_bytes(_DOC)),
+            (".eml", eml_bytes(_DOC, attachments=[Attachment("a.pdf", pdf, "application/pdf"),
+                                                  Attachment("b.docx", docx_bytes(_DOC), "application/octet-stream")])),
+            (".eml", eml_bytes(_DOC, html_alternative=True, charset="latin-1")),
+        ]  # fmt: skip
+    return _SEEDS
+
+
+_SEEDS: list[tuple[str, bytes]] | None = None
+
+
+def _mutated(seed: tuple[str, bytes], cuts: list[tuple[int, int, bytes]], truncate: int | None) -> tuple[str, bytes]:
+    extension, data = seed
+    out = bytearray(data)
+    for at, drop, insert in cuts:
+        at %= max(len(out), 1)
+        out[at : at + drop] = insert
+    if truncate is not None:
+        out = out[: truncate % (len(out) + 1)]
+    return extension, bytes(out)
+
+
+def document_files() -> st.SearchStrategy[tuple[str, bytes]]:
+    """(extension, content): real documents of every format, cut, with bytes dropped, flipped or spliced
+    with the tokens their parsers treat specially; and Word files whose XML is deep, an entity bomb or junk."""
+    seeds = _document_seeds()  # built here, not while drawing: the writers use the random module
+    template = seeds[5][1]
+    seed = st.sampled_from(seeds)
+    insert = st.one_of(st.binary(max_size=16), st.sampled_from(_DOCUMENT_TOKENS))
+    cut = st.tuples(st.integers(0, 10**7), st.integers(0, 64), insert)
+    mutated = st.builds(_mutated, seed, st.lists(cut, max_size=6), st.one_of(st.none(), st.integers(0, 10**7)))
+    xml = st.one_of(
+        st.integers(1, 200_000).map(lambda n: b"<w:document><w:body>" + b"<w:p>" * n),
+        st.sampled_from(_DOCUMENT_TOKENS).map(lambda t: b"<?xml version='1.0'?>" + t + b"<w:document/>"),
+        st.just(b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a '" + b"x" * 1000 + b"'>"
+                + b"".join(b"<!ENTITY a%d '%s'>" % (i, b"&a;" * 10 if i == 0 else b"&a%d;" % (i - 1) * 10)
+                           for i in range(8)) + b"]><d>&a7;</d>"),
+        st.binary(max_size=256),
+    )
+    return st.one_of(mutated, xml.map(lambda x: (".docx", _docx_with(template, x))))
+
+
+def classify_document(extension: str, data: bytes, limits: Limits | None = None) -> Result:
+    """Convert one document in this process (the child's own work) and name the outcome."""
+    from membrane.formats import DOCUMENT_FORMATS
+
+    started = time.perf_counter()
+    limits = limits or Limits(max_bytes={"txt": 1_000_000, "md": 1_000_000, "pdf": 50_000_000,
+                                         "docx": 20_000_000, "html": 5_000_000, "eml": 30_000_000})  # fmt: skip
+    try:
+        converted: Converted = convert_here(DOCUMENT_FORMATS[extension], data, limits)
+    except ConversionRefused as exc:
+        outcome = "rejected" if str(exc).strip() else "unexplained"
+        return Result(outcome, exc.code, time.perf_counter() - started)
+    except Exception as exc:  # noqa: BLE001 - the finding this classifier exists to report
+        return Result("uncaught:" + type(exc).__name__, str(exc)[:200], time.perf_counter() - started)
+    problem = "empty text" if not converted.text.strip() else _storable(
+        {"text": converted.text, "metadata": dict(converted.metadata)})  # fmt: skip
+    seconds = time.perf_counter() - started
+    return Result("parsed", extension, seconds) if problem is None else Result("unusable:" + problem, "", seconds)
 
 
 # ---------------------------------------------------------------- model answers
