@@ -92,7 +92,7 @@ def synthetic(entities: int, captures: int, seed: int = 11) -> tuple[list[str], 
             prompt_version="extract-v1",
             entities=tuple(ResolvedEntity(k, names[k], "subject", (names[k],)) for k in sorted(chosen)),
             relationships=tuple(ResolvedRelationship(s, t, o) for s, t, o in sorted(rels)),
-            title=f"Note {i}", captured_at=None, text=text,
+            title=f"Note {i}", captured_at=at, captured_utc=at, text=text,
         ))  # fmt: skip
     return list(names.values()), facts
 

@@ -16,7 +16,9 @@ forget` uses too), and the two stores they are read from:
 Both give the same reports for the same captures, because every list is
 sorted here, never by a store (a path is the shortest one whose entity keys,
 then relationship types, come first in string order): facts by (direction, type, other entity's key),
-captures by (ingested_at, sha256), aliases as stored (sorted). What can differ
+captures by (captured_utc, sha256), aliases as stored (sorted). Dates print as
+the notes write them (`captured_at`); a first or last seen prints as the note
+that dated it writes it (see `as_written`). What can differ
 is only what each store holds: Neo4j has what was projected (captures still
 waiting for it show in `membrane status` as projection lag).
 
@@ -69,6 +71,7 @@ __all__ = [
     "Reader",
     "RecentCapture",
     "Source",
+    "as_written",
     "capture_lines",
     "close_candidates",
     "entity_lines",
@@ -299,7 +302,13 @@ def _capture_named(journal: Journal, inbox: InboxSettings, target: str) -> Captu
 
 def _sources(sources: Iterable[Source]) -> tuple[Source, ...]:
     unique = {s.sha256: s for s in sources}
-    return tuple(sorted(unique.values(), key=lambda s: (s.ingested_at, s.sha256)))
+    return tuple(sorted(unique.values(), key=lambda s: (s.captured_utc, s.sha256)))
+
+
+def as_written(stamp: str, sources: Sequence[Source]) -> str:
+    """A first or last seen (a normalised stamp) as the note that set it writes its
+    date: the `date` of the first of `sources` (in report order) dated that moment."""
+    return next((s.captured_at for s in sources if s.captured_utc == stamp), stamp)
 
 
 def _entity_report(entity: MergedEntity, mentioned_in: Iterable[Source], facts: Iterable[Fact]) -> EntityReport:
@@ -331,6 +340,8 @@ def _capture_report(source: Source, prompt_version: str, mentions: Iterable[Ment
         sha256=source.sha256,
         path=source.path,
         ingested_at=source.ingested_at,
+        captured_at=source.captured_at,
+        captured_utc=source.captured_utc,
         model=source.model,
         prompt_version=prompt_version,
         entities=tuple(sorted({m.key: m for m in mentions}.values(), key=lambda m: m.key)),
@@ -364,7 +375,10 @@ def _steps(keys: list[str], hops: list[tuple[str, Direction]], names: dict[str, 
 
 
 def _source(node: dict[str, Any]) -> Source:
-    return Source(node["sha256"], node["path"], node["ingested_at"], node["model"])
+    # A capture written before captures had dates is dated by its ingestion until `membrane sync`.
+    captured_utc = node.get("captured_utc") or node["ingested_at"]
+    return Source(node["sha256"], node["path"], node["ingested_at"], node["model"],
+                  captured_at=node.get("captured_at") or captured_utc, captured_utc=captured_utc)  # fmt: skip
 
 
 def _entity_name(node: dict[str, Any]) -> EntityName:
@@ -449,7 +463,9 @@ class JournalReader:
 
     def __init__(self, graph: MergedGraph) -> None:
         self._captures: dict[str, CaptureFacts] = {c.sha256: c for c in graph.captures}
-        self._sources = {sha: Source(c.sha256, c.path, c.ingested_at, c.model) for sha, c in self._captures.items()}
+        self._sources = {sha: Source(c.sha256, c.path, c.ingested_at, c.model, captured_at=c.captured_at,
+                                 captured_utc=c.captured_utc)
+                         for sha, c in self._captures.items()}  # fmt: skip
         self._entities = {e.key: e for e in graph.entities}
         self._relationships = graph.relationships
 
@@ -564,7 +580,7 @@ def _short(sha256: str) -> str:
 
 
 def _source_line(source: Source, printable: Callable[[str], str]) -> str:
-    return f"{source.ingested_at}  {printable(source.path)}  {source.model}  {_short(source.sha256)}"
+    return f"{source.captured_at}  {printable(source.path)}  {source.model}  {_short(source.sha256)}"
 
 
 def _fields(*labelled: tuple[str, str]) -> list[str]:
@@ -577,16 +593,17 @@ def entity_lines(report: EntityReport, printable: Callable[[str], str] = str) ->
     p = printable
     lines = [
         f"{p(report.name)}  (key: {p(report.key)})",
-        *_fields(("aliases", ", ".join(p(a) for a in report.aliases)), ("first seen", report.first_seen),
-                 ("last seen", report.last_seen)),
+        *_fields(("aliases", ", ".join(p(a) for a in report.aliases)),
+                 ("first seen", as_written(report.first_seen, report.mentioned_in)),
+                 ("last seen", as_written(report.last_seen, report.mentioned_in))),
         f"  mentioned in {len(report.mentioned_in)} capture(s):",
         *(f"    {_source_line(s, p)}" for s in report.mentioned_in),
         f"  relationships ({len(report.facts)}):",
     ]
     for fact in report.facts:
         arrow = f"-[:{fact.type}]->" if fact.direction == "out" else f"<-[:{fact.type}]-"
-        lines.append(f"    {arrow} {p(fact.other_name)}  (first {fact.first_seen}, last {fact.last_seen}, "
-                     f"model {fact.model})")  # fmt: skip
+        first, last = as_written(fact.first_seen, fact.sources), as_written(fact.last_seen, fact.sources)
+        lines.append(f"    {arrow} {p(fact.other_name)}  (first {first}, last {last}, model {fact.model})")
         lines.extend(f"        {_source_line(s, p)}" for s in fact.sources)
     return lines
 
@@ -596,7 +613,8 @@ def capture_lines(report: CaptureReport, printable: Callable[[str], str] = str) 
     p = printable
     lines = [
         f"{p(report.path)}  (sha256 {report.sha256})",
-        *_fields(("ingested", report.ingested_at), ("model", f"{report.model}  (prompt {report.prompt_version})")),
+        *_fields(("dated", report.captured_at), ("ingested", report.ingested_at),
+                 ("model", f"{report.model}  (prompt {report.prompt_version})")),
         f"  entities ({len(report.entities)}):",
     ]
     for mention in report.entities:

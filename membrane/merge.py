@@ -6,16 +6,17 @@ whole journal) and that the journal reader of explore.py reports on:
 
 - one entity per key; its aliases are the union of every capture's surface
   forms (sorted), its name the first capture's (in merge order), its
-  first_seen/last_seen the min/max of the ingested_at of the captures that
-  mention it;
+  first_seen/last_seen the min/max of the captured_utc (the notes' own dates)
+  of the captures that mention it;
 - one relationship per (source, type, target); its sources are the sha256 of
   every capture that states it (sorted), first_seen/last_seen the min/max of
-  their ingested_at, and its model that of the newest source (ties: the
-  greater model name).
+  their captured_utc, and its model that of the newest source by that date
+  (ties: the greater model name).
 
 Merge order is (ingested_at, sha256), so the result does not depend on the
-order the captures arrive in. Timestamps are resolve.normalize_timestamp's
-strings, whose string order is time order.
+order the captures arrive in, and the display name is the first ingested
+capture's, as in a graph written capture by capture. Timestamps are
+resolve.normalize_timestamp's strings, whose string order is time order.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class MergedEntity(EntityName):
 
 @dataclass(frozen=True)
 class MergedRelationship(ResolvedRelationship):
-    """A relationship with its support: the captures stating it (sha256), when
-    they were ingested, and the model of the newest."""
+    """A relationship with its support: the captures stating it (sha256), the
+    first and last of their own dates, and the model of the newest."""
 
     sources: tuple[str, ...]
     first_seen: str
@@ -74,7 +75,7 @@ def merge_facts(captures: Iterable[CaptureFacts]) -> MergedGraph:
     for capture in ordered:
         for entity in capture.entities:
             entities[entity.key] = _seen_entity(entities.get(entity.key), entity.key, entity.name,
-                                                entity.aliases, capture.ingested_at)  # fmt: skip
+                                                entity.aliases, capture.captured_utc)  # fmt: skip
         for rel in capture.relationships:
             triple = (rel.source_key, rel.type, rel.target_key)
             facts[triple] = _seen_relationship(facts.get(triple), triple, capture)
@@ -94,7 +95,7 @@ def _seen_entity(known: MergedEntity | None, key: str, name: str, aliases: tuple
 
 def _seen_relationship(known: MergedRelationship | None, triple: tuple[str, str, str],
                        capture: CaptureFacts) -> MergedRelationship:  # fmt: skip
-    at, model = capture.ingested_at, capture.model
+    at, model = capture.captured_utc, capture.model
     if known is None:
         return MergedRelationship(*triple, (capture.sha256,), at, at, model)
     sources = tuple(sorted(set(known.sources) | {capture.sha256}))

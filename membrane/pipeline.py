@@ -255,7 +255,8 @@ class Pipeline:
             return Outcome(name, "gone")
         except CaptureRejected as exc:
             return self._reject(path, name, exc)
-        result = self.journal.captures.enqueue(capture.sha256, name, capture.text, capture.metadata)
+        result = self.journal.captures.enqueue(capture.sha256, name, capture.text, capture.metadata,
+                                               captured_at=capture.captured_at)  # fmt: skip
         record = result.record
         log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
         if record.state in FACT_STATES:

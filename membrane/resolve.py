@@ -18,12 +18,13 @@ docs/design-notes.md, "## Graph"):
   already resolved in the same capture.
 - Relation types go through the same ExtractionRules.canonical_relation the
   validator uses, so synonyms map to canonical types here too.
-- ingested_at is normalised to UTC "YYYY-MM-DDTHH:MM:SS.ffffffZ" (a naive
-  time counts as UTC), so string order is time order and re-projection writes
-  byte-identical values.
+- ingested_at and captured_utc (the capture's own date, `captured_at` as the
+  note writes it, in UTC) are normalised to "YYYY-MM-DDTHH:MM:SS.ffffffZ" (a
+  naive time, or a date alone at midnight, counts as UTC), so string order is
+  time order and re-projection writes byte-identical values.
 - A capture's title is its metadata's `title`, else a Markdown heading on its
-  first line; its date is the metadata's `captured_at`, else `date`, as written.
-  Its text and title travel with its facts only when graph.store_text is on.
+  first line. Its text and title travel with its facts only when
+  graph.store_text is on.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +54,11 @@ __all__ = [
     "ResolvedEntity",
     "ResolvedRelationship",
     "Resolver",
-    "capture_date",
     "capture_facts",
     "capture_title",
     "entity_key",
     "normalize_timestamp",
+    "note_moment",
 ]
 
 log = get_logger(__name__)
@@ -65,9 +66,8 @@ log = get_logger(__name__)
 _ARTICLES = frozenset({"the", "a", "an"})
 # Joiners kept between two word characters ("node.js", "at&t", "o'neil", "tcp/ip").
 _INNER_JOINERS = frozenset(".&'/@")
-# A title or a date is one line of at most this many characters.
+# A title is one line of at most this many characters.
 MAX_TITLE_CHARS = 200
-MAX_DATE_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,19 @@ class ResolvedRelationship:
 
 @dataclass(frozen=True)
 class CaptureSource:
-    """A capture as provenance: where and when it was written, which model read it."""
+    """A capture as provenance: where and when it was written, which model read it.
+
+    captured_at is the capture's own date as the note writes it (for people);
+    captured_utc the same moment normalised (note_moment), the time its facts
+    are dated by.
+    """
 
     sha256: str
     path: str
     ingested_at: str
     model: str
+    captured_at: str = field(kw_only=True)
+    captured_utc: str = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,6 @@ class CaptureFacts(CaptureSource):
     entities: tuple[ResolvedEntity, ...]
     relationships: tuple[ResolvedRelationship, ...]
     title: str | None = None
-    captured_at: str | None = None
     text: str | None = None
 
 
@@ -140,6 +146,18 @@ def normalize_timestamp(value: str) -> str:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    return format_iso_utc(moment)
+
+
+def note_moment(value: str) -> str:
+    """A note's own date as normalize_timestamp writes it, whole seconds (floored) before
+    1970: Neo4j builds a DATETIME from epoch seconds and a nanosecond that may not be
+    negative, and below the second a note's date says nothing."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment.timestamp() < 0:
+        moment = moment.replace(microsecond=0)
     return format_iso_utc(moment)
 
 
@@ -184,7 +202,9 @@ class Resolver:
         ingested_at: str,
         model: str,
         prompt_version: str,
+        captured_at: str | None = None,
     ) -> CaptureFacts:
+        """The capture's facts; `captured_at` is its own date as the note writes it (None: ingested_at)."""
         matcher = self._matcher()
         forms: dict[str, list[str]] = {}
         roles: dict[str, str] = {}
@@ -210,6 +230,8 @@ class Resolver:
             sha256=sha256,
             path=path,
             ingested_at=normalize_timestamp(ingested_at),
+            captured_at=captured_at or ingested_at,
+            captured_utc=note_moment(captured_at or ingested_at),
             model=model,
             prompt_version=prompt_version,
             entities=entities,
@@ -248,15 +270,6 @@ def capture_title(text: str, metadata: Mapping[str, Any]) -> str | None:
     return _one_line(first[2:], MAX_TITLE_CHARS) if first.startswith("# ") else None
 
 
-def capture_date(metadata: Mapping[str, Any]) -> str | None:
-    """The capture's own date as its metadata writes it (`captured_at`, else `date`)."""
-    for key in ("captured_at", "date"):
-        value = metadata.get(key)
-        if isinstance(value, str) and value.strip():
-            return _one_line(value, MAX_DATE_CHARS)
-    return None
-
-
 def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Settings,
                   known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
     """Resolve a capture's extraction result into the facts the graph holds.
@@ -271,11 +284,11 @@ def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Set
         ingested_at=record.ingested_at,
         model=f"{result.backend}:{result.model}",
         prompt_version=result.prompt_version,
+        captured_at=record.captured_at or None,
     )
     stored = settings.graph.store_text
     return dataclasses.replace(
         facts,
         title=capture_title(record.text, record.metadata) if stored else None,
-        captured_at=capture_date(record.metadata),
         text=record.text if stored else None,
     )

@@ -46,7 +46,7 @@ from membrane.errors import BadRequest
 from membrane.journal import FACT_STATES
 from membrane.journal.search import IndexedCapture, IndexedMention, SearchChange
 from membrane.logs import get_logger
-from membrane.resolve import capture_date, capture_facts, capture_title, entity_key
+from membrane.resolve import capture_facts, capture_title, entity_key
 
 if TYPE_CHECKING:
     from membrane.config import Settings
@@ -244,7 +244,7 @@ def _indexed(settings: Settings, journal: Journal, sha256: str, known: list[str]
         sha256=sha256,
         path=record.path,
         title=capture_title(record.text, record.metadata),
-        captured_at=capture_date(record.metadata),
+        captured_at=record.captured_at,
         ingested_at=facts.ingested_at,
         model=facts.model,
         text=record.text,

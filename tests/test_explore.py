@@ -47,7 +47,7 @@ def test_show_is_identical_from_neo4j_and_the_journal(stores: Stores) -> None:
         ("out", "RUNS_ON", "Raspberry Pi"), ("in", "DEPLOYED", "Alice")]  # fmt: skip
     deployed = report["facts"][1]
     assert sorted(s["path"] for s in deployed["sources"]) == ["again.txt", "homelab.txt"]
-    assert deployed["sources"] == sorted(deployed["sources"], key=lambda s: (s["ingested_at"], s["sha256"]))
+    assert deployed["sources"] == sorted(deployed["sources"], key=lambda s: (s["captured_at"], s["sha256"]))
     assert deployed["model"] == "replay:recorded"
     assert report["first_seen"] <= report["last_seen"]
 

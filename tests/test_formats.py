@@ -5,6 +5,7 @@ capture.read_capture and its converter child, with every refusal reason."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -385,3 +386,27 @@ def test_conversion_past_its_memory_is_refused(inbox: Path, make_settings: Calla
     settings = make_settings(inbox={"convert_memory_mb": 256, "max_text_chars": 10**9}).inbox
     error = refused(inbox, "huge.docx", buffer.getvalue(), settings)
     assert error.code == "conversion_failed" and "out of memory" in str(error) and "inbox.convert_memory_mb" in str(error)
+
+
+def test_a_long_document_is_extracted_in_chunks(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """A long PDF's text goes through extraction.chunk_chars like any long capture: every chunk is extracted."""
+    from membrane.daemon import ingest
+    from membrane.extract import split_text
+    from membrane.journal import Journal
+    from tests.support.pipeline import settings_sections, write_replay
+
+    long = Document(tuple(real_paragraphs(30)))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "long.pdf").write_bytes(pdf_bytes(long))
+    text = read_capture(inbox / "long.pdf", InboxSettings(path=inbox)).text
+    chunks = split_text(text, 1500)
+    names = [chunk.text.split()[0].strip(".,:;()") for chunk in chunks]
+    answers = [json.dumps({"entities": [{"name": name, "role": "subject"}], "relationships": []}) for name in names]
+    replay = write_replay(tmp_path / "replay.jsonl", [(c.text, a) for c, a in zip(chunks, answers, strict=True)])
+    settings = make_settings(**settings_sections(tmp_path, replay, extraction={"chunk_chars": 1500}))
+    assert ingest(settings, [inbox]).ok
+    with Journal(settings.journal.path) as journal:
+        [(record, stored)] = list(journal.extractions.facts())
+    assert len(chunks) > 5 and len(stored.result.chunks) == len(chunks)
+    assert {e.name for e in stored.result.extraction.entities} == set(names)

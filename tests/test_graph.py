@@ -332,6 +332,7 @@ def test_hostile_relation_type_never_reaches_a_query(
     before = snapshot(neo4j)
     forged = CaptureFacts(
         sha256="a" * 64, path="inbox/a.md", ingested_at="2026-11-28T12:00:00.000000Z", model=MODEL,
+        captured_at="2026-11-28", captured_utc="2026-11-28T00:00:00.000000Z",
         prompt_version="v1",
         entities=(ResolvedEntity("x", "x", "subject", ("x",)), ResolvedEntity("y", "y", "object", ("y",))),
         relationships=(ResolvedRelationship("x", rel_type, "y"),),

@@ -473,7 +473,7 @@ def test_schema_is_migrated_once_and_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
         assert names == ["m001_captures", "m002_extractions", "m003_rejections", "m004_models",
-                         "m005_graph_retractions", "m006_search"]
+                         "m005_graph_retractions", "m006_search", "m007_captured_at"]
     finally:
         db.close()
 
@@ -492,3 +492,37 @@ def test_closed_journal_refuses_work(tmp_path: Path) -> None:
     journal.close()
     with pytest.raises(JournalError, match="closed"):
         journal.status.counts()
+
+
+def test_an_old_journal_dates_its_captures_by_their_metadata(tmp_path: Path) -> None:
+    """Migration m007 dates each capture written before it by its metadata's date, else its ingestion."""
+    from membrane.journal.migrations import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for migration in MIGRATIONS[:6]:
+        migration(db)
+        db.execute("INSERT INTO _migrations VALUES (?, 'then')", (migration.__name__.lstrip("_"),))
+    metadata = {"a": '{"captured_at": "2026-01-31T09:30:00Z"}', "b": '{"date": "soon", "created": "2024-03-05"}',
+                "c": '{"date": "yesterday"}', "d": "{}"}  # fmt: skip
+    for name, meta in metadata.items():
+        db.execute("INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at) "
+                   "VALUES (?, ?, 'x', ?, 'done', '2026-06-01T00:00:00.000000Z', 'then')", (name * 64, name, meta))
+    db.commit()
+    db.close()
+    with Journal(path) as journal:
+        assert journal.migrations_applied == ["m007_captured_at"]
+        dates = {r.path: r.captured_at for r in journal.captures.in_states()}
+    assert dates == {"a": "2026-01-31T09:30:00Z", "b": "2024-03-05", "c": "2026-06-01T00:00:00.000000Z",
+                     "d": "2026-06-01T00:00:00.000000Z"}  # fmt: skip
+
+
+def test_captured_at_is_fixed_at_first_enqueue(tmp_path: Path) -> None:
+    """The same bytes enqueued again (another copy, another mtime) keep the date they were first given."""
+    with Journal(tmp_path / "j.sqlite3") as journal:
+        journal.captures.enqueue("a" * 64, "a.txt", "x", captured_at="2024-03-05T10:00:00Z")
+        again = journal.captures.enqueue("a" * 64, "copy/a.txt", "x", captured_at="2026-01-01T00:00:00Z")
+        assert again.record.captured_at == "2024-03-05T10:00:00Z"
+        undated = journal.captures.enqueue("b" * 64, "b.txt", "y")
+        assert undated.record.captured_at == undated.record.ingested_at

@@ -158,7 +158,7 @@ def test_an_old_journal_opens_with_its_retractions_pending(tmp_path: Path) -> No
     db.commit()
     db.close()
     with Journal(path) as journal:
-        assert journal.migrations_applied == ["m005_graph_retractions", "m006_search"]
+        assert journal.migrations_applied == ["m005_graph_retractions", "m006_search", "m007_captured_at"]
         assert [r.sha256 for r in journal.captures.retractions_due()] == ["a" * 64]
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "MIGRATION_CONSTRAINT",
     "PING",
     "RECORD_MIGRATION",
+    "REDATE_SUPPORT",
     "REFRESH_ENTITIES",
     "SEARCH",
     "SHORTEST_PATHS",
@@ -120,7 +121,8 @@ CALL () {
   CREATE (c:Capture {
     sha256: row.sha256, path: row.path, model: row.model, prompt_version: row.prompt_version,
     fingerprint: row.fingerprint, title: row.title, captured_at: row.captured_at, text: row.text,
-    ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000})
+    ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000}),
+    captured_utc: datetime({epochSeconds: row.captured_utc / 1000000, nanosecond: row.captured_utc % 1000000 * 1000})
   })
   WITH c, row
   UNWIND row.mentions AS mention
@@ -166,11 +168,12 @@ MATCH (c:Capture {sha256: row.sha256})
 WITH c, row, {
   path: row.path, model: row.model, prompt_version: row.prompt_version, fingerprint: row.fingerprint,
   title: row.title, captured_at: row.captured_at, text: row.text,
-  ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000})
+  ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000}),
+  captured_utc: datetime({epochSeconds: row.captured_utc / 1000000, nanosecond: row.captured_utc % 1000000 * 1000})
 } AS props
 // A null in props removes that property (text storage turned off).
-FOREACH (_ IN CASE WHEN c {.path, .ingested_at, .model, .prompt_version, .fingerprint, .title, .captured_at, .text}
-                   = props THEN [] ELSE [1] END |
+FOREACH (_ IN CASE WHEN c {.path, .ingested_at, .model, .prompt_version, .fingerprint, .title, .captured_at,
+                           .captured_utc, .text} = props THEN [] ELSE [1] END |
   SET c += props)
 WITH c, row
 UNWIND row.mentions AS mention
@@ -197,9 +200,25 @@ WITH r
 CALL (r) {
   UNWIND r.sources AS sha
   MATCH (src:Capture {sha256: sha})
-  WITH src ORDER BY src.ingested_at DESC, src.model DESC
-  RETURN min(src.ingested_at) AS first, max(src.ingested_at) AS last, head(collect(src.model)) AS model
+  WITH src, coalesce(src.captured_utc, src.ingested_at) AS at ORDER BY at DESC, src.model DESC
+  RETURN min(at) AS first, max(at) AS last, head(collect(src.model)) AS model
 }
+SET r.first_seen = first, r.last_seen = last, r.model = model
+"""
+
+# A capture already in the graph written again with other values (its date, say, after
+# an upgrade that added dates): the facts it supports are dated again from all their sources.
+REDATE_SUPPORT = """
+MATCH (c:Capture {sha256: $sha})-[:MENTIONS]->(s:Entity)-[r]->(o:Entity)
+WHERE $sha IN r.sources
+CALL (r) {
+  UNWIND r.sources AS sha
+  MATCH (src:Capture {sha256: sha})
+  WITH src, coalesce(src.captured_utc, src.ingested_at) AS at ORDER BY at DESC, src.model DESC
+  RETURN min(at) AS first, max(at) AS last, head(collect(src.model)) AS model
+}
+WITH r, first, last, model
+WHERE NOT (r.first_seen = first AND r.last_seen = last AND r.model = model)
 SET r.first_seen = first, r.last_seen = last, r.model = model
 """
 
@@ -224,8 +243,8 @@ REFRESH_ENTITIES = """
 UNWIND $keys AS key
 MATCH (e:Entity {key: key})
 OPTIONAL MATCH (c:Capture)-[m:MENTIONS]->(e)
-WITH e, c, m ORDER BY c.ingested_at, c.sha256
-WITH e, collect(m.aliases) AS forms, min(c.ingested_at) AS first, max(c.ingested_at) AS last
+WITH e, c, m, coalesce(c.captured_utc, c.ingested_at) AS at ORDER BY c.ingested_at, c.sha256
+WITH e, collect(m.aliases) AS forms, min(at) AS first, max(at) AS last
 WHERE size(forms) > 0
 CALL (forms) {
   UNWIND forms AS names
@@ -254,6 +273,7 @@ def write_queries() -> dict[str, str]:
         "merge_captures": MERGE_CAPTURES,
         "drop_sole_support": DROP_SOLE_SUPPORT,
         "drop_shared_support": DROP_SHARED_SUPPORT,
+        "redate_support": REDATE_SUPPORT,
         "drop_mentions": DROP_MENTIONS,
         "delete_capture": DELETE_CAPTURE,
         "refresh_entities": REFRESH_ENTITIES,
@@ -370,7 +390,7 @@ SCRIPT_CAPTURES = (
     "UNWIND $captures AS row MERGE (c:Capture {sha256: row.sha256}) "
     "SET c.path = row.path, c.ingested_at = datetime(row.ingested_at), c.model = row.model, "
     "c.prompt_version = row.prompt_version, c.title = row.title, c.captured_at = row.captured_at, "
-    "c.text = row.text;"
+    "c.captured_utc = datetime(row.captured_utc), c.text = row.text;"
 )
 SCRIPT_ENTITIES = (
     "UNWIND $entities AS row MERGE (e:Entity {key: row.key}) "

@@ -4,7 +4,9 @@ cypher.MERGE_CAPTURES, a capture's mentions, its fingerprint, and how
 captures are cut into batches.
 
 Times travel as integer microseconds since the epoch: cheaper to send than
-datetime values and cheaper for the server to read than ISO strings.
+datetime values and cheaper for the server to read than ISO strings. A time
+before 1970 arrives in whole seconds (resolve.note_moment): the server builds
+a DATETIME from seconds and a nanosecond that may not be negative.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def mention_rows(capture: CaptureFacts | None) -> list[Row]:
 def _capture_row(c: CaptureFacts, fingerprint: str) -> Row:
     return {"sha256": c.sha256, "path": c.path, "ingested_at": _moment(c.ingested_at), "model": c.model,
             "prompt_version": c.prompt_version, "fingerprint": fingerprint, "mentions": mention_rows(c),
-            "title": c.title, "captured_at": c.captured_at, "text": c.text}  # fmt: skip
+            "title": c.title, "captured_at": c.captured_at, "captured_utc": _moment(c.captured_utc),
+            "text": c.text}  # fmt: skip
 
 
 def _entity_row(e: MergedEntity) -> Row:
@@ -71,7 +74,7 @@ def fingerprint(facts: CaptureFacts) -> str:
     unchanged re-ingest is recognised with one lookup and writes nothing."""
     text = hashlib.sha256(facts.text.encode("utf-8")).hexdigest() if facts.text is not None else None
     payload = [
-        facts.sha256, facts.path, facts.ingested_at, facts.model, facts.prompt_version,
+        facts.sha256, facts.path, facts.ingested_at, facts.captured_utc, facts.model, facts.prompt_version,
         [[e.key, e.name, e.role, e.aliases] for e in facts.entities],
         [[r.source_key, r.type, r.target_key] for r in facts.relationships],
         [facts.title, facts.captured_at, text],

@@ -6,16 +6,18 @@ graph/cypher.py's, the parameters graph/rows.py's.
 
 Graph model (see docs/design-notes.md, "## Graph"):
 
-    (:Capture {sha256, path, ingested_at, model, prompt_version, fingerprint,
-               title, captured_at, text})  (title and text: graph.store_text)
+    (:Capture {sha256, path, ingested_at, captured_at, captured_utc, model, prompt_version,
+               fingerprint, title, text})  (title and text: graph.store_text)
     (:Entity {key, name, aliases, first_seen, last_seen})
     (:Capture)-[:MENTIONS {role, aliases}]->(:Entity)
     (:Entity)-[:<TYPE> {sources, first_seen, last_seen, model}]->(:Entity)
 
-Timestamps are Neo4j DATETIMEs taken from CaptureFacts.ingested_at, never
-from the clock: an entity's first_seen/last_seen are the min/max over the
-captures that mention it, a relationship's over its `sources`, and its
-`model` is that of its newest source (ties: the greater model name); a batch
+Timestamps are Neo4j DATETIMEs taken from CaptureFacts, never from the
+clock: a capture's ingested_at and captured_utc (its own date; captured_at is
+the same as the note writes it, a string), an entity's first_seen/last_seen
+the min/max of captured_utc over the captures that mention it, a
+relationship's over its `sources`, and its `model` is that of its newest
+source by that date (ties: the greater model name); a batch
 is merged by merge.merge_facts, as export merges the whole journal. A capture
 whose stored fingerprint matches is skipped, and otherwise values are only
 written when they change, so re-ingesting a capture leaves every node,
@@ -189,6 +191,10 @@ def _upsert_work(tx: ManagedTransaction, batch: Sequence[CaptureFacts]) -> None:
     _run(tx, cypher.WRITE_BATCH, entities=rows["entities"], captures=fresh, relationships=rows["relationships"])
     if again:
         _run(tx, cypher.MERGE_CAPTURES, captures=again)
+        for capture in batch:  # written before with other values: date what it supports from all sources
+            if capture.sha256 in known:
+                _run(tx, cypher.REDATE_SUPPORT, sha=capture.sha256)
+                stale += [entity.key for entity in capture.entities]
     _refresh(tx, stale)
 
 

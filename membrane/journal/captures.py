@@ -116,6 +116,8 @@ class CaptureRecord:
     interrupted: int = 0
     # Retracted in the journal, not yet in Neo4j (an outage, or a crash in between).
     graph_retraction_pending: bool = False
+    # The capture's own date, ISO-8601 as the note writes it; fixed at first enqueue.
+    captured_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,13 @@ class CaptureStore(Store):
 
     # -- enqueue and look-up
 
-    def enqueue(self, sha256: str, path: str, text: str, metadata: Mapping[str, Any] | None = None) -> EnqueueResult:
+    def enqueue(self, sha256: str, path: str, text: str, metadata: Mapping[str, Any] | None = None, *,
+                captured_at: str | None = None) -> EnqueueResult:  # fmt: skip
         """Record a capture read from `path`; the same bytes again only add the path.
+
+        `captured_at` is the capture's own date (ISO-8601 as the note writes
+        it; None: now). Like ingested_at it is fixed at first enqueue, so the
+        same bytes arriving again (with another mtime) date their facts the same.
 
         A known capture keeps its state (done stays done: not extracted again),
         except: failed goes back to queued (the person moved it back), unless
@@ -146,9 +153,10 @@ class CaptureStore(Store):
             created = known is None
             if known is None:
                 db.execute(
-                    """INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                    (sha256, path, text, meta, CaptureState.QUEUED, iso_utc(now), iso_utc(now)),
+                    """INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at, captured_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (sha256, path, text, meta, CaptureState.QUEUED, iso_utc(now), iso_utc(now),
+                     captured_at or iso_utc(now)),
                 )
             elif known.state == CaptureState.RETRACTED or (
                 known.state == CaptureState.FAILED and not self._crash_failed(known)
@@ -386,4 +394,5 @@ def capture_from_row(row: sqlite3.Row) -> CaptureRecord:
         claimed_by=row["claimed_by"],
         interrupted=row["interrupted"],
         graph_retraction_pending=bool(row["graph_retraction_pending"]),
+        captured_at=row["captured_at"] or row["ingested_at"],
     )

@@ -4,8 +4,10 @@ so every journal ever written still opens."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 
 from membrane.clock import iso_utc
 from membrane.journal.search import create_search_schema
@@ -120,6 +122,37 @@ def _m006_search(db: sqlite3.Connection) -> None:
     create_search_schema(db)
 
 
+def _m007_captured_at(db: sqlite3.Connection) -> None:
+    # The capture's own date, as the note writes it (ISO-8601): it dates the facts it supports.
+    db.execute("ALTER TABLE captures ADD COLUMN captured_at TEXT")
+    # Captures from before: the date their metadata gives (a JSON capture's captured_at, front
+    # matter's captured_at, date or created), else their ingestion time. The rule as it stood
+    # when this ran (capture.note_date), kept here: a migration never changes.
+    rows = db.execute("SELECT sha256, metadata, ingested_at FROM captures").fetchall()
+    for sha256, metadata, ingested_at in rows:
+        db.execute("UPDATE captures SET captured_at = ? WHERE sha256 = ?",
+                   (_m007_note_date(metadata) or ingested_at, sha256))  # fmt: skip
+    # The search index (m006) holds each capture's date: index every capture again.
+    db.execute("INSERT INTO search_dirty (sha256) SELECT sha256 FROM captures WHERE true "
+               "ON CONFLICT (sha256) DO UPDATE SET version = version + 1")
+
+
+def _m007_note_date(metadata: str) -> str | None:
+    try:
+        values = json.loads(metadata)
+    except ValueError:
+        return None
+    for key in ("captured_at", "date", "created"):
+        value = values.get(key) if isinstance(values, dict) else None
+        if isinstance(value, str):
+            try:
+                if datetime.fromisoformat(value.strip()).year >= 1000:
+                    return value.strip()
+            except ValueError:
+                continue
+    return None
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_captures,
     _m002_extractions,
@@ -127,6 +160,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m004_models,
     _m005_graph_retractions,
     _m006_search,
+    _m007_captured_at,
 )
 
 
