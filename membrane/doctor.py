@@ -119,7 +119,23 @@ def check_model(settings: Settings) -> Check:
     return Check("model", result.ok, f"{ref}: {result.detail}", result.fix)
 
 
-CHECKS: tuple[Callable[[Settings], Check], ...] = (check_inbox, check_journal, check_neo4j, check_model)
+def check_formats(settings: Settings) -> Check:
+    """Whether the document formats the inbox accepts can be read (the formats extra);
+    not a failure without it: notes are read, documents go to failed/ saying why."""
+    from membrane.formats import DOCUMENT_FORMATS, missing_libraries
+
+    accepted = sorted({DOCUMENT_FORMATS[e.lower()] for e in settings.inbox.extensions if e.lower() in DOCUMENT_FORMATS})
+    missing = {fmt: dist for fmt, dist in missing_libraries().items() if fmt in accepted}
+    if not accepted:
+        return Check("formats", None, "inbox.extensions accepts no documents (.pdf, .html, .docx, .eml)")
+    if missing:
+        return Check("formats", None, f"{', '.join('.' + f for f in missing)} go to failed/: "
+                     f"{', '.join(sorted(set(missing.values())))} not installed",
+                     "pip install 'membrane[formats]' (or drop those extensions from inbox.extensions)")  # fmt: skip
+    return Check("formats", True, f"documents readable: {', '.join('.' + f for f in accepted)}")
+
+
+CHECKS: tuple[Callable[[Settings], Check], ...] = (check_inbox, check_journal, check_formats, check_neo4j, check_model)
 
 
 def run_checks(settings: Settings) -> list[Check]:

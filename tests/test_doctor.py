@@ -150,3 +150,11 @@ def test_ollama_model_missing_fails_with_pull_fix(
     assert result.exit_code == 1
     line = _line(result.output, "model")
     assert line.startswith("FAIL") and "fix: ollama pull no-such-model:1b" in line, result.output
+
+
+def test_document_formats_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With the formats extra installed, the formats line lists the documents the inbox reads."""
+    result = _doctor(monkeypatch, tmp_path)
+    assert _line(result.output, "formats") == "ok    formats  documents readable: .docx, .eml, .html, .pdf", result.output
+    result = _doctor(monkeypatch, tmp_path, MEMBRANE_INBOX__EXTENSIONS='[".txt", ".md"]')
+    assert _line(result.output, "formats").startswith("skip"), result.output
