@@ -10,6 +10,9 @@ passages), and converts each with every candidate importable here:
     docx  python-docx, stdlib zipfile + XML (the baseline), markitdown
     eml   stdlib email (the only candidate; its speed)
 
+and with MemBrane's own converter as the daemon runs it ("membrane (child)":
+membrane.formats in its child process, spawn and imports included).
+
 Quality, against the words the document really holds (for web pages: the
 article, its title and byline, not the menus, banner and footer around it):
 recall (share of those words found), precision (share of the output's words
@@ -120,6 +123,17 @@ def _stdlib_email(data: bytes, path: Path) -> str:
     return f"{message['subject']}\n\n{body.get_content() if body is not None else ''}"
 
 
+def _membrane(fmt: str) -> Converter:
+    from membrane.formats import Limits, convert_isolated
+
+    limits = Limits(max_bytes={"pdf": 50_000_000, "docx": 20_000_000, "html": 5_000_000, "eml": 30_000_000})
+
+    def convert(data: bytes, path: Path) -> str:
+        return convert_isolated(fmt, data, limits, timeout_s=120, memory_bytes=1 << 30).text
+
+    return convert
+
+
 def _markitdown() -> Converter | None:
     try:
         from markitdown import MarkItDown
@@ -144,6 +158,8 @@ def candidates() -> dict[str, dict[str, Converter]]:
     if markitdown is not None:
         for fmt in ("pdf", "html", "docx"):
             found[fmt]["markitdown"] = markitdown
+    for fmt, converters in found.items():
+        converters["membrane (child)"] = _membrane(fmt)
     return found
 
 
