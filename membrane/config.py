@@ -54,6 +54,9 @@ class _Section(BaseModel):
 
 
 class InboxSettings(_Section):
+    # "inbox": files are read, then moved to processed/ or failed/. "vault": a notes folder
+    # (an Obsidian vault) indexed in place, recursively; nothing in it is moved or written.
+    mode: Literal["inbox", "vault"] = "inbox"
     path: Path = Path("var/inbox")
     processed_dir: Path | None = None  # None: <path>/processed
     failed_dir: Path | None = None  # None: <path>/failed
@@ -83,6 +86,10 @@ class InboxSettings(_Section):
             if limit <= 0:
                 raise ValueError(f"the limit of {fmt} must be positive, not {limit}")
         return value
+
+    @property
+    def vault(self) -> bool:
+        return self.mode == "vault"
 
     def max_bytes_for(self, fmt: str) -> int:
         """The size limit of a capture of format `fmt` ("txt", "pdf", ...): its own, else max_bytes."""

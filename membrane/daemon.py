@@ -282,7 +282,9 @@ class Daemon:
                 log.warning("graph_unavailable_at_start", error=str(exc))
                 graph.reset(pause_s=self.settings.daemon.retry_base_s)
         self.pipeline.recover()
-        if self.settings.graph.on_capture_deleted == "retract" and self.settings.inbox.on_success == "move":
+        inbox_settings = self.settings.inbox
+        if self.settings.graph.on_capture_deleted == "retract" and (inbox_settings.on_success == "move"
+                                                                     or inbox_settings.vault):  # fmt: skip
             self.deletions = DeletionWatch(inbox.mover, self.retractions)
             self.deletions.start()
         inbox.start()
@@ -389,7 +391,8 @@ class Daemon:
                 sha256 = self.retractions.get_nowait()
             except queue.Empty:
                 return
-            self.pipeline.retract(sha256, reason="file deleted from processed/")
+            where = "the vault" if self.settings.inbox.vault else "processed/"
+            self.pipeline.retract(sha256, reason=f"file deleted from {where}")
 
     def _start_scheduler(self) -> Any:
         bench = self.settings.bench

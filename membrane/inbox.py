@@ -31,6 +31,15 @@ Ignored everywhere: names starting with "." (and anything under such a
 folder), *.tmp, *.part, *.swp, *~, the processed and failed folders (even when
 inside the inbox), and sub-folders unless inbox.recursive.
 
+A vault (inbox.mode = "vault") is read in place: always recursively (dot
+folders such as .obsidian/ and .trash/ ignored by the rule above), files of
+other extensions are ignored rather than refused (a vault holds images and
+canvases), nothing is moved or written (no processed/, failed/ or sidecar; a
+refusal is in the journal, `membrane status`), and a file that was done or
+refused is *settled*: it is not handed out again until its size, mtime or
+inode change (an edit), so the periodic rescan does not re-read the vault.
+The deletion watch then watches the vault itself.
+
 Moves never overwrite: the destination is claimed with link() (atomic, fails
 if the name exists), then the source is unlinked; a taken name gets a suffix
 ("note-1.txt"); a link left by a crash before the unlink is finished, not
@@ -123,10 +132,13 @@ class InboxFolders:
     root: Path
     recursive: bool
     excluded: tuple[Path, ...] = ()  # processed/ and failed/, even when inside the inbox
+    only: tuple[str, ...] = ()  # a vault: the extensions handed out (others are ignored, not refused)
 
     @classmethod
     def of(cls, settings: InboxSettings) -> InboxFolders:
         absolute = [Path(os.path.abspath(folder)) for folder in (settings.path, settings.processed, settings.failed)]
+        if settings.vault:
+            return cls(absolute[0], True, (), tuple(e.lower() for e in settings.extensions))
         return cls(absolute[0], settings.recursive, (absolute[1], absolute[2]))
 
     def is_ignored(self, path: Path) -> bool:
@@ -138,6 +150,8 @@ class InboxFolders:
             return True
         parts = path.relative_to(self.root).parts
         if len(parts) > 1 and not self.recursive:
+            return True
+        if self.only and path.suffix.lower() not in self.only and not path.is_dir():
             return True
         return _ignored_name(parts)
 
@@ -191,8 +205,12 @@ class FileMover:
         self._claims: dict[Path, _Signature | None] = {}
         # One move at a time: two threads moving one file could leave a copy under a second name.
         self._moving = threading.Lock()
-        # Called with (new path, sha256) after a file moved to processed/ (the deletion watch).
+        # Called with (new path, sha256) after a file moved to processed/, or in a vault was
+        # done in place (the deletion watch).
         self.on_processed: Callable[[Path, str], None] | None = None
+        self.vault = settings.vault
+        # A vault's files done or refused, as they were then: not handed out again unchanged.
+        self._settled: dict[Path, _Signature] = {}
 
     # -- claims
 
@@ -220,6 +238,22 @@ class FileMover:
         """End a claim without moving the file (it vanished, or it was dealt with another way)."""
         with self.lock:
             self._claims.pop(Path(path), None)
+
+    def settled(self, path: Path) -> bool:
+        """A vault's file done or refused and unchanged since: not to be handed out again."""
+        with self.lock:
+            known = self._settled.get(Path(path))
+        return known is not None and known == _signature(path)
+
+    def _settle(self, path: Path, sha256: str | None) -> None:
+        """Remember a vault's file as it was when handed out (or as it is, when it still
+        holds `sha256` and was not handed out: another path of the same capture)."""
+        with self.lock:
+            signature = self._claims.get(path)
+            if signature is None and sha256 is not None and self._holds(path, sha256):
+                signature = _signature(path)
+            if signature is not None:
+                self._settled[path] = signature
 
     @contextmanager
     def handling(self, path: Path) -> Iterator[Path]:
@@ -252,6 +286,12 @@ class FileMover:
         None when not moved (deleted, gone, edited since: a new capture, or a move error)."""
         path = Path(path)
         if not self.inside(path):
+            return None
+        if self.vault:  # read in place: never moved
+            self._settle(path, sha256)
+            self.release(path)
+            if sha256 is not None and self.on_processed is not None and self._holds(path, sha256):
+                self.on_processed(path, sha256)
             return None
         try:
             with self._moving:
@@ -291,6 +331,11 @@ class FileMover:
         moved (the sidecar is not written then)."""
         path = Path(path)
         if not self.inside(path):
+            return None
+        if self.vault:  # never written to: the reason is in the journal (`membrane status`)
+            self._settle(path, sha256)
+            self.release(path)
+            log.warning("capture_file_failed", path=str(path), stage=stage, reason=reason)
             return None
         record = {"reason": reason, "stage": stage, "hint": hint, "model": model, "sha256": sha256,
                   **dict(details or {})}
@@ -404,8 +449,8 @@ class Inbox:
     # -- life cycle
 
     def start(self) -> None:
-        """Create the folders, start the observer and the tracker, and scan once."""
-        for folder in (self.root, self.processed_dir, self.failed_dir):
+        """Create the folders (a vault's own only), start the observer and the tracker, and scan once."""
+        for folder in (self.root,) if self.settings.vault else (self.root, self.processed_dir, self.failed_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._stop.clear()
         self._start_observer()
@@ -449,7 +494,7 @@ class Inbox:
         self._observer = self._launch(PollingObserver(timeout=self.settings.poll_interval_s))
 
     def _launch(self, observer: BaseObserver) -> BaseObserver:
-        observer.schedule(_Handler(self), str(self.root), recursive=self.settings.recursive)
+        observer.schedule(_Handler(self), str(self.root), recursive=self.folders.recursive)
         observer.daemon = True
         observer.start()
         return observer
@@ -516,10 +561,10 @@ class Inbox:
             return
         with self._lock:
             if is_directory:
-                if self.settings.recursive:
+                if self.folders.recursive:
                     self._dirs_to_scan.add(path)  # files moved in with a folder bring no events
                 return
-            if not self.mover.claimed(path):
+            if not self.mover.claimed(path) and not self.mover.settled(path):
                 self._candidates[path] = (None, self._clock())
 
     def scan(self) -> int:
@@ -527,7 +572,7 @@ class Inbox:
         found = 0
         for path in self.folders.walk(self.root):
             with self._lock:
-                if not self.mover.claimed(path) and path not in self._candidates:
+                if not self.mover.claimed(path) and path not in self._candidates and not self.mover.settled(path):
                     self._candidates[path] = (None, self._clock())
                     found += 1
         if found:
@@ -575,7 +620,7 @@ class Inbox:
                     continue
                 if stat.S_ISDIR(current.kind):
                     del self._candidates[path]
-                    if self.settings.recursive:
+                    if self.folders.recursive:
                         self._dirs_to_scan.add(path)
                     continue
                 if current != previous:
@@ -595,7 +640,9 @@ class Inbox:
 class DeletionWatch:
     """graph.on_capture_deleted = "retract": a file deleted from processed/ (or moved
     out of it) while the daemon runs puts its capture's sha256 on `retractions`,
-    unless another file in processed/ holds the same bytes.
+    unless another file in processed/ holds the same bytes. In a vault the watch
+    is on the vault itself, and its index is filled as notes are done in place
+    (nothing is hashed at start-up: the start-up scan reads every note anyway).
 
     Deleting a capture means deleting its file from processed/: that is where
     every capture's file ends up (with inbox.on_success = "move"). Only
@@ -606,7 +653,7 @@ class DeletionWatch:
 
     def __init__(self, mover: FileMover, retractions: queue.Queue[str]) -> None:
         self.mover = mover
-        self.folder = mover.processed_dir
+        self.folder = mover.root if mover.vault else mover.processed_dir
         self.retractions = retractions
         self._lock = threading.Lock()
         self._index: dict[Path, str] = {}
@@ -615,7 +662,7 @@ class DeletionWatch:
     def start(self) -> None:
         """Index processed/ as it is, learn of every file moved in, and watch for deletions."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        for path in self.folder.rglob("*"):
+        for path in () if self.mover.vault else self.folder.rglob("*"):
             if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
                 with contextlib.suppress(OSError):
                     self._index[path] = regular_file_sha256(path)
@@ -651,13 +698,29 @@ class DeletionWatch:
 
     def renamed(self, source: Path, target: Path) -> None:
         target = Path(os.path.abspath(target))
-        if not target.is_relative_to(self.folder):
+        # Moved out, or (in a vault) into an ignored place such as .trash/: deleted.
+        if not target.is_relative_to(self.folder) or (self.mover.vault and self.mover.folders.is_ignored(target)):
             self.gone(source)
             return
         with self._lock:
             sha256 = self._index.pop(Path(os.path.abspath(source)), None)
             if sha256 is not None:
                 self._index[target] = sha256
+
+    def gone_folder(self, folder: Path) -> None:
+        """A folder deleted or moved away: every file indexed under it is gone."""
+        folder = Path(os.path.abspath(folder))
+        with self._lock:
+            under = [path for path in self._index if path.is_relative_to(folder)]
+        for path in under:
+            self.gone(path)
+
+    def renamed_folder(self, source: Path, target: Path) -> None:
+        source, target = Path(os.path.abspath(source)), Path(os.path.abspath(target))
+        with self._lock:
+            under = [path for path in self._index if path.is_relative_to(source)]
+        for path in under:
+            self.renamed(path, target / path.relative_to(source))
 
 
 class _DeletionHandler(FileSystemEventHandler):
@@ -667,12 +730,18 @@ class _DeletionHandler(FileSystemEventHandler):
         self.watch = watch
 
     def on_deleted(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watch.gone(Path(os.fsdecode(event.src_path)))
+        path = Path(os.fsdecode(event.src_path))
+        if event.is_directory:
+            self.watch.gone_folder(path)
+        else:
+            self.watch.gone(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watch.renamed(Path(os.fsdecode(event.src_path)), Path(os.fsdecode(event.dest_path)))
+        source, target = Path(os.fsdecode(event.src_path)), Path(os.fsdecode(event.dest_path))
+        if event.is_directory:
+            self.watch.renamed_folder(source, target)
+        else:
+            self.watch.renamed(source, target)
 
 
 # ---------------------------------------------------------------- moves

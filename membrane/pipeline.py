@@ -54,7 +54,7 @@ from membrane.errors import (
     PermanentError,
     RetryableError,
 )
-from membrane.inbox import FileMover
+from membrane.inbox import FileMover, regular_file_sha256
 from membrane.journal import (
     DEFAULT_LEASE_S,
     FACT_STATES,
@@ -259,6 +259,9 @@ class Pipeline:
                                                captured_at=capture.captured_at)  # fmt: skip
         record = result.record
         log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
+        if record.state in FACT_STATES and self._renamed(record, name):
+            with self._holding(record.sha256):  # re-projected under its new path, not extracted again
+                return self.finish(self.journal.captures.rekey(record.sha256, name))
         if record.state in FACT_STATES:
             # Same bytes already carried to their facts: not extracted again. A
             # capture not yet done is finished by the worker (project_due, recover).
@@ -270,6 +273,17 @@ class Pipeline:
                                   error=PermanentError(record.last_error or "failed", hint=record.hint or ""))
             return Outcome(name, CaptureState.FAILED, record.sha256, record.stage or "", record.last_error or "")
         return Outcome(name, "waiting", record.sha256)
+
+    def _renamed(self, record: CaptureRecord, name: str) -> bool:
+        """In a vault: known bytes at a new path while the path the capture goes by holds
+        them no more (a note renamed or moved, seen as it happened or at a later scan)."""
+        if not self.settings.inbox.vault or record.path == name:
+            return False
+        old = self.files.locate(record.path)
+        try:
+            return regular_file_sha256(old) != record.sha256
+        except OSError:  # gone
+            return True
 
     def _parse_file(self, path: Path) -> Capture:
         # A file named on the command line outside the inbox may not link out of its folder.

@@ -526,3 +526,15 @@ def test_captured_at_is_fixed_at_first_enqueue(tmp_path: Path) -> None:
         assert again.record.captured_at == "2024-03-05T10:00:00Z"
         undated = journal.captures.enqueue("b" * 64, "b.txt", "y")
         assert undated.record.captured_at == undated.record.ingested_at
+
+
+def test_rekey_sends_a_renamed_capture_back_to_projection(journal: Journal) -> None:
+    """rekey moves a done capture to its new path and back to extracted; a capture without facts is refused."""
+    digest = add(journal, "renamed note", "notes/old.md")
+    with pytest.raises(StaleClaim, match="cannot move queued -> extracted"):
+        journal.captures.rekey(digest, "notes/new.md")
+    extract(journal, digest)
+    journal.captures.mark_done(digest)
+    record = journal.captures.rekey(digest, "archive/new.md")
+    assert record.state == CaptureState.EXTRACTED and record.path == "archive/new.md"
+    assert journal.captures.rekey(digest, "archive/newer.md").path == "archive/newer.md"

@@ -8,6 +8,7 @@ Captures are keyed by the sha256 of their bytes::
       |   extracted --mark_projected--> projected --mark_done--> done
       |   extracted --mark_done (journal-only mode, no Neo4j)--> done
       |   extracted|projected|done --mark_retracted--> retracted
+      |   projected|done --rekey (a vault's note renamed)--> extracted
       |   any state but done/retracted --fail--> failed (stage, reason, hint)
       \\-- requeue_failed / enqueue of the same bytes again <-- failed|retracted
 
@@ -76,8 +77,9 @@ TRANSITIONS: Mapping[CaptureState, frozenset[CaptureState]] = MappingProxyType({
     _S.QUEUED: frozenset({_S.EXTRACTING, _S.FAILED}),
     _S.EXTRACTING: frozenset({_S.QUEUED, _S.EXTRACTED, _S.FAILED}),
     _S.EXTRACTED: frozenset({_S.PROJECTED, _S.DONE, _S.RETRACTED, _S.FAILED}),
-    _S.PROJECTED: frozenset({_S.DONE, _S.RETRACTED, _S.FAILED}),
-    _S.DONE: frozenset({_S.RETRACTED}),
+    # -> extracted: a vault's note renamed, projected again under its new path (rekey).
+    _S.PROJECTED: frozenset({_S.DONE, _S.RETRACTED, _S.FAILED, _S.EXTRACTED}),
+    _S.DONE: frozenset({_S.RETRACTED, _S.EXTRACTED}),
     # A person moved the file back, a promotion requeued it, or the same bytes arrived again.
     _S.FAILED: frozenset({_S.QUEUED, _S.EXTRACTED}),
     _S.RETRACTED: frozenset({_S.QUEUED, _S.EXTRACTED}),
@@ -266,6 +268,25 @@ class CaptureStore(Store):
         (False when the caller already removed them, or there is no Neo4j).
         """
         self._settle(sha256, CaptureState.RETRACTED, graph_retraction_pending=graph)
+
+    def rekey(self, sha256: str, path: str) -> CaptureRecord:
+        """A capture's file was renamed (a vault's note): it goes by `path` now, and
+        projected|done -> extracted, so the graph is written again under the new path
+        (an extracted one keeps its state: its projection is still to come)."""
+        now = self._core.now()
+        columns: dict[str, object] = {"path": path, "updated_at": iso_utc(now), "attempts": 0, "last_error": None,
+                                      "next_attempt_at": None}  # fmt: skip
+        with self._core.write("rekey") as db:
+            capture = locked_capture(db, sha256)
+            if capture.state == CaptureState.EXTRACTED:
+                _update(db, sha256, **columns)
+            else:
+                change_state(db, capture, CaptureState.EXTRACTED, expect=(CaptureState.PROJECTED, CaptureState.DONE),
+                             **columns)
+            record = _get(db, sha256)
+        assert record is not None
+        log.info("capture_rekeyed", sha256=sha256, path=path)
+        return record
 
     def mark_graph_retracted(self, sha256: str) -> None:
         """The graph half of a retraction is done: Neo4j no longer holds its facts."""
