@@ -71,6 +71,7 @@ __all__ = [
     "capture_path",
     "note_date",
     "read_capture",
+    "split_front_matter",
 ]
 
 # Nodes a front matter may expand to; YAML aliases can make a tiny file expand
@@ -344,9 +345,16 @@ def _parse_text(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
+    body, metadata = split_front_matter(text)
+    return _require_text(body, "the file" if body is text else "the text after the front matter"), metadata
+
+
+def split_front_matter(text: str) -> tuple[str, dict[str, Any]]:
+    """Markdown's text after its front matter, and the front matter as metadata (the
+    text itself and {} when there is none); Rejection (bad_front_matter) for bad YAML."""
     match = _FRONT_MATTER.match(text)
     if match is None:
-        return _require_text(text, "the file"), {}
+        return text, {}
     if len(match["yaml"]) > MAX_FRONT_MATTER_CHARS:
         raise Rejection("bad_front_matter", f"front matter is too large ({len(match['yaml'])} characters, "
                         f"the limit is {MAX_FRONT_MATTER_CHARS})")
@@ -364,10 +372,10 @@ def _parse_markdown(text: str) -> tuple[str, dict[str, Any]]:
         # (2001-13-45, a 5,000-digit int, "!!timestamp x").
         raise Rejection("bad_front_matter", f"front matter holds a value that cannot be read: {exc}") from None
     if not isinstance(loaded, dict):
-        return _require_text(text, "the file"), {}
+        return text, {}
     metadata = _json_safe(loaded, [MAX_METADATA_NODES])
     _require_storable(metadata, "bad_front_matter", "front matter")
-    return _require_text(text[match.end() :], "the text after the front matter"), metadata
+    return text[match.end() :], metadata
 
 
 def _json_safe(value: Any, budget: list[int], depth: int = 0) -> Any:

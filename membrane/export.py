@@ -66,7 +66,7 @@ def _rows(graph: MergedGraph) -> dict[str, list[Row]]:
     return {
         "capture": [{"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
                      "prompt_version": c.prompt_version, "title": c.title, "captured_at": c.captured_at,
-                     "captured_utc": c.captured_utc, "text": c.text} for c in graph.captures],
+                     "captured_utc": c.captured_utc, "tags": list(c.tags), "text": c.text} for c in graph.captures],
         "entity": [{"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
                     "last_seen": e.last_seen} for e in graph.entities],
         "mention": [{"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}

@@ -68,6 +68,7 @@ from membrane.journal import (
 from membrane.logs import get_logger
 from membrane.resolve import capture_facts
 from membrane.schema import ModelRef
+from membrane.vault import VaultIndex, linked
 
 if TYPE_CHECKING:
     from membrane.extract import Extractor
@@ -232,6 +233,8 @@ class Pipeline:
         # The daemon passes its Inbox's mover, whose claims the moves end.
         self.files = files or FileMover(settings.inbox)
         self.inbox = Path(os.path.abspath(settings.inbox.path))
+        # A vault's note names and aliases, which its links resolve against (built at the first note).
+        self.vault_index = VaultIndex(settings.inbox) if settings.inbox.vault else None
 
     # -- paths
 
@@ -288,7 +291,10 @@ class Pipeline:
     def _parse_file(self, path: Path) -> Capture:
         # A file named on the command line outside the inbox may not link out of its folder.
         root = self.inbox if self.files.inside(path) else Path(os.path.abspath(path)).parent
-        return read_capture(path, self.settings.inbox, root=root)
+        capture = read_capture(path, self.settings.inbox, root=root)
+        if self.vault_index is not None and self.files.inside(path):
+            capture = linked(capture, self.vault_index)  # wikilinks resolved, tags gathered
+        return capture
 
     def _reject(self, path: Path, name: str, exc: MembraneError) -> Outcome:
         self.journal.status.record_rejection(name, reason=exc.reason, hint=exc.hint, stage="read")

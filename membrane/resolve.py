@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,11 +54,14 @@ __all__ = [
     "ResolvedEntity",
     "ResolvedRelationship",
     "Resolver",
+    "Wikilink",
     "capture_facts",
+    "capture_tags",
     "capture_title",
     "entity_key",
     "normalize_timestamp",
     "note_moment",
+    "wikilinks",
 ]
 
 log = get_logger(__name__)
@@ -112,6 +115,40 @@ class CaptureFacts(CaptureSource):
     relationships: tuple[ResolvedRelationship, ...]
     title: str | None = None
     text: str | None = None
+    tags: tuple[str, ...] = field(default=(), kw_only=True)  # the capture's tags, sorted
+
+
+@dataclass(frozen=True)
+class Wikilink:
+    """A note a vault note links to: its name, and the forms that mean it (the link as
+    written, the text shown for it, the note's aliases)."""
+
+    name: str
+    forms: tuple[str, ...] = ()
+
+
+def wikilinks(metadata: Mapping[str, Any]) -> tuple[Wikilink, ...]:
+    """The `wikilinks` a vault note's metadata carries (vault.linked writes them); none
+    unless the value has exactly that shape, so other metadata never turns into entities."""
+    value = metadata.get("wikilinks")
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for item in value:
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip()
+                and isinstance(item.get("forms", []), list) and all(isinstance(f, str) for f in item.get("forms", []))):
+            return ()
+        out.append(Wikilink(item["name"].strip(), tuple(item.get("forms", []))))
+    return tuple(out)
+
+
+def capture_tags(metadata: Mapping[str, Any]) -> tuple[str, ...]:
+    """A capture's tags (a JSON capture's, front matter's, a vault note's), sorted and unique;
+    a string of tags is split at commas and spaces, a leading "#" dropped."""
+    value = metadata.get("tags")
+    items = value.replace(",", " ").split() if isinstance(value, str) else value if isinstance(value, list) else []
+    return tuple(sorted({str(t).strip().lstrip("#") for t in items
+                         if isinstance(t, (str, int, float)) and str(t).strip().lstrip("#")}))  # fmt: skip
 
 
 def _is_word(char: str) -> bool:
@@ -203,25 +240,37 @@ class Resolver:
         model: str,
         prompt_version: str,
         captured_at: str | None = None,
+        links: Sequence[Wikilink] = (),
+        tags: tuple[str, ...] = (),
     ) -> CaptureFacts:
-        """The capture's facts; `captured_at` is its own date as the note writes it (None: ingested_at)."""
+        """The capture's facts; `captured_at` is its own date as the note writes it (None: ingested_at).
+
+        `links` (a vault note's wikilinks) are entities the capture mentions; a model's
+        entity whose key is one of a link's forms takes the linked note's name (the link
+        wins), its own surface form kept among the aliases.
+        """
         matcher = self._matcher()
         forms: dict[str, list[str]] = {}
         roles: dict[str, str] = {}
+        linked = {entity_key(form): link.name for link in links for form in (link.name, *link.forms)}
         for entity in extraction.entities:
-            key = self._key(entity.name, matcher)
+            key = self._key(linked.get(entity_key(entity.name), entity.name), matcher)
             forms.setdefault(key, []).append(entity.name)
             roles.setdefault(key, entity.role)
         relationships: set[ResolvedRelationship] = set()
         for rel in extraction.relationships:
             ends = []
             for name, role in ((rel.source, "subject"), (rel.target, "object")):
-                key = self._key(name, matcher)
+                key = self._key(linked.get(entity_key(name), name), matcher)
                 forms.setdefault(key, []).append(name)
                 roles.setdefault(key, role)
                 ends.append(key)
             if ends[0] != ends[1]:  # two spellings of one entity: a self-loop says nothing
                 relationships.add(ResolvedRelationship(ends[0], self._relation(rel.relation, sha256), ends[1]))
+        for link in links:  # the linked note's name first: it names the entity
+            key = self._key(link.name, matcher)
+            forms[key] = [link.name, *forms.get(key, [])]
+            roles.setdefault(key, "object")
         entities = tuple(
             ResolvedEntity(key=key, name=names[0], role=roles[key], aliases=tuple(sorted(set(names))))
             for key, names in sorted(forms.items())
@@ -236,6 +285,7 @@ class Resolver:
             prompt_version=prompt_version,
             entities=entities,
             relationships=tuple(sorted(relationships, key=lambda r: (r.type, r.source_key, r.target_key))),
+            tags=tags,
         )
 
     def _matcher(self) -> _KeyMatcher:
@@ -285,6 +335,8 @@ def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Set
         model=f"{result.backend}:{result.model}",
         prompt_version=result.prompt_version,
         captured_at=record.captured_at or None,
+        links=wikilinks(record.metadata),
+        tags=capture_tags(record.metadata),
     )
     stored = settings.graph.store_text
     return dataclasses.replace(

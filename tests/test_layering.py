@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("membrane.config",),
     ("membrane.formats",),
     ("membrane.journal", "membrane.backends", "membrane.capture", "membrane.inbox", "membrane.resolve"),
-    ("membrane.merge", "membrane.extract", "membrane.champion"),
+    ("membrane.merge", "membrane.extract", "membrane.champion", "membrane.vault"),
     ("membrane.graph", "membrane.score"),
     ("membrane.export", "membrane.promote"),
     ("membrane.explore", "membrane.bench", "membrane.search"),

@@ -120,7 +120,7 @@ CALL () {
   UNWIND $captures AS row
   CREATE (c:Capture {
     sha256: row.sha256, path: row.path, model: row.model, prompt_version: row.prompt_version,
-    fingerprint: row.fingerprint, title: row.title, captured_at: row.captured_at, text: row.text,
+    fingerprint: row.fingerprint, title: row.title, captured_at: row.captured_at, text: row.text, tags: row.tags,
     ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000}),
     captured_utc: datetime({epochSeconds: row.captured_utc / 1000000, nanosecond: row.captured_utc % 1000000 * 1000})
   })
@@ -167,13 +167,13 @@ UNWIND $captures AS row
 MATCH (c:Capture {sha256: row.sha256})
 WITH c, row, {
   path: row.path, model: row.model, prompt_version: row.prompt_version, fingerprint: row.fingerprint,
-  title: row.title, captured_at: row.captured_at, text: row.text,
+  title: row.title, captured_at: row.captured_at, text: row.text, tags: row.tags,
   ingested_at: datetime({epochSeconds: row.ingested_at / 1000000, nanosecond: row.ingested_at % 1000000 * 1000}),
   captured_utc: datetime({epochSeconds: row.captured_utc / 1000000, nanosecond: row.captured_utc % 1000000 * 1000})
 } AS props
 // A null in props removes that property (text storage turned off).
 FOREACH (_ IN CASE WHEN c {.path, .ingested_at, .model, .prompt_version, .fingerprint, .title, .captured_at,
-                           .captured_utc, .text} = props THEN [] ELSE [1] END |
+                           .captured_utc, .text, .tags} = props THEN [] ELSE [1] END |
   SET c += props)
 WITH c, row
 UNWIND row.mentions AS mention
@@ -390,7 +390,7 @@ SCRIPT_CAPTURES = (
     "UNWIND $captures AS row MERGE (c:Capture {sha256: row.sha256}) "
     "SET c.path = row.path, c.ingested_at = datetime(row.ingested_at), c.model = row.model, "
     "c.prompt_version = row.prompt_version, c.title = row.title, c.captured_at = row.captured_at, "
-    "c.captured_utc = datetime(row.captured_utc), c.text = row.text;"
+    "c.captured_utc = datetime(row.captured_utc), c.text = row.text, c.tags = row.tags;"
 )
 SCRIPT_ENTITIES = (
     "UNWIND $entities AS row MERGE (e:Entity {key: row.key}) "

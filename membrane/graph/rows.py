@@ -50,7 +50,7 @@ def _capture_row(c: CaptureFacts, fingerprint: str) -> Row:
     return {"sha256": c.sha256, "path": c.path, "ingested_at": _moment(c.ingested_at), "model": c.model,
             "prompt_version": c.prompt_version, "fingerprint": fingerprint, "mentions": mention_rows(c),
             "title": c.title, "captured_at": c.captured_at, "captured_utc": _moment(c.captured_utc),
-            "text": c.text}  # fmt: skip
+            "text": c.text, "tags": list(c.tags)}  # fmt: skip
 
 
 def _entity_row(e: MergedEntity) -> Row:
@@ -75,6 +75,7 @@ def fingerprint(facts: CaptureFacts) -> str:
     text = hashlib.sha256(facts.text.encode("utf-8")).hexdigest() if facts.text is not None else None
     payload = [
         facts.sha256, facts.path, facts.ingested_at, facts.captured_utc, facts.model, facts.prompt_version,
+        list(facts.tags),
         [[e.key, e.name, e.role, e.aliases] for e in facts.entities],
         [[r.source_key, r.type, r.target_key] for r in facts.relationships],
         [facts.title, facts.captured_at, text],

@@ -7,7 +7,7 @@ graph/cypher.py's, the parameters graph/rows.py's.
 Graph model (see docs/design-notes.md, "## Graph"):
 
     (:Capture {sha256, path, ingested_at, captured_at, captured_utc, model, prompt_version,
-               fingerprint, title, text})  (title and text: graph.store_text)
+               fingerprint, title, text, tags})  (title and text: graph.store_text)
     (:Entity {key, name, aliases, first_seen, last_seen})
     (:Capture)-[:MENTIONS {role, aliases}]->(:Entity)
     (:Entity)-[:<TYPE> {sources, first_seen, last_seen, model}]->(:Entity)
