@@ -410,3 +410,35 @@ def test_a_long_document_is_extracted_in_chunks(tmp_path: Path, make_settings: C
         [(record, stored)] = list(journal.extractions.facts())
     assert len(chunks) > 5 and len(stored.result.chunks) == len(chunks)
     assert {e.name for e in stored.result.extraction.entities} == set(names)
+
+
+def test_bad_documents_reach_failed_with_their_reasons(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    """Through `membrane ingest`'s pipeline, each bad document lands in failed/ with a sidecar saying why
+    and what to do, and a good one beside them is processed."""
+    from membrane.daemon import ingest
+    from tests.support.pipeline import settings_sections, write_replay
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    good = Document(("Alice deployed Nextcloud on the Raspberry Pi.",))
+    bad = {
+        "locked.pdf": pdf_bytes(DOC, password="secret"),
+        "scan.pdf": pdf_bytes(DOC, image_only=True),
+        "cut.docx": docx_bytes(DOC)[:5000],
+        "latin1.eml": b"From: a@example.org\nSubject: s\nContent-Type: text/plain; charset=utf-8\n\ncaf\xe9\n",
+    }
+    for name, data in {**bad, "good.pdf": pdf_bytes(good)}.items():
+        (inbox / name).write_bytes(data)
+    answer = json.dumps({"entities": [{"name": "Alice", "role": "subject"}], "relationships": []})
+    replay = write_replay(tmp_path / "replay.jsonl", [(good.paragraphs[0], answer)])
+    settings = make_settings(**settings_sections(tmp_path, replay))
+    report = ingest(settings, [inbox])
+    assert not report.ok
+    assert sorted(p.name for p in settings.inbox.processed.iterdir()) == ["good.pdf"]
+    codes = {}
+    for name in bad:
+        sidecar = json.loads((settings.inbox.failed / f"{name}.error.json").read_text(encoding="utf-8"))
+        assert sidecar["stage"] == "read" and sidecar["hint"]
+        codes[name] = sidecar["reason"]
+    assert "password" in codes["locked.pdf"] and "OCR" in codes["scan.pdf"]
+    assert "cut short" in codes["cut.docx"] and "not valid utf-8" in codes["latin1.eml"]
