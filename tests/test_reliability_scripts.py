@@ -34,10 +34,18 @@ def _neo4j_env(server: Any) -> dict[str, str]:
 
 
 def test_fuzz_inputs_reports_every_target_and_no_broken_contract() -> None:
-    """fuzz_inputs.py at 15 inputs per target prints six targets and a total with nothing broken."""
+    """fuzz_inputs.py at 15 inputs per target prints seven targets and a total with nothing broken."""
     lines = _run("fuzz_inputs.py", "--examples", "15")
-    assert [line["target"] for line in lines][-1] == "total" and len(lines) == 7
-    assert lines[-1]["inputs"] >= 6 * 10 and lines[-1]["broke_contract"] == 0
+    assert [line["target"] for line in lines][-1] == "total" and len(lines) == 8
+    assert "documents" in [line["target"] for line in lines]
+    assert lines[-1]["inputs"] >= 7 * 10 and lines[-1]["broke_contract"] == 0
+
+
+def test_convert_formats_scores_every_candidate() -> None:
+    """convert_formats.py prints a scored, checked row per sample and candidate (the e-mail ones here)."""
+    lines = _run("convert_formats.py", "--only", "eml", "--repeat", "1")
+    assert sorted({line["library"] for line in lines}) == ["email (stdlib)", "membrane (child)"]
+    assert len(lines) == 6 and all(line["status"] == "ok" and line["recall"] == 1.0 for line in lines)
 
 
 @pytest.mark.neo4j
