@@ -45,6 +45,8 @@ DOCUMENT_FORMATS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".docx": "do
 # Format -> (module to import, distribution to name), for the formats that need the extra.
 _LIBRARIES = {"pdf": ("pdfminer", "pdfminer.six"), "html": ("trafilatura", "trafilatura"),
               "docx": ("docx", "python-docx")}  # fmt: skip
+# How refusals name each format.
+_NAMES = {"pdf": "PDF", "html": "web page", "docx": "Word file", "eml": "e-mail"}
 CHILD_MODULE = "membrane.formats.child"
 # What the child may print besides its answer (warnings on stderr) that is kept for the reason.
 _STDERR_TAIL = 300
@@ -62,9 +64,6 @@ def convert_here(fmt: str, data: bytes, limits: Limits) -> Converted:
     if len(converted.text) > limits.max_text_chars:
         raise too_long(_NAMES.get(fmt, fmt), f"{len(converted.text):,}", limits)
     return converted
-
-
-_NAMES = {"pdf": "PDF", "html": "web page", "docx": "Word file", "eml": "e-mail"}
 
 
 def convert_isolated(fmt: str, data: bytes, limits: Limits, *, timeout_s: float, memory_bytes: int) -> Converted:
