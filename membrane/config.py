@@ -6,11 +6,13 @@ keys are errors. A bad value raises ConfigError naming the key, the value and
 what was expected; the CLI turns that into exit code 2.
 
 Relative paths are resolved against the current working directory (systemd's
-WorkingDirectory=/var/lib/membrane for the service). The Neo4j password comes
-from `neo4j.password_file`, else systemd's credential `neo4j-password`
-($CREDENTIALS_DIRECTORY), else `neo4j.password` / MEMBRANE_NEO4J__PASSWORD;
-the MCP server's bearer token from `mcp.token_file`, else the credential
-`mcp-token`.
+WorkingDirectory=/var/lib/membrane for the service). Secrets come from a file,
+else systemd's credential ($CREDENTIALS_DIRECTORY), else the key itself (or its
+MEMBRANE_ variable): the Neo4j password from `neo4j.password_file`, the
+credential `neo4j-password`, `neo4j.password`; the OpenAI-compatible server's
+API key from `model.openai_api_key_file`, the credential `openai-api-key`,
+`model.openai_api_key`. The MCP server's bearer token comes from
+`mcp.token_file`, else the credential `mcp-token` (never from the config).
 """
 
 from __future__ import annotations
@@ -123,9 +125,18 @@ def _default_embedded() -> dict[str, EmbeddedModel]:
 
 
 class ModelSettings(_Section):
-    backend: Literal["embedded", "ollama", "replay"] = "embedded"
+    backend: Literal["embedded", "ollama", "openai", "replay"] = "embedded"
     name: str = "gemma3-270m-membrane"  # the shipped LoRA over Gemma-3-270M (membrane/models/)
     ollama_host: str = "http://127.0.0.1:11434"
+    # An OpenAI-compatible server (vLLM, llama.cpp's llama-server, LM Studio, Ollama's /v1).
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: SecretStr = SecretStr("")
+    openai_api_key_file: Path | None = None
+    # How the extraction's JSON schema is sent: response_format json_schema, json_object
+    # with the schema beside it (llama-cpp-python's server), or not at all.
+    openai_response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    openai_strict: bool = True
+    openai_extra_body: dict[str, Any] = Field(default_factory=dict)  # merged into every request
     timeout_s: float = Field(120.0, gt=0)
     keep_alive: str = "10m"
     num_ctx: int = Field(4096, gt=0)
@@ -137,6 +148,13 @@ class ModelSettings(_Section):
     threads: int = Field(0, ge=0)
     replay_file: Path | None = None
     embedded: dict[str, EmbeddedModel] = Field(default_factory=_default_embedded)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected a URL like http://127.0.0.1:8000/v1")
+        return value.rstrip("/")
 
 
 class ExtractionSettings(_Section):
@@ -332,19 +350,12 @@ class Settings(_Section):
 
     def neo4j_password(self) -> str:
         """The password, read from the file or credential when one is configured."""
-        path = self.neo4j.password_file
-        if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
-            candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "neo4j-password"
-            path = candidate if candidate.exists() else None
-        if path is not None:
-            try:
-                return path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"neo4j.password_file = {str(path)!r}: cannot read it ({exc.strerror})",
-                    key="neo4j.password_file",
-                ) from exc
-        return self.neo4j.password.get_secret_value()
+        return _secret(self.neo4j.password_file, "neo4j-password", self.neo4j.password, "neo4j.password_file")
+
+    def openai_api_key(self) -> str:
+        """The OpenAI-compatible server's API key ("" for none), read from the file or credential when one is set."""
+        model = self.model
+        return _secret(model.openai_api_key_file, "openai-api-key", model.openai_api_key, "model.openai_api_key_file")
 
     def mcp_token(self) -> str | None:
         """The bearer token `membrane mcp` over HTTP requires: mcp.token_file, else the
@@ -364,6 +375,19 @@ class Settings(_Section):
             raise ConfigError(f"mcp.token_file = {str(path)!r}: the token must be at least 16 printable "
                               "characters without spaces", key="mcp.token_file")  # fmt: skip
         return token
+
+
+def _secret(path: Path | None, credential: str, value: SecretStr, key: str) -> str:
+    """A secret from its file, else systemd's credential of that name, else the value in the config."""
+    if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / credential
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key} = {str(path)!r}: cannot read it ({exc.strerror})", key=key) from exc
+    return value.get_secret_value()
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -405,7 +429,7 @@ def _describe(error: ErrorDetails, env_keys: set[str]) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key{source}"
     value = error.get("input")
-    shown = "<hidden>" if "password" in key else repr(value)
+    shown = "<hidden>" if "password" in key or "api_key" in key else repr(value)
     return f"{key} = {shown}{source}: {error_message(error)}"
 
 

@@ -53,7 +53,7 @@ def test_env_lists_as_json() -> None:
         ('[neo4j]\nuri = "http://localhost:7474"\n', "neo4j.uri", "bolt://"),
         ("[inbox]\nstable_secnds = 2\n", "inbox.stable_secnds", "unknown key"),
         ("[nosuchsection]\nx = 1\n", "nosuchsection", "unknown key"),
-        ('[model]\nbackend = "openai"\n', "model.backend", "'embedded'"),
+        ('[model]\nbackend = "vllm"\n', "model.backend", "'openai'"),
     ],
 )
 def test_bad_value_names_key_value_and_expectation(tmp_path: Path, text: str, key: str, fragment: str) -> None:
@@ -130,6 +130,40 @@ def test_password_is_hidden_in_errors_and_repr() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(CONFIG_FILE, environ={"MEMBRANE_NEO4J__PASSWORD": "s3cret-value", "MEMBRANE_NEO4J__URI": "x"})
     assert "s3cret-value" not in str(caught.value)
+
+
+def test_api_key_comes_from_file_then_credential_then_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.openai_api_key_file wins over the openai-api-key credential, which wins over the inline key."""
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n", encoding="utf-8")
+    (tmp_path / "openai-api-key").write_text("from-credential\n", encoding="utf-8")
+    inline = {"MEMBRANE_MODEL__OPENAI_API_KEY": "inline"}
+    assert load_settings(CONFIG_FILE, environ=inline).openai_api_key() == "inline"
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert load_settings(CONFIG_FILE, environ=inline).openai_api_key() == "from-credential"
+    with_file = {**inline, "MEMBRANE_MODEL__OPENAI_API_KEY_FILE": str(key_file)}
+    assert load_settings(CONFIG_FILE, environ=with_file).openai_api_key() == "from-file"
+    missing = load_settings(CONFIG_FILE, environ={"MEMBRANE_MODEL__OPENAI_API_KEY_FILE": str(tmp_path / "absent")})
+    with pytest.raises(ConfigError, match="model.openai_api_key_file") as caught:
+        missing.openai_api_key()
+    assert caught.value.key == "model.openai_api_key_file"
+
+
+def test_api_key_is_hidden_in_errors_and_repr() -> None:
+    """The API key never shows in a settings repr or a config error about it."""
+    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_MODEL__OPENAI_API_KEY": "sk-s3cret-value"})
+    assert "sk-s3cret-value" not in repr(settings)
+    with pytest.raises(ConfigError, match="model.openai_api_key = <hidden>") as caught:
+        load_settings(CONFIG_FILE, environ={"MEMBRANE_MODEL__OPENAI_API_KEY": '["sk-s3cret-value"]'})
+    assert "sk-s3cret-value" not in str(caught.value)
+
+
+def test_openai_base_url_must_be_http() -> None:
+    """model.openai_base_url must be an http(s) URL; a trailing slash is dropped."""
+    with pytest.raises(ConfigError, match="model.openai_base_url"):
+        load_settings(CONFIG_FILE, environ={"MEMBRANE_MODEL__OPENAI_BASE_URL": "127.0.0.1:8000/v1"})
+    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_MODEL__OPENAI_BASE_URL": "http://gpu:8000/v1/"})
+    assert settings.model.openai_base_url == "http://gpu:8000/v1"
 
 
 def test_cli_exits_2_on_bad_config(tmp_path: Path) -> None:
