@@ -155,7 +155,7 @@ def doctor(app: AppContext) -> None:
 @click.argument("text")
 @click.option("--raw", is_flag=True, help="Also show the model's raw output, tokens and timings.")
 @click.option("--model", "model_name", help="Model name (overrides model.name).")
-@click.option("--backend", "backend_name", help="Backend: embedded, ollama or replay (overrides model.backend).")
+@click.option("--backend", "backend_name", help="Backend: embedded, ollama, openai or replay (overrides model.backend).")
 @pass_app
 @handle_errors
 def extract(app: AppContext, text: str, raw: bool, model_name: str | None, backend_name: str | None) -> None:

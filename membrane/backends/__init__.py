@@ -8,7 +8,7 @@ is the only place its client library is imported, and it translates that
 library's exceptions into membrane.errors (ModelUnavailable: retry later;
 ModelNotFound: permanent).
 
-Built-in backends (ollama, embedded, replay) are registered through the same
+Built-in backends (embedded, ollama, openai, replay) are registered through the same
 ``register_backend`` a plugin would use; their modules are imported only when
 a backend of that name is built, so llama.cpp is not loaded for Ollama users.
 The backends never open the journal: the replay backend's recorded outputs,
@@ -61,6 +61,12 @@ def _ollama(settings: Settings) -> Backend:
     return OllamaBackend(settings)
 
 
+def _openai(settings: Settings) -> Backend:
+    from membrane.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(settings)
+
+
 def _embedded(settings: Settings) -> Backend:
     from membrane.backends.embedded import EmbeddedBackend
 
@@ -73,7 +79,12 @@ def _replay(settings: Settings, recorded: RecordedOutputs | None = None) -> Back
     return ReplayBackend.from_settings(settings, recorded)
 
 
-_FACTORIES: dict[str, BackendFactory] = {"embedded": _embedded, "ollama": _ollama, "replay": _replay}
+_FACTORIES: dict[str, BackendFactory] = {
+    "embedded": _embedded,
+    "ollama": _ollama,
+    "openai": _openai,
+    "replay": _replay,
+}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:

@@ -1,0 +1,104 @@
+"""Real OpenAI-compatible servers for tests and benchmarks (no tests here).
+
+`LlamaCppServer` runs llama-cpp-python's own server (`python -m llama_cpp.server`,
+its `server` extra's packages: fastapi, uvicorn, sse-starlette, starlette-context,
+pydantic-settings) on 127.0.0.1 with a tiny GGUF, optionally behind an API key.
+Ollama's /v1 is the Ollama rig's (scripts/ollama-local).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_packages_missing() -> str:
+    """'' when llama_cpp.server can start here, else what is missing."""
+    try:
+        import fastapi  # noqa: F401
+        import llama_cpp  # noqa: F401
+        import pydantic_settings  # noqa: F401
+        import sse_starlette  # noqa: F401
+        import starlette_context  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install -e '.[dev]')"
+    return ""
+
+
+@dataclass
+class LlamaCppServer:
+    """llama-cpp-python's OpenAI-compatible server serving one GGUF as `alias`."""
+
+    model_path: Path
+    alias: str
+    log: Path
+    chat_format: str = "chatml"
+    api_key: str = ""
+    n_ctx: int = 4096
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 180.0) -> LlamaCppServer:
+        command = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--model_alias", self.alias,
+            "--chat_format", self.chat_format, "--n_ctx", str(self.n_ctx), "--host", "127.0.0.1",
+            "--port", str(self.port), "--verbose", "false",
+        ]  # fmt: skip
+        if self.api_key:
+            command += ["--api_key", self.api_key]
+        with self.log.open("ab") as handle:
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                            start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while not self.answers():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited {self.process.returncode}: {self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"llama_cpp.server did not answer within {timeout_s:g} s: {self.log_tail()}")
+            time.sleep(0.25)
+        return self
+
+    def answers(self) -> bool:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            return httpx.get(f"{self.base_url}/models", headers=headers, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with kill=True: it goes away mid-request)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
