@@ -52,8 +52,11 @@ lint: venv
 
 # Lint, then the whole test suite against a real Neo4j and a real Ollama (each
 # started here if not running, and stopped again only if this target started it;
-# Ollama is built the first time, about 4 minutes) and real tiny models.
+# Ollama is built the first time, about 4 minutes), llama.cpp's llama-server
+# (built the first time from the llama-cpp-python sdist, then cached) and real
+# tiny models.
 test: system-test lint
+	@PYTHON=$(PY) scripts/llama-server build >/dev/null
 	@PYTHON=$(PY) bash scripts/with-neo4j bash scripts/with-ollama $(PY) -m pytest $(PYTEST_ARGS)
 
 # The main job on embedded defaults: sample captures through a temporary
