@@ -684,8 +684,13 @@ class DeletionWatch:
         return self._observer is not None and self._observer.is_alive()
 
     def moved_in(self, path: Path, sha256: str) -> None:
+        path = Path(os.path.abspath(path))
         with self._lock:
-            self._index[Path(os.path.abspath(path))] = sha256
+            self._index[path] = sha256
+        # Deleted between the mover's rename and this call: its event found no
+        # index entry and was ignored, so the deletion is seen here.
+        if not path.exists():
+            self.gone(path)
 
     def gone(self, path: Path) -> None:
         """A file left processed/: queue its capture for retraction if no copy remains."""

@@ -462,3 +462,19 @@ def test_deletion_watch_reports_a_deleted_processed_file_unless_a_copy_remains(
     finally:
         watch.stop()
     assert inbox.mover.on_processed is None
+
+
+def test_deletion_watch_sees_a_file_deleted_before_the_mover_reported_it(
+    start_inbox: Callable[..., Inbox],
+) -> None:
+    """A file deleted from processed/ between the mover's rename and its report (the deletion event found nothing
+    to retract) is queued when the report comes."""
+    inbox = start_inbox()
+    retractions: queue.Queue[str] = queue.Queue()
+    watch = DeletionWatch(inbox.mover, retractions)
+    watch.start()
+    try:
+        watch.moved_in(inbox.processed_dir / "already-gone.txt", "ab" * 32)
+        assert retractions.get(timeout=5.0) == "ab" * 32
+    finally:
+        watch.stop()
