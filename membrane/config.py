@@ -238,6 +238,9 @@ class GraphSettings(_Section):
     fuzzy_threshold: float = Field(0.0, ge=0, le=100)  # 0 disables fuzzy entity matching
     batch_size: int = Field(500, gt=0)
     store_text: bool = True  # a capture's text and title on its :Capture node (false: facts only)
+    # Several daemons, each with its own journal, write this Neo4j: `membrane sync`
+    # retracts only the captures whose retraction its own journal still owes the graph.
+    shared: bool = False
 
 
 class JournalSettings(_Section):

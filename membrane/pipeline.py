@@ -552,7 +552,8 @@ class SyncReport:
 def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -> SyncReport:
     """Make Neo4j the projection of the journal: upsert every capture with current
     facts (also into a wiped database), retract captures the journal no longer
-    holds facts for. Idempotent; raises GraphUnavailable when Neo4j is down."""
+    holds facts for (with graph.shared, only those whose retraction it still owes
+    the graph). Idempotent; raises GraphUnavailable when Neo4j is down."""
     started = time.monotonic()
     link = graph or GraphLink(settings)
     if not link.enabled:
@@ -571,6 +572,8 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
                 except StaleClaim:  # the daemon moved it on meanwhile
                     pass
         stale = store.capture_shas() - current
+        if settings.graph.shared:  # the rest are other daemons' captures, or bytes another daemon holds too
+            stale &= {record.sha256 for record in journal.captures.retractions_due(limit=None)}
         for sha256 in sorted(stale):
             store.retract(sha256)
         for record in journal.captures.retractions_due(limit=None):  # the graph now holds none of them
