@@ -4,4 +4,6 @@
 - `extraction`: building a records.ExtractionResult
 - `explore`: the captures and stores of the show/facts and browser tests
 - `fuzz`: hypothesis strategies and classifiers for capture files and model answers
+- `openai_servers`: real OpenAI-compatible servers (llama-cpp-python's, llama.cpp's llama-server)
+- `daemons`: several daemons on one Neo4j, with notes whose facts overlap
 """
