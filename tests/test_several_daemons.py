@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,10 @@ def test_three_daemons_make_the_graph_one_daemon_makes(tmp_path: Path, neo4j: An
     alone = run_fleet(tmp_path / "one", plan.alone(), replay, neo4j_settings)
     assert alone["exit_codes"] == [0], alone["logs"]
     expected = graph_snapshot(neo4j)
-    assert [sha for sha, _, _ in expected["captures"]] == sorted(sha256_of(i) for i in kept)
+    in_graph = {sha for sha, _, _ in expected["captures"]}
+    assert in_graph == {sha256_of(i) for i in kept}, (
+        f"notes missing from the graph: {sorted(i for i in kept if sha256_of(i) not in in_graph)}; "
+        f"logs: {alone['logs']}")
     # Each note states two facts: every kept note is in exactly two `sources` lists, and facts are shared.
     sources = [sha for *_, shas in expected["facts"] for sha in shas]
     assert sorted(sources) == sorted(sha256_of(i) for i in kept for _ in range(2))
@@ -59,7 +64,7 @@ def test_three_daemons_make_the_graph_one_daemon_makes(tmp_path: Path, neo4j: An
     three = run_fleet(tmp_path / "three", plan, replay, neo4j_settings)
     assert three["exit_codes"] == [0, 0, 0], three["logs"]
     assert duplicate_facts(neo4j) == [] and duplicate_nodes(neo4j) == []
-    assert graph_snapshot(neo4j) == expected
+    assert graph_snapshot(neo4j) == expected, three["logs"]
 
 
 def test_sync_on_a_shared_graph_leaves_the_other_daemons_captures(tmp_path: Path, neo4j: Any,
@@ -101,3 +106,35 @@ def test_the_benchmark_runs_at_a_tiny_scale(tmp_path: Path, neo4j: Any, neo4j_se
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(row["run"], row["status"]) for row in rows] == [("one daemon", "ok"), ("three daemons", "ok")]
+
+
+def test_an_upsert_waiting_on_an_entity_that_a_retraction_deletes_keeps_its_facts(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
+    """A capture's upsert that found an entity and waits for its lock while another transaction deletes it (a
+    retraction dropping an orphan) still writes its mentions and facts: the entity is created again."""
+    replay = shared_replay(tmp_path / "replay.jsonl", 10)
+    settings = Settings.model_validate(settings_sections(tmp_path, replay, neo4j=neo4j_settings))
+    settings.inbox.path.mkdir(parents=True)
+    first, second = shared_note(0), shared_note(5)  # both about Alice
+    (settings.inbox.path / first[0]).write_text(first[1], encoding="utf-8")
+    assert ingest(settings, [settings.inbox.path]).ok
+    deleting = neo4j.session()
+    retraction = deleting.begin_transaction()  # holds the entity's lock, as a retraction's orphan deletion does
+    retraction.run("MATCH (e:Entity {key: 'alice'}) DETACH DELETE e").consume()
+    (settings.inbox.path / second[0]).write_text(second[1], encoding="utf-8")
+    reports: list[Any] = []
+    upsert = threading.Thread(target=lambda: reports.append(ingest(settings, [settings.inbox.path / second[0]])))
+    upsert.start()
+    time.sleep(2.0)  # the upsert has matched Alice and waits for her lock
+    retraction.commit()
+    deleting.close()
+    upsert.join(timeout=120)
+    assert reports and reports[0].ok
+    sha = hashlib.sha256(second[1].encode("utf-8")).hexdigest()
+    mentioned = neo4j.execute_query("MATCH (:Capture {sha256: $sha})-[:MENTIONS]->(e:Entity) RETURN e.key AS key",
+                                    sha=sha).records  # fmt: skip
+    assert sorted(r["key"] for r in mentioned) == ["alice", "garage nas", "jellyfin"]
+    facts = neo4j.execute_query("MATCH (:Entity {key: 'alice'})-[r]->(o:Entity) WHERE $sha IN r.sources "
+                                "RETURN o.key AS key", sha=sha).records  # fmt: skip
+    assert [r["key"] for r in facts] == ["jellyfin"]

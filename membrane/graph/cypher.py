@@ -94,16 +94,24 @@ RETURN c.sha256 AS sha, c.fingerprint AS fingerprint
 # arrive as integer microseconds since the epoch (see rows.write_params).
 # Aliases and sources stay sorted in Cypher's own string order: each new value
 # is inserted in place. ON MATCH SET e.name = e.name takes the entity's write
-# lock before its aliases are read; entities come in key order.
+# lock before its aliases are read; entities come in key order. A MERGE that
+# waited for that lock while another transaction deleted the node (a retraction
+# dropping an orphan) holds a deleted node and would write nothing through it,
+# so the key is merged a second time once the lock is held.
 # A fact is found by expanding between its endpoints and filtering on type(r);
 # a new one is CREATEd with the dynamic type $(row.type) (a dynamic MERGE plans
 # an all-relationships scan on 5.26). Both endpoints are locked: no duplicate.
 WRITE_BATCH = """
 CALL () {
   UNWIND $entities AS row
+  MERGE (locked:Entity {key: row.key})
+  ON CREATE SET locked.name = row.name
+  ON MATCH SET locked.name = locked.name
+  // The lock may have been granted on a node a retraction deleted meanwhile (an
+  // orphan): merged again, the key finds the committed state, and a new node.
+  WITH row
   MERGE (e:Entity {key: row.key})
   ON CREATE SET e.name = row.name
-  ON MATCH SET e.name = e.name
   WITH e, row, datetime({epochSeconds: row.first_seen / 1000000,
       nanosecond: row.first_seen % 1000000 * 1000}) AS rf,
     datetime({epochSeconds: row.last_seen / 1000000,
