@@ -48,6 +48,7 @@ venv: $(DEV_STAMP)
 
 lint: venv
 	$(VENV)/bin/ruff check membrane tests benchmarks
+	$(VENV)/bin/ruff format --check membrane tests benchmarks
 	$(VENV)/bin/mypy
 
 # Lint, then the whole test suite against a real Neo4j and a real Ollama (each

@@ -86,23 +86,30 @@ def cpu_has(flags: tuple[str, ...]) -> bool:
 
 def wheel_for(level: str) -> Path:
     env = dict(os.environ, MEMBRANE_LLAMA_CPU=level, PYTHON=sys.executable)
-    out = subprocess.run(["bash", str(ROOT / "scripts/llama-wheel"), "build"], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/llama-wheel"), "build"], env=env, check=True, capture_output=True, text=True
+    )
     return Path(out.stdout.strip().splitlines()[-1])
 
 
 def unpack(wheel: Path, scratch: Path) -> Path:
     target = scratch / wheel.parent.name
     if not target.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+        )
     return target
 
 
 def measure(target: Path, spec: str, chat_format: str, runs: int, max_tokens: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), str(ROOT)]))
-    out = subprocess.run([sys.executable, "-c", WORKER, spec, chat_format, str(runs), str(max_tokens), NOTE],
-                         env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, spec, chat_format, str(runs), str(max_tokens), NOTE],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -129,9 +136,15 @@ def main() -> None:
             if r["status"] == "failed":
                 print(f"| {level} | {name} | {failed_cell(r)} | | |", flush=True)
                 continue
-            print(f"| {level} | {name} | {statistics.median(r['prompt_tps']):.0f} | "
-                  f"{statistics.median(r['gen_tps']):.1f} | {statistics.median(r['wall']):.2f} |", flush=True)
-    print(f"\nCPU: {next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))}")
+            print(
+                f"| {level} | {name} | {statistics.median(r['prompt_tps']):.0f} | "
+                f"{statistics.median(r['gen_tps']):.1f} | {statistics.median(r['wall']):.2f} |",
+                flush=True,
+            )
+    print(
+        "\nCPU: "
+        + next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    )
     raise SystemExit(exit_code(rows))
 
 

@@ -87,9 +87,15 @@ class Timed:
         return min(self.seconds)
 
 
-def timed_runs(work: Callable[[], Any], repeat: int, *, warmup: int = 1, before: Callable[[], Any] | None = None,
-               check: Callable[[], Iterable[str]] | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> Timed:
+def timed_runs(
+    work: Callable[[], Any],
+    repeat: int,
+    *,
+    warmup: int = 1,
+    before: Callable[[], Any] | None = None,
+    check: Callable[[], Iterable[str]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Timed:
     """Run `before` (untimed), then `work` (timed), `warmup` + `repeat` times; only the last `repeat` are kept.
 
     `check` runs (untimed) after every run, warm-up included; its problems are

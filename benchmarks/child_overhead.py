@@ -108,8 +108,10 @@ def main() -> None:
     engine.close()
     close_models()
 
-    print(f"model {args.model} ({path.name}), {len(inproc)} calls each, max_tokens {args.max_tokens}, "
-          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"model {args.model} ({path.name}), {len(inproc)} calls each, max_tokens {args.max_tokens}, "
+        f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(f"load: in process {load_in_process:.2f} s, child start + load {load_child:.2f} s")
     print("| path | mean ms/call | median ms/call | p95 ms/call |")
     print("| --- | --- | --- | --- |")
@@ -122,11 +124,15 @@ def main() -> None:
             continue
         p95 = statistics.quantiles(times, n=20)[-1]
         print(f"| {name} | {statistics.fmean(times):.2f} | {statistics.median(times):.2f} | {p95:.2f} |")
-    print(f"difference: {statistics.fmean(piped) - statistics.fmean(inproc):+.2f} ms/call mean, "
-          f"{statistics.median(piped) - statistics.median(inproc):+.2f} ms/call median")
+    print(
+        f"difference: {statistics.fmean(piped) - statistics.fmean(inproc):+.2f} ms/call mean, "
+        f"{statistics.median(piped) - statistics.median(inproc):+.2f} ms/call median"
+    )
     outside = [total - own for total, own in zip(piped, inside, strict=True)]
-    print(f"child path outside the child's chat (pipe, JSON, wake-ups): median {statistics.median(outside):.2f} ms, "
-          f"mean {statistics.fmean(outside):.2f} ms")
+    print(
+        f"child path outside the child's chat (pipe, JSON, wake-ups): median {statistics.median(outside):.2f} ms, "
+        f"mean {statistics.fmean(outside):.2f} ms"
+    )
     raise SystemExit(exit_code(rows))
 
 

@@ -55,8 +55,13 @@ from tests.support.openai_servers import BusyWatch, LlamaServer, free_port, llam
 
 def sample_notes(count: int, seed: int = 0) -> list[str]:
     """`count` distinct texts of labelled training cases, a seeded sample."""
-    texts = sorted({str(record["text"]) for path in sorted((ROOT / "config" / "train").glob("cases-*.jsonl"))
-                    for _, record in read_jsonl(path)})  # fmt: skip
+    texts = sorted(
+        {
+            str(record["text"])
+            for path in sorted((ROOT / "config" / "train").glob("cases-*.jsonl"))
+            for _, record in read_jsonl(path)
+        }
+    )
     if count > len(texts):
         raise SystemExit(f"--notes {count}: only {len(texts)} distinct training texts")
     return random.Random(seed).sample(texts, count)
@@ -72,8 +77,15 @@ def llama_server(model: str, slots: int, num_ctx: int, work: Path) -> Iterator[t
     if binary is None:
         raise RuntimeError("no llama-server: run scripts/llama-server build")
     embedded = Settings().model.embedded[model]
-    server = LlamaServer(binary, locate_gguf(embedded.path), model, work / f"llama-server-{slots}.log",
-                         chat_template=embedded.chat_format, slots=slots, slot_ctx=num_ctx).start()  # fmt: skip
+    server = LlamaServer(
+        binary,
+        locate_gguf(embedded.path),
+        model,
+        work / f"llama-server-{slots}.log",
+        chat_template=embedded.chat_format,
+        slots=slots,
+        slot_ctx=num_ctx,
+    ).start()
     try:
         yield {"backend": "openai", "name": model, "openai_base_url": server.base_url}, server
     finally:
@@ -84,8 +96,14 @@ def llama_server(model: str, slots: int, num_ctx: int, work: Path) -> Iterator[t
 def ollama_server(model: str, parallel: int, work: Path) -> Iterator[tuple[dict[str, Any], None]]:
     """Ollama with OLLAMA_NUM_PARALLEL = parallel, in its own rig folder; yields the [model] settings for it."""
     port = free_port()
-    env = {**os.environ, "OLLAMA_RIG_DIR": str(work / "ollama"), "OLLAMA_PORT": str(port),
-           "OLLAMA_NUM_PARALLEL": str(parallel), "OLLAMA_LOCAL_MODELS": model, "PYTHON": sys.executable}  # fmt: skip
+    env = {
+        **os.environ,
+        "OLLAMA_RIG_DIR": str(work / "ollama"),
+        "OLLAMA_PORT": str(port),
+        "OLLAMA_NUM_PARALLEL": str(parallel),
+        "OLLAMA_LOCAL_MODELS": model,
+        "PYTHON": sys.executable,
+    }
     script = str(ROOT / "scripts" / "ollama-local")
     subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
@@ -97,16 +115,19 @@ def ollama_server(model: str, parallel: int, work: Path) -> Iterator[tuple[dict[
 # ---------------------------------------------------------------- one run
 
 
-def run(model_settings: dict[str, Any], server: LlamaServer | None, notes: list[str], in_flight: int,
-        work: Path) -> dict[str, Any]:  # fmt: skip
+def run(
+    model_settings: dict[str, Any], server: LlamaServer | None, notes: list[str], in_flight: int, work: Path
+) -> dict[str, Any]:
     """Ingest `notes` with daemon.concurrency = in_flight; the row of figures and its checks."""
     root = Path(tempfile.mkdtemp(prefix=f"run-{in_flight}-", dir=work))
-    settings = Settings.model_validate({
-        "inbox": {"path": str(root / "inbox")},
-        "journal": {"path": str(root / "journal.sqlite3")},
-        "model": {**model_settings, "timeout_s": 600.0},
-        "daemon": {"concurrency": in_flight},
-    })
+    settings = Settings.model_validate(
+        {
+            "inbox": {"path": str(root / "inbox")},
+            "journal": {"path": str(root / "journal.sqlite3")},
+            "model": {**model_settings, "timeout_s": 600.0},
+            "daemon": {"concurrency": in_flight},
+        }
+    )
     settings.inbox.path.mkdir(parents=True)
     for index, text in enumerate(notes):
         (settings.inbox.path / f"note-{index:04d}.txt").write_text(text + "\n", encoding="utf-8")
@@ -138,12 +159,16 @@ def run(model_settings: dict[str, Any], server: LlamaServer | None, notes: list[
     return mark(row, problems)
 
 
-def bench_server(server: str, parallel: int, args: argparse.Namespace, notes: list[str], warmup: list[str],
-                 work: Path) -> list[dict[str, Any]]:  # fmt: skip
+def bench_server(
+    server: str, parallel: int, args: argparse.Namespace, notes: list[str], warmup: list[str], work: Path
+) -> list[dict[str, Any]]:
     label = {"server": server, "parallel": parallel, "model": args.model}
     try:
-        context = (llama_server(args.model, parallel, Settings().model.num_ctx, work) if server == "llama-server"
-                   else ollama_server(args.model, parallel, work))  # fmt: skip
+        context = (
+            llama_server(args.model, parallel, Settings().model.num_ctx, work)
+            if server == "llama-server"
+            else ollama_server(args.model, parallel, work)
+        )
         rows = []
         with context as (model_settings, running):
             warm = run(model_settings, running, warmup, max(args.in_flight), work)  # untimed
@@ -165,8 +190,10 @@ def _line(row: dict[str, Any]) -> str:
     if failed(row):
         return head + failed_cell(row)
     busy = f"  slots busy <= {row['most_slots_busy']}" if "most_slots_busy" in row else ""
-    return head + (f"{row['notes']} notes in {row['wall_s']:>7.1f} s  {row['notes_per_min']:>7.2f} notes/min  "
-                   f"{row['tokens_per_s']:>6.1f} tokens/s{busy}")  # fmt: skip
+    return head + (
+        f"{row['notes']} notes in {row['wall_s']:>7.1f} s  {row['notes_per_min']:>7.2f} notes/min  "
+        f"{row['tokens_per_s']:>6.1f} tokens/s{busy}"
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -182,7 +209,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=_ints, default=[1, 2, 4, 8], help="daemon.concurrency values")
     parser.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--out", type=Path, help="also write the rows as JSON lines here")
-    parser.add_argument("--work-dir", type=Path, help="where inboxes, journals and server logs go (default: a temp dir)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where inboxes, journals and server logs go (default: a temp dir)"
+    )
     args = parser.parse_args()
     configure_logging("warning", "console")
     texts = sample_notes(args.notes + args.warmup)
@@ -190,8 +219,12 @@ def main() -> None:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="membrane-concurrency-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"# {args.notes} notes, model {args.model}, in flight {args.in_flight}, work dir {work}", flush=True)
-    rows = [row for server in args.servers.split(",") for parallel in args.parallel
-            for row in bench_server(server.strip(), parallel, args, notes, warmup, work)]  # fmt: skip
+    rows = [
+        row
+        for server in args.servers.split(",")
+        for parallel in args.parallel
+        for row in bench_server(server.strip(), parallel, args, notes, warmup, work)
+    ]
     if args.out:
         args.out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     raise SystemExit(exit_code(rows))

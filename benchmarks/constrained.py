@@ -36,7 +36,7 @@ INPUTS = [
     "Marie Curie won the Nobel Prize in Physics in 1903 with Pierre Curie.",
     "Der Server hetzner-01 steht in Falkenstein und hostet Nextcloud.",
     "The NAS (Synology DS920+) backs up to Backblaze B2 every night at 02:00.",
-    "Eve's laptop \"thinkpad-x1\" uses tailscale to reach gitlab.internal.",
+    'Eve\'s laptop "thinkpad-x1" uses tailscale to reach gitlab.internal.',
     "Kubernetes schedules pods onto nodes; the kubelet on each node starts containers.",
     "I read 'Designing Data-Intensive Applications' by Martin Kleppmann on the train.",
     "Zigbee2MQTT bridges the Aqara sensors to the MQTT broker on the Pi.",
@@ -78,8 +78,11 @@ def main() -> None:
 
             def request_for(text: str, model: str = model, constrained: bool = constrained) -> GenerationRequest:
                 return GenerationRequest(
-                    model, tuple(build_messages(text, schema)), schema if constrained else None,
-                    args.num_predict, 2048,
+                    model,
+                    tuple(build_messages(text, schema)),
+                    schema if constrained else None,
+                    args.num_predict,
+                    2048,
                 )
 
             backend.generate(request_for("Warm-up: Alice uses Debian."))  # untimed: first decode, grammar
@@ -102,8 +105,10 @@ def main() -> None:
                     pass
             n = len(inputs)
             decoding = "JSON schema" if constrained else "none"
-            row = mark({"model": model, "decoding": decoding},
-                       minimum_problems({"completion tokens": 1}, {"completion tokens": tokens}))
+            row = mark(
+                {"model": model, "decoding": decoding},
+                minimum_problems({"completion tokens": 1}, {"completion tokens": tokens}),
+            )
             rows.append(row)
             if row["status"] == "failed":
                 print(f"| {model} | {decoding} | {failed_cell(row)} | | | | |", flush=True)

@@ -177,15 +177,22 @@ def samples(folder: Path) -> list[tuple[str, str, Path, str]]:
         path.write_bytes(pdf_bytes(medium, layout=layout))
         out.append(("pdf", f"medium, {layout}", path, truth))
     for size, count in SIZES.items():
-        document = Document(tuple(real_paragraphs(count)), date=datetime(2024, 3, 5, 9, 30, tzinfo=UTC),
-                            url="https://example.org/notes")  # fmt: skip
+        document = Document(
+            tuple(real_paragraphs(count)), date=datetime(2024, 3, 5, 9, 30, tzinfo=UTC), url="https://example.org/notes"
+        )
         pdf_truth = document.text.encode("cp1252", "replace").decode("cp1252")
         heading = f"{document.title}\n\nBy {document.author}\n\n"
         parts = {
             "pdf": (pdf_bytes(document), pdf_truth),
             "html": (html_bytes(document), heading + document.text),
-            "docx": (docx_bytes(document), document.title + "\n" + "\n".join(
-                (f"Part {i // 3 + 1}\n" if i and i % 3 == 0 else "") + p for i, p in enumerate(document.paragraphs))),
+            "docx": (
+                docx_bytes(document),
+                document.title
+                + "\n"
+                + "\n".join(
+                    (f"Part {i // 3 + 1}\n" if i and i % 3 == 0 else "") + p for i, p in enumerate(document.paragraphs)
+                ),
+            ),
             "eml": (eml_bytes(document), document.title + "\n\n" + document.text),
         }
         for fmt, (data, truth) in parts.items():
@@ -219,8 +226,12 @@ def measure(convert: Converter, path: Path, truth: str, repeat: int) -> dict[str
         started = time.perf_counter()
         convert(data, path)
         seconds.append(time.perf_counter() - started)
-    row = {**quality(output, truth), "ms": round(statistics.median(seconds) * 1000, 2), "bytes": len(data),
-           "text_chars": len(truth)}  # fmt: skip
+    row = {
+        **quality(output, truth),
+        "ms": round(statistics.median(seconds) * 1000, 2),
+        "bytes": len(data),
+        "text_chars": len(truth),
+    }
     return mark(row, [f"recall {row['recall']} < 0.5"] if row["recall"] < 0.5 else [])
 
 

@@ -43,7 +43,7 @@ from tests.support.pipeline import note, replay_for, settings_sections  # noqa: 
 def _neo4j() -> dict[str, Any]:
     uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
     if not uri:
-        raise SystemExit("--neo4j needs MEMBRANE_TEST_NEO4J_URI: eval \"$(scripts/neo4j-local env)\"")
+        raise SystemExit('--neo4j needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
     password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
     if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
         password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
@@ -92,18 +92,21 @@ def run(captures: int, neo4j: dict[str, Any] | None, *, tmp_dir: str | None = No
     if neo4j:
         problems += count_problems({"captures": captures, "facts": captures}, _graph_counts(neo4j))
     overhead_ms = (wall - model_s) / captures * 1000
-    return mark({
-        "mode": "neo4j" if neo4j else "journal-only",
-        "filesystem": tmp_dir or tempfile.gettempdir(),
-        "captures": captures,
-        "wall_s": round(wall, 2),
-        "captures_per_s": round(captures / wall, 1),
-        "model_s_total": round(model_s, 3),
-        "overhead_ms_per_capture": round(overhead_ms, 2),
-        # CPU of this process (all threads), model included; the rest of the wall time is
-        # waiting: fsync of the journal and of moved files, Neo4j round trips.
-        "cpu_ms_per_capture": round(cpu / captures * 1000, 2),
-    }, problems)
+    return mark(
+        {
+            "mode": "neo4j" if neo4j else "journal-only",
+            "filesystem": tmp_dir or tempfile.gettempdir(),
+            "captures": captures,
+            "wall_s": round(wall, 2),
+            "captures_per_s": round(captures / wall, 1),
+            "model_s_total": round(model_s, 3),
+            "overhead_ms_per_capture": round(overhead_ms, 2),
+            # CPU of this process (all threads), model included; the rest of the wall time is
+            # waiting: fsync of the journal and of moved files, Neo4j round trips.
+            "cpu_ms_per_capture": round(cpu / captures * 1000, 2),
+        },
+        problems,
+    )
 
 
 def main() -> None:

@@ -126,8 +126,12 @@ def sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {
         "model": {"backend": "embedded", "name": "smollm2-135m", "num_predict": args.num_predict},
         "extraction": {"few_shot": False, "max_entities": 4, "max_relationships": 2, "max_repairs": 0},
-        "daemon": {"concurrency": 1, "retry_base_s": args.retry_base_s, "retry_max_s": 4 * args.retry_base_s,
-                   "max_model_crashes": args.max_crashes},
+        "daemon": {
+            "concurrency": 1,
+            "retry_base_s": args.retry_base_s,
+            "retry_max_s": 4 * args.retry_base_s,
+            "max_model_crashes": args.max_crashes,
+        },
     }
 
 
@@ -146,8 +150,10 @@ def main() -> None:
     from neo4j import GraphDatabase
 
     files, crashing = captures(args.captures, args.every)
-    with tempfile.TemporaryDirectory(prefix="membrane-faults-child-") as tmp, \
-            GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
+    with (
+        tempfile.TemporaryDirectory(prefix="membrane-faults-child-") as tmp,
+        GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver,
+    ):
         root = Path(tmp)
         workspace = Workspace.create(root / "run", None, neo4j, **sections(args))
         succeeding = {name: text for name, text in files.items() if name not in crashing}
@@ -174,20 +180,39 @@ def main() -> None:
         named = sum(1 for name in crashing if signal_name in _reason(workspace, name))
         figures = report(
             "faults_child",
-            {"captures": args.captures, "every": args.every, "num_predict": args.num_predict, "fault": args.fault,
-             "retry_base_s": args.retry_base_s, "max_model_crashes": args.max_crashes},
-            counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-            expected_failures=len(crashing) + len(clean_failed), failed_naming_the_signal=named,
+            {
+                "captures": args.captures,
+                "every": args.every,
+                "num_predict": args.num_predict,
+                "fault": args.fault,
+                "retry_base_s": args.retry_base_s,
+                "max_model_crashes": args.max_crashes,
+            },
+            counts,
+            duplicated_facts(driver),
+            graph_diff(graph_snapshot(driver), expected),
+            wall,
+            daemon,
+            expected_failures=len(crashing) + len(clean_failed),
+            failed_naming_the_signal=named,
             failed_in_clean_run_too=len(clean_failed),
-            crashes_logged=len(crashes), crash_signals=sorted({str(e.get("signal")) for e in crashes}),
-            children_seen=len(watch.pids), daemon_never_died=daemon.starts == 1 and daemon.exit_codes == [0],
-            extractions_done_twice=journal_duplicates(workspace.journal), failure_reasons=reasons,
+            crashes_logged=len(crashes),
+            crash_signals=sorted({str(e.get("signal")) for e in crashes}),
+            children_seen=len(watch.pids),
+            daemon_never_died=daemon.starts == 1 and daemon.exit_codes == [0],
+            extractions_done_twice=journal_duplicates(workspace.journal),
+            failure_reasons=reasons,
             sample_reason=next((_reason(workspace, n) for n in sorted(crashing)), ""),
         )
         failed = _failed_names(workspace.settings.inbox.failed)
-        ok = (figures["ok"] and named == len(crashing) and failed == crashing | clean_failed
-              and counts["done"] == len(files) - len(failed) and figures["daemon_never_died"]
-              and len(crashes) == len(crashing) * args.max_crashes)
+        ok = (
+            figures["ok"]
+            and named == len(crashing)
+            and failed == crashing | clean_failed
+            and counts["done"] == len(files) - len(failed)
+            and figures["daemon_never_died"]
+            and len(crashes) == len(crashing) * args.max_crashes
+        )
     raise SystemExit(0 if ok else 1)
 
 

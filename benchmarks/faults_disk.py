@@ -43,8 +43,9 @@ from tests.support.pipeline import graph_snapshot, note, replay_for, wipe
 
 def _mount(folder: Path, mib: int) -> None:
     folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
 
@@ -86,8 +87,7 @@ def main() -> None:
         _mount(small, args.tmpfs_mib)
         try:
             replay = replay_for(args.captures, root / "replay.jsonl")
-            workspace = Workspace.create(root / "run", replay, neo4j,
-                                         journal={"path": str(small / "journal.sqlite3")})
+            workspace = Workspace.create(root / "run", replay, neo4j, journal={"path": str(small / "journal.sqlite3")})
             files = {note(i)[0]: note(i)[1] for i in range(args.captures)}
             with GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
                 expected = clean_snapshot(root / "clean", workspace.sections, files, driver)
@@ -117,11 +117,18 @@ def main() -> None:
             with GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
                 counts = outcome_counts(workspace, list(files))
                 figures = report(
-                    "faults_disk", {"captures": args.captures, "tmpfs_mib": args.tmpfs_mib,
-                                    "headroom_kib": args.headroom_kib},
-                    counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-                    first_stop_s=stopped_at, stops_while_full=full_stops, files_waiting_when_freed=left_when_full,
-                    disk_full_log_lines=log.count("full"), free_kib_after=_free_kib(small),
+                    "faults_disk",
+                    {"captures": args.captures, "tmpfs_mib": args.tmpfs_mib, "headroom_kib": args.headroom_kib},
+                    counts,
+                    duplicated_facts(driver),
+                    graph_diff(graph_snapshot(driver), expected),
+                    wall,
+                    daemon,
+                    first_stop_s=stopped_at,
+                    stops_while_full=full_stops,
+                    files_waiting_when_freed=left_when_full,
+                    disk_full_log_lines=log.count("full"),
+                    free_kib_after=_free_kib(small),
                     extractions_done_twice=journal_duplicates(workspace.journal),
                     failure_reasons=failure_reasons(workspace),
                 )

@@ -45,8 +45,12 @@ from tests.support.pipeline import graph_snapshot, note, wipe
 
 MODEL = "faulty:1b"
 _NOTE = re.compile(r"Note (\d+): ")
-GARBAGE = ["Sure! Here are the entities you asked for.", '{"entities": "Alice", "relationships": 7}',
-           "[1, 2, 3]", '{"entities": [{"name": ""}], "relationships": []']
+GARBAGE = [
+    "Sure! Here are the entities you asked for.",
+    '{"entities": "Alice", "relationships": 7}',
+    "[1, 2, 3]",
+    '{"entities": [{"name": ""}], "relationships": []',
+]
 
 
 @dataclass
@@ -112,8 +116,11 @@ def main() -> None:
     from neo4j import GraphDatabase
 
     model = FaultyModel(outputs=["{}"], hang_s=args.hang_s)
-    with tempfile.TemporaryDirectory(prefix="membrane-faults-model-") as tmp, FakeOllama() as server, \
-            GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
+    with (
+        tempfile.TemporaryDirectory(prefix="membrane-faults-model-") as tmp,
+        FakeOllama() as server,
+        GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver,
+    ):
         server.models[MODEL] = model
         root = Path(tmp)
         model_section = {"backend": "ollama", "name": MODEL, "ollama_host": server.url, "timeout_s": args.timeout_s}
@@ -136,11 +143,19 @@ def main() -> None:
         counts = outcome_counts(workspace, list(files))
         must_fail = sum(1 for i in range(args.captures) if i % 10 == 5)
         figures = report(
-            "faults_model", {"captures": args.captures, "hang_s": args.hang_s, "timeout_s": args.timeout_s},
-            counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-            expected_failures=must_fail, behaviours=dict(model.behaviours),
-            model_calls=sum(model.seen.values()), extractions_done_twice=journal_duplicates(workspace.journal),
-            failure_reasons=failure_reasons(workspace), threads=threading.active_count(),
+            "faults_model",
+            {"captures": args.captures, "hang_s": args.hang_s, "timeout_s": args.timeout_s},
+            counts,
+            duplicated_facts(driver),
+            graph_diff(graph_snapshot(driver), expected),
+            wall,
+            daemon,
+            expected_failures=must_fail,
+            behaviours=dict(model.behaviours),
+            model_calls=sum(model.seen.values()),
+            extractions_done_twice=journal_duplicates(workspace.journal),
+            failure_reasons=failure_reasons(workspace),
+            threads=threading.active_count(),
         )
         ok = figures["ok"] and counts["failed_with_reason"] == must_fail
     raise SystemExit(0 if ok else 1)

@@ -127,10 +127,15 @@ def main() -> None:
         with GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
             counts = outcome_counts(workspace, list(files))
             figures = report(
-                "faults_neo4j", {"captures": args.captures, "restarts": args.restarts, "up_s": args.up_s,
-                                 "down_s": args.down_s},
-                counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
-                outages_s=outages.outages_s, extractions_done_twice=journal_duplicates(workspace.journal),
+                "faults_neo4j",
+                {"captures": args.captures, "restarts": args.restarts, "up_s": args.up_s, "down_s": args.down_s},
+                counts,
+                duplicated_facts(driver),
+                graph_diff(graph_snapshot(driver), expected),
+                wall,
+                daemon,
+                outages_s=outages.outages_s,
+                extractions_done_twice=journal_duplicates(workspace.journal),
                 failure_reasons=failure_reasons(workspace),
             )
     raise SystemExit(0 if figures["ok"] else 1)

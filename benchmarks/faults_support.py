@@ -44,7 +44,13 @@ from tests.support.pipeline import (  # noqa: E402
 )
 
 __all__ = [
-    "Daemon", "Workspace", "clean_snapshot", "duplicated_facts", "graph_diff", "neo4j_from_env", "report",
+    "Daemon",
+    "Workspace",
+    "clean_snapshot",
+    "duplicated_facts",
+    "graph_diff",
+    "neo4j_from_env",
+    "report",
     "wait_for",
 ]
 
@@ -189,8 +195,11 @@ def _pending(journal_path: Path) -> int:
 def _files(folder: Path) -> list[Path]:
     if not folder.exists():
         return []
-    return [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(SIDECAR_SUFFIX)
-            and not p.name.startswith(".")]
+    return [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.endswith(SIDECAR_SUFFIX) and not p.name.startswith(".")
+    ]
 
 
 def outcome_counts(workspace: Workspace, dropped: list[str]) -> dict[str, Any]:
@@ -232,9 +241,9 @@ def duplicated_facts(driver: Any) -> dict[str, int]:
     """Things the graph holds twice: relationships with the same ends and type, mentions, entity keys, captures."""
     queries = {
         "relationships": "MATCH (s:Entity)-[r]->(o:Entity) WITH s, type(r) AS t, o, count(r) AS n WHERE n > 1 "
-                         "RETURN count(*) AS dup",
+        "RETURN count(*) AS dup",
         "mentions": "MATCH (c:Capture)-[m:MENTIONS]->(e:Entity) WITH c, e, count(m) AS n WHERE n > 1 "
-                    "RETURN count(*) AS dup",
+        "RETURN count(*) AS dup",
         "entities": "MATCH (e:Entity) WITH e.key AS k, count(*) AS n WHERE n > 1 RETURN count(*) AS dup",
         "captures": "MATCH (c:Capture) WITH c.sha256 AS s, count(*) AS n WHERE n > 1 RETURN count(*) AS dup",
     }
@@ -281,8 +290,16 @@ def graph_diff(actual: dict[str, Any], expected: dict[str, Any]) -> dict[str, in
     return diff
 
 
-def report(name: str, scale: dict[str, Any], counts: dict[str, Any], duplicates: dict[str, int],
-           diff: dict[str, int] | None, wall_s: float, daemon: Daemon, **extra: Any) -> dict[str, Any]:
+def report(
+    name: str,
+    scale: dict[str, Any],
+    counts: dict[str, Any],
+    duplicates: dict[str, int],
+    diff: dict[str, int] | None,
+    wall_s: float,
+    daemon: Daemon,
+    **extra: Any,
+) -> dict[str, Any]:
     """Print and return the figures; `ok` says whether the promises held."""
     figures = {
         "benchmark": name,
@@ -297,7 +314,11 @@ def report(name: str, scale: dict[str, Any], counts: dict[str, Any], duplicates:
         "daemon_exit_codes": daemon.exit_codes,
         **extra,
     }
-    figures["ok"] = (counts["lost"] == 0 and counts["failed_without_reason"] == 0 and figures["duplicated_facts"] == 0
-                     and (diff is None or not any(diff.values())))
+    figures["ok"] = (
+        counts["lost"] == 0
+        and counts["failed_without_reason"] == 0
+        and figures["duplicated_facts"] == 0
+        and (diff is None or not any(diff.values()))
+    )
     print(json.dumps(figures, ensure_ascii=False), flush=True)
     return figures

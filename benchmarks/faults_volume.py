@@ -46,8 +46,10 @@ def _rewritten(k: int, version: str) -> tuple[str, str]:
     """(text, recorded answer) of version A or B of the k-th rewritten file."""
     person, place = f"Writer {k}{version}", f"Draft place {k}{version}"
     text = f"Rewritten {k}, version {version}: {person} drafted {place}.\n"
-    answer = {"entities": [{"name": person, "role": "subject"}, {"name": place, "role": "object"}],
-              "relationships": [{"source": person, "relation": "DRAFTED", "target": place}]}
+    answer = {
+        "entities": [{"name": person, "role": "subject"}, {"name": place, "role": "object"}],
+        "relationships": [{"source": person, "relation": "DRAFTED", "target": place}],
+    }
     return text, json.dumps(answer)
 
 
@@ -90,8 +92,10 @@ def main() -> None:
     neo4j = neo4j_from_env()
     from neo4j import GraphDatabase
 
-    with tempfile.TemporaryDirectory(prefix="membrane-faults-volume-") as tmp, \
-            GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
+    with (
+        tempfile.TemporaryDirectory(prefix="membrane-faults-volume-") as tmp,
+        GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver,
+    ):
         root = Path(tmp)
         records = [(note(i)[1], note(i)[2]) for i in range(args.captures)]
         records += [_rewritten(k, v) for k in range(args.rewritten) for v in "AB"]
@@ -130,9 +134,14 @@ def main() -> None:
         figures = report(
             "faults_volume",
             {"captures": args.captures, "duplicates": args.duplicates, "rewritten": args.rewritten},
-            counts, duplicated_facts(driver), graph_diff(graph_snapshot(driver), expected), wall, daemon,
+            counts,
+            duplicated_facts(driver),
+            graph_diff(graph_snapshot(driver), expected),
+            wall,
+            daemon,
             extractions_done_twice=journal_duplicates(workspace.journal),
-            drop_s=round(dropped_s, 2), captures_per_s=round(len(final) / wall, 1),
+            drop_s=round(dropped_s, 2),
+            captures_per_s=round(len(final) / wall, 1),
             failure_reasons=failure_reasons(workspace),
         )
     raise SystemExit(0 if figures["ok"] else 1)

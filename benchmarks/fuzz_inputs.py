@@ -66,7 +66,13 @@ class Tally:
         self.hang_s = hang_s
 
     def add(self, result: Result, shown: Any) -> None:
-        key = result.outcome if not result.ok else f"{result.outcome}:{result.detail}" if result.detail else result.outcome
+        key = (
+            result.outcome
+            if not result.ok
+            else f"{result.outcome}:{result.detail}"
+            if result.detail
+            else result.outcome
+        )
         self.outcomes[key] += 1
         if not result.ok and len(self.findings) < 20:
             self.findings.append(f"{result.outcome} {result.detail[:120]} for {repr(shown)[:200]}")
@@ -80,25 +86,35 @@ class Tally:
         inputs = sum(self.outcomes.values())
         problems = minimum_problems({"inputs": 1}, {"inputs": inputs})
         problems += [f"{broke} inputs broke the contract"] if broke else []
-        return mark({
-            "target": name,
-            "inputs": sum(self.outcomes.values()),
-            "parsed": sum(n for k, n in self.outcomes.items() if k.startswith("parsed")),
-            "rejected": sum(n for k, n in self.outcomes.items() if k.startswith("rejected")),
-            "broke_contract": broke,
-            "slowest_s": round(self.slowest[0], 4),
-            "slowest_input": self.slowest[1],
-            "seconds": round(seconds, 1),
-            "outcomes": dict(self.outcomes.most_common()),
-            "findings": self.findings,
-        }, problems)
+        return mark(
+            {
+                "target": name,
+                "inputs": sum(self.outcomes.values()),
+                "parsed": sum(n for k, n in self.outcomes.items() if k.startswith("parsed")),
+                "rejected": sum(n for k, n in self.outcomes.items() if k.startswith("rejected")),
+                "broke_contract": broke,
+                "slowest_s": round(self.slowest[0], 4),
+                "slowest_input": self.slowest[1],
+                "seconds": round(seconds, 1),
+                "outcomes": dict(self.outcomes.most_common()),
+                "findings": self.findings,
+            },
+            problems,
+        )
 
 
-def _run(strategy: st.SearchStrategy[Any], check: Callable[[Any], Result], examples: int, run_seed: int,
-         tally: Tally) -> None:
+def _run(
+    strategy: st.SearchStrategy[Any], check: Callable[[Any], Result], examples: int, run_seed: int, tally: Tally
+) -> None:
     @seed(run_seed)
-    @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     @given(strategy)
     def body(value: Any) -> None:
         tally.add(check(value), value)

@@ -130,7 +130,10 @@ def _membrane(data: list[dict[str, Any]], *, per_capture: bool) -> Any:
                     "relationships": [{"source": s, "relation": r, "target": t} for s, r, t in c["relationships"]],
                 }
             ),
-            sha256=c["sha256"], path=c["path"], ingested_at=c["ingested_at"], model="bench:model",
+            sha256=c["sha256"],
+            path=c["path"],
+            ingested_at=c["ingested_at"],
+            model="bench:model",
             prompt_version="v1",
         )
         for c in data
@@ -161,11 +164,18 @@ def _graphrag(data: list[dict[str, Any]]) -> Any:
         nodes.append(Neo4jNode(id=c["sha256"], label="Chunk", properties={"path": c["path"]}))
         for name in c["entities"]:
             nodes.append(Neo4jNode(id=f"{c['sha256']}:{name}", label="Entity", properties={"name": name}))
-            rels.append(Neo4jRelationship(start_node_id=f"{c['sha256']}:{name}", end_node_id=c["sha256"],
-                                          type="FROM_CHUNK"))
+            rels.append(
+                Neo4jRelationship(start_node_id=f"{c['sha256']}:{name}", end_node_id=c["sha256"], type="FROM_CHUNK")
+            )
         for s, t_type, t in c["relationships"]:
-            rels.append(Neo4jRelationship(start_node_id=f"{c['sha256']}:{s}", end_node_id=f"{c['sha256']}:{t}",
-                                          type=t_type, properties={"source": c["sha256"]}))
+            rels.append(
+                Neo4jRelationship(
+                    start_node_id=f"{c['sha256']}:{s}",
+                    end_node_id=f"{c['sha256']}:{t}",
+                    type=t_type,
+                    properties={"source": c["sha256"]},
+                )
+            )
     graph = Neo4jGraph(nodes=nodes, relationships=rels)
     writer = Neo4jWriter(driver)
     return lambda: asyncio.run(writer.run(graph))
@@ -247,8 +257,18 @@ def run_writer(name: str, data: list[dict[str, Any]], repeat: int = 3) -> dict[s
     problems = runs.warmup_problems + runs.problems
     if name.startswith("membrane"):  # MemBrane promises that re-ingesting changes nothing
         problems += [f"after the 2nd write: {p}" for p in count_problems(expected_graph(name, data, 2), second)]
-    return mark({"writer": name, "seconds": runs.best, "timings": runs.seconds, "reingest_seconds": again,
-                 "expected": expected, "after_first": first, "after_second": second}, problems)
+    return mark(
+        {
+            "writer": name,
+            "seconds": runs.best,
+            "timings": runs.seconds,
+            "reingest_seconds": again,
+            "expected": expected,
+            "after_first": first,
+            "after_second": second,
+        },
+        problems,
+    )
 
 
 def _graph_counts() -> dict[str, int]:
@@ -268,8 +288,9 @@ def _wipe() -> None:
 
     uri, auth = _neo4j_auth()
     with GraphDatabase.driver(uri, auth=auth) as driver, driver.session() as session:
-        session.run("MATCH (n) WHERE NOT n:MembraneMigration CALL (n) { DETACH DELETE n } "
-                    "IN TRANSACTIONS OF 5000 ROWS").consume()
+        session.run(
+            "MATCH (n) WHERE NOT n:MembraneMigration CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS"
+        ).consume()
 
 
 # ---------------------------------------------------------------- orchestration
@@ -284,13 +305,30 @@ def _spawn(name: str, args: argparse.Namespace) -> dict[str, Any]:
     env = dict(os.environ)
     if name in ("neo4j-graphrag", "langchain"):
         env["PYTHONPATH"] = str(ANCHORS)
-    command = [sys.executable, __file__, "--writer", name, "--captures", str(args.captures),
-               "--entities", str(args.entities), "--relationships", str(args.relationships),
-               "--repeat", str(args.repeat)]
+    command = [
+        sys.executable,
+        __file__,
+        "--writer",
+        name,
+        "--captures",
+        str(args.captures),
+        "--entities",
+        str(args.entities),
+        "--relationships",
+        str(args.relationships),
+        "--repeat",
+        str(args.repeat),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return mark({"writer": name}, [done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                                        f"the writer's process exited {done.returncode}"])
+        return mark(
+            {"writer": name},
+            [
+                done.stderr.strip().splitlines()[-1]
+                if done.stderr.strip()
+                else f"the writer's process exited {done.returncode}"
+            ],
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -305,10 +343,13 @@ def _table(results: list[dict[str, Any]], facts: int) -> str:
         if failed(r):  # no rate for work that was not done; the counts say what was
             nodes = rels = ""
             if "after_first" in r:
-                nodes = (f"{r['after_first']['nodes']} / {r['after_second']['nodes']} "
-                         f"(expected {r['expected']['nodes']})")
-                rels = (f"{r['after_first']['relationships']} / {r['after_second']['relationships']} "
-                        f"(expected {r['expected']['relationships']})")
+                nodes = (
+                    f"{r['after_first']['nodes']} / {r['after_second']['nodes']} (expected {r['expected']['nodes']})"
+                )
+                rels = (
+                    f"{r['after_first']['relationships']} / {r['after_second']['relationships']} "
+                    f"(expected {r['expected']['relationships']})"
+                )
             lines.append(f"| {r['writer']} | {failed_cell(r, 160)} | | | | {nodes} | {rels} |")
             continue
         ratio = f"{r['seconds'] / ceiling:.2f}" if ceiling else "-"
@@ -342,8 +383,9 @@ def main() -> None:
         outcome = failed_cell(result) if failed(result) else f"{result['seconds']:.2f} s"
         print(f"{name}: {outcome}", file=sys.stderr, flush=True)
     _wipe()
-    print(f"{args.captures} captures x ({args.entities} entities + {args.relationships} relationships) "
-          f"= {facts} facts\n")
+    print(
+        f"{args.captures} captures x ({args.entities} entities + {args.relationships} relationships) = {facts} facts\n"
+    )
     print(_table(results, facts))
     raise SystemExit(exit_code(results))
 

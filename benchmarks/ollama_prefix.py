@@ -60,8 +60,12 @@ def request(text: str, num_predict: int) -> tuple[list[dict[str, str]], dict[str
     settings = Settings()
     rules = settings.extraction.rules()
     schema = model_schema(rules, item_budget(rules, settings.model.num_predict))
-    options = {"temperature": settings.model.temperature, "num_predict": num_predict,
-               "num_ctx": settings.model.num_ctx, "seed": settings.model.seed}  # fmt: skip
+    options = {
+        "temperature": settings.model.temperature,
+        "num_predict": num_predict,
+        "num_ctx": settings.model.num_ctx,
+        "seed": settings.model.seed,
+    }
     return build_messages(text, schema), schema, options
 
 
@@ -82,24 +86,28 @@ def residency(client: ollama.Client, model: str) -> str:
     return "not loaded"
 
 
-def run(client: ollama.Client, args: argparse.Namespace, notes: list[str],
-        keep_alive: str | int) -> list[dict[str, Any]]:
+def run(
+    client: ollama.Client, args: argparse.Namespace, notes: list[str], keep_alive: str | int
+) -> list[dict[str, Any]]:
     model = args.model
     unload(client, model)
     rows = []
     for text in notes:
         messages, schema, options = request(text, args.num_predict)
         started = time.monotonic()
-        response = client.chat(model=model, messages=messages, format=schema, options=options,
-                               keep_alive=keep_alive, stream=False)  # fmt: skip
-        rows.append({
-            "problem": answer_problem(response),
-            "wall_s": time.monotonic() - started,
-            "load_s": (response.load_duration or 0) / NS,
-            "prompt_eval": float(response.prompt_eval_count or 0),
-            "prompt_s": (response.prompt_eval_duration or 0) / NS,
-            "eval": float(response.eval_count or 0),
-        })  # fmt: skip
+        response = client.chat(
+            model=model, messages=messages, format=schema, options=options, keep_alive=keep_alive, stream=False
+        )
+        rows.append(
+            {
+                "problem": answer_problem(response),
+                "wall_s": time.monotonic() - started,
+                "load_s": (response.load_duration or 0) / NS,
+                "prompt_eval": float(response.prompt_eval_count or 0),
+                "prompt_s": (response.prompt_eval_duration or 0) / NS,
+                "eval": float(response.eval_count or 0),
+            }
+        )
         print(f"  keep_alive={keep_alive}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
@@ -150,10 +158,13 @@ def main() -> None:
     client = ollama.Client(host=args.host, timeout=600)
     notes = texts(args.cases)
     version = httpx.get(f"{args.host}/api/version", timeout=10).json()["version"]
-    print(f"Ollama {version} at {args.host}, model {args.model}, {len(notes)} gold texts, "
-          f"num_predict {args.num_predict}")  # fmt: skip
-    print("| mode | calls | first call: prompt tokens | prompt tokens evaluated / call | prompt eval ms / call "
-          "| load ms / call | p50 s | p95 s |")  # fmt: skip
+    print(
+        f"Ollama {version} at {args.host}, model {args.model}, {len(notes)} gold texts, num_predict {args.num_predict}"
+    )
+    print(
+        "| mode | calls | first call: prompt tokens | prompt tokens evaluated / call | prompt eval ms / call "
+        "| load ms / call | p50 s | p95 s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     cold = run(client, args, notes, 0)
     after_cold = residency(client, args.model)
@@ -161,9 +172,11 @@ def main() -> None:
     after_warm = residency(client, args.model)
     twice = [text for text in notes for _ in (0, 1)]
     repeat = run(client, args, twice, "10m")
-    rows = [report("cold (keep_alive=0)", cold, skip_first=False),
-            report("warm (keep_alive=10m), after the first call", warm, skip_first=True),
-            report("warm, same note again (second of each pair)", repeat[1::2], skip_first=False)]
+    rows = [
+        report("cold (keep_alive=0)", cold, skip_first=False),
+        report("warm (keep_alive=10m), after the first call", warm, skip_first=True),
+        report("warm, same note again (second of each pair)", repeat[1::2], skip_first=False),
+    ]
     print(f"\n/api/ps after the cold mode: {after_cold}; after the warm mode: {after_warm}")
     raise SystemExit(exit_code(rows))
 

@@ -72,9 +72,10 @@ class Mode:
     def problems(self) -> list[str]:
         """Why this mode's figures are not a result: no calls or prompt tokens counted, nothing extracted."""
         loaded = self.loaded
-        return (minimum_problems({"model calls": len(self.latencies), "prompt tokens": 1},
-                                 {"model calls": loaded.calls, "prompt tokens": loaded.prompt_tokens})
-                + ([f"all {self.failed} extractions failed"] if self.failed == len(self.latencies) else []))
+        return minimum_problems(
+            {"model calls": len(self.latencies), "prompt tokens": 1},
+            {"model calls": loaded.calls, "prompt tokens": loaded.prompt_tokens},
+        ) + ([f"all {self.failed} extractions failed"] if self.failed == len(self.latencies) else [])
 
     def row(self) -> str:
         status = mark({"mode": self.name}, self.problems())
@@ -84,8 +85,10 @@ class Mode:
         p95 = statistics.quantiles(lat, n=20)[-1] if len(lat) > 1 else lat[0]
         per_call = loaded.prompt_tokens / loaded.calls
         evaluated = loaded.prompt_eval_tokens / loaded.calls
-        return (f"| {self.name} | {len(lat)} | {loaded.calls} | {statistics.median(lat):.2f} | {p95:.2f} | "
-                f"{per_call:.0f} | {evaluated:.0f} | {100 * (1 - evaluated / per_call):.0f}% | {self.failed} |")
+        return (
+            f"| {self.name} | {len(lat)} | {loaded.calls} | {statistics.median(lat):.2f} | {p95:.2f} | "
+            f"{per_call:.0f} | {evaluated:.0f} | {100 * (1 - evaluated / per_call):.0f}% | {self.failed} |"
+        )
 
 
 def main() -> None:
@@ -96,8 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     cases = load_gold(args.gold)[: args.cases]
-    modes = [Mode("off (reset every call)", settings, args.model, False),
-             Mode("on (warm child, prefix reuse)", settings, args.model, True)]
+    modes = [
+        Mode("off (reset every call)", settings, args.model, False),
+        Mode("on (warm child, prefix reuse)", settings, args.model, True),
+    ]
     for mode in modes:
         mode.warm_up()
     for index, case in enumerate(cases):
@@ -105,8 +110,10 @@ def main() -> None:
             mode.run(case.text)
     close_models()
     print(f"model {args.model}, first {len(cases)} gold cases, shipped extraction settings")
-    print("| prefix reuse | captures | model calls | p50 s/capture | p95 s/capture | prompt tokens/call "
-          "| evaluated tokens/call | reused | failed |")
+    print(
+        "| prefix reuse | captures | model calls | p50 s/capture | p95 s/capture | prompt tokens/call "
+        "| evaluated tokens/call | reused | failed |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode in modes:
         print(mode.row())

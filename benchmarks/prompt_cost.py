@@ -131,14 +131,20 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     rows = []
     for name, (prompt, schema) in ours().items():
-        row = mark({"system": name}, minimum_problems(
-            {"prompt chars": 1, "prompt tokens": 1, "schema tokens": 1},
-            {"prompt chars": len(prompt), "prompt tokens": tokens(prompt), "schema tokens": tokens(schema)}))
+        row = mark(
+            {"system": name},
+            minimum_problems(
+                {"prompt chars": 1, "prompt tokens": 1, "schema tokens": 1},
+                {"prompt chars": len(prompt), "prompt tokens": tokens(prompt), "schema tokens": tokens(schema)},
+            ),
+        )
         rows.append(row)
         if row["status"] == "failed":
             print(f"| {name} | {failed_cell(row)} | | | | |")
             continue
-        note = "schema sent as format=; " + ("not in the prompt" if "t1" in name else "the prompt carries a compact copy")
+        note = "schema sent as format=; " + (
+            "not in the prompt" if "t1" in name else "the prompt carries a compact copy"
+        )
         print(f"| {name} | {len(prompt):,} | {tokens(prompt):,} | {len(schema):,} | {tokens(schema):,} | {note} |")
     measured = anchor_prompts(args.anchors)
     for name, (chars, schema_chars) in MEASURED_ELSEWHERE.items():

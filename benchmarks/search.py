@@ -3,7 +3,8 @@
 E entities and C captures (defaults: 100,000 and 20,000). Entity names are one
 to three made-up words (4,000 words, so names share words); each capture names
 E/C entities no capture named before plus one of 1,000 hubs, states 4
-relationships between them and has about 60 words of text around them. The same CaptureFacts are written into Neo4j by the real writer
+relationships between them and has about 60 words of text around them. The same CaptureFacts
+are written into Neo4j by the real writer
 (GraphStore.upsert_many, after the migrations that create the full-text
 indexes; the server from MEMBRANE_TEST_NEO4J_URI / _USER / _PASSWORD[_FILE],
 as `scripts/neo4j-local env` prints them; its data is wiped) and into the
@@ -87,23 +88,36 @@ def synthetic(entities: int, captures: int, seed: int = 11) -> tuple[list[str], 
             words.insert(rng.randint(0, len(words)), names[key])
         text = " ".join(words).capitalize() + "."
         at = f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00.{i % 1000000:06d}Z"
-        facts.append(CaptureFacts(
-            sha256=f"{i:064x}", path=f"note-{i:05d}.md", ingested_at=at, model="replay:recorded",
-            prompt_version="extract-v1",
-            entities=tuple(ResolvedEntity(k, names[k], "subject", (names[k],)) for k in sorted(chosen)),
-            relationships=tuple(ResolvedRelationship(s, t, o) for s, t, o in sorted(rels)),
-            title=f"Note {i}", captured_at=at, captured_utc=at, text=text,
-        ))  # fmt: skip
+        facts.append(
+            CaptureFacts(
+                sha256=f"{i:064x}",
+                path=f"note-{i:05d}.md",
+                ingested_at=at,
+                model="replay:recorded",
+                prompt_version="extract-v1",
+                entities=tuple(ResolvedEntity(k, names[k], "subject", (names[k],)) for k in sorted(chosen)),
+                relationships=tuple(ResolvedRelationship(s, t, o) for s, t, o in sorted(rels)),
+                title=f"Note {i}",
+                captured_at=at,
+                captured_utc=at,
+                text=text,
+            )
+        )
     return list(names.values()), facts
 
 
 def _indexed(facts: CaptureFacts) -> IndexedCapture:
     return IndexedCapture(
-        sha256=facts.sha256, path=facts.path, title=facts.title, captured_at=facts.captured_at,
-        ingested_at=facts.ingested_at, model=facts.model, text=facts.text or "",
+        sha256=facts.sha256,
+        path=facts.path,
+        title=facts.title,
+        captured_at=facts.captured_at,
+        ingested_at=facts.ingested_at,
+        model=facts.model,
+        text=facts.text or "",
         mentions=tuple(IndexedMention(e.key, e.name, e.aliases) for e in facts.entities),
         facts=tuple((r.source_key, r.type, r.target_key) for r in facts.relationships),
-    )  # fmt: skip
+    )
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -141,8 +155,11 @@ def _timed(ask: Callable[[str], SearchResult], asked: list[str]) -> tuple[list[f
 
 def _problems(kind: str, answers: dict[str, list[SearchResult]]) -> list[str]:
     journal, graph = answers["journal only"], answers["Neo4j"]
-    problems = [f"{a.query!r}: the stores answer differently" for a, b in zip(journal, graph, strict=True)
-                if dataclasses.asdict(a) != dataclasses.asdict(b)][:3]  # fmt: skip
+    problems = [
+        f"{a.query!r}: the stores answer differently"
+        for a, b in zip(journal, graph, strict=True)
+        if dataclasses.asdict(a) != dataclasses.asdict(b)
+    ][:3]
     found = [bool(a.entities or a.captures) for a in journal]
     if kind == "no match" and any(found):
         problems.append("a query no note holds found something")
@@ -169,8 +186,9 @@ def main() -> None:
     names, facts = synthetic(args.entities, args.captures)
     asked = queries(names, facts, args.queries)
     with tempfile.TemporaryDirectory(prefix="membrane-search-") as tmp:
-        settings = Settings.model_validate({"journal": {"path": str(Path(tmp) / "journal.sqlite3")},
-                                            "neo4j": {**neo4j, "connect_timeout_s": 5}})  # fmt: skip
+        settings = Settings.model_validate(
+            {"journal": {"path": str(Path(tmp) / "journal.sqlite3")}, "neo4j": {**neo4j, "connect_timeout_s": 5}}
+        )
         started = time.perf_counter()
         with Journal(settings.journal.path) as journal:
             store = journal.search
@@ -184,8 +202,10 @@ def main() -> None:
             graph.upsert_many(facts)
             counts = graph.counts()
         graph_s = time.perf_counter() - started
-        print(f"{len(names)} entity names, {len(facts)} captures; journal index built in {journal_s:.1f} s, "
-              f"Neo4j written in {graph_s:.1f} s ({counts})")  # fmt: skip
+        print(
+            f"{len(names)} entity names, {len(facts)} captures; journal index built in {journal_s:.1f} s, "
+            f"Neo4j written in {graph_s:.1f} s ({counts})"
+        )
         rows, overall = [], {"journal only": [], "Neo4j": []}
         print("| queries | store | p50 ms | p95 ms | max ms | hits per query (mean) |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
@@ -205,11 +225,15 @@ def main() -> None:
                     if row["status"] == FAILED:
                         print(f"| {kind} | {label} | {failed_cell(row)} | | | |")
                     else:
-                        print(f"| {kind} | {label} | {statistics.median(times):.1f} | {_percentile(times, 0.95):.1f} "
-                              f"| {max(times):.1f} | {hits:.1f} |")  # fmt: skip
+                        print(
+                            f"| {kind} | {label} | {statistics.median(times):.1f} | {_percentile(times, 0.95):.1f} "
+                            f"| {max(times):.1f} | {hits:.1f} |"
+                        )
         for label, times in overall.items():
-            print(f"| all {len(times)} | {label} | {statistics.median(times):.1f} | {_percentile(times, 0.95):.1f} "
-                  f"| {max(times):.1f} | |")  # fmt: skip
+            print(
+                f"| all {len(times)} | {label} | {statistics.median(times):.1f} | {_percentile(times, 0.95):.1f} "
+                f"| {max(times):.1f} | |"
+            )
     raise SystemExit(exit_code(rows))
 
 

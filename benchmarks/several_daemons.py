@@ -44,23 +44,30 @@ from tests.support.pipeline import graph_snapshot, wipe  # noqa: E402
 def _neo4j() -> dict[str, Any]:
     uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
     if not uri:
-        raise SystemExit("needs MEMBRANE_TEST_NEO4J_URI: eval \"$(scripts/neo4j-local env)\"")
+        raise SystemExit('needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
     password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
     if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
         password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
     return {"uri": uri, "user": os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), "password": password}
 
 
-def run(label: str, plan: Plan, replay: Path, neo4j: dict[str, Any], driver: Any, work: Path,
-        concurrency: int) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+def run(
+    label: str, plan: Plan, replay: Path, neo4j: dict[str, Any], driver: Any, work: Path, concurrency: int
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """One fleet run on a wiped graph: its row and the graph it left (None when it did not finish)."""
     wipe(driver)
     captures = sum(len(group) for group in plan.notes)
-    row: dict[str, Any] = {"run": label, "daemons": len(plan.notes), "captures": captures,
-                           "deleted": sum(len(group) for group in plan.deleted), "concurrency": concurrency}  # fmt: skip
+    row: dict[str, Any] = {
+        "run": label,
+        "daemons": len(plan.notes),
+        "captures": captures,
+        "deleted": sum(len(group) for group in plan.deleted),
+        "concurrency": concurrency,
+    }
     try:
-        result = run_fleet(work / label, plan, replay, neo4j, concurrency=concurrency,
-                           timeout_s=max(300.0, captures * 0.5))  # fmt: skip
+        result = run_fleet(
+            work / label, plan, replay, neo4j, concurrency=concurrency, timeout_s=max(300.0, captures * 0.5)
+        )
     except AssertionError as exc:
         return mark(row, [str(exc)]), None
     row.update(seconds=round(result["seconds"], 1), captures_per_s=round(captures / result["seconds"], 1))

@@ -56,8 +56,9 @@ def kill_state(result: dict[str, Any], captures: int) -> str:
     return "mid-stream" + (f" ({', '.join(live)} in flight)" if live else "")
 
 
-def outcome(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any, captures: int,
-            expected: dict[str, Any]) -> dict[str, int]:
+def outcome(
+    workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any, captures: int, expected: dict[str, Any]
+) -> dict[str, int]:
     """What one trial left, counted independently of crash_trial's own checks."""
     settings = Settings.model_validate(settings_sections(workdir, replay, neo4j=neo4j))
     names = {note(i)[0] for i in range(captures)}
@@ -81,8 +82,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--captures", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1000, help="seed of the first trial")
-    parser.add_argument("--kill-window-s", type=float, default=None,
-                        help="kill 0..this many seconds after READY (default: the clean run's duration)")
+    parser.add_argument(
+        "--kill-window-s",
+        type=float,
+        default=None,
+        help="kill 0..this many seconds after READY (default: the clean run's duration)",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="copy the folders of failed trials here")
     args = parser.parse_args()
     configure_logging("warning", "console")
@@ -95,8 +100,10 @@ def main() -> None:
     dropped_share: list[float] = []
     done_share: list[float] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="membrane-soak-") as tmp, \
-            GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
+    with (
+        tempfile.TemporaryDirectory(prefix="membrane-soak-") as tmp,
+        GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver,
+    ):
         root = Path(tmp)
         replay = replay_for(args.captures, root / "replay.jsonl")
         clean = root / "clean"
@@ -110,15 +117,22 @@ def main() -> None:
         clean_s = time.monotonic() - clean_started
         expected = graph_snapshot(driver)
         window = args.kill_window_s if args.kill_window_s is not None else max(0.6, clean_s)
-        print(f"clean run: {args.captures} captures in {clean_s:.1f} s; kills 0-{window:.1f} s after READY",
-              flush=True)
+        print(f"clean run: {args.captures} captures in {clean_s:.1f} s; kills 0-{window:.1f} s after READY", flush=True)
         for n in range(args.trials):
             seed = args.seed + n
             workdir = root / f"trial-{seed}"
             try:
                 result: dict[str, Any] | None = crash_trial(
-                    workdir, replay, neo4j, driver, seed=seed, captures=args.captures, expected=expected,
-                    kill_window=(0.0, window), drain_timeout_s=max(60.0, 4 * clean_s))
+                    workdir,
+                    replay,
+                    neo4j,
+                    driver,
+                    seed=seed,
+                    captures=args.captures,
+                    expected=expected,
+                    kill_window=(0.0, window),
+                    drain_timeout_s=max(60.0, 4 * clean_s),
+                )
             except AssertionError as exc:
                 result = None
                 failures.append(str(exc))
@@ -134,14 +148,16 @@ def main() -> None:
                 shutil.copytree(workdir, args.keep / workdir.name, dirs_exist_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)
             if (n + 1) % 10 == 0:
-                print(f"{n + 1} trials, {len(failures)} failed, lost {totals['lost']}, "
-                      f"duplicated {totals['duplicated']}, {time.monotonic() - started:.0f} s", flush=True)
+                print(
+                    f"{n + 1} trials, {len(failures)} failed, lost {totals['lost']}, "
+                    f"duplicated {totals['duplicated']}, {time.monotonic() - started:.0f} s",
+                    flush=True,
+                )
 
     def quartiles(values: list[float]) -> list[float]:
         if len(values) < 2:
             return [round(v, 2) for v in values]
-        return [round(min(values), 2), *[round(q, 2) for q in statistics.quantiles(values, n=4)],
-                round(max(values), 2)]
+        return [round(min(values), 2), *[round(q, 2) for q in statistics.quantiles(values, n=4)], round(max(values), 2)]
 
     summary = {
         "trials": args.trials,

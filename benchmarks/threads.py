@@ -53,8 +53,10 @@ def main() -> None:
         times, prompt_rates, gen_rates = [], [], []
         problems: list[str] = []
         for call in range(args.calls + 1):
-            messages = [{"role": "system", "content": "List the named things in the note."},
-                        {"role": "user", "content": f"Note {call} of {threads}. {NOTE}"}]
+            messages = [
+                {"role": "system", "content": "List the named things in the note."},
+                {"role": "user", "content": f"Note {call} of {threads}. {NOTE}"},
+            ]
             started = time.perf_counter()
             response = model.chat(messages, schema=None, max_tokens=args.max_tokens)
             elapsed = time.perf_counter() - started
@@ -67,16 +69,19 @@ def main() -> None:
             if perf["eval_ms"]:
                 gen_rates.append(perf["eval_tokens"] / perf["eval_ms"] * 1000)
             if not perf["eval_tokens"] or not perf["prompt_eval_tokens"]:
-                problems.append(f"call {call}: {perf['prompt_eval_tokens']} prompt and {perf['eval_tokens']} "
-                                "generated tokens")
+                problems.append(
+                    f"call {call}: {perf['prompt_eval_tokens']} prompt and {perf['eval_tokens']} generated tokens"
+                )
         close_models()
         row = mark({"threads": threads}, problems[:3])
         rows.append(row)
         if row["status"] == "failed":
             print(f"| {threads} | {failed_cell(row)} | | |")
             continue
-        print(f"| {threads} | {statistics.median(times):.0f} | {statistics.median(prompt_rates):.0f} "
-              f"| {statistics.median(gen_rates):.1f} |")
+        print(
+            f"| {threads} | {statistics.median(times):.0f} | {statistics.median(prompt_rates):.0f} "
+            f"| {statistics.median(gen_rates):.1f} |"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     raise SystemExit(exit_code(rows))
 

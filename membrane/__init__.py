@@ -85,16 +85,31 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "membrane.config": ("Settings", "load_settings"),
     "membrane.daemon": ("Daemon", "IngestReport", "ingest"),
     "membrane.errors": (
-        "BadRequest", "CaptureRejected", "ConfigError", "ExtractionFailed", "GraphAuthFailed", "GraphUnavailable",
-        "GraphWriteError", "JournalError", "MembraneError", "ModelCrashed", "ModelNotFound", "ModelRejected",
-        "ModelUnavailable", "NotFound", "PermanentError", "PromotionRefused", "RetryableError", "StaleClaim",
+        "BadRequest",
+        "CaptureRejected",
+        "ConfigError",
+        "ExtractionFailed",
+        "GraphAuthFailed",
+        "GraphUnavailable",
+        "GraphWriteError",
+        "JournalError",
+        "MembraneError",
+        "ModelCrashed",
+        "ModelNotFound",
+        "ModelRejected",
+        "ModelUnavailable",
+        "NotFound",
+        "PermanentError",
+        "PromotionRefused",
+        "RetryableError",
+        "StaleClaim",
     ),
     "membrane.extract": ("Extractor", "build_extractor", "parse_output"),
     "membrane.graph.store": ("GraphStore",),
     "membrane.journal": ("Journal",),
     "membrane.records": ("ExtractionResult",),
     "membrane.schema": ("Entity", "Extraction", "ExtractionRules", "ModelRef", "Relationship"),
-}  # fmt: skip
+}
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 

@@ -189,8 +189,10 @@ def _text(value: str, what: str, most: int, *, lines: bool = False) -> str:
         raise BadRequest(f"{what} is empty")
     bad = next((c for c in value if _forbidden(c) and not (lines and c in _NOTE_CONTROLS)), None)
     if bad is not None:
-        raise BadRequest(f"{what} holds the control character U+{ord(bad):04X}",
-                         hint="Send plain text" + (" (line breaks and tabs are fine)." if lines else " on one line."))
+        raise BadRequest(
+            f"{what} holds the control character U+{ord(bad):04X}",
+            hint="Send plain text" + (" (line breaks and tabs are fine)." if lines else " on one line."),
+        )
     return value
 
 
@@ -207,8 +209,10 @@ def _bounded(value: int, what: str, least: int, most: int) -> int:
 def _sha256(value: str, *, prefix: bool = False) -> str:
     value = value.strip().lower()
     if not (_PREFIX if prefix else _SHA256).match(value):
-        raise BadRequest(f"{value[:80]!r} is not a sha256" + (" or a prefix of 8+ hex digits" if prefix else ""),
-                         hint="Name a capture by the sha256 that search, remember or an entity's captures give.")
+        raise BadRequest(
+            f"{value[:80]!r} is not a sha256" + (" or a prefix of 8+ hex digits" if prefix else ""),
+            hint="Name a capture by the sha256 that search, remember or an entity's captures give.",
+        )
     return value
 
 
@@ -300,14 +304,19 @@ class Memory:
         else:
             matches = [r.sha256 for r in self._journal.captures.in_states(FACT_STATES) if r.sha256.startswith(wanted)]
         if len(matches) != 1:
-            raise NotFound(f"no capture with facts has the sha256 {wanted!r}" if not matches else
-                           f"{len(matches)} captures start with {wanted!r}; give more digits",
-                           hint="A failed, forgotten or not yet ingested capture has no facts (capture_status).")
+            raise NotFound(
+                f"no capture with facts has the sha256 {wanted!r}"
+                if not matches
+                else f"{len(matches)} captures start with {wanted!r}; give more digits",
+                hint="A failed, forgotten or not yet ingested capture has no facts (capture_status).",
+            )
         with self._reader() as reader:
             report = reader.capture(matches[0])
         if report is None:
-            raise NotFound(f"capture {matches[0][:12]} is not in Neo4j yet",
-                           hint="It is waiting for projection; ask again shortly.")
+            raise NotFound(
+                f"capture {matches[0][:12]} is not in Neo4j yet",
+                hint="It is waiting for projection; ask again shortly.",
+            )
         entities, omitted_entities = _cut(report.entities)
         facts, omitted_facts = _cut(report.facts)
         cut = dataclasses.replace(report, entities=entities, facts=facts)
@@ -339,11 +348,14 @@ class Memory:
     def _allow(self, tool: WriteTool) -> None:
         if not self.settings.mcp.allow_write:
             log.warning("assistant_write_refused", tool=tool)
-            raise BadRequest(f"{tool} is a write tool, and writes are off",
-                             hint="The owner can set [mcp] allow_write = true in the config.")
+            raise BadRequest(
+                f"{tool} is a write tool, and writes are off",
+                hint="The owner can set [mcp] allow_write = true in the config.",
+            )
 
-    def remember(self, text: str, title: str | None = None, tags: list[str] | None = None,
-                 source: str | None = None) -> Remembered:  # fmt: skip
+    def remember(
+        self, text: str, title: str | None = None, tags: list[str] | None = None, source: str | None = None
+    ) -> Remembered:
         """Write a note into the inbox (see the module docstring); the daemon ingests it."""
         self._allow("remember")
         note = _note_bytes(_text(text, "the text", self.settings.inbox.max_bytes, lines=True), title, tags, source)
@@ -356,8 +368,15 @@ class Memory:
         inbox.mkdir(parents=True, exist_ok=True)
         with atomic_write(inbox / name, binary=True) as handle:
             handle.write(note)
-        log.info("assistant_write", tool="remember", sha256=sha256, file=name, bytes=len(note),
-                 title=title is not None, tags=len(tags or ()))  # fmt: skip
+        log.info(
+            "assistant_write",
+            tool="remember",
+            sha256=sha256,
+            file=name,
+            bytes=len(note),
+            title=title is not None,
+            tags=len(tags or ()),
+        )
         return Remembered(sha256, name, "waiting")
 
     def capture_status(self, sha256: str) -> CaptureStatus:
@@ -372,8 +391,7 @@ class Memory:
             return CaptureStatus(sha256, "waiting", False, waiting[0].name, None, None)
         graph_states = ("projected", "done") if self.settings.neo4j.enabled else FACT_STATES
         error = f"{record.stage}: {record.last_error}" if record.state == "failed" else record.last_error
-        return CaptureStatus(sha256, record.state, record.state in graph_states, record.path, record.ingested_at,
-                             error)  # fmt: skip
+        return CaptureStatus(sha256, record.state, record.state in graph_states, record.path, record.ingested_at, error)
 
     def forget(self, sha256: str) -> Forgotten:
         self._allow("forget")
@@ -383,8 +401,9 @@ class Memory:
         record = self._journal.captures.get(sha256)
         if record is None or record.state not in FACT_STATES:
             log.info("assistant_write", tool="forget", sha256=sha256, outcome="no facts")
-            raise NotFound(f"no capture with facts has the sha256 {sha256[:12]}…",
-                           hint="capture_status tells where a capture is.")
+            raise NotFound(
+                f"no capture with facts has the sha256 {sha256[:12]}…", hint="capture_status tells where a capture is."
+            )
         pipeline = Pipeline(self.settings, self._journal, graph=GraphLink(self.settings, self._store()))
         pipeline.retract(sha256, reason="forget (assistant)")
         after = self._journal.captures.get(sha256)

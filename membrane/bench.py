@@ -134,8 +134,14 @@ def _subset_run(run: ModelRun, ids: set[str]) -> ModelRun:
         return run
     cases = tuple(c for c in run.scores.cases if c.id in ids)
     latencies = tuple(c.seconds for c in cases if c.seconds is not None)
-    return run.model_copy(update={"scores": Scores(cases=cases), "latencies": latencies, "completion_tokens": 0,
-                                  "generation_seconds": 0.0})
+    return run.model_copy(
+        update={
+            "scores": Scores(cases=cases),
+            "latencies": latencies,
+            "completion_tokens": 0,
+            "generation_seconds": 0.0,
+        }
+    )
 
 
 class BenchReport(BaseModel):
@@ -195,9 +201,13 @@ class BenchReport(BaseModel):
         if not self.eval_sets:
             header = f"Gold set: `{self.eval_file}` ({self.cases} cases, sha256 {self.eval_sha256[:12]})."
         else:
-            header = "Sets: " + "; ".join(
-                f"{s.name} `{s.file}` ({len(s.case_ids)} cases, sha256 {s.sha256[:12]})" for s in self.eval_sets
-            ) + "."
+            header = (
+                "Sets: "
+                + "; ".join(
+                    f"{s.name} `{s.file}` ({len(s.case_ids)} cases, sha256 {s.sha256[:12]})" for s in self.eval_sets
+                )
+                + "."
+            )
         return self._markdown(header, self.sections())
 
     def _markdown(self, header: str, sections: list[tuple[str, tuple[ModelRun, ...]]]) -> str:
@@ -233,9 +243,18 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 TABLE_HEADER = (
-    "model", "parameters", "valid JSON %", "first-try valid %", "entity F1",
-    "relationship F1", "relaxed rel. F1", "tokens/s", "p50 s", "p95 s", "status",
-)  # fmt: skip
+    "model",
+    "parameters",
+    "valid JSON %",
+    "first-try valid %",
+    "entity F1",
+    "relationship F1",
+    "relaxed rel. F1",
+    "tokens/s",
+    "p50 s",
+    "p95 s",
+    "status",
+)
 
 
 def table_cells(row: Mapping[str, Any]) -> list[str]:
@@ -360,7 +379,9 @@ def bench_model(settings: Settings, ref: ModelRef, gold: list[GoldCase], progres
         calls=calls,
         latencies=tuple(latencies),
     )
-    log.info("bench_model_done", model=str(ref), cases=len(cases), **{k: v for k, v in run.row().items() if k in _LOGGED})
+    log.info(
+        "bench_model_done", model=str(ref), cases=len(cases), **{k: v for k, v in run.row().items() if k in _LOGGED}
+    )
     return run
 
 
@@ -412,8 +433,13 @@ def run_bench(
     gold, sets = load_eval_sets(settings, eval_files)
     champion = effective_champion(settings, journal)
     candidates, notes = resolve_candidates(settings, champion, models)
-    log.info("bench_started", cases=len(gold), sets=[s.name for s in sets], candidates=[str(c) for c in candidates],
-             champion=str(champion))
+    log.info(
+        "bench_started",
+        cases=len(gold),
+        sets=[s.name for s in sets],
+        candidates=[str(c) for c in candidates],
+        champion=str(champion),
+    )
     runs = tuple(bench_model(settings, ref, gold, progress) for ref in candidates)
     set_ids = {s.name: frozenset(s.case_ids) for s in sets}
     report = BenchReport(
@@ -430,7 +456,12 @@ def run_bench(
     )
     report = write_reports(report, out_dir or settings.bench.out_dir)
     report = report.model_copy(update={"id": journal.models.record_bench_run(report.model_dump(mode="json"))})
-    log.info("bench_done", run_id=report.id, files=dict(report.files), promote=bool(report.decision and report.decision.promote))
+    log.info(
+        "bench_done",
+        run_id=report.id,
+        files=dict(report.files),
+        promote=bool(report.decision and report.decision.promote),
+    )
     return report
 
 
@@ -477,8 +508,13 @@ def plot(report: BenchReport, path: Path) -> Path | None:
     axes.scatter(speed, [r["entity_f1"] for r in rows], marker="o", label="entity F1")
     axes.scatter(speed, [r["relationship_f1"] for r in rows], marker="s", label="relationship F1")
     for row in rows:
-        axes.annotate(row["model"], (row["tokens_per_second"], row["entity_f1"]), fontsize=8,
-                      xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        axes.annotate(
+            row["model"],
+            (row["tokens_per_second"], row["entity_f1"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     axes.set_xlabel("completion tokens per second of model-call time")
     axes.set_ylabel("F1 (micro)")
     axes.set_ylim(-0.02, 1.02)
@@ -501,7 +537,9 @@ def run_scheduled_bench(settings: Settings, journal: Journal, is_idle: Callable[
     report = run_bench(settings, journal)
     decision = report.decision
     if settings.bench.auto_promote and decision is not None and decision.promote:
-        requeued = apply_decision(decision, settings, journal, reason=f"scheduled bench run {report.id}: {decision.reason}")
+        requeued = apply_decision(
+            decision, settings, journal, reason=f"scheduled bench run {report.id}: {decision.reason}"
+        )
         log.info("bench_auto_promoted", model=decision.challenger, run_id=report.id, requeued=requeued)
     return report
 

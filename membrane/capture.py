@@ -162,8 +162,9 @@ def read_capture(path: Path, settings: InboxSettings, *, root: Path | None = Non
         parse = {"md": _parse_markdown, "json": _parse_json}.get(fmt, _parse_text)
         body, metadata = parse(_decode(data))
     dated = note_date(metadata) or datetime.fromtimestamp(int(info.st_mtime), UTC).strftime(ISO_SECONDS_FORMAT)
-    return Capture(path=path, text=body, sha256=digest, format=fmt, size=len(data), metadata=metadata,
-                   captured_at=dated)  # fmt: skip
+    return Capture(
+        path=path, text=body, sha256=digest, format=fmt, size=len(data), metadata=metadata, captured_at=dated
+    )
 
 
 def note_date(metadata: Mapping[str, Any]) -> str | None:
@@ -265,8 +266,11 @@ def _kind(mode: int) -> str:
 def _check_size(size: int, max_bytes: int, fmt: str) -> None:
     if size > max_bytes:
         key = f"inbox.format_max_bytes.{fmt}" if fmt in DOCUMENT_FORMATS.values() else "inbox.max_bytes"
-        raise Rejection("too_large", f"too large: {size} bytes, the limit is {max_bytes} ({key})",
-                        hint=f"Split the capture into smaller files, or raise {key}.")  # fmt: skip
+        raise Rejection(
+            "too_large",
+            f"too large: {size} bytes, the limit is {max_bytes} ({key})",
+            hint=f"Split the capture into smaller files, or raise {key}.",
+        )
 
 
 def _opened_path(fd: int) -> Path | None:
@@ -328,11 +332,14 @@ def _convert(fmt: str, data: bytes, settings: InboxSettings) -> tuple[str, dict[
     """A document's text and metadata, from its converter in a child process."""
     if not data:
         raise Rejection("empty", "empty file")
-    limits = Limits(max_text_chars=settings.max_text_chars,
-                    max_bytes={"txt": settings.max_bytes, "md": settings.max_bytes, **settings.format_max_bytes})
+    limits = Limits(
+        max_text_chars=settings.max_text_chars,
+        max_bytes={"txt": settings.max_bytes, "md": settings.max_bytes, **settings.format_max_bytes},
+    )
     try:
-        converted = convert_isolated(fmt, data, limits, timeout_s=settings.convert_timeout_s,
-                                     memory_bytes=settings.convert_memory_mb * 2**20)
+        converted = convert_isolated(
+            fmt, data, limits, timeout_s=settings.convert_timeout_s, memory_bytes=settings.convert_memory_mb * 2**20
+        )
     except ConversionRefused as exc:
         raise Rejection(exc.code, exc.reason, hint=exc.hint or None) from None
     metadata = dict(converted.metadata)
@@ -356,8 +363,10 @@ def split_front_matter(text: str) -> tuple[str, dict[str, Any]]:
     if match is None:
         return text, {}
     if len(match["yaml"]) > MAX_FRONT_MATTER_CHARS:
-        raise Rejection("bad_front_matter", f"front matter is too large ({len(match['yaml'])} characters, "
-                        f"the limit is {MAX_FRONT_MATTER_CHARS})")
+        raise Rejection(
+            "bad_front_matter",
+            f"front matter is too large ({len(match['yaml'])} characters, the limit is {MAX_FRONT_MATTER_CHARS})",
+        )
     try:
         loaded = yaml.load(match["yaml"], Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:

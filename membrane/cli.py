@@ -155,7 +155,9 @@ def doctor(app: AppContext) -> None:
 @click.argument("text")
 @click.option("--raw", is_flag=True, help="Also show the model's raw output, tokens and timings.")
 @click.option("--model", "model_name", help="Model name (overrides model.name).")
-@click.option("--backend", "backend_name", help="Backend: embedded, ollama, openai or replay (overrides model.backend).")
+@click.option(
+    "--backend", "backend_name", help="Backend: embedded, ollama, openai or replay (overrides model.backend)."
+)
 @pass_app
 @handle_errors
 def extract(app: AppContext, text: str, raw: bool, model_name: str | None, backend_name: str | None) -> None:
@@ -264,8 +266,11 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
             "active_model": str(effective_champion(settings, journal)),
             "promoted": promoted,
             "counts": counts,
-            "projection_lag": {"count": lag.count, "oldest_extracted_at": lag.oldest_extracted_at,
-                               "oldest_age_s": lag.oldest_age_s},
+            "projection_lag": {
+                "count": lag.count,
+                "oldest_extracted_at": lag.oldest_extracted_at,
+                "oldest_age_s": lag.oldest_age_s,
+            },
             "recent_errors": recent,
         }
     if as_json:
@@ -280,8 +285,10 @@ def status(app: AppContext, as_json: bool, error_count: int) -> None:
         click.echo(f"projection    {lag.count} waiting{age}")
     for error in recent:
         retry = f", retry at {error['next_attempt_at']}" if error.get("next_attempt_at") else ""
-        click.echo(f"  {error['time']}  {error['state']:<9} {_printable(error['path'])}: "
-                   f"{error['stage']}: {error['reason']}{retry}")
+        click.echo(
+            f"  {error['time']}  {error['state']:<9} {_printable(error['path'])}: "
+            f"{error['stage']}: {error['reason']}{retry}"
+        )
 
 
 @main.command()
@@ -345,8 +352,10 @@ def forget(app: AppContext, target: str) -> None:
             pipeline.graph.close()
     click.echo(f"retracted {record.sha256[:12]} ({_printable(record.path)})")
     if waiting:
-        fail("Neo4j is unavailable: the journal no longer holds these facts; the daemon (or `membrane sync`) "
-             "removes them from the graph once Neo4j is back")
+        fail(
+            "Neo4j is unavailable: the journal no longer holds these facts; the daemon (or `membrane sync`) "
+            "removes them from the graph once Neo4j is back"
+        )
 
 
 # ---------------------------------------------------------------- explore commands
@@ -423,20 +432,35 @@ def facts(app: AppContext, target: str, as_json: bool) -> None:
     with Journal(settings.journal.path) as journal:
         record = find_capture(journal, settings.inbox, target, prefix=True)
         if record is None:
-            _not_found(NotFound(f"no capture with facts matches {target!r}",
-                                hint="See `membrane status`; a failed or retracted capture has no facts."), as_json)  # fmt: skip
+            _not_found(
+                NotFound(
+                    f"no capture with facts matches {target!r}",
+                    hint="See `membrane status`; a failed or retracted capture has no facts.",
+                ),
+                as_json,
+            )
         with open_reader(settings, journal) as reader:
             report = reader.capture(record.sha256)
     if report is None:
-        _not_found(NotFound(f"capture {record.sha256[:12]} ({record.path}) is not in Neo4j yet",
-                            hint="`membrane status` shows the projection lag; `membrane sync` projects it."), as_json)  # fmt: skip
+        _not_found(
+            NotFound(
+                f"capture {record.sha256[:12]} ({record.path}) is not in Neo4j yet",
+                hint="`membrane status` shows the projection lag; `membrane sync` projects it.",
+            ),
+            as_json,
+        )
     _print_report(report, capture_lines, as_json)
 
 
 @main.command()
 @click.argument("query")
-@click.option("--limit", type=click.IntRange(1, 50), default=10, show_default=True,
-              help="Most entity hits and most capture hits to show.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="Most entity hits and most capture hits to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_app
 @handle_errors
@@ -548,35 +572,67 @@ def score(app: AppContext, gold: Path, pred: Path, as_json: bool) -> None:
         click.echo(json.dumps({**scores.model_dump(mode="json"), "unknown_ids": unknown}, ensure_ascii=False, indent=2))
         return
     m = scores.metrics()
-    click.echo(f"{len(cases)} cases: valid JSON {100 * m['valid_json']:.1f}% after repair, "
-               f"{100 * m['first_attempt_valid_json']:.1f}% on the first attempt")
-    _echo_table(("", "precision", "recall", "F1"), [
-        (label, *(f"{m[f'{prefix}_{k}']:.3f}" for k in ("precision", "recall", "f1")))
-        for label, prefix in (("entities", "entity"), ("relationships", "relationship"),
-                              ("relaxed relationships", "relaxed_relationship"))
-    ])  # fmt: skip
+    click.echo(
+        f"{len(cases)} cases: valid JSON {100 * m['valid_json']:.1f}% after repair, "
+        f"{100 * m['first_attempt_valid_json']:.1f}% on the first attempt"
+    )
+    _echo_table(
+        ("", "precision", "recall", "F1"),
+        [
+            (label, *(f"{m[f'{prefix}_{k}']:.3f}" for k in ("precision", "recall", "f1")))
+            for label, prefix in (
+                ("entities", "entity"),
+                ("relationships", "relationship"),
+                ("relaxed relationships", "relaxed_relationship"),
+            )
+        ],
+    )
     click.echo("")
-    _echo_table(("case", "valid", "entity F1", "rel. F1", "missing", "spurious", "error"), [
-        (c.id, "yes" if c.valid else "NO", f"{c.entities.f1:.2f}", f"{c.relationships.f1:.2f}",
-         str(len(c.missing_entities) + len(c.missing_relationships)),
-         str(len(c.spurious_entities) + len(c.spurious_relationships)), c.error[:60])
-        for c in scores.cases
-    ])  # fmt: skip
+    _echo_table(
+        ("case", "valid", "entity F1", "rel. F1", "missing", "spurious", "error"),
+        [
+            (
+                c.id,
+                "yes" if c.valid else "NO",
+                f"{c.entities.f1:.2f}",
+                f"{c.relationships.f1:.2f}",
+                str(len(c.missing_entities) + len(c.missing_relationships)),
+                str(len(c.spurious_entities) + len(c.spurious_relationships)),
+                c.error[:60],
+            )
+            for c in scores.cases
+        ],
+    )
     if unknown:
         click.echo(f"ignored predictions for ids not in the gold set: {', '.join(unknown)}", err=True)
 
 
 @main.command()
-@click.option("--models", "models_option", help="Comma-separated backend:name list; replaces the configured candidates.")
-@click.option("--eval", "eval_files", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
-              help="A labelled set, repeatable; replaces bench.eval_files (default: the gold and real-text sets).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Report folder (default: bench.out_dir).")
+@click.option(
+    "--models", "models_option", help="Comma-separated backend:name list; replaces the configured candidates."
+)
+@click.option(
+    "--eval",
+    "eval_files",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    help="A labelled set, repeatable; replaces bench.eval_files (default: the gold and real-text sets).",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Report folder (default: bench.out_dir)."
+)
 @click.option("--promote", "apply", is_flag=True, help="Apply the policy: promote a challenger that clearly wins.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 @handle_errors
-def bench(app: AppContext, models_option: str | None, eval_files: tuple[Path, ...], out_dir: Path | None,
-          apply: bool, as_json: bool) -> None:  # fmt: skip
+def bench(
+    app: AppContext,
+    models_option: str | None,
+    eval_files: tuple[Path, ...],
+    out_dir: Path | None,
+    apply: bool,
+    as_json: bool,
+) -> None:
     """Benchmark candidate models on the labelled sets (exit 1 if no candidate could run)."""
     import json
 
@@ -587,8 +643,14 @@ def bench(app: AppContext, models_option: str | None, eval_files: tuple[Path, ..
     refs = [_parse_model(m) for m in models_option.split(",") if m.strip()] if models_option else None
     settings = app.settings
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, models=refs, eval_files=list(eval_files) or None, out_dir=out_dir,
-                           progress=None if as_json else _BenchProgress())  # fmt: skip
+        report = run_bench(
+            settings,
+            journal,
+            models=refs,
+            eval_files=list(eval_files) or None,
+            out_dir=out_dir,
+            progress=None if as_json else _BenchProgress(),
+        )
         decision = report.decision
         requeued = apply_decision(decision, settings, journal) if apply and decision and decision.promote else None
     if as_json:
@@ -635,20 +697,41 @@ def models(app: AppContext, as_json: bool) -> None:
         promotions = journal.models.promotions(5)
     rows = {run.model: run.row() for run in last.runs} if last else {}
     if as_json:
-        click.echo(json.dumps({
-            "champion": str(champion), "promoted": promoted, "candidates": [str(c) for c in candidates],
-            "last_bench_run": {"id": last.id, "created_at": last.created_at, "rows": rows} if last else None,
-            "promotions": promotions, "notes": notes,
-        }, indent=2, default=str))  # fmt: skip
+        click.echo(
+            json.dumps(
+                {
+                    "champion": str(champion),
+                    "promoted": promoted,
+                    "candidates": [str(c) for c in candidates],
+                    "last_bench_run": {"id": last.id, "created_at": last.created_at, "rows": rows} if last else None,
+                    "promotions": promotions,
+                    "notes": notes,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return
     click.echo(f"champion  {champion}" + ("  (promoted)" if promoted else "  (configured [model])"))
     if last:
         click.echo(f"last bench run {last.id} at {last.created_at} ({last.cases} cases):")
-    empty = dict.fromkeys(("parameters", "valid_json", "first_attempt_valid_json", "entity_f1", "relationship_f1",
-                           "relaxed_relationship_f1", "tokens_per_second", "p50_s", "p95_s"))  # fmt: skip
-    _echo_table(TABLE_HEADER, [
-        table_cells(rows.get(str(c)) or {**empty, "model": str(c), "status": "not benched"}) for c in candidates
-    ])  # fmt: skip
+    empty = dict.fromkeys(
+        (
+            "parameters",
+            "valid_json",
+            "first_attempt_valid_json",
+            "entity_f1",
+            "relationship_f1",
+            "relaxed_relationship_f1",
+            "tokens_per_second",
+            "p50_s",
+            "p95_s",
+        )
+    )
+    _echo_table(
+        TABLE_HEADER,
+        [table_cells(rows.get(str(c)) or {**empty, "model": str(c), "status": "not benched"}) for c in candidates],
+    )
     for note in notes:
         click.echo(f"note: {note}")
     for row in promotions:
@@ -675,8 +758,15 @@ def promote(app: AppContext, name: str, force: bool) -> None:
     with Journal(settings.journal.path) as journal:
         last = last_report(journal)
         scores = last.scores_by_model() if last else None
-        done = promote_manually(ref, settings, journal, scores, run_id=last.id if last else None, force=force,
-                                sets=last.set_ids() if last else None)
+        done = promote_manually(
+            ref,
+            settings,
+            journal,
+            scores,
+            run_id=last.id if last else None,
+            force=force,
+            sets=last.set_ids() if last else None,
+        )
     if not done.changed:
         click.echo(f"{ref} is already the champion")
         return
@@ -693,8 +783,6 @@ def rollback(app: AppContext) -> None:
     with Journal(app.settings.journal.path) as journal:
         ref = journal.models.rollback_active_model(reason="manual rollback (membrane rollback)")
     click.echo(f"champion is now {ref}")
-
-
 
 
 # ---------------------------------------------------------------- train
@@ -740,8 +828,14 @@ class _TrainProgress:
         from tqdm import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=progress.max_steps, initial=progress.step - 1, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, desc="train")
+            self.bar = tqdm(
+                total=progress.max_steps,
+                initial=progress.step - 1,
+                unit="step",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                desc="train",
+            )
         shown = {"loss": f"{progress.loss:.3f}", "lr": f"{progress.lr:.1e}"}
         if progress.best_val_loss is not None:
             shown["best_val"] = f"{progress.best_val_loss:.3f}"
@@ -776,9 +870,21 @@ def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | No
 @click.option("--register-ollama", is_flag=True, help="Also create the model in Ollama (model.ollama_host).")
 @pass_app
 @handle_errors
-def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume: bool, limit: int, max_steps: int,
-          max_minutes: float, chat_format: str, base_gguf: str, no_score: bool, register_ollama: bool,
-          **values: Any) -> None:  # fmt: skip
+def train(
+    app: AppContext,
+    /,
+    data: tuple[str, ...],
+    distill: str | None,
+    resume: bool,
+    limit: int,
+    max_steps: int,
+    max_minutes: float,
+    chat_format: str,
+    base_gguf: str,
+    no_score: bool,
+    register_ollama: bool,
+    **values: Any,
+) -> None:
     """Fine-tune a small model with LoRA; it becomes an embedded model and a bench candidate.
 
     An option named after a [train] key overrides it for this run."""
@@ -793,14 +899,23 @@ def train(app: AppContext, /, data: tuple[str, ...], distill: str | None, resume
         fail(f"training needs the train extra ({exc}); pip install 'membrane[train]'", EXIT_USAGE)
     settings = _train_settings(app.settings, data, distill, values)
     click.echo("train settings: " + json.dumps(settings.train.model_dump(mode="json")), err=True)
-    options = TrainOptions(resume=resume, limit=limit, max_steps=max_steps, max_minutes=max_minutes,
-                           chat_format=chat_format,
-                           base_gguf=base_gguf, score=not no_score, command=command_line(sys.argv[1:], os.environ))
+    options = TrainOptions(
+        resume=resume,
+        limit=limit,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        chat_format=chat_format,
+        base_gguf=base_gguf,
+        score=not no_score,
+        command=command_line(sys.argv[1:], os.environ),
+    )
     report = run_training(settings, options, progress=_TrainProgress())
     training, validation = report.manifest.training, report.manifest.validation
     if training and validation:  # always, in a manifest `membrane train` wrote
-        click.echo(f"trained {report.name}: {training.steps} steps in {training.wall_time_s} s "
-                   f"({training.tokens_per_second} tokens/s), best validation loss {validation.loss}")
+        click.echo(
+            f"trained {report.name}: {training.steps} steps in {training.wall_time_s} s "
+            f"({training.tokens_per_second} tokens/s), best validation loss {validation.loss}"
+        )
     if validation and validation.scores:
         click.echo("validation: " + json.dumps(validation.scores))
     click.echo(f"model folder: {report.folder}  (bench it: membrane bench --models embedded:{report.name})")
@@ -836,7 +951,9 @@ def anchors(names: tuple[str, ...]) -> None:
             click.echo(f"{anchor.name}  {anchor.parameters}  {anchor.size / 1e6:.0f} MB  {state}")
         return
     for name in names:
-        click.echo(f"{name}: {install_anchor(name)} (sha256 verified; bench it: membrane bench --models embedded:{name})")
+        click.echo(
+            f"{name}: {install_anchor(name)} (sha256 verified; bench it: membrane bench --models embedded:{name})"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -302,8 +302,9 @@ class TrainSettings(_Section):
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("q8_0", description="GGUF type of the adapter.")
     merged: Literal["", "f16", "q8_0"] = Field("", description="Also write a merged GGUF of this type.")  # "": none
     work_dir: Path = Path("var/train")  # checkpoints and the exported Hugging Face adapter
-    models_dir: Path = Field(Path("var/models"), description="Trained models, one folder each (adapter.gguf + "
-                             "manifest.json).")
+    models_dir: Path = Field(
+        Path("var/models"), description="Trained models, one folder each (adapter.gguf + manifest.json)."
+    )
 
 
 class McpSettings(_Section):
@@ -372,11 +373,14 @@ class Settings(_Section):
         try:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"mcp.token_file = {str(path)!r}: cannot read it ({exc.strerror})",
-                              key="mcp.token_file") from exc  # fmt: skip
+            raise ConfigError(
+                f"mcp.token_file = {str(path)!r}: cannot read it ({exc.strerror})", key="mcp.token_file"
+            ) from exc
         if len(token) < 16 or not token.isprintable() or " " in token:
-            raise ConfigError(f"mcp.token_file = {str(path)!r}: the token must be at least 16 printable "
-                              "characters without spaces", key="mcp.token_file")  # fmt: skip
+            raise ConfigError(
+                f"mcp.token_file = {str(path)!r}: the token must be at least 16 printable characters without spaces",
+                key="mcp.token_file",
+            )
         return token
 
 

@@ -45,8 +45,13 @@ __all__ = ["Daemon", "IngestReport", "Notifier", "ingest", "watchdog_interval"]
 log = get_logger(__name__)
 
 # The states the systemd status line counts, in this order (the others are shown by `membrane status`).
-_STATUS_LINE_STATES = (CaptureState.QUEUED, CaptureState.EXTRACTING, CaptureState.EXTRACTED, CaptureState.DONE,
-                       CaptureState.FAILED)
+_STATUS_LINE_STATES = (
+    CaptureState.QUEUED,
+    CaptureState.EXTRACTING,
+    CaptureState.EXTRACTED,
+    CaptureState.DONE,
+    CaptureState.FAILED,
+)
 
 
 # ---------------------------------------------------------------- sd_notify
@@ -113,8 +118,16 @@ def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
 class _Worker(threading.Thread):
     """Claims captures and carries each to its end; stops between captures."""
 
-    def __init__(self, index: int, pipeline: Pipeline, stop: threading.Event, wake: threading.Event,
-                 idle_s: float, *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        index: int,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        wake: threading.Event,
+        idle_s: float,
+        *,
+        burst: bool = False,
+    ) -> None:
         super().__init__(name=f"membrane-worker-{index}", daemon=True)
         self.worker_id = f"w{index}"
         self.pipeline = pipeline
@@ -181,8 +194,9 @@ def _candidate_files(paths: Sequence[Path], folders: InboxFolders) -> list[Path]
     return files
 
 
-def ingest(settings: Settings, paths: Sequence[Path], *, journal: Journal | None = None,
-           pipeline: Pipeline | None = None) -> IngestReport:
+def ingest(
+    settings: Settings, paths: Sequence[Path], *, journal: Journal | None = None, pipeline: Pipeline | None = None
+) -> IngestReport:
     """Process the given files (and folders' captures) now, through the whole pipeline, and return."""
     started = time.monotonic()
     own_journal = journal is None
@@ -198,8 +212,13 @@ def ingest(settings: Settings, paths: Sequence[Path], *, journal: Journal | None
         if own_journal:
             journal.close()
     report = IngestReport(outcomes, time.monotonic() - started)
-    log.info("ingest_finished", files=len(outcomes), failed=len(report.failed),
-             unfinished=len(report.unfinished), seconds=round(report.seconds, 3))
+    log.info(
+        "ingest_finished",
+        files=len(outcomes),
+        failed=len(report.failed),
+        unfinished=len(report.unfinished),
+        seconds=round(report.seconds, 3),
+    )
     return report
 
 
@@ -231,8 +250,7 @@ def _final(journal: Journal, outcome: Outcome) -> Outcome:
 class Daemon:
     """`membrane run`: watcher + workers + scheduler until SIGTERM."""
 
-    def __init__(self, settings: Settings, *, notifier: Notifier | None = None,
-                 install_signals: bool = True) -> None:
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None, install_signals: bool = True) -> None:
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.install_signals = install_signals
@@ -283,8 +301,9 @@ class Daemon:
                 graph.reset(pause_s=self.settings.daemon.retry_base_s)
         self.pipeline.recover()
         inbox_settings = self.settings.inbox
-        if self.settings.graph.on_capture_deleted == "retract" and (inbox_settings.on_success == "move"
-                                                                     or inbox_settings.vault):  # fmt: skip
+        if self.settings.graph.on_capture_deleted == "retract" and (
+            inbox_settings.on_success == "move" or inbox_settings.vault
+        ):
             self.deletions = DeletionWatch(inbox.mover, self.retractions)
             self.deletions.start()
         inbox.start()
@@ -298,8 +317,13 @@ class Daemon:
         for worker in self.workers:
             worker.start()
         self.scheduler = self._start_scheduler()
-        log.info("daemon_ready", inbox=str(self.settings.inbox.path), concurrency=len(self.workers),
-                 neo4j=graph.enabled, model=str(effective_champion(self.settings, self.journal)))
+        log.info(
+            "daemon_ready",
+            inbox=str(self.settings.inbox.path),
+            concurrency=len(self.workers),
+            neo4j=graph.enabled,
+            model=str(effective_champion(self.settings, self.journal)),
+        )
         self.notifier.ready(self.status_line())
 
     def _install_signals(self) -> None:
@@ -417,4 +441,3 @@ class Daemon:
         counts = self.journal.status.counts()
         shown = ", ".join(f"{state} {counts[state]}" for state in _STATUS_LINE_STATES if counts[state])
         return f"{shown or 'idle'}; model {effective_champion(self.settings, self.journal)}"
-

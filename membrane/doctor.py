@@ -48,7 +48,12 @@ def _writable_dir(name: str, path: Path, fix: str) -> Check:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".membrane-doctor-"):
             pass
     except OSError as exc:
-        return Check(name, False, f"{path} is not writable ({exc.strerror})", f"chown the folder to the user running membrane ({os.getuid()})")
+        return Check(
+            name,
+            False,
+            f"{path} is not writable ({exc.strerror})",
+            f"chown the folder to the user running membrane ({os.getuid()})",
+        )
     return Check(name, True, f"{path} exists and is writable")
 
 
@@ -129,9 +134,13 @@ def check_formats(settings: Settings) -> Check:
     if not accepted:
         return Check("formats", None, "inbox.extensions accepts no documents (.pdf, .html, .docx, .eml)")
     if missing:
-        return Check("formats", None, f"{', '.join('.' + f for f in missing)} go to failed/: "
-                     f"{', '.join(sorted(set(missing.values())))} not installed",
-                     "pip install 'membrane[formats]' (or drop those extensions from inbox.extensions)")  # fmt: skip
+        return Check(
+            "formats",
+            None,
+            f"{', '.join('.' + f for f in missing)} go to failed/: "
+            f"{', '.join(sorted(set(missing.values())))} not installed",
+            "pip install 'membrane[formats]' (or drop those extensions from inbox.extensions)",
+        )
     return Check("formats", True, f"documents readable: {', '.join('.' + f for f in accepted)}")
 
 

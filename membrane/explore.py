@@ -240,8 +240,9 @@ def close_candidates(key: str, entities: Sequence[EntityName]) -> list[Candidate
         for form in (entity.key, *map(entity_key, entity.aliases)):
             choices.setdefault(form, entity.key)
     best: dict[str, float] = {}
-    for form, score, _ in process.extract(key, list(choices), scorer=fuzz.WRatio, score_cutoff=CANDIDATE_CUTOFF,
-                                          limit=None):  # fmt: skip
+    for form, score, _ in process.extract(
+        key, list(choices), scorer=fuzz.WRatio, score_cutoff=CANDIDATE_CUTOFF, limit=None
+    ):
         best[choices[form]] = max(best.get(choices[form], 0.0), score)
     by_key = {e.key: e for e in entities}
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:CANDIDATES]
@@ -330,12 +331,21 @@ def _ends(rel: ResolvedRelationship, direction: Direction) -> tuple[str, str]:
 
 def _fact(rel: MergedRelationship, direction: Direction, other_name: str, sources: Iterable[Source]) -> Fact:
     """`rel` as seen from its source entity ("out") or its target ("in")."""
-    return Fact(direction, rel.type, _ends(rel, direction)[1], other_name, rel.first_seen, rel.last_seen, rel.model,
-                _sources(sources))  # fmt: skip
+    return Fact(
+        direction,
+        rel.type,
+        _ends(rel, direction)[1],
+        other_name,
+        rel.first_seen,
+        rel.last_seen,
+        rel.model,
+        _sources(sources),
+    )
 
 
-def _capture_report(source: Source, prompt_version: str, mentions: Iterable[Mention],
-                    facts: Iterable[CaptureFact]) -> CaptureReport:  # fmt: skip
+def _capture_report(
+    source: Source, prompt_version: str, mentions: Iterable[Mention], facts: Iterable[CaptureFact]
+) -> CaptureReport:
     return CaptureReport(
         sha256=source.sha256,
         path=source.path,
@@ -362,7 +372,9 @@ def _hubs(counts: Iterable[tuple[EntityName, int]], limit: int) -> list[Hub]:
 Hop = tuple[str, str, Direction]  # the next entity's key, the relationship type, its direction
 
 
-def _best_path(paths: Iterable[tuple[list[str], list[tuple[str, Direction]]]]) -> tuple[list[str], list[tuple[str, Direction]]] | None:
+def _best_path(
+    paths: Iterable[tuple[list[str], list[tuple[str, Direction]]]],
+) -> tuple[list[str], list[tuple[str, Direction]]] | None:
     """The path whose keys, then (type, direction) pairs, come first; "out" before "in"."""
     return min(paths, key=lambda p: (p[0], [(t, d != "out") for t, d in p[1]]), default=None)
 
@@ -377,8 +389,14 @@ def _steps(keys: list[str], hops: list[tuple[str, Direction]], names: dict[str, 
 def _source(node: dict[str, Any]) -> Source:
     # A capture written before captures had dates is dated by its ingestion until `membrane sync`.
     captured_utc = node.get("captured_utc") or node["ingested_at"]
-    return Source(node["sha256"], node["path"], node["ingested_at"], node["model"],
-                  captured_at=node.get("captured_at") or captured_utc, captured_utc=captured_utc)  # fmt: skip
+    return Source(
+        node["sha256"],
+        node["path"],
+        node["ingested_at"],
+        node["model"],
+        captured_at=node.get("captured_at") or captured_utc,
+        captured_utc=captured_utc,
+    )
 
 
 def _entity_name(node: dict[str, Any]) -> EntityName:
@@ -390,8 +408,15 @@ def _merged_entity(node: dict[str, Any]) -> MergedEntity:
 
 
 def _merged_relationship(rel: dict[str, Any]) -> MergedRelationship:
-    return MergedRelationship(rel["start"]["key"], rel["type"], rel["end"]["key"], tuple(rel["sources"]),
-                              rel["first_seen"], rel["last_seen"], rel["model"])  # fmt: skip
+    return MergedRelationship(
+        rel["start"]["key"],
+        rel["type"],
+        rel["end"]["key"],
+        tuple(rel["sources"]),
+        rel["first_seen"],
+        rel["last_seen"],
+        rel["model"],
+    )
 
 
 class GraphReader:
@@ -421,22 +446,37 @@ class GraphReader:
         if not rows:
             return None
         mentions = [
-            Mention(row["entity"]["key"], row["entity"]["name"], row["mention"]["role"],
-                    tuple(row["mention"]["aliases"]))
-            for row in rows if row["entity"] is not None
-        ]  # fmt: skip
+            Mention(
+                row["entity"]["key"], row["entity"]["name"], row["mention"]["role"], tuple(row["mention"]["aliases"])
+            )
+            for row in rows
+            if row["entity"] is not None
+        ]
         facts = [
-            CaptureFact(row["entity"]["key"], row["fact"]["type"], row["target"]["key"], row["entity"]["name"],
-                        row["target"]["name"], len(row["fact"]["sources"]) - 1)
-            for row in rows if row["fact"] is not None
-        ]  # fmt: skip
+            CaptureFact(
+                row["entity"]["key"],
+                row["fact"]["type"],
+                row["target"]["key"],
+                row["entity"]["name"],
+                row["target"]["name"],
+                len(row["fact"]["sources"]) - 1,
+            )
+            for row in rows
+            if row["fact"] is not None
+        ]
         capture = rows[0]["capture"]
         return _capture_report(_source(capture), capture["prompt_version"], mentions, facts)
 
     def recent(self, since: str, limit: int) -> list[RecentCapture]:
         rows = self._graph.ask("recent", since=datetime.fromisoformat(since), limit=limit)
-        return _recent((RecentCapture(_source(r["capture"]), tuple(map(_entity_name, r["entities"])))
-                        for r in rows if r["capture"].get("sha256")), limit)  # fmt: skip
+        return _recent(
+            (
+                RecentCapture(_source(r["capture"]), tuple(map(_entity_name, r["entities"])))
+                for r in rows
+                if r["capture"].get("sha256")
+            ),
+            limit,
+        )
 
     def path(self, from_key: str, to_key: str) -> list[PathStep] | None:
         names: dict[str, EntityName] = {}
@@ -454,8 +494,14 @@ class GraphReader:
         return None if best is None else _steps(*best, names)
 
     def hubs(self, limit: int) -> list[Hub]:
-        return _hubs(((_entity_name(r["entity"]), int(r["facts"])) for r in self._graph.ask("hubs", limit=limit)
-                      if r["entity"].get("key")), limit)  # fmt: skip
+        return _hubs(
+            (
+                (_entity_name(r["entity"]), int(r["facts"]))
+                for r in self._graph.ask("hubs", limit=limit)
+                if r["entity"].get("key")
+            ),
+            limit,
+        )
 
 
 class JournalReader:
@@ -463,9 +509,12 @@ class JournalReader:
 
     def __init__(self, graph: MergedGraph) -> None:
         self._captures: dict[str, CaptureFacts] = {c.sha256: c for c in graph.captures}
-        self._sources = {sha: Source(c.sha256, c.path, c.ingested_at, c.model, captured_at=c.captured_at,
-                                 captured_utc=c.captured_utc)
-                         for sha, c in self._captures.items()}  # fmt: skip
+        self._sources = {
+            sha: Source(
+                c.sha256, c.path, c.ingested_at, c.model, captured_at=c.captured_at, captured_utc=c.captured_utc
+            )
+            for sha, c in self._captures.items()
+        }
         self._entities = {e.key: e for e in graph.entities}
         self._relationships = graph.relationships
 
@@ -484,10 +533,16 @@ class JournalReader:
             return None
         mentioned = [self._sources[sha] for sha, c in self._captures.items() if any(e.key == key for e in c.entities)]
         facts = [
-            _fact(rel, direction, self._entities[_ends(rel, direction)[1]].name,
-                  [self._sources[sha] for sha in rel.sources])
-            for rel in self._relationships for direction in _DIRECTIONS if _ends(rel, direction)[0] == key
-        ]  # fmt: skip
+            _fact(
+                rel,
+                direction,
+                self._entities[_ends(rel, direction)[1]].name,
+                [self._sources[sha] for sha in rel.sources],
+            )
+            for rel in self._relationships
+            for direction in _DIRECTIONS
+            if _ends(rel, direction)[0] == key
+        ]
         return _entity_report(entity, mentioned, facts)
 
     def capture(self, sha256: str) -> CaptureReport | None:
@@ -497,10 +552,12 @@ class JournalReader:
         names = {key: entity.name for key, entity in self._entities.items()}
         mentions = [Mention(e.key, names[e.key], e.role, e.aliases) for e in capture.entities]
         facts = [
-            CaptureFact(r.source_key, r.type, r.target_key, names[r.source_key], names[r.target_key],
-                        len(r.sources) - 1)
-            for r in self._relationships if sha256 in r.sources
-        ]  # fmt: skip
+            CaptureFact(
+                r.source_key, r.type, r.target_key, names[r.source_key], names[r.target_key], len(r.sources) - 1
+            )
+            for r in self._relationships
+            if sha256 in r.sources
+        ]
         return _capture_report(self._sources[sha256], capture.prompt_version, mentions, facts)
 
     def _name(self, key: str) -> EntityName:
@@ -509,8 +566,14 @@ class JournalReader:
 
     def recent(self, since: str, limit: int) -> list[RecentCapture]:
         since = normalize_timestamp(since)
-        return _recent((RecentCapture(self._sources[c.sha256], tuple(self._name(e.key) for e in c.entities))
-                        for c in self._captures.values() if c.ingested_at >= since), limit)  # fmt: skip
+        return _recent(
+            (
+                RecentCapture(self._sources[c.sha256], tuple(self._name(e.key) for e in c.entities))
+                for c in self._captures.values()
+                if c.ingested_at >= since
+            ),
+            limit,
+        )
 
     def path(self, from_key: str, to_key: str) -> list[PathStep] | None:
         if from_key not in self._entities or to_key not in self._entities:
@@ -593,9 +656,11 @@ def entity_lines(report: EntityReport, printable: Callable[[str], str] = str) ->
     p = printable
     lines = [
         f"{p(report.name)}  (key: {p(report.key)})",
-        *_fields(("aliases", ", ".join(p(a) for a in report.aliases)),
-                 ("first seen", as_written(report.first_seen, report.mentioned_in)),
-                 ("last seen", as_written(report.last_seen, report.mentioned_in))),
+        *_fields(
+            ("aliases", ", ".join(p(a) for a in report.aliases)),
+            ("first seen", as_written(report.first_seen, report.mentioned_in)),
+            ("last seen", as_written(report.last_seen, report.mentioned_in)),
+        ),
         f"  mentioned in {len(report.mentioned_in)} capture(s):",
         *(f"    {_source_line(s, p)}" for s in report.mentioned_in),
         f"  relationships ({len(report.facts)}):",
@@ -613,8 +678,11 @@ def capture_lines(report: CaptureReport, printable: Callable[[str], str] = str) 
     p = printable
     lines = [
         f"{p(report.path)}  (sha256 {report.sha256})",
-        *_fields(("dated", report.captured_at), ("ingested", report.ingested_at),
-                 ("model", f"{report.model}  (prompt {report.prompt_version})")),
+        *_fields(
+            ("dated", report.captured_at),
+            ("ingested", report.ingested_at),
+            ("model", f"{report.model}  (prompt {report.prompt_version})"),
+        ),
         f"  entities ({len(report.entities)}):",
     ]
     for mention in report.entities:

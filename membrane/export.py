@@ -64,17 +64,49 @@ def _rows(graph: MergedGraph) -> dict[str, list[Row]]:
     a capture's own properties, an entity, one (capture, entity) mention, a
     relationship with its support."""
     return {
-        "capture": [{"sha256": c.sha256, "path": c.path, "ingested_at": c.ingested_at, "model": c.model,
-                     "prompt_version": c.prompt_version, "title": c.title, "captured_at": c.captured_at,
-                     "captured_utc": c.captured_utc, "tags": list(c.tags), "text": c.text} for c in graph.captures],
-        "entity": [{"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": e.first_seen,
-                    "last_seen": e.last_seen} for e in graph.entities],
-        "mention": [{"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}
-                    for c in graph.captures for e in c.entities],
-        "relationship": [{"source": r.source_key, "type": r.type, "target": r.target_key, "sources": list(r.sources),
-                          "first_seen": r.first_seen, "last_seen": r.last_seen, "model": r.model}
-                         for r in graph.relationships],
-    }  # fmt: skip
+        "capture": [
+            {
+                "sha256": c.sha256,
+                "path": c.path,
+                "ingested_at": c.ingested_at,
+                "model": c.model,
+                "prompt_version": c.prompt_version,
+                "title": c.title,
+                "captured_at": c.captured_at,
+                "captured_utc": c.captured_utc,
+                "tags": list(c.tags),
+                "text": c.text,
+            }
+            for c in graph.captures
+        ],
+        "entity": [
+            {
+                "key": e.key,
+                "name": e.name,
+                "aliases": list(e.aliases),
+                "first_seen": e.first_seen,
+                "last_seen": e.last_seen,
+            }
+            for e in graph.entities
+        ],
+        "mention": [
+            {"sha256": c.sha256, "key": e.key, "role": e.role, "aliases": list(e.aliases)}
+            for c in graph.captures
+            for e in c.entities
+        ],
+        "relationship": [
+            {
+                "source": r.source_key,
+                "type": r.type,
+                "target": r.target_key,
+                "sources": list(r.sources),
+                "first_seen": r.first_seen,
+                "last_seen": r.last_seen,
+                "model": r.model,
+            }
+            for r in graph.relationships
+        ],
+    }
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -367,7 +367,9 @@ class Extractor:
         if callable(n_ctx):  # an in-process model's context is fixed when it is loaded
             self.num_ctx = min(self.num_ctx, int(n_ctx(model)))
         self.prompt_version = prompt_version_for(settings, backend.name, model)
-        self.chunk_chars = min(settings.extraction.chunk_chars or self._derived_chunk_chars(), self._derived_chunk_chars())
+        self.chunk_chars = min(
+            settings.extraction.chunk_chars or self._derived_chunk_chars(), self._derived_chunk_chars()
+        )
         self.chunk_overlap = settings.extraction.chunk_overlap
 
     def _messages(self, text: str, schema: dict[str, Any]) -> list[dict[str, str]]:

@@ -337,8 +337,14 @@ class FileMover:
             self.release(path)
             log.warning("capture_file_failed", path=str(path), stage=stage, reason=reason)
             return None
-        record = {"reason": reason, "stage": stage, "hint": hint, "model": model, "sha256": sha256,
-                  **dict(details or {})}
+        record = {
+            "reason": reason,
+            "stage": stage,
+            "hint": hint,
+            "model": model,
+            "sha256": sha256,
+            **dict(details or {}),
+        }
         try:
             with self._moving:
                 return self._failed(path, sha256, record)
@@ -355,8 +361,13 @@ class FileMover:
         if moved is not None:
             sidecar = {"file": _text(moved.name), "original_path": _text(str(path)), "time": iso_utc(), **record}
             _write_json_atomic(sidecar_path(moved), sidecar)
-            log.warning("capture_file_failed", path=str(path), moved_to=str(moved), stage=record["stage"],
-                        reason=record["reason"])
+            log.warning(
+                "capture_file_failed",
+                path=str(path),
+                moved_to=str(moved),
+                stage=record["stage"],
+                reason=record["reason"],
+            )
         return moved
 
     @staticmethod
@@ -432,7 +443,11 @@ class Inbox:
         self.settings = settings
         self.mover = FileMover(settings)
         self.folders = self.mover.folders
-        self.root, self.processed_dir, self.failed_dir = self.mover.root, self.mover.processed_dir, self.mover.failed_dir
+        self.root, self.processed_dir, self.failed_dir = (
+            self.mover.root,
+            self.mover.processed_dir,
+            self.mover.failed_dir,
+        )
         self._tick_s = tick_s if tick_s is not None else min(0.5, max(0.05, settings.stable_seconds / 4))
         self._clock = clock
         self._lock = self.mover.lock  # one lock for candidates and claims

@@ -74,8 +74,9 @@ def merge_facts(captures: Iterable[CaptureFacts]) -> MergedGraph:
     facts: dict[tuple[str, str, str], MergedRelationship] = {}
     for capture in ordered:
         for entity in capture.entities:
-            entities[entity.key] = _seen_entity(entities.get(entity.key), entity.key, entity.name,
-                                                entity.aliases, capture.captured_utc)  # fmt: skip
+            entities[entity.key] = _seen_entity(
+                entities.get(entity.key), entity.key, entity.name, entity.aliases, capture.captured_utc
+            )
         for rel in capture.relationships:
             triple = (rel.source_key, rel.type, rel.target_key)
             facts[triple] = _seen_relationship(facts.get(triple), triple, capture)
@@ -89,12 +90,18 @@ def merge_facts(captures: Iterable[CaptureFacts]) -> MergedGraph:
 def _seen_entity(known: MergedEntity | None, key: str, name: str, aliases: tuple[str, ...], at: str) -> MergedEntity:
     if known is None:
         return MergedEntity(key, name, tuple(sorted(set(aliases))), at, at)
-    return MergedEntity(key, known.name, tuple(sorted(set(known.aliases) | set(aliases))),
-                        min(known.first_seen, at), max(known.last_seen, at))  # fmt: skip
+    return MergedEntity(
+        key,
+        known.name,
+        tuple(sorted(set(known.aliases) | set(aliases))),
+        min(known.first_seen, at),
+        max(known.last_seen, at),
+    )
 
 
-def _seen_relationship(known: MergedRelationship | None, triple: tuple[str, str, str],
-                       capture: CaptureFacts) -> MergedRelationship:  # fmt: skip
+def _seen_relationship(
+    known: MergedRelationship | None, triple: tuple[str, str, str], capture: CaptureFacts
+) -> MergedRelationship:
     at, model = capture.captured_utc, capture.model
     if known is None:
         return MergedRelationship(*triple, (capture.sha256,), at, at, model)

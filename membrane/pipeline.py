@@ -87,7 +87,6 @@ __all__ = [
 log = get_logger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one capture (or file) in one pass through the pipeline.
@@ -258,8 +257,9 @@ class Pipeline:
             return Outcome(name, "gone")
         except CaptureRejected as exc:
             return self._reject(path, name, exc)
-        result = self.journal.captures.enqueue(capture.sha256, name, capture.text, capture.metadata,
-                                               captured_at=capture.captured_at)  # fmt: skip
+        result = self.journal.captures.enqueue(
+            capture.sha256, name, capture.text, capture.metadata, captured_at=capture.captured_at
+        )
         record = result.record
         log.info("capture_admitted", path=name, sha256=record.sha256, state=record.state, new=result.created)
         if record.state in FACT_STATES and self._renamed(record, name):
@@ -272,8 +272,14 @@ class Pipeline:
             state = CaptureState.DONE if record.state == CaptureState.DONE else CaptureState.EXTRACTED
             return Outcome(name, state, record.sha256)
         if record.state == CaptureState.FAILED:
-            self._dispose_failure(path, name, stage=record.stage or "", model="", sha256=record.sha256,
-                                  error=PermanentError(record.last_error or "failed", hint=record.hint or ""))
+            self._dispose_failure(
+                path,
+                name,
+                stage=record.stage or "",
+                model="",
+                sha256=record.sha256,
+                error=PermanentError(record.last_error or "failed", hint=record.hint or ""),
+            )
             return Outcome(name, CaptureState.FAILED, record.sha256, record.stage or "", record.last_error or "")
         return Outcome(name, "waiting", record.sha256)
 
@@ -346,11 +352,15 @@ class Pipeline:
         once it has crashed the model daemon.max_model_crashes times."""
         crashes = record.interrupted + 1
         limit = self.settings.daemon.max_model_crashes
-        log.error("model_crashed", sha256=record.sha256, model=model, signal=exc.signal, crashes=crashes,
-                  error=str(exc))
+        log.error(
+            "model_crashed", sha256=record.sha256, model=model, signal=exc.signal, crashes=crashes, error=str(exc)
+        )
         if crashes >= limit:
-            final = ModelCrashed(f"{exc} (crash {crashes} of daemon.max_model_crashes = {limit} on this capture)",
-                                 signal=exc.signal, hint=exc.hint)
+            final = ModelCrashed(
+                f"{exc} (crash {crashes} of daemon.max_model_crashes = {limit} on this capture)",
+                signal=exc.signal,
+                hint=exc.hint,
+            )
             return self._fail(record, "extract", final, model)
         delay = self._delay(record.attempts + 1, exc)
         self.journal.claims.release(record.sha256, error=f"{type(exc).__name__}: {exc}", delay_s=delay, crashed=True)
@@ -467,15 +477,24 @@ class Pipeline:
     def _fail(self, record: CaptureRecord, stage: str, exc: MembraneError, model: str) -> Outcome:
         self.journal.captures.fail(record.sha256, stage=stage, reason=exc.reason, hint=exc.hint)
         for name in self.journal.captures.paths(record.sha256):
-            self._dispose_failure(self.files.locate(name), name, stage=stage, error=exc, model=model,
-                                  sha256=record.sha256)
+            self._dispose_failure(
+                self.files.locate(name), name, stage=stage, error=exc, model=model, sha256=record.sha256
+            )
         return Outcome(record.path, CaptureState.FAILED, record.sha256, stage, exc.reason)
 
-    def _dispose_failure(self, path: Path, name: str, *, stage: str, error: MembraneError,
-                         model: str, sha256: str | None) -> None:
+    def _dispose_failure(
+        self, path: Path, name: str, *, stage: str, error: MembraneError, model: str, sha256: str | None
+    ) -> None:
         """failed/ with its sidecar, if the file still holds these bytes; files outside the inbox stay put."""
-        self.files.failed(path, reason=error.reason, stage=stage, hint=error.hint, model=model or None,
-                          sha256=sha256, details={"path": name, "error": type(error).__name__})
+        self.files.failed(
+            path,
+            reason=error.reason,
+            stage=stage,
+            hint=error.hint,
+            model=model or None,
+            sha256=sha256,
+            details={"path": name, "error": type(error).__name__},
+        )
 
     def _dispose_all(self, sha256: str) -> None:
         """Move out every inbox file that holds these bytes (the same capture may arrive twice)."""
@@ -557,8 +576,11 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
     started = time.monotonic()
     link = graph or GraphLink(settings)
     if not link.enabled:
-        raise ConfigError("neo4j.uri is empty: there is no Neo4j to sync into", key="neo4j.uri",
-                          hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.")
+        raise ConfigError(
+            "neo4j.uri is empty: there is no Neo4j to sync into",
+            key="neo4j.uri",
+            hint="Set [neo4j] uri (or MEMBRANE_NEO4J__URI), or use `membrane export`.",
+        )
     try:
         store = link.store()
         facts = list(journal.extractions.facts())
@@ -582,6 +604,5 @@ def sync(settings: Settings, journal: Journal, graph: GraphLink | None = None) -
         if graph is None:
             link.close()
     report = SyncReport(len(current), len(stale), time.monotonic() - started)
-    log.info("sync_finished", projected=report.projected, retracted=report.retracted,
-             seconds=round(report.seconds, 3))
+    log.info("sync_finished", projected=report.projected, retracted=report.retracted, seconds=round(report.seconds, 3))
     return report

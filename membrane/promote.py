@@ -90,9 +90,7 @@ def check_policy_settings(settings: Settings) -> None:
     for key, table in (("bench.weights", settings.bench.weights), ("bench.floors", settings.bench.floors)):
         unknown = sorted(set(table) - set(METRICS))
         if unknown:
-            raise ConfigError(
-                f"{key}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}", key=key
-            )
+            raise ConfigError(f"{key}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}", key=key)
 
 
 def composite(metrics: Mapping[str, float], weights: Mapping[str, float]) -> float:
@@ -157,13 +155,16 @@ def _strata(scores: Scores, sets: Mapping[str, frozenset[str]] | None) -> dict[s
     return {name: part for name, part in split.items() if part.cases}
 
 
-def set_composites(scores: Scores, weights: Mapping[str, float],
-                   sets: Mapping[str, frozenset[str]] | None = None) -> dict[str, float]:
+def set_composites(
+    scores: Scores, weights: Mapping[str, float], sets: Mapping[str, frozenset[str]] | None = None
+) -> dict[str, float]:
     """Set name -> composite score on that set's cases ("" -> the whole, without sets)."""
     return {name: composite(part.metrics(), weights) for name, part in _strata(scores, sets).items()}
 
 
-def mean_composite(scores: Scores, weights: Mapping[str, float], sets: Mapping[str, frozenset[str]] | None = None) -> float:
+def mean_composite(
+    scores: Scores, weights: Mapping[str, float], sets: Mapping[str, frozenset[str]] | None = None
+) -> float:
     """The policy's composite: the mean of the per-set composites (each set counts the same)."""
     values = set_composites(scores, weights, sets)
     return sum(values.values()) / len(values) if values else 0.0
@@ -236,8 +237,12 @@ def decide(
     if not ours_aligned.cases:
         return Decision(promote=False, reason="no gold case was scored for both models; nothing to compare", **base)
     observed, lower = bootstrap_improvement(
-        champion_scores, challenger_scores, bench.weights, samples=bench.bootstrap_samples,
-        confidence=bench.confidence, sets=sets,
+        champion_scores,
+        challenger_scores,
+        bench.weights,
+        samples=bench.bootstrap_samples,
+        confidence=bench.confidence,
+        sets=sets,
     )
     evidence = {
         **base,
@@ -260,19 +265,24 @@ def decide(
     return Decision(promote=False, reason=reason, **evidence)
 
 
-def _sets_behind(champion: Scores, challenger: Scores, settings: Settings,
-                 sets: Mapping[str, frozenset[str]] | None) -> list[str]:
+def _sets_behind(
+    champion: Scores, challenger: Scores, settings: Settings, sets: Mapping[str, frozenset[str]] | None
+) -> list[str]:
     """The sets on which the challenger's composite is more than bench.set_tolerance below the champion's."""
     if not sets or len(sets) < 2:
         return []
     weights, tolerance = settings.bench.weights, settings.bench.set_tolerance
     theirs, ours = set_composites(champion, weights, sets), set_composites(challenger, weights, sets)
-    return [f"{name} {ours[name]:.3f} < {theirs[name]:.3f} - {tolerance:.3f}"
-            for name in ours if name in theirs and ours[name] < theirs[name] - tolerance]
+    return [
+        f"{name} {ours[name]:.3f} < {theirs[name]:.3f} - {tolerance:.3f}"
+        for name in ours
+        if name in theirs and ours[name] < theirs[name] - tolerance
+    ]
 
 
-def choose_challenger(scores: Mapping[str, Scores], champion: str, settings: Settings,
-                      sets: Mapping[str, frozenset[str]] | None = None) -> Decision | None:
+def choose_challenger(
+    scores: Mapping[str, Scores], champion: str, settings: Settings, sets: Mapping[str, frozenset[str]] | None = None
+) -> Decision | None:
     """The decision for the best challenger among a bench run's scored models (model -> scores):
     the promotable one with the highest lower bound, else the one with the highest composite
     (to show why it was not promoted); None when no challenger was scored."""
@@ -334,7 +344,8 @@ def promote_manually(
 ) -> Promotion:
     """`membrane promote`: make `ref` champion if the policy, on the per-case `scores` (model ->
     scores) of the last bench run, `run_id`, says it clearly beats the champion on its evaluation
-    `sets` (set name -> case ids); `scores` None means no bench run. `force` skips the policy (and says so in the evidence). Raises PromotionRefused
+    `sets` (set name -> case ids); `scores` None means no bench run. `force` skips the policy (and
+    says so in the evidence). Raises PromotionRefused
     when the policy keeps the champion or `ref` has no scores."""
     champion = effective_champion(settings, journal)
     if ref == champion:
@@ -357,7 +368,10 @@ def promote_manually(
 
 
 def _decision_on(
-    scores: Mapping[str, Scores] | None, champion: ModelRef, ref: ModelRef, settings: Settings,
+    scores: Mapping[str, Scores] | None,
+    champion: ModelRef,
+    ref: ModelRef,
+    settings: Settings,
     sets: Mapping[str, frozenset[str]] | None = None,
 ) -> Decision | None:
     """The policy's decision for `ref` against the champion on the last run's scores; None without scores."""

@@ -38,7 +38,10 @@ class RelationVocabulary:
         problems = [f"synonym {k} -> {v}: not canonical" for k, v in self.synonyms.items() if v not in self.canonical]
         problems += [f"inverse {k} -> {v}: not canonical" for k, v in self.inverses.items() if v not in self.canonical]
         problems += [f"{k} is both a synonym and an inverse" for k in self.synonyms.keys() & self.inverses.keys()]
-        problems += [f"{k} is canonical and folded" for k in self.canonical.keys() & (self.synonyms.keys() | self.inverses.keys())]
+        problems += [
+            f"{k} is canonical and folded"
+            for k in self.canonical.keys() & (self.synonyms.keys() | self.inverses.keys())
+        ]
         return problems
 
 
@@ -46,8 +49,9 @@ def _table(data: dict[str, object], name: str) -> Mapping[str, str]:
     table = data.get(name, {})
     if not isinstance(table, dict):
         raise ValueError(f"relations.toml: [{name}] is not a table")
-    return MappingProxyType({normalize_relation(k): normalize_relation(str(v)) if name != "canonical" else str(v)
-                             for k, v in table.items()})
+    return MappingProxyType(
+        {normalize_relation(k): normalize_relation(str(v)) if name != "canonical" else str(v) for k, v in table.items()}
+    )
 
 
 @cache

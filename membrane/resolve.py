@@ -135,8 +135,13 @@ def wikilinks(metadata: Mapping[str, Any]) -> tuple[Wikilink, ...]:
         return ()
     out = []
     for item in value:
-        if not (isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip()
-                and isinstance(item.get("forms", []), list) and all(isinstance(f, str) for f in item.get("forms", []))):
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("name"), str)
+            and item["name"].strip()
+            and isinstance(item.get("forms", []), list)
+            and all(isinstance(f, str) for f in item.get("forms", []))
+        ):
             return ()
         out.append(Wikilink(item["name"].strip(), tuple(item.get("forms", []))))
     return tuple(out)
@@ -147,8 +152,15 @@ def capture_tags(metadata: Mapping[str, Any]) -> tuple[str, ...]:
     a string of tags is split at commas and spaces, a leading "#" dropped."""
     value = metadata.get("tags")
     items = value.replace(",", " ").split() if isinstance(value, str) else value if isinstance(value, list) else []
-    return tuple(sorted({str(t).strip().lstrip("#") for t in items
-                         if isinstance(t, (str, int, float)) and str(t).strip().lstrip("#")}))  # fmt: skip
+    return tuple(
+        sorted(
+            {
+                str(t).strip().lstrip("#")
+                for t in items
+                if isinstance(t, (str, int, float)) and str(t).strip().lstrip("#")
+            }
+        )
+    )
 
 
 def _is_word(char: str) -> bool:
@@ -320,8 +332,12 @@ def capture_title(text: str, metadata: Mapping[str, Any]) -> str | None:
     return _one_line(first[2:], MAX_TITLE_CHARS) if first.startswith("# ") else None
 
 
-def capture_facts(record: CaptureRecord, result: ExtractionResult, settings: Settings,
-                  known_keys: Callable[[], Iterable[str]] | None = None) -> CaptureFacts:
+def capture_facts(
+    record: CaptureRecord,
+    result: ExtractionResult,
+    settings: Settings,
+    known_keys: Callable[[], Iterable[str]] | None = None,
+) -> CaptureFacts:
     """Resolve a capture's extraction result into the facts the graph holds.
 
     The caller passes the result it holds (the worker's fresh one, or one the

@@ -67,6 +67,7 @@ def is_relation_type(value: object) -> bool:
     every type passes before it is placed in Cypher or stored."""
     return isinstance(value, str) and RELATION_PATTERN.fullmatch(value) is not None
 
+
 Role = Literal["subject", "object"]
 
 
@@ -123,9 +124,7 @@ def normalize_relation(raw: str) -> str:
     snake = re.sub(r"[^A-Za-z0-9]+", "_", ascii_text).strip("_").upper()
     snake = snake[:MAX_RELATION_LENGTH].rstrip("_")
     if not is_relation_type(snake):
-        raise ValueError(
-            f"relation {raw!r} does not normalise to UPPER_SNAKE_CASE starting with a letter"
-        )
+        raise ValueError(f"relation {raw!r} does not normalise to UPPER_SNAKE_CASE starting with a letter")
     return snake
 
 

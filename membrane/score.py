@@ -128,8 +128,12 @@ class RelationshipMisses:
     unlinked: int = 0
 
     def __add__(self, other: RelationshipMisses) -> RelationshipMisses:
-        return RelationshipMisses(self.label + other.label, self.reversed + other.reversed,
-                                  self.endpoint + other.endpoint, self.unlinked + other.unlinked)
+        return RelationshipMisses(
+            self.label + other.label,
+            self.reversed + other.reversed,
+            self.endpoint + other.endpoint,
+            self.unlinked + other.unlinked,
+        )
 
     def as_list(self) -> list[int]:
         return [self.label, self.reversed, self.endpoint, self.unlinked]
@@ -166,8 +170,9 @@ def _from_list(cls: type[Any]) -> Callable[[Any], Any]:
 # Reports store counts as [tp, fp, fn] lists (the format since bench reports exist).
 StoredCounts = Annotated[Counts, BeforeValidator(_from_list(Counts)), PlainSerializer(Counts.as_list)]
 # [label, reversed, endpoint, unlinked]; absent (None) in reports older than the breakdown.
-StoredMisses = Annotated[RelationshipMisses, BeforeValidator(_from_list(RelationshipMisses)),
-                         PlainSerializer(RelationshipMisses.as_list)]
+StoredMisses = Annotated[
+    RelationshipMisses, BeforeValidator(_from_list(RelationshipMisses)), PlainSerializer(RelationshipMisses.as_list)
+]
 
 # Stored reports also carry derived keys (a score set's "metrics"): ignored on load, recomputed.
 _STORED = ConfigDict(frozen=True, extra="ignore")
@@ -266,7 +271,7 @@ def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
         for number, record in read_jsonl(path):
             if not isinstance(record, dict) or "id" not in record:
-                raise ConfigError(f"{what} file {str(path)!r} line {number}: expected an object with an \"id\"")
+                raise ConfigError(f'{what} file {str(path)!r} line {number}: expected an object with an "id"')
             yield number, record
     except OSError as exc:
         raise ConfigError(f"{what} file {str(path)!r}: cannot read it ({exc.strerror})") from exc
@@ -297,7 +302,7 @@ def load_gold(path: Path, rules: ExtractionRules | None = None) -> list[GoldCase
             raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): {exc}") from None
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"gold file {str(path)!r} line {number} ({case_id}): \"text\" is missing or empty")
+            raise ConfigError(f'gold file {str(path)!r} line {number} ({case_id}): "text" is missing or empty')
         cases.append(GoldCase(case_id, text, extraction, tuple(record.get("tags", ()))))
     if not cases:
         raise ConfigError(f"gold file {str(path)!r} holds no cases")
@@ -354,8 +359,9 @@ def _relationship_keys(extraction: Extraction) -> dict[tuple[str, str, str], str
     return keys
 
 
-def _misses(gold: set[tuple[str, str, str]], predicted: set[tuple[str, str, str]],
-            predicted_entities: set[str]) -> RelationshipMisses:
+def _misses(
+    gold: set[tuple[str, str, str]], predicted: set[tuple[str, str, str]], predicted_entities: set[str]
+) -> RelationshipMisses:
     pairs = {(s, t) for s, _, t in predicted}
     label = reversed_ = endpoint = unlinked = 0
     for source, _, target in gold - predicted:

@@ -268,8 +268,12 @@ class JournalSource:
         return self._store.find_captures(terms, limit)
 
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]:
-        keys = [k for k, _, _ in process.extract(key, self._store.entity_keys(), scorer=fuzz.ratio,
-                                                 score_cutoff=threshold, limit=FUZZY_CANDIDATES)]  # fmt: skip
+        keys = [
+            k
+            for k, _, _ in process.extract(
+                key, self._store.entity_keys(), scorer=fuzz.ratio, score_cutoff=threshold, limit=FUZZY_CANDIDATES
+            )
+        ]
         rows = {row["key"]: row for row in self._store.entity_names(keys)} if keys else {}
         return [rows[k] for k in keys if k in rows]
 
@@ -295,15 +299,17 @@ class GraphSource:
         self._captures = captures
 
     def find(self, terms: Sequence[str], key: str, limit: int, pick: Callable[[list[Row]], list[str]]) -> Found:
-        entities, details, captures = self._graph.search(terms, key, limit, captures=self._captures is None,
-                                                         facts=FACTS_PER_ENTITY, pick=pick)  # fmt: skip
+        entities, details, captures = self._graph.search(
+            terms, key, limit, captures=self._captures is None, facts=FACTS_PER_ENTITY, pick=pick
+        )
         if self._captures is not None:
             captures = self._captures.find_captures(terms, limit)
         return entities, details, captures
 
     def fuzzy_entities(self, key: str, terms: Sequence[str], threshold: float) -> list[Row]:
-        rows = self._graph.search(terms, key, FUZZY_ROWS, captures=False, facts=FACTS_PER_ENTITY,
-                                  pick=lambda _: [], fuzzy=True).entities  # fmt: skip
+        rows = self._graph.search(
+            terms, key, FUZZY_ROWS, captures=False, facts=FACTS_PER_ENTITY, pick=lambda _: [], fuzzy=True
+        ).entities
         scored = [(fuzz.ratio(key, row["key"]), row) for row in rows]
         close = sorted((item for item in scored if item[0] >= threshold), key=lambda item: (-item[0], item[1]["key"]))
         return [row for _, row in close[:FUZZY_CANDIDATES]]
@@ -345,8 +351,10 @@ def search(source: SearchSource, query: str, *, limit: int = 10, fuzzy_threshold
     """Entity and capture hits for `query` (see the module docstring); BadRequest when it has no words."""
     terms = search_terms(query)
     if not terms:
-        raise BadRequest(f"the query {query[:80]!r} has no words to search for",
-                         hint="Search for a name or words of a note: letters or digits.")  # fmt: skip
+        raise BadRequest(
+            f"the query {query[:80]!r} has no words to search for",
+            hint="Search for a name or words of a note: letters or digits.",
+        )
     limit = max(1, min(limit, MAX_LIMIT))
     key = entity_key(query[:MAX_QUERY_CHARS])
 

@@ -45,7 +45,9 @@ __all__ = ["VaultIndex", "inline_tags", "linked", "render_links"]
 log = get_logger(__name__)
 
 # [[target#heading|shown]], optionally embedded with "!".
-_LINK = re.compile(r"(?P<embed>!?)\[\[(?P<target>[^\[\]|#^\n]*)(?P<anchor>[#^][^\[\]|\n]*)?(?:\|(?P<shown>[^\[\]\n]*))?\]\]")
+_LINK = re.compile(
+    r"(?P<embed>!?)\[\[(?P<target>[^\[\]|#^\n]*)(?P<anchor>[#^][^\[\]|\n]*)?(?:\|(?P<shown>[^\[\]\n]*))?\]\]"
+)
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 # Obsidian's tags: letters, digits, _, - and / (nesting), with at least one that is not a digit.
 _TAG = re.compile(r"(?<![\w/&#])#(?P<tag>[\w/-]*[^\W\d][\w/-]*)")
@@ -179,8 +181,7 @@ def linked(capture: Capture, index: VaultIndex) -> Capture:
     index.note(capture.path.stem, capture.metadata)
     text, links = render_links(capture.text)
     if not text.strip():
-        raise Rejection("empty", "the note holds only embedded files, no text",
-                        hint="Write some text into the note.")  # fmt: skip
+        raise Rejection("empty", "the note holds only embedded files, no text", hint="Write some text into the note.")
     metadata = dict(capture.metadata)
     wikilinks = _wikilinks(links, index)
     if wikilinks:

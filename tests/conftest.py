@@ -85,7 +85,7 @@ def neo4j_server() -> Iterator[Neo4jServer]:
             yield Neo4jServer(container.get_connection_url(), "neo4j", container.password)
         return
     pytest.fail(
-        "No Neo4j for the tests: run `eval \"$(scripts/neo4j-local env)\"` after "
+        'No Neo4j for the tests: run `eval "$(scripts/neo4j-local env)"` after '
         "`scripts/neo4j-local start` (or `make test`, which does both), or start a Docker engine.",
         pytrace=False,
     )
@@ -137,7 +137,7 @@ class OllamaServer:
 
 
 def _ollama_unavailable(message: str) -> None:
-    message += " Run `scripts/ollama-local start` and `eval \"$(scripts/ollama-local env)\"` (or `make test`)."
+    message += ' Run `scripts/ollama-local start` and `eval "$(scripts/ollama-local env)"` (or `make test`).'
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)

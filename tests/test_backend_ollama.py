@@ -106,12 +106,20 @@ def test_real_extraction_honours_the_schema(
 @pytest.mark.ollama
 def test_real_schema_and_think_false_through_the_client(ollama_server: OllamaServer, client: ollama.Client) -> None:
     """The real server takes think=false with a JSON-schema format and answers JSON of that schema, not thinking."""
-    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
-              "additionalProperties": False}  # fmt: skip
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
     response = client.chat(
-        model=ollama_server.smollm2, messages=[{"role": "user", "content": "Who deployed the API? " + NOTE}],
-        format=schema, think=False, options={"temperature": 0, "num_predict": 48}, stream=False,
-    )  # fmt: skip
+        model=ollama_server.smollm2,
+        messages=[{"role": "user", "content": "Who deployed the API? " + NOTE}],
+        format=schema,
+        think=False,
+        options={"temperature": 0, "num_predict": 48},
+        stream=False,
+    )
     import json
 
     answer = json.loads(response.message.content or "")
@@ -189,8 +197,13 @@ def test_create_model_with_template_parameters_and_system(
     """create_model registers a GGUF under a new name with template, parameters and system prompt; it generates."""
     name = "membrane-test-create:latest"
     registered.append(name)
-    real_backend.create_model(name, tiny_model_path, template=CHATML, system="You answer in one word.",
-                              parameters={"temperature": 0.0, "num_ctx": 1024, "stop": ["<|im_end|>"]})  # fmt: skip
+    real_backend.create_model(
+        name,
+        tiny_model_path,
+        template=CHATML,
+        system="You answer in one word.",
+        parameters={"temperature": 0.0, "num_ctx": 1024, "stop": ["<|im_end|>"]},
+    )
     shown = client.show(name)
     assert shown.template == CHATML and "You answer in one word." in (shown.modelfile or "")
     assert "num_ctx" in (shown.parameters or "") and "1024" in (shown.parameters or "")
@@ -316,8 +329,11 @@ def test_thinking_model_reasoning_unasked_is_stripped(server: FakeOllama) -> Non
 def test_thinking_model_streams_its_reasoning_first(server: FakeOllama) -> None:
     """With think=true the fake streams the reasoning as message.thinking before the content."""
     server.add_scripted("qwen3:fake", [GOOD], thinking=REASONING)
-    parts = list(ollama.Client(host=server.url).chat(
-        model="qwen3:fake", messages=[{"role": "user", "content": NOTE}], think=True, stream=True))  # fmt: skip
+    parts = list(
+        ollama.Client(host=server.url).chat(
+            model="qwen3:fake", messages=[{"role": "user", "content": NOTE}], think=True, stream=True
+        )
+    )
     assert parts[0].message.thinking == REASONING
     assert "".join(p.message.content or "" for p in parts) == GOOD and parts[-1].done
 
@@ -389,8 +405,12 @@ def shape(value: object) -> object:
 
 def exchange(host: str, model: str) -> dict[str, object]:
     """The shapes of the answers to one set of requests."""
-    chat = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "think": False,
-            "options": {"num_predict": 4, "temperature": 0}}  # fmt: skip
+    chat = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "think": False,
+        "options": {"num_predict": 4, "temperature": 0},
+    }
     with httpx.Client(base_url=host, timeout=60) as http:
         whole = http.post("/api/chat", json=chat | {"stream": False}).json()
         lines = [line for line in http.post("/api/chat", json=chat | {"stream": True}).text.splitlines() if line]
@@ -404,13 +424,16 @@ def exchange(host: str, model: str) -> dict[str, object]:
     parts = [json.loads(line) for line in lines]
     info = shown.pop("model_info")  # its keys name the architecture (llama.*, gemma3.*)
     return {
-        "chat": shape(whole), "chat_part": shape(parts[0]), "chat_last": shape(parts[-1]),
+        "chat": shape(whole),
+        "chat_part": shape(parts[0]),
+        "chat_last": shape(parts[-1]),
         "tags_model": shape([m for m in tags["models"] if m["name"].startswith(model)][0]),
         "ps_model": shape([m for m in ps["models"] if m["name"].startswith(model)][0]),
-        "show": shape(shown), "model_info": (type(info).__name__, shape(info.get("general.architecture"))),
+        "show": shape(shown),
+        "model_info": (type(info).__name__, shape(info.get("general.architecture"))),
         "missing": (missing.status_code, shape(missing.json())),
         "think_refused": (no_thinking.status_code, shape(no_thinking.json())),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.ollama

@@ -48,10 +48,16 @@ def openai_settings(make_settings: Callable[..., Settings]) -> OpenAISettings:
 
     def build(base_url: str, name: str, *, extraction: dict[str, Any] | None = None, **model: Any) -> Settings:
         return make_settings(
-            model={"backend": "openai", "openai_base_url": base_url, "name": name, "timeout_s": 300.0,
-                   "num_predict": 128, **model},
+            model={
+                "backend": "openai",
+                "openai_base_url": base_url,
+                "name": name,
+                "timeout_s": 300.0,
+                "num_predict": 128,
+                **model,
+            },
             extraction={"max_repairs": 1, **(extraction or {})},
-        )  # fmt: skip
+        )
 
     return build
 
@@ -110,8 +116,9 @@ def test_llama_cpp_server_refuses_json_schema_as_a_config_error(llama_cpp: OpenA
 
 
 @pytest.mark.model
-def test_wrong_or_missing_key_is_retryable_and_never_shown(llama_cpp: OpenAISettings,
-                                                           llama_cpp_server: LlamaCppServer) -> None:  # fmt: skip
+def test_wrong_or_missing_key_is_retryable_and_never_shown(
+    llama_cpp: OpenAISettings, llama_cpp_server: LlamaCppServer
+) -> None:
     """HTTP 401 for a wrong or missing key is ModelUnavailable (captures wait for the fix), worded without the key;
     the doctor check says where the key goes."""
     wrong = "not-the-key-" + llama_cpp_server.api_key[:4]
@@ -145,16 +152,23 @@ def test_server_ignoring_the_schema_goes_through_the_repair_loop(llama_cpp: Open
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_server_going_away_mid_run_leaves_the_capture_queued(make_settings: Callable[..., Settings],
-                                                             tiny_model_path: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_server_going_away_mid_run_leaves_the_capture_queued(
+    make_settings: Callable[..., Settings], tiny_model_path: Path, tmp_path: Path
+) -> None:
     """A server killed while it generates fails the call as ModelUnavailable: the capture goes back to queued
     (not failed), and once the server is back on its port the same pipeline carries it to done."""
     server = LlamaCppServer(tiny_model_path, "smollm2-135m", tmp_path / "server.log").start()
     settings = make_settings(
-        model={"backend": "openai", "openai_base_url": server.base_url, "name": "smollm2-135m",
-               "openai_response_format": "json_object", "num_predict": 256, "timeout_s": 300.0},
+        model={
+            "backend": "openai",
+            "openai_base_url": server.base_url,
+            "name": "smollm2-135m",
+            "openai_response_format": "json_object",
+            "num_predict": 256,
+            "timeout_s": 300.0,
+        },
         daemon={"retry_base_s": 0.05, "retry_max_s": 0.1},
-    )  # fmt: skip
+    )
     settings.inbox.path.mkdir(parents=True)
     (settings.inbox.path / "note.txt").write_text(NOTE + "\n", encoding="utf-8")
     outcomes: list[Any] = []
@@ -192,8 +206,9 @@ def test_ollama_v1_takes_the_strict_json_schema(ollama_server: OllamaServer, ope
 
 
 @pytest.mark.ollama
-def test_ollama_v1_missing_model_is_model_not_found(ollama_server: OllamaServer,
-                                                    openai_settings: OpenAISettings) -> None:  # fmt: skip
+def test_ollama_v1_missing_model_is_model_not_found(
+    ollama_server: OllamaServer, openai_settings: OpenAISettings
+) -> None:
     """Ollama's 404 for a model it lacks is a permanent ModelNotFound; the doctor check lists what it serves."""
     settings = openai_settings(ollama_v1(ollama_server), "missing:1b")
     with pytest.raises(ModelNotFound, match=r"has no model 'missing:1b'.*\(HTTP 404\)"):
@@ -242,8 +257,9 @@ def test_server_not_listening_is_retryable(openai_settings: OpenAISettings) -> N
 # ---------------------------------------------------------------- doctor and bench, both servers
 
 
-def _config(tmp_path: Path, model: dict[str, Any], file_name: str = "membrane.toml",
-            **sections: dict[str, Any]) -> Path:  # fmt: skip
+def _config(
+    tmp_path: Path, model: dict[str, Any], file_name: str = "membrane.toml", **sections: dict[str, Any]
+) -> Path:
     inbox = tmp_path / "inbox"
     inbox.mkdir(exist_ok=True)
     base: dict[str, dict[str, Any]] = {
@@ -287,8 +303,12 @@ def test_doctor_and_bench_with_llama_cpp_server(llama_cpp_server: LlamaCppServer
     `membrane bench --models openai:smollm2-135m` runs the server's model on a gold case."""
     key_file = tmp_path / "openai-api-key"
     key_file.write_text(llama_cpp_server.api_key + "\n", encoding="utf-8")
-    model = {"name": llama_cpp_server.alias, "openai_base_url": llama_cpp_server.base_url,
-             "openai_response_format": "json_object", "openai_api_key_file": str(key_file)}  # fmt: skip
+    model = {
+        "name": llama_cpp_server.alias,
+        "openai_base_url": llama_cpp_server.base_url,
+        "openai_response_format": "json_object",
+        "openai_api_key_file": str(key_file),
+    }
     gold = gold_subset(tmp_path / "gold.jsonl", ["g002"])
     config = _config(tmp_path, model, bench={"eval_files": [str(gold)]})
     doctor = CliRunner().invoke(main, ["--config", str(config), "doctor"])
@@ -325,13 +345,22 @@ def test_api_key_appears_in_no_output(llama_cpp_server: LlamaCppServer, tmp_path
     """With the key written into the config (the worst place for it), `doctor` and `extract` at debug level never
     print or log it, with the right key and with a wrong one."""
     for number, key in enumerate((llama_cpp_server.api_key, llama_cpp_server.api_key[::-1])):
-        model = {"name": llama_cpp_server.alias, "openai_base_url": llama_cpp_server.base_url,
-                 "openai_response_format": "json_object", "openai_api_key": key}  # fmt: skip
+        model = {
+            "name": llama_cpp_server.alias,
+            "openai_base_url": llama_cpp_server.base_url,
+            "openai_response_format": "json_object",
+            "openai_api_key": key,
+        }
         config = _config(tmp_path, model, f"key-{number}.toml")
         printed = ""
         for args in (["doctor"], ["extract", "--raw", NOTE]):
-            done = subprocess.run([sys.executable, "-m", "membrane.cli", "--log-level", "debug", *args], cwd=ROOT,
-                                  env=membrane_env(config), capture_output=True, timeout=600)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-m", "membrane.cli", "--log-level", "debug", *args],
+                cwd=ROOT,
+                env=membrane_env(config),
+                capture_output=True,
+                timeout=600,
+            )
             printed += (done.stdout + done.stderr).decode("utf-8", "replace")
         assert key not in printed and "Bearer" not in printed
         assert "openai" in printed and ("refused the API key" in printed) == (key != llama_cpp_server.api_key)

@@ -33,8 +33,10 @@ def gold_subset(path: Path, ids: list[str]) -> Path:
 
 def same_answer_gold(path: Path, cases: int) -> Path:
     """A gold set whose every case has the reference labels, so one scripted answer is right for all."""
-    texts = ["Docker is deployed on the Kubernetes cluster managed by the DevOps team.",
-             "The DevOps team manages the Kubernetes cluster; Docker is deployed on it."]  # fmt: skip
+    texts = [
+        "Docker is deployed on the Kubernetes cluster managed by the DevOps team.",
+        "The DevOps team manages the Kubernetes cluster; Docker is deployed on it.",
+    ]
     records = [{"id": f"s{i:02d}", "text": texts[i % 2], **REFERENCE, "tags": []} for i in range(cases)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
@@ -55,9 +57,11 @@ def ollama() -> Iterator[FakeOllama]:
         yield server
 
 
-def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callable[..., Settings], ollama: FakeOllama,
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # fmt: skip
-    """The champion first, then configured candidates, Ollama models matching the glob, embedded models; no duplicates."""
+def test_candidates_come_from_config_pattern_and_embedded(
+    make_settings: Callable[..., Settings], ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The champion first, then configured candidates, Ollama models matching the glob, embedded models; no
+    duplicates."""
     monkeypatch.setenv("MEMBRANE_MODEL_CACHE", str(tmp_path / "models"))  # no opt-in anchors this machine installed
     settings = make_settings(
         model={"ollama_host": ollama.url},
@@ -65,9 +69,13 @@ def test_candidates_come_from_config_pattern_and_embedded(make_settings: Callabl
     )
     refs, notes = resolve_candidates(settings, ModelRef("embedded", "smollm2-135m"))
     assert [str(r) for r in refs] == [
-        "embedded:smollm2-135m", "ollama:bad:1b", "ollama:good:1b", "embedded:gemma3-270m",
-        "embedded:gemma3-270m-membrane", "embedded:smollm2-135m-membrane",  # trained, shipped in membrane/models/
-    ]  # fmt: skip
+        "embedded:smollm2-135m",
+        "ollama:bad:1b",
+        "ollama:good:1b",
+        "embedded:gemma3-270m",
+        "embedded:gemma3-270m-membrane",
+        "embedded:smollm2-135m-membrane",  # trained, shipped in membrane/models/
+    ]
     assert notes == []
     assert resolve_candidates(settings, refs[0], [ModelRef("ollama", "x")])[0] == [refs[0], ModelRef("ollama", "x")]
 
@@ -91,14 +99,19 @@ def test_ollama_down_while_listing_is_a_note(make_settings: Callable[..., Settin
     assert len(notes) == 1 and "qwen*" in notes[0]
 
 
-def test_unavailable_candidate_is_reported_not_raised(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                      ollama: FakeOllama) -> None:  # fmt: skip
+def test_unavailable_candidate_is_reported_not_raised(
+    make_settings: Callable[..., Settings], tmp_path: Path, ollama: FakeOllama
+) -> None:
     """A candidate whose server is down, or whose model is missing, is a row marked unavailable; the others run."""
     settings = make_settings(model={"backend": "ollama", "name": "good:1b", "ollama_host": ollama.url, "timeout_s": 5})
     gold = same_answer_gold(tmp_path / "gold.jsonl", 3)
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, eval_files=[gold],
-                           models=[ModelRef("ollama", "good:1b"), ModelRef("ollama", "missing:1b")])  # fmt: skip
+        report = run_bench(
+            settings,
+            journal,
+            eval_files=[gold],
+            models=[ModelRef("ollama", "good:1b"), ModelRef("ollama", "missing:1b")],
+        )
     assert [run.status for run in report.runs] == ["ok", "unavailable"]
     assert "missing:1b" in report.runs[1].detail
     ollama.stop()
@@ -108,7 +121,8 @@ def test_unavailable_candidate_is_reported_not_raised(make_settings: Callable[..
 
 
 def test_bench_command_reports_and_promotes(tmp_path: Path, ollama: FakeOllama) -> None:
-    """`membrane bench --promote` prints the table, writes JSON/Markdown/PNG, records the run and promotes a clear winner."""
+    """`membrane bench --promote` prints the table, writes JSON/Markdown/PNG, records the run and promotes a
+    clear winner."""
     gold = same_answer_gold(tmp_path / "gold.jsonl", 12)
     config = tmp_path / "membrane.toml"
     config.write_text(
@@ -143,7 +157,7 @@ def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
     config = tmp_path / "membrane.toml"
     config.write_text(
         f'[model]\nbackend = "ollama"\nname = "qwen2.5:1.5b"\nollama_host = "http://127.0.0.1:{closed_port()}"\n'
-        f'timeout_s = 2.0\n'
+        f"timeout_s = 2.0\n"
         f'[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n[bench]\nout_dir = "{tmp_path / "out"}"\n',
         encoding="utf-8",
     )
@@ -155,19 +169,26 @@ def test_bench_command_exits_1_when_nothing_could_run(tmp_path: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_bench_two_tiny_models_on_a_subset(make_settings: Callable[..., Settings], tmp_path: Path,
-                                           tiny_model_path: Path, gemma_model_path: Path) -> None:  # fmt: skip
+def test_bench_two_tiny_models_on_a_subset(
+    make_settings: Callable[..., Settings], tmp_path: Path, tiny_model_path: Path, gemma_model_path: Path
+) -> None:
     """Both real tiny models run through the embedded backend on 3 gold cases; scores, timings and files are real."""
     settings = make_settings(model={"num_predict": 96, "name": "smollm2-135m"}, extraction={"max_repairs": 1})
     gold = gold_subset(tmp_path / "gold.jsonl", ["g003", "g026", "g068"])
     seen: list[tuple[str, int, int]] = []
     with Journal(settings.journal.path) as journal:
-        report = run_bench(settings, journal, eval_files=[gold], progress=lambda m, d, n: seen.append((m, d, n)),
-                           models=[ModelRef("embedded", "smollm2-135m"), ModelRef("embedded", "gemma3-270m")])  # fmt: skip
+        report = run_bench(
+            settings,
+            journal,
+            eval_files=[gold],
+            progress=lambda m, d, n: seen.append((m, d, n)),
+            models=[ModelRef("embedded", "smollm2-135m"), ModelRef("embedded", "gemma3-270m")],
+        )
         stored = journal.models.bench_runs(1)[0]
     assert [(run.model, run.status, run.parameters) for run in report.runs] == [
-        ("embedded:smollm2-135m", "ok", "135M"), ("embedded:gemma3-270m", "ok", "270M"),
-    ]  # fmt: skip
+        ("embedded:smollm2-135m", "ok", "135M"),
+        ("embedded:gemma3-270m", "ok", "270M"),
+    ]
     for run in report.runs:
         row: dict[str, Any] = run.row()
         assert run.scores is not None and len(run.scores.cases) == 3 and len(run.latencies) == 3
@@ -190,7 +211,7 @@ def test_bench_command_with_a_real_ollama_candidate(tmp_path: Path, ollama_serve
     config = tmp_path / "membrane.toml"
     config.write_text(
         f'[model]\nbackend = "ollama"\nname = "{ollama_server.smollm2}"\nollama_host = "{ollama_server.host}"\n'
-        f'num_predict = 96\ntimeout_s = 120.0\n'
+        f"num_predict = 96\ntimeout_s = 120.0\n"
         f'[extraction]\nmax_repairs = 1\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
         f'[bench]\nout_dir = "{tmp_path / "out"}"\neval_files = ["{gold}"]\ninclude_embedded = false\n',
         encoding="utf-8",
@@ -220,9 +241,11 @@ def test_report_written_by_the_old_codecs_loads_and_dumps_unchanged() -> None:
     stored = json.loads(OLD_REPORT.read_text(encoding="utf-8"))
     report = BenchReport.model_validate(stored)
     assert [(run.model, run.status) for run in report.runs] == [
-        ("ollama:bad:1b", "ok"), ("ollama:good:1b", "ok"), ("ollama:broken:1b", "ok"),
+        ("ollama:bad:1b", "ok"),
+        ("ollama:good:1b", "ok"),
+        ("ollama:broken:1b", "ok"),
         ("ollama:missing:1b", "unavailable"),
-    ]  # fmt: skip
+    ]
     broken = report.scores_for("ollama:broken:1b")
     assert broken is not None and not broken.cases[0].valid and "no valid extraction" in broken.cases[0].error
     assert report.decision is not None and report.decision.promote and report.decision.challenger == "ollama:good:1b"
@@ -234,7 +257,7 @@ def test_report_stored_in_the_journal_by_the_old_codecs_drives_models_and_promot
     config = tmp_path / "membrane.toml"
     config.write_text(
         f'[model]\nbackend = "ollama"\nname = "bad:1b"\n[journal]\npath = "{tmp_path / "journal.sqlite3"}"\n'
-        f'[bench]\ninclude_embedded = false\nbootstrap_samples = 500\n',
+        f"[bench]\ninclude_embedded = false\nbootstrap_samples = 500\n",
         encoding="utf-8",
     )
     with Journal(tmp_path / "journal.sqlite3") as journal:
@@ -252,18 +275,23 @@ def test_report_stored_in_the_journal_by_the_old_codecs_drives_models_and_promot
 def _long_real_set(path: Path, cases: int) -> Path:
     """A second labelled set with its own ids and passages over 50 words, labelled like the reference."""
     text = ("Docker is deployed on the Kubernetes cluster managed by the DevOps team. " * 5).strip()
-    records = [{"id": f"r{i:02d}", "text": text, **REFERENCE, "tags": ["long"], "source": "test", "licence": "CC0-1.0"}
-               for i in range(cases)]  # fmt: skip
+    records = [
+        {"id": f"r{i:02d}", "text": text, **REFERENCE, "tags": ["long"], "source": "test", "licence": "CC0-1.0"}
+        for i in range(cases)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
 
 
-def test_bench_reports_each_set_and_length_band(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                ollama: FakeOllama) -> None:  # fmt: skip
+def test_bench_reports_each_set_and_length_band(
+    make_settings: Callable[..., Settings], tmp_path: Path, ollama: FakeOllama
+) -> None:
     """Two sets are scored in one run: the report names both with their case ids, and the Markdown has a table
     for all cases, one per set and one per length band, each counting only its cases."""
-    settings = make_settings(model={"backend": "ollama", "name": "bad:1b", "ollama_host": ollama.url, "timeout_s": 5},
-                             bench={"bootstrap_samples": 200, "include_embedded": False})  # fmt: skip
+    settings = make_settings(
+        model={"backend": "ollama", "name": "bad:1b", "ollama_host": ollama.url, "timeout_s": 5},
+        bench={"bootstrap_samples": 200, "include_embedded": False},
+    )
     gold = same_answer_gold(tmp_path / "gold.jsonl", 4)
     real = _long_real_set(tmp_path / "real.jsonl", 3)
     with Journal(settings.journal.path) as journal:
@@ -271,8 +299,13 @@ def test_bench_reports_each_set_and_length_band(make_settings: Callable[..., Set
     assert [(s.name, len(s.case_ids)) for s in report.eval_sets] == [("gold", 4), ("real", 3)]
     assert report.cases == 7 and report.case_words["r00"] > 50 and report.case_words["s00"] < 20
     titles = [title for title, _ in report.sections()]
-    assert titles == ["All sets together (7 cases)", "Set gold (4 cases)", "Set real (3 cases)",
-                      "All sets, captures of under 20 words (4 cases)", "All sets, captures of over 50 words (3 cases)"]
+    assert titles == [
+        "All sets together (7 cases)",
+        "Set gold (4 cases)",
+        "Set real (3 cases)",
+        "All sets, captures of under 20 words (4 cases)",
+        "All sets, captures of over 50 words (3 cases)",
+    ]
     for title, runs in report.sections():
         scored = runs[1].scores
         assert scored is not None and len(scored.cases) == int(title.rsplit("(", 1)[1].split()[0])

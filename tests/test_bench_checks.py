@@ -59,8 +59,9 @@ def test_timed_runs_keep_only_the_runs_after_the_warm_up() -> None:
     """With one warm-up and three timed runs, work runs four times and only the last three are timed."""
     ticks = iter(range(100))
     calls: list[str] = []
-    runs = timed_runs(lambda: calls.append("work"), 3, before=lambda: calls.append("wipe"),
-                      clock=lambda: float(next(ticks)))
+    runs = timed_runs(
+        lambda: calls.append("work"), 3, before=lambda: calls.append("wipe"), clock=lambda: float(next(ticks))
+    )
     assert calls == ["wipe", "work"] * 4
     assert runs.seconds == [1.0, 1.0, 1.0] and runs.best == 1.0 and runs.problems == []
 

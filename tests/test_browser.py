@@ -33,9 +33,18 @@ PICTURE_MAX_BYTES = 300_000
 STYLE_KEY = "membrane-style-sha256"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 # This network is closed: no sync, no updates, no QUIC, no first-run fetches.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
 ENTITY_KEY = "raspberry pi"
 EXPECTED_CAPTIONS = {"Raspberry Pi", "Nextcloud", "Debian 12", "homelab.txt"}
 
@@ -88,7 +97,7 @@ def test_the_style_file_is_json_grass_for_every_label_membrane_writes() -> None:
 def _browser_url() -> str:
     url = os.environ.get("MEMBRANE_TEST_NEO4J_BROWSER_URL")
     if not url:
-        message = "MEMBRANE_TEST_NEO4J_BROWSER_URL is not set: eval \"$(scripts/neo4j-local env)\""
+        message = 'MEMBRANE_TEST_NEO4J_BROWSER_URL is not set: eval "$(scripts/neo4j-local env)"'
         pytest.fail(message, pytrace=False) if IN_CI else pytest.skip(message)
     return url
 
@@ -107,8 +116,9 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)  # fmt: skip
+    driver = webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options
+    )
     try:
         yield driver
     finally:
@@ -123,7 +133,9 @@ def _wait(driver: Any, what: str, condition: Callable[[Any], Any], timeout: floa
         return WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,)).until(condition)
     except Exception as exc:
         driver.save_screenshot("/tmp/membrane-browser-failure.png")
-        raise AssertionError(f"Neo4j Browser: timed out waiting for {what} (screenshot /tmp/membrane-browser-failure.png)") from exc
+        raise AssertionError(
+            f"Neo4j Browser: timed out waiting for {what} (screenshot /tmp/membrane-browser-failure.png)"
+        ) from exc
 
 
 def _connect(driver: Any, url: str, bolt: str, user: str, password: str) -> None:
@@ -141,7 +153,11 @@ def _connect(driver: Any, url: str, bolt: str, user: str, password: str) -> None
     driver.get(url)
     _wait(driver, "the connect form to take input", fill)
     driver.find_element(By.CSS_SELECTOR, 'button[data-testid="connect"]').click()
-    _wait(driver, "the connection", lambda d: "Connected to Neo4j" in d.page_source or "You are connected" in d.page_source)
+    _wait(
+        driver,
+        "the connection",
+        lambda d: "Connected to Neo4j" in d.page_source or "You are connected" in d.page_source,
+    )
 
 
 def _frame_commands(driver: Any) -> list[str]:
@@ -182,8 +198,12 @@ def test_browser_draws_an_entity_with_its_sources_in_membrane_style(
     ingest_both(tmp_path, neo4j_settings, extra=False)
     _connect(chromium, url, neo4j_server.uri, neo4j_server.user, neo4j_server.password)
     if _post_connect_style(neo4j):
-        _wait(chromium, "the style Browser applies on connect", lambda d: any(
-            c.startswith(":style") for c in _frame_commands(d)), timeout=20)  # fmt: skip
+        _wait(
+            chromium,
+            "the style Browser applies on connect",
+            lambda d: any(c.startswith(":style") for c in _frame_commands(d)),
+            timeout=20,
+        )
     _run(chromium, ":clear")
     _run(chromium, ":style " + GRASS.read_text(encoding="utf-8"))
     _wait(chromium, "the :style frame", lambda d: any(c.startswith(":style") for c in _frame_commands(d)))
@@ -193,8 +213,11 @@ def test_browser_draws_an_entity_with_its_sources_in_membrane_style(
     _run(chromium, question.param_commands[0].replace("'nextcloud'", json.dumps(ENTITY_KEY)))
     _wait(chromium, "the :param frame", lambda d: any(c.startswith(":param key") for c in _frame_commands(d)))
     _run(chromium, question.text)
-    captions = _wait(chromium, "the graph with its captions",
-                     lambda d: (found := set(d.execute_script(_CAPTIONS))) >= EXPECTED_CAPTIONS and found)  # fmt: skip
+    captions = _wait(
+        chromium,
+        "the graph with its captions",
+        lambda d: (found := set(d.execute_script(_CAPTIONS))) >= EXPECTED_CAPTIONS and found,
+    )
     assert captions <= EXPECTED_CAPTIONS | {"Alice"}, captions
     time.sleep(2)  # the force layout settles before the picture
     _save_picture(chromium, tmp_path / "browser-graph.png")

@@ -105,9 +105,7 @@ def test_json_capture_fields_become_metadata(inbox: Path, settings: InboxSetting
         ('{"text": "   "}', "only whitespace"),
     ],
 )
-def test_bad_json_capture_names_the_problem(
-    inbox: Path, settings: InboxSettings, content: str, expected: str
-) -> None:
+def test_bad_json_capture_names_the_problem(inbox: Path, settings: InboxSettings, content: str, expected: str) -> None:
     """A JSON capture with an unknown key, a missing or mistyped field is refused naming it."""
     error = rejected(write(inbox, "c.json", content), settings)
     assert expected in str(error)
@@ -234,15 +232,17 @@ def test_byte_order_mark_is_dropped(inbox: Path, settings: InboxSettings) -> Non
         ("f.md", "---\ndate: last Tuesday\ncreated: 2022-02-02\n---\nx\n", "2022-02-02"),
     ],
 )
-def test_a_capture_is_dated_as_its_note_writes_it(inbox: Path, settings: InboxSettings, name: str, content: str,
-                                                  date: str) -> None:  # fmt: skip
+def test_a_capture_is_dated_as_its_note_writes_it(
+    inbox: Path, settings: InboxSettings, name: str, content: str, date: str
+) -> None:
     """The date is the first of captured_at, date, created that reads as ISO-8601, kept as the note writes it."""
     assert read_capture(write(inbox, name, content), settings).captured_at == date
 
 
 @pytest.mark.parametrize("front", ["", "---\ndate: someday\n---\n", "---\ndate: 0999-01-01\n---\n"])
 def test_an_undated_capture_takes_its_files_mtime(inbox: Path, settings: InboxSettings, front: str) -> None:
-    """A capture with no (readable, four-digit-year) date of its own is dated by its file's mtime, to the second in UTC."""
+    """A capture with no (readable, four-digit-year) date of its own is dated by its file's mtime, to the second
+    in UTC."""
     path = write(inbox, "n.md", front + "Alice works at Acme.\n")
     os.utime(path, (1_700_000_000.75, 1_700_000_000.75))
     assert read_capture(path, settings).captured_at == "2023-11-14T22:13:20Z"

@@ -13,8 +13,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every command `membrane` has, in README.md's order; a command added or removed changes this list.
 COMMANDS = [
-    "doctor", "extract", "migrate", "run", "ingest", "status", "show", "facts", "search", "export", "forget", "sync",
-    "bench", "score", "models", "promote", "rollback", "train", "register", "anchors", "mcp",
+    "doctor",
+    "extract",
+    "migrate",
+    "run",
+    "ingest",
+    "status",
+    "show",
+    "facts",
+    "search",
+    "export",
+    "forget",
+    "sync",
+    "bench",
+    "score",
+    "models",
+    "promote",
+    "rollback",
+    "train",
+    "register",
+    "anchors",
+    "mcp",
 ]
 
 

@@ -117,8 +117,11 @@ def test_run_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
 
 
 @pytest.mark.neo4j
-def test_forget_retracts_a_capture_by_path_or_sha256(tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
-    """`forget` takes a processed/ path or a sha256, retracts the facts in journal and graph, and exits 1 when nothing matches."""
+def test_forget_retracts_a_capture_by_path_or_sha256(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
+    """`forget` takes a processed/ path or a sha256, retracts the facts in journal and graph, and exits 1 when
+    nothing matches."""
     sections = settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings)
     config = tmp_path / "membrane.toml"
     config.write_text(toml_text(sections), encoding="utf-8")

@@ -99,8 +99,9 @@ def test_password_comes_from_systemd_credential(tmp_path: Path, monkeypatch: pyt
     assert Settings().neo4j_password() == "cred"
 
 
-def test_mcp_token_comes_from_its_file_or_the_systemd_credential(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_mcp_token_comes_from_its_file_or_the_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """mcp.token_file, else $CREDENTIALS_DIRECTORY/mcp-token; none is None; a short token or an unreadable
     file is a ConfigError that never shows the token."""
     assert Settings().mcp_token() is None
@@ -200,6 +201,8 @@ def test_bad_relation_synonyms_are_config_errors(tmp_path: Path, text: str, frag
 
 def test_relation_synonyms_are_normalised() -> None:
     """Synonyms in any spelling become UPPER_SNAKE_CASE on both sides."""
-    settings = load_settings(CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__RELATION_SYNONYMS": '{"runs on": "deployed-on"}'})
+    settings = load_settings(
+        CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__RELATION_SYNONYMS": '{"runs on": "deployed-on"}'}
+    )
     assert settings.extraction.relation_synonyms == {"RUNS_ON": "DEPLOYED_ON"}
     assert settings.extraction.rules().canonical_relation("runs on") == "DEPLOYED_ON"

@@ -41,6 +41,13 @@ def test_sigkill_at_a_random_moment_loses_and_duplicates_nothing(
     seed: int, clean_run: dict[str, Any], tmp_path: Path, neo4j_driver: Any
 ) -> None:
     """After a SIGKILL and a restart every capture is done once and the graph equals the clean run's."""
-    result = crash_trial(tmp_path / "trial", clean_run["replay"], clean_run["neo4j"], neo4j_driver,
-                         seed=seed, captures=CAPTURES, expected=clean_run["snapshot"])
+    result = crash_trial(
+        tmp_path / "trial",
+        clean_run["replay"],
+        clean_run["neo4j"],
+        neo4j_driver,
+        seed=seed,
+        captures=CAPTURES,
+        expected=clean_run["snapshot"],
+    )
     assert result["counts"]["done"] == CAPTURES

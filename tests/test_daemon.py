@@ -45,13 +45,19 @@ def _counts(settings: Settings) -> dict[str, int]:
 @pytest.mark.neo4j
 @pytest.mark.slow
 def test_slow_atomic_and_bulk_arrivals_reach_the_graph_once(
-    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    neo4j: Any,
+    neo4j_settings: dict[str, Any],
     running: Callable[[Settings], Daemon],
 ) -> None:
     """Files written slowly in pieces, moved in atomically, and 100 copied at once all reach the graph exactly once."""
     total = 102
-    settings = make_settings(**settings_sections(tmp_path, replay_for(total, tmp_path / "r.jsonl"),
-                                                 neo4j=neo4j_settings, inbox={"stable_seconds": 0.4}))
+    settings = make_settings(
+        **settings_sections(
+            tmp_path, replay_for(total, tmp_path / "r.jsonl"), neo4j=neo4j_settings, inbox={"stable_seconds": 0.4}
+        )
+    )
     inbox = settings.inbox.path
     inbox.mkdir(parents=True)
     daemon = running(settings)
@@ -84,15 +90,19 @@ def test_slow_atomic_and_bulk_arrivals_reach_the_graph_once(
         assert len(list(journal.extractions.recorded_outputs())) == total  # each extracted exactly once
 
 
-def test_bad_inputs_end_to_end(make_settings: Callable[..., Settings], tmp_path: Path,
-                               running: Callable[[Settings], Daemon]) -> None:
+def test_bad_inputs_end_to_end(
+    make_settings: Callable[..., Settings], tmp_path: Path, running: Callable[[Settings], Daemon]
+) -> None:
     """Binary, invalid UTF-8, empty, oversized, an escaping symlink and a FIFO reach failed/ with sidecars;
     a file deleted before it is read is forgotten; odd and non-Latin names are processed."""
     odd_names = ["line\nbreak.txt", "東京メモ.txt", "заметка.md", "ملاحظة.txt"]
-    records = [(f"Note about {n!r}.", json.dumps({"entities": [{"name": "Tokyo", "role": "object"}],
-                                                  "relationships": []})) for n in odd_names]
-    settings = make_settings(**settings_sections(tmp_path, replay_for(0, tmp_path / "r.jsonl", extra=records),
-                                                 inbox={"max_bytes": 2000}))
+    records = [
+        (f"Note about {n!r}.", json.dumps({"entities": [{"name": "Tokyo", "role": "object"}], "relationships": []}))
+        for n in odd_names
+    ]
+    settings = make_settings(
+        **settings_sections(tmp_path, replay_for(0, tmp_path / "r.jsonl", extra=records), inbox={"max_bytes": 2000})
+    )
     inbox = settings.inbox.path
     inbox.mkdir(parents=True)
     outside = tmp_path / "secret.txt"
@@ -175,7 +185,10 @@ def test_stop_finishes_the_capture_in_hand_and_leaves_the_rest_queued(
 
 @pytest.mark.neo4j
 def test_deleting_a_processed_file_retracts_its_facts(
-    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    neo4j: Any,
+    neo4j_settings: dict[str, Any],
     running: Callable[[Settings], Daemon],
 ) -> None:
     """A file deleted from processed/ retracts the facts only its capture supported; a duplicate copy keeps them."""
@@ -204,8 +217,9 @@ def test_bench_scheduler_runs_with_the_daemon_when_configured(
     """With bench.interval_hours set the daemon starts the bench scheduler, idle only when nothing is pending."""
     from membrane.bench import BenchScheduler
 
-    settings = make_settings(**settings_sections(tmp_path, replay_for(1, tmp_path / "r.jsonl"),
-                                                 bench={"interval_hours": 24.0}))
+    settings = make_settings(
+        **settings_sections(tmp_path, replay_for(1, tmp_path / "r.jsonl"), bench={"interval_hours": 24.0})
+    )
     daemon = running(settings)
     assert isinstance(daemon.scheduler, BenchScheduler)
     assert daemon.scheduler.is_idle() is True

@@ -49,7 +49,10 @@ def _line(output: str, name: str) -> str:
 def test_all_good(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, neo4j_settings: dict[str, str]) -> None:
     """With a reachable, authenticated Neo4j and a writable inbox every check is ok."""
     result = _doctor(
-        monkeypatch, tmp_path, MEMBRANE_NEO4J__URI=neo4j_settings["uri"], MEMBRANE_NEO4J__PASSWORD=neo4j_settings["password"]
+        monkeypatch,
+        tmp_path,
+        MEMBRANE_NEO4J__URI=neo4j_settings["uri"],
+        MEMBRANE_NEO4J__PASSWORD=neo4j_settings["password"],
     )
     assert result.exit_code == 0, result.output
     line = _line(result.output, "neo4j")
@@ -62,7 +65,9 @@ def test_wrong_password_is_a_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, neo4j_settings: dict[str, str]
 ) -> None:
     """A wrong password gives one FAIL line that says so and how to fix it, and exit 1."""
-    result = _doctor(monkeypatch, tmp_path, MEMBRANE_NEO4J__URI=neo4j_settings["uri"], MEMBRANE_NEO4J__PASSWORD="not-it")
+    result = _doctor(
+        monkeypatch, tmp_path, MEMBRANE_NEO4J__URI=neo4j_settings["uri"], MEMBRANE_NEO4J__PASSWORD="not-it"
+    )
     assert result.exit_code == 1, result.output
     line = _line(result.output, "neo4j")
     assert line.startswith("FAIL")
@@ -99,9 +104,7 @@ def test_missing_inbox_fails_with_mkdir_fix(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 @pytest.mark.model
-def test_embedded_model_present(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_path: Path
-) -> None:
+def test_embedded_model_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model_path: Path) -> None:
     """The embedded backend with the packaged tiny model passes the model check."""
     result = _doctor(monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="embedded", MEMBRANE_MODEL__NAME="smollm2-135m")
     assert _line(result.output, "model").startswith("ok"), result.output
@@ -119,7 +122,11 @@ def test_ollama_down_fails_with_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     """An Ollama server that does not answer is a FAIL naming the host, with a fix."""
     host = f"http://127.0.0.1:{_free_port()}"
     result = _doctor(
-        monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME="qwen2.5:1.5b", MEMBRANE_MODEL__OLLAMA_HOST=host
+        monkeypatch,
+        tmp_path,
+        MEMBRANE_MODEL__BACKEND="ollama",
+        MEMBRANE_MODEL__NAME="qwen2.5:1.5b",
+        MEMBRANE_MODEL__OLLAMA_HOST=host,
     )
     assert result.exit_code == 1
     line = _line(result.output, "model")
@@ -130,9 +137,12 @@ def test_ollama_down_fails_with_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_ollama_model_present(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ollama_server: OllamaServer) -> None:
     """A model the real Ollama server has passes the model check, naming the host and the model."""
     result = _doctor(
-        monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME=ollama_server.smollm2,
+        monkeypatch,
+        tmp_path,
+        MEMBRANE_MODEL__BACKEND="ollama",
+        MEMBRANE_MODEL__NAME=ollama_server.smollm2,
         MEMBRANE_MODEL__OLLAMA_HOST=ollama_server.host,
-    )  # fmt: skip
+    )
     line = _line(result.output, "model")
     assert line.startswith("ok") and ollama_server.host in line and ollama_server.smollm2 in line, result.output
     assert result.exit_code == 0, result.output
@@ -144,9 +154,12 @@ def test_ollama_model_missing_fails_with_pull_fix(
 ) -> None:
     """A model the real Ollama server lacks is a FAIL whose fix is the ollama pull command."""
     result = _doctor(
-        monkeypatch, tmp_path, MEMBRANE_MODEL__BACKEND="ollama", MEMBRANE_MODEL__NAME="no-such-model:1b",
+        monkeypatch,
+        tmp_path,
+        MEMBRANE_MODEL__BACKEND="ollama",
+        MEMBRANE_MODEL__NAME="no-such-model:1b",
         MEMBRANE_MODEL__OLLAMA_HOST=ollama_server.host,
-    )  # fmt: skip
+    )
     assert result.exit_code == 1
     line = _line(result.output, "model")
     assert line.startswith("FAIL") and "fix: ollama pull no-such-model:1b" in line, result.output
@@ -155,6 +168,8 @@ def test_ollama_model_missing_fails_with_pull_fix(
 def test_document_formats_are_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With the formats extra installed, the formats line lists the documents the inbox reads."""
     result = _doctor(monkeypatch, tmp_path)
-    assert _line(result.output, "formats") == "ok    formats  documents readable: .docx, .eml, .html, .pdf", result.output
+    assert _line(result.output, "formats") == "ok    formats  documents readable: .docx, .eml, .html, .pdf", (
+        result.output
+    )
     result = _doctor(monkeypatch, tmp_path, MEMBRANE_INBOX__EXTENSIONS='[".txt", ".md"]')
     assert _line(result.output, "formats").startswith("skip"), result.output

@@ -117,10 +117,16 @@ def test_lora_path_reaches_llama_cpp(tiny_model_path: Path, tmp_path: Path) -> N
     adapter loader refuses a file that is no GGUF, naming the adapter; a missing adapter is ModelNotFound."""
     adapter = tmp_path / "adapter.gguf"
     adapter.write_bytes(b"not a GGUF adapter" * 64)
-    settings = Settings.model_validate({"model": {"embedded": {
-        "tuned": {"path": str(tiny_model_path), "lora_path": str(adapter)},
-        "missing": {"path": str(tiny_model_path), "lora_path": "no/such/adapter.gguf"},
-    }}})
+    settings = Settings.model_validate(
+        {
+            "model": {
+                "embedded": {
+                    "tuned": {"path": str(tiny_model_path), "lora_path": str(adapter)},
+                    "missing": {"path": str(tiny_model_path), "lora_path": "no/such/adapter.gguf"},
+                }
+            }
+        }
+    )
     backend = EmbeddedBackend(settings)
     with pytest.raises(ModelNotFound, match="LoRA adapter") as caught:
         backend.load("tuned")
@@ -141,7 +147,9 @@ def _write_lora(path: Path, rank: int = 4, scale: float = 0.5) -> Path:
     writer.add_float32("adapter.lora.alpha", float(rank))
     for block in range(30):  # SmolLM2-135M: 30 blocks, width 576
         for part, shape in (("lora_a", (rank, 576)), ("lora_b", (576, rank))):
-            writer.add_tensor(f"blk.{block}.attn_q.weight.{part}", (rng.standard_normal(shape) * scale).astype(np.float32))
+            writer.add_tensor(
+                f"blk.{block}.attn_q.weight.{part}", (rng.standard_normal(shape) * scale).astype(np.float32)
+            )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -152,10 +160,16 @@ def _write_lora(path: Path, rank: int = 4, scale: float = 0.5) -> Path:
 def test_lora_adapter_is_applied_in_the_child(tiny_model_path: Path, tmp_path: Path) -> None:
     """A model configured with lora_path generates through the adapter: greedy output differs from the base's."""
     adapter = _write_lora(tmp_path / "adapter.gguf")
-    settings = Settings.model_validate({"model": {"embedded": {
-        "base": {"path": str(tiny_model_path), "n_ctx": 512},
-        "tuned": {"path": str(tiny_model_path), "n_ctx": 512, "lora_path": str(adapter)},
-    }}})
+    settings = Settings.model_validate(
+        {
+            "model": {
+                "embedded": {
+                    "base": {"path": str(tiny_model_path), "n_ctx": 512},
+                    "tuned": {"path": str(tiny_model_path), "n_ctx": 512, "lora_path": str(adapter)},
+                }
+            }
+        }
+    )
     backend = EmbeddedBackend(settings)
     answers = [_ask(backend.load(name), "Name a city in France.", max_tokens=12) for name in ("base", "tuned")]
     base, tuned = (a["choices"][0]["message"]["content"] for a in answers)
@@ -216,9 +230,11 @@ def test_doctor_reports_a_crashing_model_with_the_fix(
 def test_threads_setting_reaches_llama_cpp(tiny_model_path: Path) -> None:
     """[model] threads is what llama.cpp gets for generation and prompt batches; 0 means every
     CPU this process may use (llama-cpp-python's own default is half the cores)."""
+
     def loaded(threads: int) -> LoadedModel:
-        settings = Settings.model_validate({"model": {"threads": threads, "embedded": {
-            "tiny": {"path": str(tiny_model_path), "n_ctx": 512}}}})  # fmt: skip
+        settings = Settings.model_validate(
+            {"model": {"threads": threads, "embedded": {"tiny": {"path": str(tiny_model_path), "n_ctx": 512}}}}
+        )
         return EmbeddedBackend(settings).load("tiny")
 
     assert loaded(1).threads == (1, 1)

@@ -17,8 +17,10 @@ from tests.support.explore import EXAMPLE_ANSWERS, EXTRA_NOTES, HOSTILE, Stores,
 
 pytestmark = pytest.mark.neo4j
 
-ENTITY_NAMES = sorted({e["name"] for a in EXAMPLE_ANSWERS.values() for e in a["entities"]}
-                      | {e["name"] for _, a in EXTRA_NOTES.values() for e in a["entities"]})  # fmt: skip
+ENTITY_NAMES = sorted(
+    {e["name"] for a in EXAMPLE_ANSWERS.values() for e in a["entities"]}
+    | {e["name"] for _, a in EXTRA_NOTES.values() for e in a["entities"]}
+)
 CAPTURES = sorted([*EXAMPLE_ANSWERS, *EXTRA_NOTES])
 
 
@@ -44,7 +46,9 @@ def test_show_is_identical_from_neo4j_and_the_journal(stores: Stores) -> None:
     report = json.loads(cli(stores.neo4j, "show", "nextcloud", "--json").stdout)
     assert report["aliases"] == ["Nextcloud"]
     assert [(f["direction"], f["type"], f["other_name"]) for f in report["facts"]] == [
-        ("out", "RUNS_ON", "Raspberry Pi"), ("in", "DEPLOYED", "Alice")]  # fmt: skip
+        ("out", "RUNS_ON", "Raspberry Pi"),
+        ("in", "DEPLOYED", "Alice"),
+    ]
     deployed = report["facts"][1]
     assert sorted(s["path"] for s in deployed["sources"]) == ["again.txt", "homelab.txt"]
     assert deployed["sources"] == sorted(deployed["sources"], key=lambda s: (s["captured_at"], s["sha256"]))
@@ -65,8 +69,10 @@ def test_facts_is_identical_from_neo4j_and_the_journal(stores: Stores) -> None:
         assert cli(stores.journal_only, "facts", sha[:12]).stdout == graph.stdout  # the prefix `show` prints
     homelab = json.loads(cli(stores.neo4j, "facts", str(stores.inbox / "homelab.txt"), "--json").stdout)
     assert [(f["source_name"], f["type"], f["target_name"], f["other_sources"]) for f in homelab["facts"]] == [
-        ("Alice", "DEPLOYED", "Nextcloud", 1), ("Debian 12", "RUNS_ON", "Raspberry Pi", 0),
-        ("Nextcloud", "RUNS_ON", "Raspberry Pi", 0)]  # fmt: skip
+        ("Alice", "DEPLOYED", "Nextcloud", 1),
+        ("Debian 12", "RUNS_ON", "Raspberry Pi", 0),
+        ("Nextcloud", "RUNS_ON", "Raspberry Pi", 0),
+    ]
     processed = cli(stores.neo4j, "facts", str(stores.inbox / "processed" / "homelab.txt"), "--json")
     assert json.loads(processed.stdout) == homelab
 
@@ -83,8 +89,9 @@ def test_show_text_names_relationships_sources_and_dates(stores: Stores) -> None
 # ---------------------------------------------------------------- hostile names
 
 
-def test_hostile_names_print_verbatim_and_never_reach_the_cypher(stores: Stores, neo4j: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_hostile_names_print_verbatim_and_never_reach_the_cypher(
+    stores: Stores, neo4j: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Quotes, backticks, Cypher look-alikes and RTL names print as written, from both stores, and every query
     Neo4j receives is a fixed text with the name only in its parameters."""
     from neo4j import ManagedTransaction
@@ -115,8 +122,9 @@ def test_hostile_names_print_verbatim_and_never_reach_the_cypher(stores: Stores,
     assert neo4j.execute_query("MATCH (n) RETURN count(n) AS n").records[0]["n"] == before
 
 
-def test_an_entity_row_with_null_properties_is_not_a_name(stores: Stores, neo4j: Any,
-                                                          neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_an_entity_row_with_null_properties_is_not_a_name(
+    stores: Stores, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """A read at read-committed returns a node that a retraction deleted mid-read with null properties (CI met
     it in a polled snapshot). A bare :Entity node gives that row: entity_names and the tests' graph_snapshot drop
     it, and `show` answers as from the journal."""
@@ -160,8 +168,9 @@ def test_unknown_name_lists_close_candidates_and_exits_1(stores: Stores) -> None
     assert as_json["candidates"][0].startswith("Raspberry Pi")
 
 
-def test_fuzzy_matching_resolves_like_ingestion_and_a_tie_is_ambiguous(tmp_path: Path, neo4j: Any,
-                                                                        neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_fuzzy_matching_resolves_like_ingestion_and_a_tie_is_ambiguous(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """With graph.fuzzy_threshold set (at ingestion and now), a misspelt name finds its entity, a surface form
     ingestion merged finds the entity it joined, and a name equally close to two entities lists both."""
     stores = ingest_both(tmp_path, neo4j_settings, graph={"fuzzy_threshold": 80})

@@ -28,8 +28,10 @@ from membrane.extract import (
 from membrane.prompts import PROMPT_VERSION
 from membrane.schema import ExtractionRules
 
-GOOD = '{"entities":[{"name":"Alice","role":"subject"},{"name":"k3s","role":"object"}],' \
+GOOD = (
+    '{"entities":[{"name":"Alice","role":"subject"},{"name":"k3s","role":"object"}],'
     '"relationships":[{"source":"Alice","relation":"deployed on","target":"k3s"}]}'
+)
 NOTE = "Alice deployed the billing API on k3s."
 
 
@@ -45,8 +47,9 @@ def replay_settings(tmp_path: Path, make_settings: Callable[..., Settings]) -> C
     def build(records: list[tuple[str, str]], **extraction: Any) -> Settings:
         replay_file = _write_jsonl(tmp_path / "replay.jsonl", records)
         # The base model's name: a tuned model's name would select the tuned prompt (extract-t1).
-        return make_settings(model={"backend": "replay", "name": "smollm2-135m", "replay_file": replay_file},
-                             extraction=extraction)
+        return make_settings(
+            model={"backend": "replay", "name": "smollm2-135m", "replay_file": replay_file}, extraction=extraction
+        )
 
     return build
 
@@ -127,8 +130,10 @@ def test_parse_output_says_what_is_wrong(raw: str, message: str) -> None:
 def test_hostile_names_in_model_output_survive_intact(name: str) -> None:
     """Quotes, backticks, braces, newlines and non-Latin scripts in a fenced answer come through unchanged."""
     answer = json.dumps(
-        {"entities": [{"name": name, "role": "subject"}], "relationships": [
-            {"source": name, "relation": "USES", "target": "k3s"}]},
+        {
+            "entities": [{"name": name, "role": "subject"}],
+            "relationships": [{"source": name, "relation": "USES", "target": "k3s"}],
+        },
         ensure_ascii=False,
     )
     extraction = parse_output(f"<think>{{not this}}</think>```json\n{answer}\n```", ExtractionRules())
@@ -278,8 +283,15 @@ def test_long_capture_is_chunked_and_merged(replay_settings: Callable[..., Setti
     paragraphs = [f"Host{i} runs app{i} in the rack." for i in range(6)]
     text = "\n\n".join(paragraphs)
     records = [
-        (p, json.dumps({"entities": [{"name": "Rack", "role": "object"}],
-                        "relationships": [{"source": f"Host{i}", "relation": "RUNS", "target": f"app{i}"}]}))
+        (
+            p,
+            json.dumps(
+                {
+                    "entities": [{"name": "Rack", "role": "object"}],
+                    "relationships": [{"source": f"Host{i}", "relation": "RUNS", "target": f"app{i}"}],
+                }
+            ),
+        )
         for i, p in enumerate(paragraphs)
     ]
     settings = replay_settings(records, chunk_chars=40, max_entities=3, max_relationships=1)
@@ -329,8 +341,12 @@ def test_replay_from_the_journal(tmp_path: Path, make_settings: Callable[..., Se
     with Journal(journal_path) as journal:
         journal.captures.enqueue(sha, "inbox/note.txt", NOTE)
         assert journal.claims.claim() is not None
-        journal.extractions.record(sha, make_result(backend="ollama", prompt_version=PROMPT_VERSION,
-                                                   raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]]))
+        journal.extractions.record(
+            sha,
+            make_result(
+                backend="ollama", prompt_version=PROMPT_VERSION, raw_outputs=["broken", GOOD], chunks=[[0, len(NOTE)]]
+            ),
+        )
     with pytest.raises(ConfigError, match="model.replay_file"):
         get_backend("replay", settings)  # the backends never open the journal themselves
     backend = get_backend("replay", settings, recorded=lambda: read_recorded_outputs(journal_path))
@@ -356,8 +372,9 @@ def test_registry_builds_known_backends_and_rejects_unknown(make_settings: Calla
 def _config(tmp_path: Path, records: list[tuple[str, str]]) -> Path:
     replay = _write_jsonl(tmp_path / "replay.jsonl", records)
     config = tmp_path / "membrane.toml"
-    config.write_text(f'[model]\nbackend = "replay"\nname = "smollm2-135m"\nreplay_file = "{replay}"\n',
-                      encoding="utf-8")
+    config.write_text(
+        f'[model]\nbackend = "replay"\nname = "smollm2-135m"\nreplay_file = "{replay}"\n', encoding="utf-8"
+    )
     return config
 
 
@@ -400,13 +417,21 @@ def test_cli_extract_unknown_backend_exits_2(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- grounding
 
-COPIED = json.dumps({
-    "entities": [{"name": "Alice", "role": "subject"}, {"name": "k3s", "role": "object"},
-                 {"name": "Gitea", "role": "object"}, {"name": "NAS", "role": "object"}],
-    "relationships": [{"source": "Alice", "relation": "DEPLOYED_ON", "target": "k3s"},
-                      {"source": "Gitea", "relation": "RUNS_ON", "target": "NAS"},
-                      {"source": "Alice", "relation": "MOVED", "target": "Gitea"}],
-})  # fmt: skip
+COPIED = json.dumps(
+    {
+        "entities": [
+            {"name": "Alice", "role": "subject"},
+            {"name": "k3s", "role": "object"},
+            {"name": "Gitea", "role": "object"},
+            {"name": "NAS", "role": "object"},
+        ],
+        "relationships": [
+            {"source": "Alice", "relation": "DEPLOYED_ON", "target": "k3s"},
+            {"source": "Gitea", "relation": "RUNS_ON", "target": "NAS"},
+            {"source": "Alice", "relation": "MOVED", "target": "Gitea"},
+        ],
+    }
+)
 
 
 def test_ungrounded_entities_and_their_relationships_are_dropped(

@@ -74,8 +74,12 @@ def test_pdf_text_layer_and_information_are_read(inbox: Path, settings: InboxSet
     assert capture.format == "pdf"
     assert words(capture.text) == words(DOC.text.encode("cp1252", "replace").decode("cp1252"))
     assert capture.text.count("\n\n") == len(DOC.paragraphs) - 1
-    assert capture.metadata == {"title": DOC.title, "author": DOC.author, "date": "2024-03-05T09:30:00+01:00",
-                                "pages": 1}  # fmt: skip
+    assert capture.metadata == {
+        "title": DOC.title,
+        "author": DOC.author,
+        "date": "2024-03-05T09:30:00+01:00",
+        "pages": 1,
+    }
     assert capture.captured_at == "2024-03-05T09:30:00+01:00"
 
 
@@ -143,11 +147,22 @@ def test_web_page_keeps_the_article_and_drops_the_rest(inbox: Path, settings: In
     assert capture.format == "html"
     for paragraph in DOC.paragraphs:
         assert " ".join(paragraph.split()[:8]) in " ".join(capture.text.split())
-    for boilerplate in ("cookies", "Copyright 2026", "Why we moved to IPv6", "older firmware", "do not extract me",
-                        "Subscribe"):  # fmt: skip
+    for boilerplate in (
+        "cookies",
+        "Copyright 2026",
+        "Why we moved to IPv6",
+        "older firmware",
+        "do not extract me",
+        "Subscribe",
+    ):
         assert boilerplate not in capture.text
-    assert capture.metadata == {"title": DOC.title, "author": DOC.author, "date": "2024-03-05",
-                                "source": DOC.url, "site": "example.org"}  # fmt: skip
+    assert capture.metadata == {
+        "title": DOC.title,
+        "author": DOC.author,
+        "date": "2024-03-05",
+        "source": DOC.url,
+        "site": "example.org",
+    }
     assert capture.captured_at == "2024-03-05"
 
 
@@ -167,8 +182,10 @@ def test_web_page_date_is_not_guessed_from_its_text(inbox: Path, settings: Inbox
 
 def test_page_without_text_is_refused(inbox: Path, settings: InboxSettings) -> None:
     """A page with no text (a saved redirect) is refused as empty."""
-    page = (b'<html><head><meta http-equiv="refresh" content="0; url=https://example.org/"><title>Moved</title>'
-            b"<script>location.href = '/';</script></head><body></body></html>")
+    page = (
+        b'<html><head><meta http-equiv="refresh" content="0; url=https://example.org/"><title>Moved</title>'
+        b"<script>location.href = '/';</script></head><body></body></html>"
+    )
     assert refused(inbox, "menu.html", page, settings).code == "empty"
 
 
@@ -241,20 +258,31 @@ def test_docx_with_damaged_xml_is_refused(inbox: Path, settings: InboxSettings) 
 def test_email_headers_body_and_attachments(inbox: Path, settings: InboxSettings) -> None:
     """An e-mail's Subject, From, To and Date head its text; a PDF attachment's text follows; all are listed."""
     report = Document(tuple(real_paragraphs(2, start=40)), title="Rack inventory")
-    data = eml_bytes(DOC, attachments=[Attachment("inventory.pdf", pdf_bytes(report), "application/pdf"),
-                                       Attachment("photo.jpg", b"\xff\xd8\xff" + bytes(500), "image/jpeg")])  # fmt: skip
+    data = eml_bytes(
+        DOC,
+        attachments=[
+            Attachment("inventory.pdf", pdf_bytes(report), "application/pdf"),
+            Attachment("photo.jpg", b"\xff\xd8\xff" + bytes(500), "image/jpeg"),
+        ],
+    )
     capture = read(inbox, "mail.eml", data, settings)
     assert capture.format == "eml"
-    assert capture.text.startswith(f"Subject: {DOC.title}\nFrom: Grete Lindqvist <grete@example.org>\n"
-                                   "To: Farid Haddad <farid@example.org>\nDate: ")  # fmt: skip
+    assert capture.text.startswith(
+        f"Subject: {DOC.title}\nFrom: Grete Lindqvist <grete@example.org>\nTo: Farid Haddad <farid@example.org>\nDate: "
+    )
     assert words(DOC.paragraphs[0]) == words(capture.text.split("\n\n")[1])
     assert "Attachment: inventory.pdf" in capture.text and report.paragraphs[1].split()[0] in capture.text
     assert capture.metadata["title"] == DOC.title and capture.metadata["date"] == "2024-03-05T09:30:00+01:00"
     assert capture.metadata["attachments"] == [
         {"name": "inventory.pdf", "type": "application/pdf", "bytes": len(pdf_bytes(report)), "read": True},
-        {"name": "photo.jpg", "type": "image/jpeg", "bytes": 503, "read": False,
-         "reason": "not a format MemBrane reads"},
-    ]  # fmt: skip
+        {
+            "name": "photo.jpg",
+            "type": "image/jpeg",
+            "bytes": 503,
+            "read": False,
+            "reason": "not a format MemBrane reads",
+        },
+    ]
     assert capture.captured_at == "2024-03-05T09:30:00+01:00"
 
 
@@ -262,8 +290,9 @@ def test_email_with_huge_attachment_lists_it_unread(inbox: Path, make_settings: 
     """An attachment over its format's limit is listed with the reason; the e-mail itself is read."""
     settings = make_settings(inbox={"format_max_bytes": {"pdf": 1000, "eml": 30_000_000}}).inbox
     attached = pdf_bytes(Document(tuple(real_paragraphs(30))))
-    capture = read(inbox, "big.eml", eml_bytes(DOC, attachments=[Attachment("big.pdf", attached,
-                                                                            "application/pdf")]), settings)  # fmt: skip
+    capture = read(
+        inbox, "big.eml", eml_bytes(DOC, attachments=[Attachment("big.pdf", attached, "application/pdf")]), settings
+    )
     [listed] = capture.metadata["attachments"]
     assert listed["read"] is False and "too large" in listed["reason"] and "inbox.format_max_bytes" in listed["reason"]
     assert "Attachment:" not in capture.text
@@ -289,7 +318,11 @@ def test_email_html_body_is_read_as_a_web_page(inbox: Path, settings: InboxSetti
     from email.message import EmailMessage
 
     message = EmailMessage()
-    message["Subject"], message["From"], message["Date"] = "Status", "ops@example.org", "Tue, 05 Mar 2024 09:30:00 +0000"
+    message["Subject"], message["From"], message["Date"] = (
+        "Status",
+        "ops@example.org",
+        "Tue, 05 Mar 2024 09:30:00 +0000",
+    )
     message.set_content("<html><body><p>" + DOC.paragraphs[0] + "</p></body></html>", subtype="html")
     capture = read(inbox, "html.eml", message.as_bytes(), settings)
     assert " ".join(DOC.paragraphs[0].split()[:6]) in " ".join(capture.text.split())
@@ -304,8 +337,7 @@ def test_email_html_body_is_read_as_a_web_page(inbox: Path, settings: InboxSetti
         (b"Content-Type: text/plain\n\nna\xefve\n", "not valid utf-8"),
     ],
 )
-def test_email_with_broken_encoding_is_refused(inbox: Path, settings: InboxSettings, raw: bytes,
-                                               fragment: str) -> None:  # fmt: skip
+def test_email_with_broken_encoding_is_refused(inbox: Path, settings: InboxSettings, raw: bytes, fragment: str) -> None:
     """A body in an unknown charset, or with bytes invalid in its charset, is refused saying which."""
     data = b"From: a@example.org\nSubject: s\nMIME-Version: 1.0\n" + raw
     error = refused(inbox, "broken.eml", data, settings)
@@ -361,8 +393,9 @@ def test_missing_library_names_the_extra(tmp_path: Path) -> None:
             print(exc.code, "|", exc, "|", exc.hint)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), str(ROOT)])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
-                          check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
     code, message, hint = (part.strip() for part in done.stdout.split("|"))
     assert code == "missing_extra" and "trafilatura" in message and "membrane[formats]" in hint
 
@@ -385,7 +418,9 @@ def test_conversion_past_its_memory_is_refused(inbox: Path, make_settings: Calla
                 member.write(tail)
     settings = make_settings(inbox={"convert_memory_mb": 256, "max_text_chars": 10**9}).inbox
     error = refused(inbox, "huge.docx", buffer.getvalue(), settings)
-    assert error.code == "conversion_failed" and "out of memory" in str(error) and "inbox.convert_memory_mb" in str(error)
+    assert (
+        error.code == "conversion_failed" and "out of memory" in str(error) and "inbox.convert_memory_mb" in str(error)
+    )
 
 
 def test_a_long_document_is_extracted_in_chunks(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:

@@ -196,7 +196,9 @@ def test_wrong_password_at_start_is_an_auth_failure(
 def test_ingesting_the_same_capture_twice_changes_nothing(store: GraphStore, neo4j: Any, settings: Settings) -> None:
     """Nodes, relationships, every property and even element ids are identical after a re-ingest."""
     capture = facts(
-        settings, "a", ["The Raspberry Pi", "Pi-hole", "Home Assistant"],
+        settings,
+        "a",
+        ["The Raspberry Pi", "Pi-hole", "Home Assistant"],
         [("Pi-hole", "deployed on", "raspberry pi"), ("Home Assistant", "DEPLOYED_ON", "The Raspberry Pi")],
     )
     store.upsert(capture)
@@ -231,13 +233,17 @@ def test_provenance_spans_the_supporting_captures(store: GraphStore, neo4j: Any,
     assert nas["aliases"] == ["NAS", "nas"] and nas["first"] == "2026-01-01T00:00:00Z"
 
 
-def test_batched_upsert_equals_one_by_one(
-    store: GraphStore, neo4j: Any, settings: Settings
-) -> None:
+def test_batched_upsert_equals_one_by_one(store: GraphStore, neo4j: Any, settings: Settings) -> None:
     """upsert_many over small transactions writes the same graph as single upserts."""
     captures = [
-        facts(settings, sha, ["Pi", f"service {sha}"], [(f"service {sha}", "runs on", "pi"), ("Pi", "in", "rack")],
-              at=f"2026-01-0{i + 1}T00:00:00Z", model=f"m:{i % 2}")
+        facts(
+            settings,
+            sha,
+            ["Pi", f"service {sha}"],
+            [(f"service {sha}", "runs on", "pi"), ("Pi", "in", "rack")],
+            at=f"2026-01-0{i + 1}T00:00:00Z",
+            model=f"m:{i % 2}",
+        )
         for i, sha in enumerate("abcde")
     ]
     for capture in captures:
@@ -255,8 +261,14 @@ def test_deleting_a_capture_retracts_only_what_it_alone_supported(
     store: GraphStore, neo4j: Any, settings: Settings
 ) -> None:
     """A fact with two sources survives losing one; orphaned entities disappear; provenance is recomputed."""
-    a = facts(settings, "a", ["Grafana"], [("NAS", "hosts", "Plex"), ("Plex", "uses", "GPU")],
-              at="2026-01-01T00:00:00Z", model="m:a")
+    a = facts(
+        settings,
+        "a",
+        ["Grafana"],
+        [("NAS", "hosts", "Plex"), ("Plex", "uses", "GPU")],
+        at="2026-01-01T00:00:00Z",
+        model="m:a",
+    )
     b = facts(settings, "b", [], [("nas", "hosts", "plex")], at="2026-03-01T00:00:00Z", model="m:b")
     store.upsert(a)
     store.upsert(b)
@@ -331,8 +343,12 @@ def test_hostile_relation_type_never_reaches_a_query(
     store.upsert(facts(settings, "b", ["keep me"], []))
     before = snapshot(neo4j)
     forged = CaptureFacts(
-        sha256="a" * 64, path="inbox/a.md", ingested_at="2026-11-28T12:00:00.000000Z", model=MODEL,
-        captured_at="2026-11-28", captured_utc="2026-11-28T00:00:00.000000Z",
+        sha256="a" * 64,
+        path="inbox/a.md",
+        ingested_at="2026-11-28T12:00:00.000000Z",
+        model=MODEL,
+        captured_at="2026-11-28",
+        captured_utc="2026-11-28T00:00:00.000000Z",
         prompt_version="v1",
         entities=(ResolvedEntity("x", "x", "subject", ("x",)), ResolvedEntity("y", "y", "object", ("y",))),
         relationships=(ResolvedRelationship("x", rel_type, "y"),),
@@ -420,14 +436,41 @@ def _operators(plan: dict[str, Any]) -> Iterator[str]:
 
 
 SAMPLE_PARAMS: dict[str, Any] = {
-    "shas": ["a"], "sha": "a", "keep": [], "keys": ["k"],
-    "captures": [{"sha256": "a", "path": "p", "ingested_at": "2026-01-01T00:00:00Z", "model": "m",
-                  "prompt_version": "v1", "mentions": [{"key": "k", "role": "subject", "aliases": ["n"]}]}],
-    "entities": [{"key": "k", "name": "n", "aliases": ["n"], "first_seen": "2026-01-01T00:00:00Z",
-                  "last_seen": "2026-01-01T00:00:00Z"}],
+    "shas": ["a"],
+    "sha": "a",
+    "keep": [],
+    "keys": ["k"],
+    "captures": [
+        {
+            "sha256": "a",
+            "path": "p",
+            "ingested_at": "2026-01-01T00:00:00Z",
+            "model": "m",
+            "prompt_version": "v1",
+            "mentions": [{"key": "k", "role": "subject", "aliases": ["n"]}],
+        }
+    ],
+    "entities": [
+        {
+            "key": "k",
+            "name": "n",
+            "aliases": ["n"],
+            "first_seen": "2026-01-01T00:00:00Z",
+            "last_seen": "2026-01-01T00:00:00Z",
+        }
+    ],
     "mentions": [{"key": "k", "role": "subject", "aliases": ["n"]}],
-    "relationships": [{"source": "k", "type": "USES", "target": "j", "sources": ["a"],
-                       "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z", "model": "m"}],
+    "relationships": [
+        {
+            "source": "k",
+            "type": "USES",
+            "target": "j",
+            "sources": ["a"],
+            "first_seen": "2026-01-01T00:00:00Z",
+            "last_seen": "2026-01-01T00:00:00Z",
+            "model": "m",
+        }
+    ],
 }
 
 
@@ -437,7 +480,10 @@ def test_write_plans_use_index_seeks_not_scans(store: GraphStore, neo4j: Any, na
     query = write_queries()[name]
     plan = neo4j.execute_query("EXPLAIN " + query, SAMPLE_PARAMS).summary.plan
     operators = list(_operators(plan))
-    scans = [op for op in operators if any(s in op for s in ("AllNodesScan", "LabelScan", "RelationshipsScan",
-                                                              "RelationshipTypeScan"))]
+    scans = [
+        op
+        for op in operators
+        if any(s in op for s in ("AllNodesScan", "LabelScan", "RelationshipsScan", "RelationshipTypeScan"))
+    ]
     assert scans == [], f"{name}: {operators}"
     assert any("Seek" in op for op in operators), f"{name}: {operators}"

@@ -39,15 +39,21 @@ def llama_server(tiny_model_path: Path, tmp_path: Path) -> Iterator[LlamaServer]
 @pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.parametrize("concurrency", [1, 2])
-def test_workers_keep_that_many_calls_in_flight(llama_server: LlamaServer, make_settings: Callable[..., Settings],
-                                                concurrency: int) -> None:  # fmt: skip
+def test_workers_keep_that_many_calls_in_flight(
+    llama_server: LlamaServer, make_settings: Callable[..., Settings], concurrency: int
+) -> None:
     """With daemon.concurrency = N the server is seen processing N requests at once (never more), and every
     capture is carried to done."""
     settings = make_settings(
-        model={"backend": "openai", "openai_base_url": llama_server.base_url, "name": "smollm2-135m",
-               "num_predict": 128, "timeout_s": 300.0},
+        model={
+            "backend": "openai",
+            "openai_base_url": llama_server.base_url,
+            "name": "smollm2-135m",
+            "num_predict": 128,
+            "timeout_s": 300.0,
+        },
         daemon={"concurrency": concurrency},
-    )  # fmt: skip
+    )
     settings.inbox.path.mkdir(parents=True)
     for index, text in enumerate(NOTES):
         (settings.inbox.path / f"note-{index}.txt").write_text(text + "\n", encoding="utf-8")

@@ -373,7 +373,8 @@ def test_a_move_that_errors_still_ends_the_claim(start_inbox: Callable[..., Inbo
 def test_handling_ends_the_claim_only_when_admission_raises_or_the_file_is_gone(
     start_inbox: Callable[..., Inbox],
 ) -> None:
-    """The admitter's block keeps a claim while its file waits in the journal and ends it on an error or a vanished file."""
+    """The admitter's block keeps a claim while its file waits in the journal and ends it on an error or a
+    vanished file."""
     inbox = start_inbox()
     names = ("raises.txt", "vanishes.txt", "waits.txt")
     for name in names:
@@ -409,8 +410,17 @@ def _tree(root: Path, names: list[str]) -> None:
         (root / name).write_text(name, encoding="utf-8")
 
 
-SCAN_TREE = ["a.txt", ".hidden.txt", "b.tmp", "c.part", "d.md~", "sub/e.txt", ".cache/f.txt", "processed/g.txt",
-             "failed/h.txt"]
+SCAN_TREE = [
+    "a.txt",
+    ".hidden.txt",
+    "b.tmp",
+    "c.part",
+    "d.md~",
+    "sub/e.txt",
+    ".cache/f.txt",
+    "processed/g.txt",
+    "failed/h.txt",
+]
 
 
 @pytest.mark.parametrize("recursive", [False, True])
@@ -441,7 +451,8 @@ def test_ingest_scan_of_another_folder_applies_the_name_rules_without_sub_folder
 def test_deletion_watch_reports_a_deleted_processed_file_unless_a_copy_remains(
     start_inbox: Callable[..., Inbox],
 ) -> None:
-    """A file the mover put in processed/ and then deleted queues its sha256, but not while a copy of its bytes remains."""
+    """A file the mover put in processed/ and then deleted queues its sha256, but not while a copy of its bytes
+    remains."""
     inbox = start_inbox()
     retractions: queue.Queue[str] = queue.Queue()
     watch = DeletionWatch(inbox.mover, retractions)

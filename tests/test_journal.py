@@ -127,7 +127,14 @@ def test_the_transition_table_covers_every_state() -> None:
     assert set(TRANSITIONS) == set(CaptureState) == set(CAPTURE_STATES)
     assert all(targets <= set(CaptureState) for targets in TRANSITIONS.values())
     assert {state.value for state in CaptureState} == {
-        "queued", "extracting", "extracted", "projected", "done", "failed", "retracted"}
+        "queued",
+        "extracting",
+        "extracted",
+        "projected",
+        "done",
+        "failed",
+        "retracted",
+    }
     assert set(FACT_STATES) <= set(CaptureState) and set(PENDING_STATES) <= set(CaptureState)
 
 
@@ -288,9 +295,7 @@ _CLAIM_AND_HANG = textwrap.dedent(
 
 
 def _claim_in_killed_process(path: Path) -> str:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CLAIM_AND_HANG, str(path)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _CLAIM_AND_HANG, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     os.kill(proc.pid, signal.SIGKILL)
@@ -472,8 +477,15 @@ def test_schema_is_migrated_once_and_in_wal_mode(tmp_path: Path) -> None:
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY name")]
-        assert names == ["m001_captures", "m002_extractions", "m003_rejections", "m004_models",
-                         "m005_graph_retractions", "m006_search", "m007_captured_at"]
+        assert names == [
+            "m001_captures",
+            "m002_extractions",
+            "m003_rejections",
+            "m004_models",
+            "m005_graph_retractions",
+            "m006_search",
+            "m007_captured_at",
+        ]
     finally:
         db.close()
 
@@ -504,18 +516,29 @@ def test_an_old_journal_dates_its_captures_by_their_metadata(tmp_path: Path) -> 
     for migration in MIGRATIONS[:6]:
         migration(db)
         db.execute("INSERT INTO _migrations VALUES (?, 'then')", (migration.__name__.lstrip("_"),))
-    metadata = {"a": '{"captured_at": "2026-01-31T09:30:00Z"}', "b": '{"date": "soon", "created": "2024-03-05"}',
-                "c": '{"date": "yesterday"}', "d": "{}"}  # fmt: skip
+    metadata = {
+        "a": '{"captured_at": "2026-01-31T09:30:00Z"}',
+        "b": '{"date": "soon", "created": "2024-03-05"}',
+        "c": '{"date": "yesterday"}',
+        "d": "{}",
+    }
     for name, meta in metadata.items():
-        db.execute("INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at) "
-                   "VALUES (?, ?, 'x', ?, 'done', '2026-06-01T00:00:00.000000Z', 'then')", (name * 64, name, meta))
+        db.execute(
+            "INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at) "
+            "VALUES (?, ?, 'x', ?, 'done', '2026-06-01T00:00:00.000000Z', 'then')",
+            (name * 64, name, meta),
+        )
     db.commit()
     db.close()
     with Journal(path) as journal:
         assert journal.migrations_applied == ["m007_captured_at"]
         dates = {r.path: r.captured_at for r in journal.captures.in_states()}
-    assert dates == {"a": "2026-01-31T09:30:00Z", "b": "2024-03-05", "c": "2026-06-01T00:00:00.000000Z",
-                     "d": "2026-06-01T00:00:00.000000Z"}  # fmt: skip
+    assert dates == {
+        "a": "2026-01-31T09:30:00Z",
+        "b": "2024-03-05",
+        "c": "2026-06-01T00:00:00.000000Z",
+        "d": "2026-06-01T00:00:00.000000Z",
+    }
 
 
 def test_captured_at_is_fixed_at_first_enqueue(tmp_path: Path) -> None:

@@ -107,9 +107,7 @@ def import_edges(modules: dict[str, Path]) -> list[Edge]:
 
 def entry_of(module: str) -> str | None:
     """The most specific LAYERS entry covering `module`."""
-    covering = [
-        e for layer in LAYERS for e in layer if module == e or (e != SURFACE and module.startswith(e + "."))
-    ]
+    covering = [e for layer in LAYERS for e in layer if module == e or (e != SURFACE and module.startswith(e + "."))]
     return max(covering, key=len, default=None)
 
 

@@ -76,9 +76,15 @@ def test_only_credential_keys_are_masked() -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream=stream)
     get_logger("t").info(
-        "bench_model_done", tokens_per_second=42.5, prompt_tokens=100, author="me",
-        neo4j_password="p", auth_token="t", apiKey="k", credentials="c",
-    )  # fmt: skip
+        "bench_model_done",
+        tokens_per_second=42.5,
+        prompt_tokens=100,
+        author="me",
+        neo4j_password="p",
+        auth_token="t",
+        apiKey="k",
+        credentials="c",
+    )
     record = json.loads(stream.getvalue())
     assert record["tokens_per_second"] == 42.5
     assert record["prompt_tokens"] == 100

@@ -14,8 +14,9 @@ from membrane.resolve import CaptureFacts, ResolvedEntity, ResolvedRelationship
 from membrane.schema import RELATION_PATTERN, is_relation_type, normalize_relation, relation_pattern
 
 
-def _capture(sha: str, at: str, model: str, names: dict[str, tuple[str, ...]],
-             rels: tuple[tuple[str, str, str], ...] = ()) -> CaptureFacts:  # fmt: skip
+def _capture(
+    sha: str, at: str, model: str, names: dict[str, tuple[str, ...]], rels: tuple[tuple[str, str, str], ...] = ()
+) -> CaptureFacts:
     return CaptureFacts(
         sha256=sha * 64,
         path=f"{sha}.md",
@@ -47,9 +48,10 @@ def test_the_newest_source_names_the_model() -> None:
     """A relationship lists every supporting capture; its model is its newest source's, not the last one given."""
     merged = merge_facts([NEW, OLD])
     assert merged.relationships == (
-        MergedRelationship("pi", "LOCATED_IN", "lab", (OLD.sha256, NEW.sha256), OLD.ingested_at, NEW.ingested_at,
-                           "replay:a"),
-    )  # fmt: skip
+        MergedRelationship(
+            "pi", "LOCATED_IN", "lab", (OLD.sha256, NEW.sha256), OLD.ingested_at, NEW.ingested_at, "replay:a"
+        ),
+    )
 
 
 def test_a_tie_in_time_goes_to_the_greater_model_name() -> None:

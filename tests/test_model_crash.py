@@ -57,8 +57,11 @@ def test_crashing_capture_fails_with_the_crash_while_the_daemon_goes_on(
         (inbox / name).write_text(text, encoding="utf-8")
     sidecar = settings.inbox.failed / "boom.txt.error.json"
     processed = settings.inbox.processed
-    wait_for(lambda: sidecar.exists() and (processed / "alice.txt").exists() and (processed / "carol.txt").exists(),
-             180, "two captures done and the crashing one failed")
+    wait_for(
+        lambda: sidecar.exists() and (processed / "alice.txt").exists() and (processed / "carol.txt").exists(),
+        180,
+        "two captures done and the crashing one failed",
+    )
     assert daemon.healthy()
     failure = json.loads(sidecar.read_text(encoding="utf-8"))
     assert failure["stage"] == "extract" and failure["error"] == "ModelCrashed"

@@ -32,8 +32,13 @@ def script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def second_rig(tmp_path: Path, ollama_server: OllamaServer) -> Iterator[dict[str, str]]:
     """The environment of a second rig on a free port (only SmolLM2 imported); stopped afterwards."""
-    env = {**os.environ, "OLLAMA_RIG_DIR": str(tmp_path / "rig"), "OLLAMA_PORT": str(free_port()),
-           "OLLAMA_LOCAL_MODELS": "smollm2-135m", "PYTHON": sys.executable}  # fmt: skip
+    env = {
+        **os.environ,
+        "OLLAMA_RIG_DIR": str(tmp_path / "rig"),
+        "OLLAMA_PORT": str(free_port()),
+        "OLLAMA_LOCAL_MODELS": "smollm2-135m",
+        "PYTHON": sys.executable,
+    }
     built = script(env, "build")
     if built.returncode != 0 or "building" in built.stderr:
         pytest.fail(f"the cached Ollama binary was missing or failed: {built.stderr[-500:]}", pytrace=False)

@@ -49,14 +49,18 @@ def _counts(settings: Settings) -> dict[str, int]:
 
 
 def test_neo4j_outage_mid_stream_loses_nothing(
-    controllable_rig: None, make_settings: Callable[..., Settings], tmp_path: Path,
-    neo4j_driver: Any, neo4j_settings: dict[str, Any],
+    controllable_rig: None,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    neo4j_driver: Any,
+    neo4j_settings: dict[str, Any],
 ) -> None:
     """With Neo4j stopped, captures are extracted and wait in the journal; after the restart all are projected once."""
     neo4j_driver.execute_query("MATCH (n) WHERE NOT n:MembraneMigration DETACH DELETE n")
     before, during = 4, 8
-    settings = make_settings(**settings_sections(tmp_path, replay_for(before + during, tmp_path / "r.jsonl"),
-                                                 neo4j=neo4j_settings))
+    settings = make_settings(
+        **settings_sections(tmp_path, replay_for(before + during, tmp_path / "r.jsonl"), neo4j=neo4j_settings)
+    )
     inbox = settings.inbox.path
     inbox.mkdir(parents=True)
     daemon = Daemon(settings, notifier=Notifier(""), install_signals=False)

@@ -154,7 +154,9 @@ def test_extraction_failure_goes_to_failed_with_model(make_settings: Callable[..
     assert sidecar["stage"] == "extract" and sidecar["model"] == "replay:recorded" and sidecar["hint"]
 
 
-def test_edit_retracts_the_old_version_in_journal_only_mode(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+def test_edit_retracts_the_old_version_in_journal_only_mode(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     """New bytes at a known path replace the old version: the export holds only the new facts."""
     settings = _settings(make_settings, tmp_path)
     path = settings.inbox.path / "same-name.txt"
@@ -218,7 +220,7 @@ def _run_cypher_script(driver: Any, lines: list[str]) -> None:
     params: dict[str, Any] = {}
     for line in lines:
         if line.startswith(":param "):
-            name, _, literal = line[len(":param "):].partition(" => ")
+            name, _, literal = line[len(":param ") :].partition(" => ")
             # The literal is evaluated by Neo4j itself: a broken escape would fail or change the value.
             params[name] = driver.execute_query(f"RETURN {literal} AS value").records[0]["value"]
         else:
@@ -226,11 +228,14 @@ def _run_cypher_script(driver: Any, lines: list[str]) -> None:
 
 
 @pytest.mark.neo4j
-def test_cypher_export_rebuilds_the_synced_graph(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                 neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+def test_cypher_export_rebuilds_the_synced_graph(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """Running the Cypher export on an empty database gives the graph sync writes, hostile names included."""
-    output = {"entities": [{"name": HOSTILE, "role": "subject"}, {"name": "Paris", "role": "object"}],
-              "relationships": [{"source": HOSTILE, "relation": "lives in", "target": "Paris"}]}
+    output = {
+        "entities": [{"name": HOSTILE, "role": "subject"}, {"name": "Paris", "role": "object"}],
+        "relationships": [{"source": HOSTILE, "relation": "lives in", "target": "Paris"}],
+    }
     note_text = f"{HOSTILE} lives in Paris."  # the names are in the text, so grounding keeps them
     replay = replay_for(3, tmp_path / "replay.jsonl", extra=[(note_text, json.dumps(output))])
     settings = make_settings(**settings_sections(tmp_path, replay, neo4j=neo4j_settings))
@@ -248,8 +253,9 @@ def test_cypher_export_rebuilds_the_synced_graph(make_settings: Callable[..., Se
 
 
 @pytest.mark.neo4j
-def test_sync_rebuilds_a_wiped_database(make_settings: Callable[..., Settings], tmp_path: Path,
-                                        neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+def test_sync_rebuilds_a_wiped_database(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """`sync` projects the journal into an empty database, idempotently, and drops captures it no longer holds."""
     settings = make_settings(**settings_sections(tmp_path, replay_for(6, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
     _drop(settings, range(6))
@@ -267,8 +273,9 @@ def test_sync_rebuilds_a_wiped_database(make_settings: Callable[..., Settings], 
 
 
 @pytest.mark.neo4j
-def test_edit_replaces_the_old_version_in_the_graph(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                    neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+def test_edit_replaces_the_old_version_in_the_graph(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """Editing a capture retracts the facts only the old version supported."""
     settings = make_settings(**settings_sections(tmp_path, replay_for(3, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
     settings.inbox.path.mkdir(parents=True)
@@ -289,7 +296,8 @@ def _replay_settings(make_settings: Callable[..., Settings], tmp_path: Path, cou
 
 
 def test_a_misconfigured_model_keeps_the_capture_queued(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    """A champion whose backend does not exist leaves the capture queued with the error instead of killing the worker."""
+    """A champion whose backend does not exist leaves the capture queued with the error instead of killing the
+    worker."""
     settings = _replay_settings(make_settings, tmp_path, 1)
     path = settings.inbox.path / note(0)[0]
     path.write_text(note(0)[1], encoding="utf-8")
@@ -306,7 +314,8 @@ def test_a_misconfigured_model_keeps_the_capture_queued(make_settings: Callable[
 
 
 def test_a_file_deleted_while_queued_is_released(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
-    """A file deleted after the inbox handed it out leaves the inbox idle, and a new file under its name is handed out."""
+    """A file deleted after the inbox handed it out leaves the inbox idle, and a new file under its name is
+    handed out."""
     settings = _replay_settings(make_settings, tmp_path, 2)
     path = settings.inbox.path / note(0)[0]
     path.write_text(note(0)[1], encoding="utf-8")
@@ -324,8 +333,9 @@ def test_a_file_deleted_while_queued_is_released(make_settings: Callable[..., Se
 
 
 @pytest.mark.neo4j
-def test_recover_finishes_a_retraction_the_graph_missed(make_settings: Callable[..., Settings], tmp_path: Path,
-                                                        neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
+def test_recover_finishes_a_retraction_the_graph_missed(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """A capture retracted in the journal but still in the graph (a crash between the two) is removed at start-up."""
     settings = make_settings(**settings_sections(tmp_path, replay_for(2, tmp_path / "r.jsonl"), neo4j=neo4j_settings))
     settings.inbox.path.mkdir(parents=True)

@@ -17,8 +17,11 @@ pytestmark = [pytest.mark.neo4j, pytest.mark.model, pytest.mark.slow]
 
 
 def test_real_tiny_model_capture_reaches_the_graph(
-    make_settings: Callable[..., Settings], tmp_path: Path, tiny_model_path: Path,
-    neo4j: Any, neo4j_settings: dict[str, Any],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    tiny_model_path: Path,
+    neo4j: Any,
+    neo4j_settings: dict[str, Any],
 ) -> None:
     """SmolLM2 extracts a valid Extraction for a real note, and the capture is projected with provenance."""
     settings = make_settings(

@@ -33,11 +33,19 @@ from membrane.score import CaseScore, Counts, Scores
 def table(rows: list[tuple[int, int, int, int, int, int]], valid: list[bool] | None = None) -> Scores:
     """Scores from per-case (entity tp, fp, fn, relationship tp, fp, fn) rows."""
     valid = valid or [True] * len(rows)
-    return Scores(cases=tuple(
-        CaseScore(id=f"c{i:02d}", valid=ok, first_attempt_valid=ok, entities=Counts(*row[:3]),
-                  relationships=Counts(*row[3:]), relaxed=Counts(*row[3:]))
-        for i, (row, ok) in enumerate(zip(rows, valid, strict=True))
-    ))  # fmt: skip
+    return Scores(
+        cases=tuple(
+            CaseScore(
+                id=f"c{i:02d}",
+                valid=ok,
+                first_attempt_valid=ok,
+                entities=Counts(*row[:3]),
+                relationships=Counts(*row[3:]),
+                relaxed=Counts(*row[3:]),
+            )
+            for i, (row, ok) in enumerate(zip(rows, valid, strict=True))
+        )
+    )
 
 
 MEDIOCRE = [(2, 1, 1, 1, 1, 1)] * 40  # entity F1 0.667, relationship F1 0.5
@@ -70,8 +78,10 @@ def test_clear_win_promotes(settings: Settings) -> None:
 
 
 def _two_sets(cases: int) -> dict[str, frozenset[str]]:
-    return {"gold": frozenset(f"c{i:02d}" for i in range(cases)),
-            "real": frozenset(f"c{i:02d}" for i in range(cases, 2 * cases))}  # fmt: skip
+    return {
+        "gold": frozenset(f"c{i:02d}" for i in range(cases)),
+        "real": frozenset(f"c{i:02d}" for i in range(cases, 2 * cases)),
+    }
 
 
 def test_a_win_on_one_set_alone_is_not_promoted(settings: Settings) -> None:
@@ -90,8 +100,9 @@ def test_sets_count_the_same_and_are_resampled_apart(settings: Settings) -> None
     champion = table(MEDIOCRE + MEDIOCRE[:10])
     challenger = table(STRONG + MEDIOCRE[:10])
     sets = {"gold": frozenset(f"c{i:02d}" for i in range(40)), "real": frozenset(f"c{i:02d}" for i in range(40, 50))}
-    observed, lower = bootstrap_improvement(champion, challenger, settings.bench.weights, samples=500,
-                                            confidence=0.95, sets=sets)  # fmt: skip
+    observed, lower = bootstrap_improvement(
+        champion, challenger, settings.bench.weights, samples=500, confidence=0.95, sets=sets
+    )
     full = 0.4 * (1 - 2 / 3) + 0.5 * (1 - 0.5)
     assert observed == pytest.approx(full / 2)
     assert lower == pytest.approx(full / 2)  # the real set shows no difference on any resample
@@ -123,11 +134,16 @@ def test_metric_floor_is_a_gate(make_settings: Callable[..., Settings]) -> None:
 
 def test_bootstrap_is_deterministic_and_paired(settings: Settings) -> None:
     """The same tables always give the same bound; identical models give an improvement of exactly 0."""
-    first = bootstrap_improvement(table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95)
-    again = bootstrap_improvement(table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95)
+    first = bootstrap_improvement(
+        table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95
+    )
+    again = bootstrap_improvement(
+        table(MEDIOCRE), table(noisy(5, 1)), settings.bench.weights, samples=500, confidence=0.95
+    )
     assert first == again
-    assert bootstrap_improvement(table(noisy(5, 1)), table(noisy(5, 1)), {"entity_f1": 1.0},
-                                 samples=200, confidence=0.95) == (0.0, 0.0)  # fmt: skip
+    assert bootstrap_improvement(
+        table(noisy(5, 1)), table(noisy(5, 1)), {"entity_f1": 1.0}, samples=200, confidence=0.95
+    ) == (0.0, 0.0)
 
 
 def test_unknown_metric_in_weights_is_a_config_error(make_settings: Callable[..., Settings]) -> None:
@@ -143,8 +159,9 @@ def test_promotion_is_recorded_with_evidence_and_requeues_failures(settings: Set
     journal.captures.enqueue("a" * 64, "inbox/a.txt", "some text")
     assert journal.claims.claim() is not None
     journal.captures.fail("a" * 64, stage="extract", reason="no valid extraction")
-    decision = decide(table(MEDIOCRE), table(STRONG), settings, champion="embedded:smollm2-135m",
-                      challenger="embedded:gemma3-270m")  # fmt: skip
+    decision = decide(
+        table(MEDIOCRE), table(STRONG), settings, champion="embedded:smollm2-135m", challenger="embedded:gemma3-270m"
+    )
     assert apply_decision(decision, settings, journal) == 1
     assert journal.models.last_promotion() == ModelRef("embedded", "gemma3-270m")
     record = journal.models.promotions(1)[0]
@@ -196,7 +213,10 @@ def test_manual_promotion_judges_a_scores_table(settings: Settings, journal: Jou
 
 def test_policy_modules_do_not_load_the_capture_pipeline() -> None:
     """Importing bench and promote loads neither the pipeline nor the inbox."""
-    code = "import sys, membrane.bench, membrane.promote; print(sorted(m for m in sys.modules if m.startswith('membrane.')))"
+    code = (
+        "import sys, membrane.bench, membrane.promote; "
+        "print(sorted(m for m in sys.modules if m.startswith('membrane.')))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "membrane.promote" in loaded and "membrane.pipeline" not in loaded and "membrane.inbox" not in loaded
 
@@ -232,8 +252,14 @@ def _record_run(tmp_path: Path, challenger_rows: list[tuple[int, int, int, int, 
         ModelRun(model="embedded:smollm2-135m", status="ok", scores=table(MEDIOCRE), latencies=(1.0,)),
         ModelRun(model="embedded:gemma3-270m", status="ok", scores=table(challenger_rows), latencies=(2.0,)),
     )
-    report = BenchReport(created_at="2026-01-01T00:00:00Z", eval_file="gold.jsonl", eval_sha256="0" * 64, cases=40,
-                         champion="embedded:smollm2-135m", runs=runs)  # fmt: skip
+    report = BenchReport(
+        created_at="2026-01-01T00:00:00Z",
+        eval_file="gold.jsonl",
+        eval_sha256="0" * 64,
+        cases=40,
+        champion="embedded:smollm2-135m",
+        runs=runs,
+    )
     with Journal(tmp_path / "journal.sqlite3") as journal:
         journal.models.record_bench_run(report.model_dump(mode="json"))
 

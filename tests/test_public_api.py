@@ -81,16 +81,14 @@ def test_type_checkers_see_the_same_names() -> None:
     tree = ast.parse((ROOT / "membrane" / "__init__.py").read_text(encoding="utf-8"))
     guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
     imported = {
-        alias.name: node.module
-        for node in guarded.body
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
+        alias.name: node.module for node in guarded.body if isinstance(node, ast.ImportFrom) for alias in node.names
     }
     assert imported == membrane._HOME_OF
 
 
 def test_import_is_light() -> None:
-    """`import membrane` loads no submodule and neither the Neo4j driver, numpy nor torch; a name loads only its home."""
+    """`import membrane` loads no submodule and neither the Neo4j driver, numpy nor torch; a name loads only its
+    home."""
     code = (
         "import sys, membrane; before = set(sys.modules); membrane.Settings; after = set(sys.modules);"
         "print(sorted(m for m in before if m.split('.')[0] in ('membrane', 'neo4j', 'numpy', 'torch')));"
@@ -112,12 +110,28 @@ def test_wheel_ships_the_package_with_py_typed(tmp_path: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("membrane", "migrations"):
         shutil.copytree(ROOT / name, source / name, ignore=ignore)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-               "-w", str(tmp_path / "dist"), str(source)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        "-w",
+        str(tmp_path / "dist"),
+        str(source),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     (wheel,) = (tmp_path / "dist").glob("membrane-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("membrane/__init__.py", "membrane/py.typed", "membrane/promote.py", "membrane/backends/__init__.py",
-                 "membrane/train/__init__.py"):  # fmt: skip
+    for path in (
+        "membrane/__init__.py",
+        "membrane/py.typed",
+        "membrane/promote.py",
+        "membrane/backends/__init__.py",
+        "membrane/train/__init__.py",
+    ):
         assert path in names, path
     assert any(n.startswith("membrane/prompts/") and n.endswith(".txt") for n in names)

@@ -1,4 +1,5 @@
-"""The canonical relation vocabulary: its file is consistent, and validation folds synonyms and turns inverse forms around."""
+"""The canonical relation vocabulary: its file is consistent, and validation folds synonyms and turns inverse
+forms around."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ def test_inverse_forms_are_turned_around() -> None:
     """(A, FOUNDED_BY, B) is stored as (B, FOUNDED, A), and the endpoints stay entities."""
     rules = ExtractionRules(relation_inverses={"founded by": "FOUNDED"})
     extraction = Extraction.parse(
-        {"entities": [{"name": "Acme", "role": "subject"}, {"name": "Ada", "role": "object"}],
-         "relationships": [{"source": "Acme", "relation": "FOUNDED_BY", "target": "Ada"}]},
+        {
+            "entities": [{"name": "Acme", "role": "subject"}, {"name": "Ada", "role": "object"}],
+            "relationships": [{"source": "Acme", "relation": "FOUNDED_BY", "target": "Ada"}],
+        },
         rules,
     )
     assert _triples(extraction) == {("Ada", "FOUNDED", "Acme")}
@@ -38,15 +41,19 @@ def test_canonical_settings_fold_synonyms_and_inverses(make_settings: Callable[.
     """With the default relations = "canonical", a synonym, a spelling and a passive all land on canonical types."""
     rules = make_settings().extraction.rules().unbounded()
     extraction = Extraction.parse(
-        {"relationships": [
-            {"source": "Restic", "relation": "requires", "target": "Go"},
-            {"source": "Kleopatra", "relation": "DEVELOPED_BY", "target": "KDE"},
-            {"source": "Acme", "relation": "headquartered in", "target": "Berlin"},
-        ]},
+        {
+            "relationships": [
+                {"source": "Restic", "relation": "requires", "target": "Go"},
+                {"source": "Kleopatra", "relation": "DEVELOPED_BY", "target": "KDE"},
+                {"source": "Acme", "relation": "headquartered in", "target": "Berlin"},
+            ]
+        },
         rules,
     )
     assert _triples(extraction) == {
-        ("Restic", "DEPENDS_ON", "Go"), ("KDE", "DEVELOPS", "Kleopatra"), ("Acme", "LOCATED_IN", "Berlin"),
+        ("Restic", "DEPENDS_ON", "Go"),
+        ("KDE", "DEVELOPS", "Kleopatra"),
+        ("Acme", "LOCATED_IN", "Berlin"),
     }
 
 
@@ -54,8 +61,12 @@ def test_open_relations_keep_the_models_words(make_settings: Callable[..., Setti
     """relations = "open" folds nothing but the user's own synonyms."""
     settings = make_settings(extraction={"relations": "open", "relation_synonyms": {"HOSTED_ON": "RUNS_ON"}})
     extraction = Extraction.parse(
-        {"relationships": [{"source": "A", "relation": "DEVELOPED_BY", "target": "B"},
-                           {"source": "C", "relation": "HOSTED_ON", "target": "D"}]},
+        {
+            "relationships": [
+                {"source": "A", "relation": "DEVELOPED_BY", "target": "B"},
+                {"source": "C", "relation": "HOSTED_ON", "target": "D"},
+            ]
+        },
         settings.extraction.rules(),
     )
     assert _triples(extraction) == {("A", "DEVELOPED_BY", "B"), ("C", "RUNS_ON", "D")}

@@ -21,16 +21,26 @@ pytestmark = pytest.mark.slow
 def _run(script: str, *args: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     import os
 
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def _neo4j_env(server: Any) -> dict[str, str]:
     """The test Neo4j as the scripts read it (faults_support.neo4j_from_env), with no password file."""
-    return {"MEMBRANE_TEST_NEO4J_URI": server.uri, "MEMBRANE_TEST_NEO4J_USER": server.user,
-            "MEMBRANE_TEST_NEO4J_PASSWORD": server.password, "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}
+    return {
+        "MEMBRANE_TEST_NEO4J_URI": server.uri,
+        "MEMBRANE_TEST_NEO4J_USER": server.user,
+        "MEMBRANE_TEST_NEO4J_PASSWORD": server.password,
+        "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": "",
+    }
 
 
 def test_fuzz_inputs_reports_every_target_and_no_broken_contract() -> None:
@@ -49,12 +59,16 @@ def test_convert_formats_scores_every_candidate() -> None:
 
 
 @pytest.mark.neo4j
-@pytest.mark.parametrize("script,args", [
-    ("faults_volume.py", ["--captures", "20", "--duplicates", "2", "--rewritten", "2"]),
-    ("faults_model.py", ["--captures", "20"]),
-])
-def test_fault_scripts_report_nothing_lost_or_doubled(neo4j: object, neo4j_server: Any, script: str,
-                                                     args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "script,args",
+    [
+        ("faults_volume.py", ["--captures", "20", "--duplicates", "2", "--rewritten", "2"]),
+        ("faults_model.py", ["--captures", "20"]),
+    ],
+)
+def test_fault_scripts_report_nothing_lost_or_doubled(
+    neo4j: object, neo4j_server: Any, script: str, args: list[str]
+) -> None:
     """The fault benchmarks run end to end against the test Neo4j and report 0 lost, 0 duplicated, no diff."""
     figures = _run(script, *args, env=_neo4j_env(neo4j_server))[-1]
     assert figures["ok"] and figures["lost"] == 0 and figures["duplicated_facts"] == 0

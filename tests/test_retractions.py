@@ -33,8 +33,9 @@ def _dead_uri() -> str:
     return f"bolt://127.0.0.1:{port}"
 
 
-def _ingested(make_settings: Callable[..., Settings], tmp_path: Path, neo4j_settings: dict[str, Any],
-              count: int = 2) -> tuple[Settings, Settings]:
+def _ingested(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j_settings: dict[str, Any], count: int = 2
+) -> tuple[Settings, Settings]:
     """Settings for the live Neo4j and for a dead one, after `count` notes were ingested into the live one."""
     sections = settings_sections(tmp_path, replay_for(count, tmp_path / "r.jsonl"), neo4j=neo4j_settings)
     live = make_settings(**sections)
@@ -66,7 +67,8 @@ def _retract_during_outage(dead: Settings, journal: Journal) -> str:
 def test_a_retraction_during_an_outage_is_retried_when_neo4j_returns(
     make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
 ) -> None:
-    """A retraction whose graph half fails in an outage stays pending, and project_due finishes it once Neo4j answers."""
+    """A retraction whose graph half fails in an outage stays pending, and project_due finishes it once Neo4j
+    answers."""
     live, dead = _ingested(make_settings, tmp_path, neo4j_settings)
     with Journal(live.journal.path) as journal:
         sha = _retract_during_outage(dead, journal)
@@ -87,7 +89,8 @@ def test_a_retraction_during_an_outage_is_retried_when_neo4j_returns(
 def test_a_pending_retraction_survives_a_restart(
     make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
 ) -> None:
-    """A retraction left pending by an outage is in the journal after a restart, and recover() carries it to the graph."""
+    """A retraction left pending by an outage is in the journal after a restart, and recover() carries it to the
+    graph."""
     live, dead = _ingested(make_settings, tmp_path, neo4j_settings)
     with Journal(live.journal.path) as journal:
         sha = _retract_during_outage(dead, journal)
@@ -106,13 +109,15 @@ def test_a_pending_retraction_survives_a_restart(
 def test_forget_during_an_outage_says_so_and_the_daemon_finishes_it(
     make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
 ) -> None:
-    """`forget` with Neo4j down retracts in the journal, exits 1 naming the outage, and the next pass removes the facts."""
+    """`forget` with Neo4j down retracts in the journal, exits 1 naming the outage, and the next pass removes
+    the facts."""
     live, dead = _ingested(make_settings, tmp_path, neo4j_settings)
     config = tmp_path / "dead.toml"
     sections = settings_sections(tmp_path, tmp_path / "r.jsonl", neo4j={**neo4j_settings, "uri": dead.neo4j.uri})
     config.write_text(toml_text(sections), encoding="utf-8")
-    result = CliRunner().invoke(main, ["--config", str(config), "forget", str(live.inbox.path / "processed" /
-                                                                            note(0)[0])])
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "forget", str(live.inbox.path / "processed" / note(0)[0])]
+    )
     assert result.exit_code == 1 and "Neo4j is unavailable" in result.output
     assert len(_graph_paths(neo4j)) == 2
     with Journal(live.journal.path) as journal:
@@ -153,8 +158,11 @@ def test_an_old_journal_opens_with_its_retractions_pending(tmp_path: Path) -> No
         migration(db)
         db.execute("INSERT INTO _migrations VALUES (?, 'then')", (migration.__name__.lstrip("_"),))
     for sha, state in (("a" * 64, "retracted"), ("b" * 64, "done")):
-        db.execute("INSERT INTO captures (sha256, path, text, state, ingested_at, updated_at) "
-                   "VALUES (?, ?, 'x', ?, 'then', 'then')", (sha, f"{state}.txt", state))
+        db.execute(
+            "INSERT INTO captures (sha256, path, text, state, ingested_at, updated_at) "
+            "VALUES (?, ?, 'x', ?, 'then', 'then')",
+            (sha, f"{state}.txt", state),
+        )
     db.commit()
     db.close()
     with Journal(path) as journal:

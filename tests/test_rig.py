@@ -41,8 +41,6 @@ def test_tiny_model_generates(tiny_model_path: Path) -> None:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(tiny_model_path), n_ctx=512, verbose=False, seed=0)
-    out = llm.create_chat_completion(
-        messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
-    )
+    out = llm.create_chat_completion(messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] > 0
     assert out["choices"][0]["message"]["content"].strip()

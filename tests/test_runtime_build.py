@@ -72,13 +72,15 @@ def test_installed_llama_cpp_is_the_portable_wheel() -> None:
     direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
     url = direct_url.get("url", "")
     assert "/membrane/wheels/llama-cpp-python-" in url, (
-        f"llama-cpp-python came from {url or 'an index'}; reinstall it with scripts/llama-wheel install .venv/bin/python"
+        f"llama-cpp-python came from {url or 'an index'}; "
+        "reinstall it with scripts/llama-wheel install .venv/bin/python"
     )
 
 
 def test_compiled_features_exclude_amx_and_fit_this_cpu() -> None:
     """llama.cpp's own system info shows no AMX kernels and no AVX-512 on a CPU without it."""
     import llama_cpp
+
     info = llama_cpp.llama_print_system_info().decode()
     assert "AMX" not in info, info
     if "avx512f" not in _cpu_flags():

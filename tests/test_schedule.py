@@ -54,8 +54,9 @@ def test_interval_and_missing_or_bad_schedules(make_settings: Callable[..., Sett
         assert info.value.key == "bench.schedule"
 
 
-def test_interval_fires_one_run_at_a_time_and_skips_while_busy(make_settings: Callable[..., Settings],
-                                                               journal: Journal) -> None:  # fmt: skip
+def test_interval_fires_one_run_at_a_time_and_skips_while_busy(
+    make_settings: Callable[..., Settings], journal: Journal
+) -> None:
     """A ~1 s interval fires on its own, with max_instances=1 and coalescing; while busy it runs no bench."""
     settings = make_settings(bench={"interval_hours": 0.0003})
     scheduler = BenchScheduler(settings, journal, is_idle=lambda: False)
@@ -72,18 +73,25 @@ def test_interval_fires_one_run_at_a_time_and_skips_while_busy(make_settings: Ca
 
 
 @pytest.mark.slow
-def test_scheduled_promotion_applies_to_the_daemons_next_capture(make_settings: Callable[..., Settings],
-                                                                  tmp_path: Path) -> None:  # fmt: skip
-    """The daemon's scheduler benches, promotes the clear winner, and the next capture is extracted with it, no restart."""
+def test_scheduled_promotion_applies_to_the_daemons_next_capture(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The daemon's scheduler benches, promotes the clear winner, and the next capture is extracted with it, no
+    restart."""
     gold = same_answer_gold(tmp_path / "gold.jsonl", 12)
     with FakeOllama() as ollama:
         ollama.add_scripted("good:1b", [json.dumps(REFERENCE)])
         ollama.add_scripted("bad:1b", ['{"entities": [], "relationships": []}'])
         settings = make_settings(
             model={"backend": "ollama", "name": "bad:1b", "ollama_host": ollama.url},
-            bench={"eval_files": [gold], "interval_hours": 1000, "candidates": ["ollama:good:1b"],
-                   "include_embedded": False, "bootstrap_samples": 500},
-        )  # fmt: skip
+            bench={
+                "eval_files": [gold],
+                "interval_hours": 1000,
+                "candidates": ["ollama:good:1b"],
+                "include_embedded": False,
+                "bootstrap_samples": 500,
+            },
+        )
         daemon = Daemon(settings, install_signals=False)
         daemon.start()
         try:

@@ -74,8 +74,20 @@ def test_gold_set_has_at_least_60_valid_cases() -> None:
 def test_gold_set_covers_the_required_kinds_of_text() -> None:
     """The gold set has each required kind of text, several cases of each."""
     tags = [t for c in load_gold(GOLD_FILE) for t in c.tags]
-    for tag in ("plain", "several-facts", "coreference", "list", "negation", "punctuation", "version",
-                "people", "org", "personal", "infra", "long"):  # fmt: skip
+    for tag in (
+        "plain",
+        "several-facts",
+        "coreference",
+        "list",
+        "negation",
+        "punctuation",
+        "version",
+        "people",
+        "org",
+        "personal",
+        "infra",
+        "long",
+    ):
         assert tags.count(tag) >= 3 or (tag == "long" and tags.count(tag) >= 2), tag
 
 
@@ -101,30 +113,39 @@ def test_negated_facts_are_not_labelled() -> None:
 
 def test_perfect_prediction_scores_one() -> None:
     """A prediction equal to the gold gets precision, recall and F1 of 1."""
-    score = score_case(REFERENCE, predicted(
-        ["Docker", "Kubernetes cluster", "DevOps team"],
-        [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("DevOps team", "MANAGES", "Kubernetes cluster")],
-    ))  # fmt: skip
+    score = score_case(
+        REFERENCE,
+        predicted(
+            ["Docker", "Kubernetes cluster", "DevOps team"],
+            [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("DevOps team", "MANAGES", "Kubernetes cluster")],
+        ),
+    )
     assert (score.entities, score.relationships, score.relaxed) == (Counts(3, 0, 0), Counts(2, 0, 0), Counts(2, 0, 0))
     assert score.valid and score.first_attempt_valid
 
 
 def test_case_whitespace_and_article_differences_match() -> None:
     """Names differing in case, spacing or a leading article, and relations in any spelling, still match."""
-    score = score_case(REFERENCE, predicted(
-        ["docker", "  the kubernetes   CLUSTER ", "Devops Team"],
-        [("DOCKER", "deployed on", "Kubernetes  Cluster"), ("devops team", "manages", "the Kubernetes cluster")],
-    ))  # fmt: skip
+    score = score_case(
+        REFERENCE,
+        predicted(
+            ["docker", "  the kubernetes   CLUSTER ", "Devops Team"],
+            [("DOCKER", "deployed on", "Kubernetes  Cluster"), ("devops team", "manages", "the Kubernetes cluster")],
+        ),
+    )
     assert score.entities == Counts(3, 0, 0)
     assert score.relationships == Counts(2, 0, 0)
 
 
 def test_duplicates_count_once() -> None:
     """A name or triple predicted several times is one prediction, not extra false positives."""
-    score = score_case(REFERENCE, predicted(
-        ["Docker", "docker", "Docker ", "Kubernetes cluster", "Kubernetes Cluster"],
-        [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("docker", "deployedOn", "kubernetes cluster")],
-    ))  # fmt: skip
+    score = score_case(
+        REFERENCE,
+        predicted(
+            ["Docker", "docker", "Docker ", "Kubernetes cluster", "Kubernetes Cluster"],
+            [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("docker", "deployedOn", "kubernetes cluster")],
+        ),
+    )
     assert score.entities == Counts(tp=2, fp=0, fn=1)
     assert score.relationships == Counts(tp=1, fp=0, fn=1)
     assert score.missing_entities == ("DevOps team",)
@@ -140,7 +161,9 @@ def test_empty_prediction_has_zero_recall_and_perfect_precision() -> None:
 
 def test_invalid_json_counts_as_empty_and_invalid() -> None:
     """Unparseable output is an empty prediction for F1 and invalid for both valid-JSON rates."""
-    prediction = prediction_from_record({"id": "ref", "raw": '{"entities": [{"name": "Docker"', "first_attempt_valid": True})
+    prediction = prediction_from_record(
+        {"id": "ref", "raw": '{"entities": [{"name": "Docker"', "first_attempt_valid": True}
+    )
     score = score_case(REFERENCE, prediction)
     assert not score.valid and not score.first_attempt_valid
     assert score.entities == Counts(0, 0, 3) and score.relationships == Counts(0, 0, 2)
@@ -157,7 +180,9 @@ def test_schema_violation_counts_as_invalid() -> None:
 
 def test_relationship_to_missing_entity_adds_the_entity() -> None:
     """A relationship whose endpoints are not listed adds them as entities (schema rule), so they score."""
-    score = score_case(REFERENCE, predicted([], [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("Docker", "USES", "Helm")]))
+    score = score_case(
+        REFERENCE, predicted([], [("Docker", "DEPLOYED_ON", "Kubernetes cluster"), ("Docker", "USES", "Helm")])
+    )
     assert score.entities == Counts(tp=2, fp=1, fn=1)
     assert score.spurious_entities == ("Helm",)
     assert score.relationships == Counts(tp=1, fp=1, fn=1)
@@ -165,24 +190,33 @@ def test_relationship_to_missing_entity_adds_the_entity() -> None:
 
 def test_relaxed_score_ignores_label_but_not_direction() -> None:
     """A wrong relation label is a miss strictly and a hit relaxed; a reversed edge misses both."""
-    score = score_case(REFERENCE, predicted(
-        ["Docker", "Kubernetes cluster", "DevOps team"],
-        [("Docker", "RUNS_ON", "Kubernetes cluster"), ("Kubernetes cluster", "MANAGES", "DevOps team")],
-    ))  # fmt: skip
+    score = score_case(
+        REFERENCE,
+        predicted(
+            ["Docker", "Kubernetes cluster", "DevOps team"],
+            [("Docker", "RUNS_ON", "Kubernetes cluster"), ("Kubernetes cluster", "MANAGES", "DevOps team")],
+        ),
+    )
     assert score.relationships == Counts(tp=0, fp=2, fn=2)
     assert score.relaxed == Counts(tp=1, fp=1, fn=1)
 
 
 def test_micro_average_and_valid_json_rates_over_cases() -> None:
     """Metrics sum counts over all cases (micro); repaired answers are valid but not first-attempt valid."""
-    other = GoldCase("two", "Maria works at Siemens.", Extraction.parse(
-        {"relationships": [{"source": "Maria", "relation": "WORKS_AT", "target": "Siemens"}]}))  # fmt: skip
+    other = GoldCase(
+        "two",
+        "Maria works at Siemens.",
+        Extraction.parse({"relationships": [{"source": "Maria", "relation": "WORKS_AT", "target": "Siemens"}]}),
+    )
     predictions = {
         # ref: 3 entities found of 3 plus 1 wrong; 1 of 2 relationships; repaired
-        "ref": predicted(["Docker", "Kubernetes cluster", "DevOps team", "Helm"],
-                         [("Docker", "DEPLOYED_ON", "Kubernetes cluster")], first_attempt_valid=False),
+        "ref": predicted(
+            ["Docker", "Kubernetes cluster", "DevOps team", "Helm"],
+            [("Docker", "DEPLOYED_ON", "Kubernetes cluster")],
+            first_attempt_valid=False,
+        ),
         # two: missing (no prediction at all)
-    }  # fmt: skip
+    }
     scores = score_predictions([REFERENCE, other], predictions)
     metrics = scores.metrics()
     assert scores.entity == Counts(tp=3, fp=1, fn=2)  # Maria and Siemens missed
@@ -226,11 +260,16 @@ def test_score_command_prints_table_and_json(tmp_path: Path) -> None:
     """`membrane score GOLD PRED` prints the metrics table; --json gives metrics and per-case details."""
     gold = tmp_path / "gold.jsonl"
     gold.write_text(GOLD_FILE.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-    pred = _write_pred(tmp_path / "pred.jsonl", [{
-        "id": "g001",
-        "raw": '```json\n{"entities": [{"name": "Docker", "role": "subject"}], "relationships": '
-               '[{"source": "Docker", "relation": "deployed on", "target": "Kubernetes cluster"}]}\n```',
-    }])  # fmt: skip
+    pred = _write_pred(
+        tmp_path / "pred.jsonl",
+        [
+            {
+                "id": "g001",
+                "raw": '```json\n{"entities": [{"name": "Docker", "role": "subject"}], "relationships": '
+                '[{"source": "Docker", "relation": "deployed on", "target": "Kubernetes cluster"}]}\n```',
+            }
+        ],
+    )
     runner = CliRunner()
     result = runner.invoke(main, ["score", str(gold), str(pred)])
     assert result.exit_code == 0, result.output
@@ -260,18 +299,32 @@ def test_load_predictions_rejects_duplicate_ids(tmp_path: Path) -> None:
 def test_missed_relationships_are_classed_by_why() -> None:
     """Each missed gold relationship is in one class: another label on the same ordered pair, the
     pair only reversed, an endpoint entity missing, or both entities found but not linked."""
-    gold = GoldCase("four", "", Extraction.parse({"relationships": [
-        {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
-        {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
-        {"source": "Grafana", "relation": "READS_FROM", "target": "Prometheus"},
-        {"source": "Anna", "relation": "LEADS", "target": "DevOps team"},
-        {"source": "Loki", "relation": "PART_OF", "target": "monitoring stack"},
-    ]}))  # fmt: skip
-    score = score_case(gold, predicted(
-        ["Docker", "Kubernetes cluster", "DevOps team", "Grafana", "Prometheus", "Anna", "Loki"],
-        [("Docker", "RUNS_ON", "Kubernetes cluster"), ("Kubernetes cluster", "MANAGED_BY", "DevOps team"),
-         ("Loki", "PART_OF", "monitoring stack")],
-    ))  # fmt: skip
+    gold = GoldCase(
+        "four",
+        "",
+        Extraction.parse(
+            {
+                "relationships": [
+                    {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+                    {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
+                    {"source": "Grafana", "relation": "READS_FROM", "target": "Prometheus"},
+                    {"source": "Anna", "relation": "LEADS", "target": "DevOps team"},
+                    {"source": "Loki", "relation": "PART_OF", "target": "monitoring stack"},
+                ]
+            }
+        ),
+    )
+    score = score_case(
+        gold,
+        predicted(
+            ["Docker", "Kubernetes cluster", "DevOps team", "Grafana", "Prometheus", "Anna", "Loki"],
+            [
+                ("Docker", "RUNS_ON", "Kubernetes cluster"),
+                ("Kubernetes cluster", "MANAGED_BY", "DevOps team"),
+                ("Loki", "PART_OF", "monitoring stack"),
+            ],
+        ),
+    )
     assert score.relationships == Counts(tp=1, fp=2, fn=4)
     assert score.relationship_misses == RelationshipMisses(label=1, reversed=1, endpoint=0, unlinked=2)
     one_entity = score_case(gold, predicted(["Docker"], []))

@@ -16,17 +16,50 @@ from membrane.journal.search import fts_query
 from membrane.search import MAX_TERMS, search_terms
 from tests.support.explore import EXAMPLE_ANSWERS, EXTRA_NOTES, HOSTILE, Stores, cli, ingest_both
 
-ENTITY_NAMES = sorted({e["name"] for a in EXAMPLE_ANSWERS.values() for e in a["entities"]}
-                      | {e["name"] for _, a in EXTRA_NOTES.values() for e in a["entities"]})  # fmt: skip
+ENTITY_NAMES = sorted(
+    {e["name"] for a in EXAMPLE_ANSWERS.values() for e in a["entities"]}
+    | {e["name"] for _, a in EXTRA_NOTES.values() for e in a["entities"]}
+)
 QUERIES = [
-    *ENTITY_NAMES, "rasp", "pi", "nas", "the raspberry pi", "alice nextcloud", "planning", "polonium paris",
-    "supplier graph", "DEPLOYED", "garage", "nextclould", "nothing matches this", "O'Brien", "12",
+    *ENTITY_NAMES,
+    "rasp",
+    "pi",
+    "nas",
+    "the raspberry pi",
+    "alice nextcloud",
+    "planning",
+    "polonium paris",
+    "supplier graph",
+    "DEPLOYED",
+    "garage",
+    "nextclould",
+    "nothing matches this",
+    "O'Brien",
+    "12",
 ]
 # Full-text syntax of both stores, and text that tries to leave a query.
 HOSTILE_QUERIES = [
-    'title:alice', "alice*", "alice~2", "alice AND NOT bob", '"unclosed', "NEAR(alice bob)", "alice OR",
-    "-alice", "+alice", "\\", "a\\\\b", "{!lucene}alice", "*:*", "x'}) DETACH DELETE n //", "$key", "`Entity`",
-    "alice) OR (bob", "name: ^alice", "[a TO z]", "alice\x00bob", "\u202ealice",
+    "title:alice",
+    "alice*",
+    "alice~2",
+    "alice AND NOT bob",
+    '"unclosed',
+    "NEAR(alice bob)",
+    "alice OR",
+    "-alice",
+    "+alice",
+    "\\",
+    "a\\\\b",
+    "{!lucene}alice",
+    "*:*",
+    "x'}) DETACH DELETE n //",
+    "$key",
+    "`Entity`",
+    "alice) OR (bob",
+    "name: ^alice",
+    "[a TO z]",
+    "alice\x00bob",
+    "\u202ealice",
 ]
 
 
@@ -43,7 +76,9 @@ def test_search_terms_cut_words_as_lucene_does() -> None:
 def test_store_queries_hold_every_word_as_a_term_only() -> None:
     """Lucene special characters are escaped and FTS5 strings quoted: a word is never syntax."""
     assert lucene_query(["a+b", "c:d", "e\\f", "*"]) == "a\\+b* AND c\\:d* AND e\\\\f* AND \\**"
-    assert lucene_query(["alice"], match="fuzzy") == "alice~" and lucene_query(["o'b", "x"], match="word") == "o'b AND x"
+    assert (
+        lucene_query(["alice"], match="fuzzy") == "alice~" and lucene_query(["o'b", "x"], match="word") == "o'b AND x"
+    )
     assert fts_query(['say "hi"', "x"]) == '"say ""hi"""* AND "x"*'
     assert fts_query(["x"], prefix=False) == '"x"'
 
@@ -81,8 +116,10 @@ def test_hits_rank_by_name_then_newest_capture(stores: Stores) -> None:
     pi = answer["entities"][0]
     assert (pi["name"], pi["match"]) == ("Raspberry Pi", "key")
     assert [(f["source"], f["type"], f["target"]) for f in pi["facts"]] == [
-        ("NAS1", "NEAR", "Raspberry Pi"), ("Debian 12", "RUNS_ON", "Raspberry Pi"),
-        ("Nextcloud", "RUNS_ON", "Raspberry Pi")]  # fmt: skip
+        ("NAS1", "NEAR", "Raspberry Pi"),
+        ("Debian 12", "RUNS_ON", "Raspberry Pi"),
+        ("Nextcloud", "RUNS_ON", "Raspberry Pi"),
+    ]
     captures = answer["captures"]
     assert sorted(c["capture"]["path"] for c in captures) == ["again.txt", "homelab.txt"]
     stamps = [c["capture"]["ingested_at"] for c in captures]
@@ -97,8 +134,9 @@ def test_hits_rank_by_name_then_newest_capture(stores: Stores) -> None:
 
 
 @pytest.mark.neo4j
-def test_hostile_queries_are_words_only_and_change_nothing(stores: Stores, neo4j: Any,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_hostile_queries_are_words_only_and_change_nothing(
+    stores: Stores, neo4j: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Full-text syntax and Cypher look-alikes in a query are searched as words (same answer from both
     stores, no error); Neo4j only ever receives the fixed search queries with the words as parameters."""
     from neo4j import ManagedTransaction
@@ -130,8 +168,9 @@ def test_hostile_queries_are_words_only_and_change_nothing(stores: Stores, neo4j
 
 
 @pytest.mark.neo4j
-def test_fuzzy_matching_finds_a_misspelt_name_as_ingestion_would(tmp_path: Path, neo4j: Any,
-                                                                  neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_fuzzy_matching_finds_a_misspelt_name_as_ingestion_would(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """With graph.fuzzy_threshold set, a misspelt name finds the entity first (match "fuzzy"), from both stores;
     with it off (the default) it finds nothing."""
     stores = ingest_both(tmp_path, neo4j_settings, graph={"fuzzy_threshold": 85})
@@ -141,8 +180,9 @@ def test_fuzzy_matching_finds_a_misspelt_name_as_ingestion_would(tmp_path: Path,
     first = json.loads(graph.stdout)["entities"][0]
     assert (first["name"], first["match"]) == ("Raspberry Pi", "fuzzy") and first["facts"]
     for config in (stores.journal_only, stores.neo4j):
-        config.write_text(config.read_text(encoding="utf-8").replace("fuzzy_threshold = 85", "fuzzy_threshold = 0"),
-                          encoding="utf-8")  # fmt: skip
+        config.write_text(
+            config.read_text(encoding="utf-8").replace("fuzzy_threshold = 85", "fuzzy_threshold = 0"), encoding="utf-8"
+        )
     assert json.loads(cli(stores.neo4j, "search", "raspbery pi", "--json").stdout)["entities"] == []
 
 
@@ -193,8 +233,9 @@ def test_a_query_without_words_is_a_usage_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.neo4j
-def test_captures_carry_text_title_and_date_unless_text_storage_is_off(tmp_path: Path, neo4j: Any,
-                                                                       neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_captures_carry_text_title_and_date_unless_text_storage_is_off(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """:Capture holds text, title and date; with graph.store_text off only the date, and search finds
     captures in the journal instead; turning it on again and syncing writes the text back."""
     stores = ingest_both(tmp_path, neo4j_settings)

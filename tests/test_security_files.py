@@ -59,8 +59,11 @@ def test_symlink_to_a_file_outside_is_refused_and_the_file_left_alone(setup: tup
     report = ingest(settings, [inbox])
     reasons = {o.path: o.reason for o in report.outcomes}
     assert all("outside the inbox" in reasons[n] for n in ("link.txt", "hop.txt", "chain.txt")), reasons
-    assert sorted(p.name for p in settings.inbox.failed.iterdir() if p.is_symlink()) == ["chain.txt", "hop.txt",
-                                                                                      "link.txt"]
+    assert sorted(p.name for p in settings.inbox.failed.iterdir() if p.is_symlink()) == [
+        "chain.txt",
+        "hop.txt",
+        "link.txt",
+    ]
     assert SECRET not in _journal_texts(settings)
     _untouched(outside)
 

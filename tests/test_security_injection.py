@@ -35,18 +35,56 @@ from tests.support.pipeline import settings_sections, write_replay
 pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
 FRAGMENTS = [
-    "' OR 1=1 //", '" OR ""="', "`) DETACH DELETE n //", "'}) MATCH (n) DETACH DELETE n //",
-    '"}]->(m) DELETE m //', "$name", "$sha", "{name: 'x'}", "/* comment */", "// line comment",
-    "\\' escaped quote", "\\u0027 unicode quote", "CALL dbms.components()",
-    "LOAD CSV FROM 'file:///etc/passwd' AS l RETURN l", "CALL apoc.cypher.runMany('MATCH (n) DETACH DELETE n', {})",
-    "MERGE (x:Pwned) RETURN x", "]->(x:Pwned) //", ":Pwned", "`Pwned`", "n.name = 'x' SET n:Pwned",
-    "; DROP CONSTRAINT entity_key", "UNION MATCH (n) RETURN n", "WITH 1 AS x CREATE (:Pwned)", "` backtick",
-    "\u2019 OR \u20181\u2019=\u20181", "'\n MATCH (n) DETACH DELETE n\n//", "${jndi:ldap://x/a}", "{{7*7}}",
-    "%s%s%n", "<script>alert(1)</script>", "../../etc/passwd", "KNOWS`]->(x) DETACH DELETE x //",
-    "works_at`:Pwned", "USES\u0060 {a:1}", "a\\", "\\\\", "'''", '"""', "\t\r\nCREATE (:Pwned)",
-    "é\u0301 non-NFC", "\u202e RTL override", "\ufeff BOM", "x" * 150, "🦀 crab", "名前 DELETE",
-    "OR 1=1; CALL db.clearQueryCaches()", "RETURN 1 UNION ALL RETURN 2", "FOREACH (x IN [1] | CREATE (:Pwned))",
-    "CALL { MATCH (n) DETACH DELETE n }", "') RETURN 1 //",
+    "' OR 1=1 //",
+    '" OR ""="',
+    "`) DETACH DELETE n //",
+    "'}) MATCH (n) DETACH DELETE n //",
+    '"}]->(m) DELETE m //',
+    "$name",
+    "$sha",
+    "{name: 'x'}",
+    "/* comment */",
+    "// line comment",
+    "\\' escaped quote",
+    "\\u0027 unicode quote",
+    "CALL dbms.components()",
+    "LOAD CSV FROM 'file:///etc/passwd' AS l RETURN l",
+    "CALL apoc.cypher.runMany('MATCH (n) DETACH DELETE n', {})",
+    "MERGE (x:Pwned) RETURN x",
+    "]->(x:Pwned) //",
+    ":Pwned",
+    "`Pwned`",
+    "n.name = 'x' SET n:Pwned",
+    "; DROP CONSTRAINT entity_key",
+    "UNION MATCH (n) RETURN n",
+    "WITH 1 AS x CREATE (:Pwned)",
+    "` backtick",
+    "\u2019 OR \u20181\u2019=\u20181",
+    "'\n MATCH (n) DETACH DELETE n\n//",
+    "${jndi:ldap://x/a}",
+    "{{7*7}}",
+    "%s%s%n",
+    "<script>alert(1)</script>",
+    "../../etc/passwd",
+    "KNOWS`]->(x) DETACH DELETE x //",
+    "works_at`:Pwned",
+    "USES\u0060 {a:1}",
+    "a\\",
+    "\\\\",
+    "'''",
+    '"""',
+    "\t\r\nCREATE (:Pwned)",
+    "é\u0301 non-NFC",
+    "\u202e RTL override",
+    "\ufeff BOM",
+    "x" * 150,
+    "🦀 crab",
+    "名前 DELETE",
+    "OR 1=1; CALL db.clearQueryCaches()",
+    "RETURN 1 UNION ALL RETURN 2",
+    "FOREACH (x IN [1] | CREATE (:Pwned))",
+    "CALL { MATCH (n) DETACH DELETE n }",
+    "') RETURN 1 //",
 ]
 WRAPPERS = ["{}", "Alice {}", "{} Corp", "a'{}'b", "  {}  "]
 PAYLOADS = list(dict.fromkeys(w.format(f) for f in FRAGMENTS for w in WRAPPERS))
@@ -74,10 +112,12 @@ def _name_capture(i: int, payload: str) -> tuple[str, str, str]:
 
 
 def _answer(entities: list[str], relation: str) -> str:
-    return json.dumps({
-        "entities": [{"name": entities[0], "role": "subject"}, {"name": entities[1], "role": "object"}],
-        "relationships": [{"source": entities[0], "relation": relation, "target": entities[1]}],
-    })
+    return json.dumps(
+        {
+            "entities": [{"name": entities[0], "role": "subject"}, {"name": entities[1], "role": "object"}],
+            "relationships": [{"source": entities[0], "relation": relation, "target": entities[1]}],
+        }
+    )
 
 
 class _BoltLog(logging.Handler):

@@ -40,7 +40,10 @@ def _cli(config: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one membrane command; its stdout and stderr together."""
     done = subprocess.run(
         [sys.executable, "-m", "membrane.cli", "--log-level", "debug", *args],
-        cwd=ROOT, env={**membrane_env(config), **(env or {})}, capture_output=True, timeout=300,
+        cwd=ROOT,
+        env={**membrane_env(config), **(env or {})},
+        capture_output=True,
+        timeout=300,
     )
     return (done.stdout + done.stderr).decode("utf-8", "replace")
 
@@ -58,8 +61,10 @@ def _workspace(tmp_path: Path, neo4j: dict[str, Any]) -> Path:
     (inbox / "binary.txt").write_bytes(b"\xff\xfe\x00")
     (inbox / "broken.txt").write_text("This answer is broken.\n", encoding="utf-8")
     gold = tmp_path / "gold.jsonl"  # the replayed notes, not config/eval/gold.jsonl
-    gold.write_text("".join(json.dumps({"id": f"s{i}", "text": note(i)[1], **json.loads(note(i)[2])}) + "\n"
-                            for i in range(3)), encoding="utf-8")
+    gold.write_text(
+        "".join(json.dumps({"id": f"s{i}", "text": note(i)[1], **json.loads(note(i)[2])}) + "\n" for i in range(3)),
+        encoding="utf-8",
+    )
     return config
 
 
@@ -73,8 +78,9 @@ def _leaks(secret: str, outputs: dict[str, str], folder: Path) -> list[str]:
     return found
 
 
-def test_the_password_appears_in_no_output_and_no_file(tmp_path: Path, neo4j: Any,
-                                                       neo4j_settings: dict[str, Any]) -> None:
+def test_the_password_appears_in_no_output_and_no_file(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """Ingest, the daemon, status --json, export, bench and doctor, at debug level, never show the password."""
     password = neo4j_settings["password"]
     assert len(password) >= 8, "the search needs a distinctive password"
@@ -85,8 +91,11 @@ def test_the_password_appears_in_no_output_and_no_file(tmp_path: Path, neo4j: An
     log = tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     try:
-        wait_for(lambda: "capture_done" in log.read_text(errors="replace").split("daemon_ready", 1)[-1], 60,
-                 "the daemon to finish a capture")
+        wait_for(
+            lambda: "capture_done" in log.read_text(errors="replace").split("daemon_ready", 1)[-1],
+            60,
+            "the daemon to finish a capture",
+        )
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
@@ -94,23 +103,36 @@ def test_the_password_appears_in_no_output_and_no_file(tmp_path: Path, neo4j: An
     assert '"done"' in outputs["status"]
     outputs["export_jsonl"] = _cli(config, "export", "--format", "jsonl", "--out", str(tmp_path / "graph.jsonl"))
     outputs["export_cypher"] = _cli(config, "export", "--format", "cypher", "--out", str(tmp_path / "graph.cypher"))
-    outputs["bench"] = _cli(config, "bench", "--models", "replay:recorded", "--eval", str(tmp_path / "gold.jsonl"),
-                            "--out", str(tmp_path / "bench-out"), "--json")
+    outputs["bench"] = _cli(
+        config,
+        "bench",
+        "--models",
+        "replay:recorded",
+        "--eval",
+        str(tmp_path / "gold.jsonl"),
+        "--out",
+        str(tmp_path / "bench-out"),
+        "--json",
+    )
     outputs["doctor"] = _cli(config, "doctor")
     assert list((tmp_path / "bench-out").rglob("*.json")), outputs["bench"][-2000:]
     assert sorted(p.name for p in (tmp_path / "inbox" / "failed").glob("*.error.json")) == [
-        "binary.txt.error.json", "broken.txt.error.json"]
+        "binary.txt.error.json",
+        "broken.txt.error.json",
+    ]
     assert (tmp_path / "graph.jsonl").stat().st_size > 0 and (tmp_path / "graph.cypher").stat().st_size > 0
     assert not _leaks(password, outputs, tmp_path), _leaks(password, outputs, tmp_path)
 
 
-def test_a_refused_password_is_not_logged_either(tmp_path: Path, neo4j: Any,
-                                                 neo4j_settings: dict[str, Any]) -> None:
+def test_a_refused_password_is_not_logged_either(tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]) -> None:
     """A wrong password (from the environment) is refused by Neo4j; the refusal is logged, the password is not."""
     wrong = "wrong-" + secrets.token_urlsafe(12)
     config = _workspace(tmp_path, neo4j_settings)
     env = {"MEMBRANE_NEO4J__PASSWORD": wrong}
-    outputs = {"ingest": _cli(config, "ingest", env=env), "status": _cli(config, "status", "--json", env=env),
-               "doctor": _cli(config, "doctor", env=env)}
+    outputs = {
+        "ingest": _cli(config, "ingest", env=env),
+        "status": _cli(config, "status", "--json", env=env),
+        "doctor": _cli(config, "doctor", env=env),
+    }
     assert "unauthorized" in outputs["ingest"].lower() or "credentials" in outputs["ingest"].lower()
     assert not _leaks(wrong, outputs, tmp_path), _leaks(wrong, outputs, tmp_path)

@@ -39,8 +39,9 @@ def sha256_of(i: int) -> str:
     return hashlib.sha256(shared_note(i)[1].encode("utf-8")).hexdigest()
 
 
-def test_three_daemons_make_the_graph_one_daemon_makes(tmp_path: Path, neo4j: Any,
-                                                       neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_three_daemons_make_the_graph_one_daemon_makes(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """Same captures, entities, mentions and relationships with the same `sources`, no duplicate node or
     relationship, no capture lost, each deleted capture gone: three daemons at once equal one daemon alone."""
     plan = Plan.overlapping(daemons=3, per_daemon=16, shared=4, deleted=5)
@@ -53,7 +54,8 @@ def test_three_daemons_make_the_graph_one_daemon_makes(tmp_path: Path, neo4j: An
     in_graph = {sha for sha, _, _ in expected["captures"]}
     assert in_graph == {sha256_of(i) for i in kept}, (
         f"notes missing from the graph: {sorted(i for i in kept if sha256_of(i) not in in_graph)}; "
-        f"logs: {alone['logs']}")
+        f"logs: {alone['logs']}"
+    )
     # Each note states two facts: every kept note is in exactly two `sources` lists, and facts are shared.
     sources = [sha for *_, shas in expected["facts"] for sha in shas]
     assert sorted(sources) == sorted(sha256_of(i) for i in kept for _ in range(2))
@@ -67,15 +69,17 @@ def test_three_daemons_make_the_graph_one_daemon_makes(tmp_path: Path, neo4j: An
     assert graph_snapshot(neo4j) == expected, three["logs"]
 
 
-def test_sync_on_a_shared_graph_leaves_the_other_daemons_captures(tmp_path: Path, neo4j: Any,
-                                                                  neo4j_settings: dict[str, Any]) -> None:  # fmt: skip
+def test_sync_on_a_shared_graph_leaves_the_other_daemons_captures(
+    tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> None:
     """With graph.shared, `sync` on one daemon keeps another daemon's captures; without it, one journal is
     taken for the whole graph and they are retracted, until the other daemon's own `sync` puts them back."""
     replay = shared_replay(tmp_path / "replay.jsonl", 6)
     daemons = []
     for name, notes in (("a", range(3)), ("b", range(3, 6))):
-        settings = Settings.model_validate(settings_sections(tmp_path / name, replay, neo4j=neo4j_settings,
-                                                             graph={"shared": True}))  # fmt: skip
+        settings = Settings.model_validate(
+            settings_sections(tmp_path / name, replay, neo4j=neo4j_settings, graph={"shared": True})
+        )
         settings.inbox.path.mkdir(parents=True)
         for i in notes:
             (settings.inbox.path / shared_note(i)[0]).write_text(shared_note(i)[1], encoding="utf-8")
@@ -95,14 +99,33 @@ def test_sync_on_a_shared_graph_leaves_the_other_daemons_captures(tmp_path: Path
 
 def test_the_benchmark_runs_at_a_tiny_scale(tmp_path: Path, neo4j: Any, neo4j_server: Any) -> None:
     """benchmarks/several_daemons.py with 3 x 6 captures: both rows ok (the graphs equal), exit 0."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri,
-           "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user, "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password,
-           "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": ""}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MEMBRANE_TEST_NEO4J_URI": neo4j_server.uri,
+        "MEMBRANE_TEST_NEO4J_USER": neo4j_server.user,
+        "MEMBRANE_TEST_NEO4J_PASSWORD": neo4j_server.password,
+        "MEMBRANE_TEST_NEO4J_PASSWORD_FILE": "",
+    }
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "several_daemons.py"), "--per-daemon", "6", "--shared", "2",
-         "--deleted", "2", "--work-dir", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "several_daemons.py"),
+            "--per-daemon",
+            "6",
+            "--shared",
+            "2",
+            "--deleted",
+            "2",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(row["run"], row["status"]) for row in rows] == [("one daemon", "ok"), ("three daemons", "ok")]
@@ -132,9 +155,11 @@ def test_an_upsert_waiting_on_an_entity_that_a_retraction_deletes_keeps_its_fact
     upsert.join(timeout=120)
     assert reports and reports[0].ok
     sha = hashlib.sha256(second[1].encode("utf-8")).hexdigest()
-    mentioned = neo4j.execute_query("MATCH (:Capture {sha256: $sha})-[:MENTIONS]->(e:Entity) RETURN e.key AS key",
-                                    sha=sha).records  # fmt: skip
+    mentioned = neo4j.execute_query(
+        "MATCH (:Capture {sha256: $sha})-[:MENTIONS]->(e:Entity) RETURN e.key AS key", sha=sha
+    ).records
     assert sorted(r["key"] for r in mentioned) == ["alice", "garage nas", "jellyfin"]
-    facts = neo4j.execute_query("MATCH (:Entity {key: 'alice'})-[r]->(o:Entity) WHERE $sha IN r.sources "
-                                "RETURN o.key AS key", sha=sha).records  # fmt: skip
+    facts = neo4j.execute_query(
+        "MATCH (:Entity {key: 'alice'})-[r]->(o:Entity) WHERE $sha IN r.sources RETURN o.key AS key", sha=sha
+    ).records
     assert [r["key"] for r in facts] == ["jellyfin"]

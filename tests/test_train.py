@@ -25,28 +25,51 @@ from membrane.train.loop import RunConfig, batch_indices, epoch_order  # noqa: E
 from membrane.train.render import IGNORE_INDEX, LlamaTokenizer, render_case, training_messages  # noqa: E402
 
 CASES = [
-    ("t1", "Priya deployed Jellyfin on the Synology NAS.",
-     [("Priya", "subject"), ("Jellyfin", "object"), ("Synology NAS", "object")],
-     [("Priya", "DEPLOYED", "Jellyfin"), ("Jellyfin", "RUNS_ON", "Synology NAS")]),
-    ("t2", "Tomasz works at Allegro in Poznań.",
-     [("Tomasz", "subject"), ("Allegro", "object"), ("Poznań", "object")],
-     [("Tomasz", "WORKS_AT", "Allegro"), ("Allegro", "LOCATED_IN", "Poznań")]),
-    ("t3", "Home Assistant runs on the Intel NUC.",
-     [("Home Assistant", "subject"), ("Intel NUC", "object")], [("Home Assistant", "RUNS_ON", "Intel NUC")]),
-    ("t4", "Lena is reading Piranesi by Susanna Clarke.",
-     [("Lena", "subject"), ("Piranesi", "object"), ("Susanna Clarke", "object")],
-     [("Lena", "READS", "Piranesi"), ("Susanna Clarke", "WROTE", "Piranesi")]),
+    (
+        "t1",
+        "Priya deployed Jellyfin on the Synology NAS.",
+        [("Priya", "subject"), ("Jellyfin", "object"), ("Synology NAS", "object")],
+        [("Priya", "DEPLOYED", "Jellyfin"), ("Jellyfin", "RUNS_ON", "Synology NAS")],
+    ),
+    (
+        "t2",
+        "Tomasz works at Allegro in Poznań.",
+        [("Tomasz", "subject"), ("Allegro", "object"), ("Poznań", "object")],
+        [("Tomasz", "WORKS_AT", "Allegro"), ("Allegro", "LOCATED_IN", "Poznań")],
+    ),
+    (
+        "t3",
+        "Home Assistant runs on the Intel NUC.",
+        [("Home Assistant", "subject"), ("Intel NUC", "object")],
+        [("Home Assistant", "RUNS_ON", "Intel NUC")],
+    ),
+    (
+        "t4",
+        "Lena is reading Piranesi by Susanna Clarke.",
+        [("Lena", "subject"), ("Piranesi", "object"), ("Susanna Clarke", "object")],
+        [("Lena", "READS", "Piranesi"), ("Susanna Clarke", "WROTE", "Piranesi")],
+    ),
     ("t5", "Buy oat milk and bread tomorrow.", [], []),
-    ("t6", "Kenji manages the Tokyo office of Mercari.",
-     [("Kenji", "subject"), ("Tokyo office", "object"), ("Mercari", "object")],
-     [("Kenji", "MANAGES", "Tokyo office"), ("Tokyo office", "PART_OF", "Mercari")]),
+    (
+        "t6",
+        "Kenji manages the Tokyo office of Mercari.",
+        [("Kenji", "subject"), ("Tokyo office", "object"), ("Mercari", "object")],
+        [("Kenji", "MANAGES", "Tokyo office"), ("Tokyo office", "PART_OF", "Mercari")],
+    ),
 ]
 
 
 def _rows() -> list[dict[str, Any]]:
-    return [{"id": i, "text": t, "entities": [{"name": n, "role": r} for n, r in ents],
-             "relationships": [{"source": s, "relation": rel, "target": o} for s, rel, o in rels], "tags": []}
-            for i, t, ents, rels in CASES]
+    return [
+        {
+            "id": i,
+            "text": t,
+            "entities": [{"name": n, "role": r} for n, r in ents],
+            "relationships": [{"source": s, "relation": rel, "target": o} for s, rel, o in rels],
+            "tags": [],
+        }
+        for i, t, ents, rels in CASES
+    ]
 
 
 def _case(row: dict[str, Any]) -> Case:
@@ -54,8 +77,9 @@ def _case(row: dict[str, Any]) -> Case:
 
 
 @pytest.mark.parametrize(("fixture", "chat_format"), [("tiny_model_path", "chatml"), ("gemma_model_path", "gemma")])
-def test_training_prompt_tokens_equal_llamacpp_inference(fixture: str, chat_format: str,
-                                                          request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_training_prompt_tokens_equal_llamacpp_inference(
+    fixture: str, chat_format: str, request: pytest.FixtureRequest
+) -> None:
     """The prompt part of a training example is token for token what llama.cpp evaluates at inference."""
     from llama_cpp import Llama
 
@@ -100,8 +124,9 @@ def test_length_grouped_batches_cover_every_case_with_less_padding() -> None:
 
 
 @pytest.mark.parametrize(("fixture", "chat_format"), [("tiny_model_path", "chatml"), ("gemma_model_path", "gemma")])
-def test_answer_only_loss_equals_the_models_own_loss(fixture: str, chat_format: str,
-                                                     request: pytest.FixtureRequest) -> None:  # fmt: skip
+def test_answer_only_loss_equals_the_models_own_loss(
+    fixture: str, chat_format: str, request: pytest.FixtureRequest
+) -> None:
     """The loss that runs the output head on answer positions alone is transformers' masked, shifted
     mean over the same padded batch, in value and in gradient (Gemma's vocabulary and soft-cap included)."""
     import torch
@@ -112,7 +137,9 @@ def test_answer_only_loss_equals_the_models_own_loss(fixture: str, chat_format: 
     tokenizer = LlamaTokenizer(gguf)
     examples = [render_case(_case(row), tokenizer, chat_format) for row in _rows()[:3]]
     batch = collate(examples, pad_id=0)
-    assert int((batch["labels"] == IGNORE_INDEX).sum()) > int(batch["attention_mask"].numel() - batch["attention_mask"].sum())
+    assert int((batch["labels"] == IGNORE_INDEX).sum()) > int(
+        batch["attention_mask"].numel() - batch["attention_mask"].sum()
+    )
     torch.manual_seed(0)
     config = RunConfig("b", "d", 4, 8, 0.0, 1e-3, 1, 3, 1, 10, 10, 0, 512, train_cases=3, val_cases=0)
     model = _wrap_lora(load_base(gguf.parent, gguf.name), config)
@@ -136,15 +163,29 @@ def test_answer_only_loss_equals_the_models_own_loss(fixture: str, chat_format: 
 def _settings(root: Path) -> Settings:
     (root / "data").mkdir(parents=True)
     (root / "data" / "cases.jsonl").write_text("\n".join(json.dumps(r) for r in _rows()) + "\n", encoding="utf-8")
-    return Settings.model_validate({
-        "journal": {"path": root / "journal.sqlite3"},
-        "bench": {"out_dir": root / "bench"},
-        "model": {"num_predict": 256},
-        "train": {"data": [str(root / "data" / "*.jsonl")], "models_dir": root / "models",
-                  "work_dir": root / "work", "name": "tiny-tuned", "rank": 4, "alpha": 8,
-                  "learning_rate": 3e-3, "epochs": 3, "batch_size": 2, "val_fraction": 0.34,
-                  "eval_every": 2, "checkpoint_every": 3, "threads": 2, "outtype": "f16"},
-    })
+    return Settings.model_validate(
+        {
+            "journal": {"path": root / "journal.sqlite3"},
+            "bench": {"out_dir": root / "bench"},
+            "model": {"num_predict": 256},
+            "train": {
+                "data": [str(root / "data" / "*.jsonl")],
+                "models_dir": root / "models",
+                "work_dir": root / "work",
+                "name": "tiny-tuned",
+                "rank": 4,
+                "alpha": 8,
+                "learning_rate": 3e-3,
+                "epochs": 3,
+                "batch_size": 2,
+                "val_fraction": 0.34,
+                "eval_every": 2,
+                "checkpoint_every": 3,
+                "threads": 2,
+                "outtype": "f16",
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +259,9 @@ def test_registered_in_ollama_it_extracts(runs: tuple[Any, Any, Settings], ollam
     from membrane.train.ollama import register_ollama
 
     _, _, settings = runs
-    settings = settings.model_copy(update={"model": settings.model.model_copy(update={"ollama_host": ollama_server.host})})
+    settings = settings.model_copy(
+        update={"model": settings.model.model_copy(update={"ollama_host": ollama_server.host})}
+    )
     name = register_ollama(settings, "tiny-tuned")
     backend = get_backend("ollama", settings)
     assert f"{name}:latest" in backend.list_models() or name in backend.list_models()
@@ -232,8 +275,13 @@ def test_train_refuses_cases_that_near_the_gold_set(tmp_path: Path) -> None:
 
     from membrane.cli import main
 
-    row = {"id": "x1", "text": "Grafana runs on the Raspberry Pi!", "tags": [],
-           "entities": [{"name": "Grafana", "role": "subject"}], "relationships": []}
+    row = {
+        "id": "x1",
+        "text": "Grafana runs on the Raspberry Pi!",
+        "tags": [],
+        "entities": [{"name": "Grafana", "role": "subject"}],
+        "relationships": [],
+    }
     (tmp_path / "cases.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "*.jsonl"), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2, result.output

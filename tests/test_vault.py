@@ -22,11 +22,18 @@ pytestmark = [pytest.mark.neo4j, pytest.mark.slow]
 
 
 @pytest.fixture
-def vault(make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any,
-          neo4j_settings: dict[str, Any]) -> Iterator[tuple[Settings, Path]]:  # fmt: skip
+def vault(
+    make_settings: Callable[..., Settings], tmp_path: Path, neo4j: Any, neo4j_settings: dict[str, Any]
+) -> Iterator[tuple[Settings, Path]]:
     """A vault of three notes (one in a sub-folder) plus what a vault also holds, and a running daemon."""
-    settings = make_settings(**settings_sections(tmp_path, replay_for(8, tmp_path / "r.jsonl"), neo4j=neo4j_settings,
-                                                 inbox={"mode": "vault", "rescan_interval_s": 0.5}))  # fmt: skip
+    settings = make_settings(
+        **settings_sections(
+            tmp_path,
+            replay_for(8, tmp_path / "r.jsonl"),
+            neo4j=neo4j_settings,
+            inbox={"mode": "vault", "rescan_interval_s": 0.5},
+        )
+    )
     root = settings.inbox.path
     (root / "projects").mkdir(parents=True)
     (root / ".obsidian").mkdir()

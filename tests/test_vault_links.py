@@ -65,9 +65,11 @@ RENDERED = {
 }
 ANSWERS = {
     "Raspberry Pi.md": {"entities": [{"name": "Raspberry Pi", "role": "subject"}], "relationships": []},
-    "Alice.md": {"entities": [{"name": "Alice", "role": "subject"}, {"name": "little board", "role": "object"}],
-                 "relationships": [{"source": "Alice", "relation": "RUNS", "target": "the little board"}]},
-}  # fmt: skip
+    "Alice.md": {
+        "entities": [{"name": "Alice", "role": "subject"}, {"name": "little board", "role": "object"}],
+        "relationships": [{"source": "Alice", "relation": "RUNS", "target": "the little board"}],
+    },
+}
 
 
 @pytest.mark.neo4j
@@ -86,7 +88,8 @@ def test_links_and_tags_reach_the_graph(tmp_path: Path, neo4j: Any, neo4j_settin
     assert {n: (vault / n).read_text(encoding="utf-8") for n in VAULT} == VAULT
     mentions = neo4j.execute_query(
         "MATCH (c:Capture {path: 'Alice.md'})-[m:MENTIONS]->(e:Entity) RETURN e.name AS name, m.aliases AS aliases "
-        "ORDER BY name").records
+        "ORDER BY name"
+    ).records
     assert [(r["name"], sorted(r["aliases"])) for r in mentions] == [
         ("Alice", ["Alice"]),
         ("Nextcloud", ["Nextcloud"]),

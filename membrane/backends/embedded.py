@@ -85,7 +85,11 @@ class _Child:
         self.log = tempfile.TemporaryFile(prefix="membrane-model-")
         self.process = subprocess.Popen(
             [sys.executable, "-m", CHILD_MODULE],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=_child_env(), close_fds=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=_child_env(),
+            close_fds=True,
         )
 
     def call(self, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,8 +184,14 @@ class LoadedModel:
         `model` names the model in errors (the config name; default the file name).
         """
         label = model or self.path.name
-        request = {"op": "chat", "messages": messages, "schema": schema, "max_tokens": max_tokens,
-                   "temperature": temperature, "seed": seed}
+        request = {
+            "op": "chat",
+            "messages": messages,
+            "schema": schema,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
         with self.lock:
             child = self._running(label)
             reply = child.call(request)
@@ -215,8 +225,10 @@ class LoadedModel:
         assert reply is not None
         if "error" in reply:
             child.stop()
-            raise ModelNotFound(f"embedded model {label!r}: {reply['error']['message']}",
-                                hint="pip install 'membrane[embedded]', and check the model's path and lora_path")
+            raise ModelNotFound(
+                f"embedded model {label!r}: {reply['error']['message']}",
+                hint="pip install 'membrane[embedded]', and check the model's path and lora_path",
+            )
         ready = reply.get("ready") or {}
         self.threads = (int(ready.get("threads", 0)), int(ready.get("threads_batch", 0)))
         self._child = child
@@ -231,7 +243,10 @@ class LoadedModel:
         if how.startswith("SIG"):
             described = f"{how} ({signal.strsignal(signal.Signals[how])})"
         lora = f" with LoRA {self.spec.lora_path}" if self.spec.lora_path else ""
-        message = f"embedded model {label!r} ({self.spec.path}{lora}) crashed {when}: its llama.cpp process died with {described}"
+        message = (
+            f"embedded model {label!r} ({self.spec.path}{lora}) crashed {when}: "
+            f"its llama.cpp process died with {described}"
+        )
         if output:
             message += f"; its last output: {output}"
         raise ModelCrashed(message, signal=how, hint=crash_hint(how))
@@ -251,13 +266,22 @@ _LOADED_LOCK = threading.Lock()
 def _fault_from_env() -> str:
     fault = os.environ.get(FAULT_ENV, "")
     if fault and fault.partition(":")[0] not in FAULTS:
-        raise ConfigError(f"{FAULT_ENV}={fault!r}: expected one of {', '.join(FAULTS)} (optionally :TEXT)",
-                          key=FAULT_ENV)
+        raise ConfigError(
+            f"{FAULT_ENV}={fault!r}: expected one of {', '.join(FAULTS)} (optionally :TEXT)", key=FAULT_ENV
+        )
     return fault
 
 
-def load_model(path: Path, chat_format: str, n_ctx: int, lora_path: Path | str | None = None,
-               *, reuse_prefix: bool = True, model: str = "", threads: int = 0) -> LoadedModel:
+def load_model(
+    path: Path,
+    chat_format: str,
+    n_ctx: int,
+    lora_path: Path | str | None = None,
+    *,
+    reuse_prefix: bool = True,
+    model: str = "",
+    threads: int = 0,
+) -> LoadedModel:
     """The process-wide LoadedModel for this file, format, context size and adapter,
     its child started (a load error raises here, not at the first call)."""
     spec = ModelSpec(str(path), chat_format, n_ctx, str(lora_path or ""), reuse_prefix, _fault_from_env(), threads)
@@ -311,8 +335,15 @@ class EmbeddedBackend:
         path = self._locate(config.path)
         assert path is not None
         lora = self._locate(config.lora_path, lora=True) if config.lora_path else None
-        return load_model(path, config.chat_format, config.n_ctx, lora, reuse_prefix=self.reuse_prefix, model=model,
-                          threads=self.threads)
+        return load_model(
+            path,
+            config.chat_format,
+            config.n_ctx,
+            lora,
+            reuse_prefix=self.reuse_prefix,
+            model=model,
+            threads=self.threads,
+        )
 
     def n_ctx(self, model: str) -> int:
         return self._config(model).n_ctx
@@ -356,5 +387,8 @@ class EmbeddedBackend:
         except MembraneError as exc:
             return BackendCheck(False, f"embedded model {model!r}: {exc}", exc.hint)
         lora = f" with LoRA {loaded.spec.lora_path}" if loaded.spec.lora_path else ""
-        return BackendCheck(True, f"embedded model {model} generates from {loaded.path}{lora} in child process "
-                                  f"{loaded.pid} (chat format {config.chat_format})")
+        return BackendCheck(
+            True,
+            f"embedded model {model} generates from {loaded.path}{lora} in child process "
+            f"{loaded.pid} (chat format {config.chat_format})",
+        )

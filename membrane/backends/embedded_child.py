@@ -150,9 +150,13 @@ class Engine:
         )
         perf = llama_cpp.llama_perf_context(self.llama.ctx)
         # n_p_eval: tokens decoded in prompt batches this call (the suffix after the reused prefix).
-        response["membrane"] = {"prompt_eval_tokens": perf.n_p_eval, "prompt_eval_ms": perf.t_p_eval_ms,
-                                "eval_tokens": perf.n_eval, "eval_ms": perf.t_eval_ms,
-                                "chat_ms": (time.perf_counter() - started) * 1000}
+        response["membrane"] = {
+            "prompt_eval_tokens": perf.n_p_eval,
+            "prompt_eval_ms": perf.t_p_eval_ms,
+            "eval_tokens": perf.n_eval,
+            "eval_ms": perf.t_eval_ms,
+            "chat_ms": (time.perf_counter() - started) * 1000,
+        }
         return response
 
     def close(self) -> None:
@@ -167,9 +171,16 @@ def _open_llama(spec: ModelSpec) -> Any:
     what = f"{spec.path!r} with LoRA adapter {spec.lora_path!r}" if spec.lora_path else repr(spec.path)
     try:
         threads = spec.threads or len(os.sched_getaffinity(0))
-        llama = Llama(model_path=spec.path, n_ctx=spec.n_ctx, chat_format=spec.chat_format,
-                      lora_path=spec.lora_path or None, verbose=False, seed=0,
-                      n_threads=threads, n_threads_batch=threads)
+        llama = Llama(
+            model_path=spec.path,
+            n_ctx=spec.n_ctx,
+            chat_format=spec.chat_format,
+            lora_path=spec.lora_path or None,
+            verbose=False,
+            seed=0,
+            n_threads=threads,
+            n_threads_batch=threads,
+        )
     except (ValueError, RuntimeError) as exc:
         raise LoadError(f"llama.cpp cannot load {what}: {exc}") from exc
     # llama-cpp-python 0.3.36 tests the adapter pointer with `is None`, but ctypes returns a
@@ -204,8 +215,10 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> int:
     except LoadError as exc:
         write_frame(replies, {"error": {"kind": "load", "message": str(exc)}})
         return 0
-    threads = {"threads": engine.llama.context_params.n_threads,
-               "threads_batch": engine.llama.context_params.n_threads_batch}
+    threads = {
+        "threads": engine.llama.context_params.n_threads,
+        "threads_batch": engine.llama.context_params.n_threads_batch,
+    }
     write_frame(replies, {"ready": {"pid": os.getpid(), **threads}})
     while (request := read_frame(requests)) is not None:
         write_frame(replies, _handle(engine, request))

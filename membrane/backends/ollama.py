@@ -141,9 +141,14 @@ class OllamaBackend:
         response = self._call(
             name,
             lambda: self._client.create(
-                model=name, files=files, adapters=adapters, template=template,
-                parameters=parameters, system=system, stream=False,
-            ),  # fmt: skip
+                model=name,
+                files=files,
+                adapters=adapters,
+                template=template,
+                parameters=parameters,
+                system=system,
+                stream=False,
+            ),
             registering=True,
         )
         if response.status != "success":
@@ -203,4 +208,3 @@ def _translate_response_error(model: str, exc: ollama.ResponseError) -> Exceptio
         raw_outputs=[],
         errors=[str(exc.error)],
     )
-

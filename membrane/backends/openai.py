@@ -170,26 +170,38 @@ class OpenAIBackend:
             return self._failed_check(exc)
         if model not in served and f"{model}:latest" not in served:
             listed = ", ".join(served) or "none"
-            return BackendCheck(False, f"{self.base_url} does not serve {model!r} (it lists: {listed})",
-                                f"set model.name to a listed model, or load {model} on the server")
-        probe = GenerationRequest(model, ({"role": "user", "content": "Answer with ok = true."},),
-                                  schema=_PROBE_SCHEMA, num_predict=8, num_ctx=512)  # fmt: skip
+            return BackendCheck(
+                False,
+                f"{self.base_url} does not serve {model!r} (it lists: {listed})",
+                f"set model.name to a listed model, or load {model} on the server",
+            )
+        probe = GenerationRequest(
+            model,
+            ({"role": "user", "content": "Answer with ok = true."},),
+            schema=_PROBE_SCHEMA,
+            num_predict=8,
+            num_ctx=512,
+        )
         try:
             self.generate(probe)
         except MembraneError as exc:
             return self._failed_check(exc)
-        constraint = "no response_format" if self.response_format == "none" else f"response_format {self.response_format}"
+        constraint = (
+            "no response_format" if self.response_format == "none" else f"response_format {self.response_format}"
+        )
         return BackendCheck(True, f"{self.base_url} serves {model} and takes {constraint}")
 
     def _failed_check(self, exc: MembraneError) -> BackendCheck:
         if isinstance(exc, ConfigError):
             return BackendCheck(False, str(exc), exc.hint)
         if isinstance(exc, _KeyRefused):
-            return BackendCheck(False, str(exc), "put the server's key in model.openai_api_key_file "
-                                                 "(or the openai-api-key credential)")  # fmt: skip
+            return BackendCheck(
+                False, str(exc), "put the server's key in model.openai_api_key_file (or the openai-api-key credential)"
+            )
         if isinstance(exc, ModelUnavailable):
-            return BackendCheck(False, f"{self.base_url} does not answer: {exc}",
-                                "start the server, or fix model.openai_base_url")
+            return BackendCheck(
+                False, f"{self.base_url} does not answer: {exc}", "start the server, or fix model.openai_base_url"
+            )
         return BackendCheck(False, f"{self.base_url} refused the check: {exc}", exc.hint)
 
     # -- the one boundary
@@ -230,18 +242,26 @@ class OpenAIBackend:
             keyed = "refused the API key" if self.has_key else "wants an API key"
             return _KeyRefused(f"{self.base_url} {keyed}: {said}")
         if "response_format" in message:
-            return ConfigError(f"{self.base_url} refused response_format {self.response_format}: {said}",
-                               key="model.openai_response_format", hint=_FORMAT_HINT)  # fmt: skip
+            return ConfigError(
+                f"{self.base_url} refused response_format {self.response_format}: {said}",
+                key="model.openai_response_format",
+                hint=_FORMAT_HINT,
+            )
         if status == 404 and not model:
-            return ConfigError(f"no OpenAI-compatible API at {self.base_url}: GET /models answered {said}",
-                               key="model.openai_base_url",
-                               hint="Set model.openai_base_url to the server's API root, which usually ends in /v1.")
+            return ConfigError(
+                f"no OpenAI-compatible API at {self.base_url}: GET /models answered {said}",
+                key="model.openai_base_url",
+                hint="Set model.openai_base_url to the server's API root, which usually ends in /v1.",
+            )
         if status == 404:
-            return ModelNotFound(f"{self.base_url} has no model {model!r}: {said}",
-                                 hint=f"Load {model} on the server, or set model.name to a model it lists.")  # fmt: skip
+            return ModelNotFound(
+                f"{self.base_url} has no model {model!r}: {said}",
+                hint=f"Load {model} on the server, or set model.name to a model it lists.",
+            )
         if status == 429 or status >= 500:
-            return ModelUnavailable(f"{self.base_url} failed for model {model!r}: {said}",
-                                    retry_after=_retry_after(response))  # fmt: skip
+            return ModelUnavailable(
+                f"{self.base_url} failed for model {model!r}: {said}", retry_after=_retry_after(response)
+            )
         log.warning("openai_request_refused", model=model, status=status, error=message)
         return ExtractionFailed(
             f"{self.base_url} refused the request for model {model!r}: {said}",
@@ -249,7 +269,7 @@ class OpenAIBackend:
             raw_outputs=[],
             errors=[message],
             hint="The server refused the request itself; if it names the context length, lower model.num_ctx "
-                 "to the server's context per request (llama-server: --ctx-size / --parallel).",
+            "to the server's context per request (llama-server: --ctx-size / --parallel).",
         )
 
 
@@ -261,7 +281,11 @@ def _error_message(response: httpx.Response) -> str:
         return " ".join(response.text.split())[:300] or response.reason_phrase
     if isinstance(data, dict):
         error = data.get("error")
-        for value in (error.get("message") if isinstance(error, dict) else error, data.get("message"), data.get("detail")):
+        for value in (
+            error.get("message") if isinstance(error, dict) else error,
+            data.get("message"),
+            data.get("detail"),
+        ):
             if value:
                 return " ".join(str(value).split())[:300]
     return " ".join(response.text.split())[:300]

@@ -43,8 +43,11 @@ __all__ = [
 # File extension -> format name.
 DOCUMENT_FORMATS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".docx": "docx", ".eml": "eml"}
 # Format -> (module to import, distribution to name), for the formats that need the extra.
-_LIBRARIES = {"pdf": ("pdfminer", "pdfminer.six"), "html": ("trafilatura", "trafilatura"),
-              "docx": ("docx", "python-docx")}  # fmt: skip
+_LIBRARIES = {
+    "pdf": ("pdfminer", "pdfminer.six"),
+    "html": ("trafilatura", "trafilatura"),
+    "docx": ("docx", "python-docx"),
+}
 # How refusals name each format.
 _NAMES = {"pdf": "PDF", "html": "web page", "docx": "Word file", "eml": "e-mail"}
 CHILD_MODULE = "membrane.formats.child"
@@ -71,18 +74,32 @@ def convert_isolated(fmt: str, data: bytes, limits: Limits, *, timeout_s: float,
     raises ConversionRefused (with a code) for every way it can fail."""
     if fmt in _LIBRARIES and fmt in missing_libraries():
         raise refuse_missing(fmt, _LIBRARIES[fmt][1])
-    request = json.dumps({"format": fmt, "memory_bytes": memory_bytes, "cpu_s": int(timeout_s) + 5,
-                          "limits": {"max_text_chars": limits.max_text_chars, "max_bytes": dict(limits.max_bytes),
-                                     "max_unzipped_bytes": limits.max_unzipped_bytes}})  # fmt: skip
+    request = json.dumps(
+        {
+            "format": fmt,
+            "memory_bytes": memory_bytes,
+            "cpu_s": int(timeout_s) + 5,
+            "limits": {
+                "max_text_chars": limits.max_text_chars,
+                "max_bytes": dict(limits.max_bytes),
+                "max_unzipped_bytes": limits.max_unzipped_bytes,
+            },
+        }
+    )
     try:
         done = subprocess.run(
-            [sys.executable, "-m", CHILD_MODULE], input=request.encode() + b"\n" + data, capture_output=True,
-            timeout=timeout_s, env=_child_env(), close_fds=True, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", CHILD_MODULE],
+            input=request.encode() + b"\n" + data,
+            capture_output=True,
+            timeout=timeout_s,
+            env=_child_env(),
+            close_fds=True,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise ConversionRefused(
-            "conversion_timeout", f"converting the {_NAMES[fmt]} took longer than {timeout_s:g} s "
-            "(inbox.convert_timeout_s)",
+            "conversion_timeout",
+            f"converting the {_NAMES[fmt]} took longer than {timeout_s:g} s (inbox.convert_timeout_s)",
             hint="The file may be built to stall readers; if it is an ordinary document, raise "
             "inbox.convert_timeout_s and move it back to the inbox.",
         ) from None
@@ -99,10 +116,12 @@ def _answer(fmt: str, done: subprocess.CompletedProcess[bytes], memory_bytes: in
         raise ConversionRefused(refused["code"], refused["message"], hint=refused.get("hint", ""))
     if "text" in answer:
         return Converted(answer["text"], answer.get("metadata", {}))
-    raise ConversionRefused("conversion_failed", f"the {_NAMES[fmt]} converter ended without an answer "
-                            f"({_death(done.returncode)}){_tail(done.stderr)}",
-                            hint=f"The file may be damaged or built to crash readers; the converter may use "
-                            f"{memory_bytes // 2**20} MiB (inbox.convert_memory_mb).")  # fmt: skip
+    raise ConversionRefused(
+        "conversion_failed",
+        f"the {_NAMES[fmt]} converter ended without an answer ({_death(done.returncode)}){_tail(done.stderr)}",
+        hint=f"The file may be damaged or built to crash readers; the converter may use "
+        f"{memory_bytes // 2**20} MiB (inbox.convert_memory_mb).",
+    )
 
 
 def _death(code: int) -> str:

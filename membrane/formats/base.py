@@ -70,18 +70,20 @@ class Limits:
 def refuse_missing(fmt: str, module: str) -> ConversionRefused:
     """The refusal for a converter whose library is not installed."""
     return ConversionRefused(
-        "missing_extra", f"reading .{fmt} files needs {module}, from MemBrane's formats extra, which is not installed",
+        "missing_extra",
+        f"reading .{fmt} files needs {module}, from MemBrane's formats extra, which is not installed",
         hint=EXTRA_HINT,
-    )  # fmt: skip
+    )
 
 
 def too_long(what: str, chars: str, limits: Limits) -> ConversionRefused:
     """The refusal for a converted text past the cap (`chars`: how many, as words or digits)."""
     return ConversionRefused(
-        "text_too_long", f"the {what}'s text is too long: {chars} characters, the limit is "
+        "text_too_long",
+        f"the {what}'s text is too long: {chars} characters, the limit is "
         f"{limits.max_text_chars:,} (inbox.max_text_chars)",
         hint="Split the document into smaller files, or raise inbox.max_text_chars.",
-    )  # fmt: skip
+    )
 
 
 def clean_text(text: str) -> str:

@@ -31,10 +31,15 @@ def _answer(request: dict[str, Any], data: bytes) -> dict[str, Any]:
     except ConversionRefused as exc:
         return {"refused": {"code": exc.code, "message": exc.reason, "hint": exc.hint}}
     except MemoryError:
-        return {"refused": {"code": "conversion_failed", "message": "the converter ran out of memory "
-                            f"({request['memory_bytes'] // 2**20} MiB, inbox.convert_memory_mb)",
-                            "hint": "The file may be built to exhaust readers; if it is an ordinary document, "
-                            "raise inbox.convert_memory_mb and move it back to the inbox."}}  # fmt: skip
+        return {
+            "refused": {
+                "code": "conversion_failed",
+                "message": "the converter ran out of memory "
+                f"({request['memory_bytes'] // 2**20} MiB, inbox.convert_memory_mb)",
+                "hint": "The file may be built to exhaust readers; if it is an ordinary document, "
+                "raise inbox.convert_memory_mb and move it back to the inbox.",
+            }
+        }
     return {"text": converted.text, "metadata": dict(converted.metadata)}
 
 

@@ -53,15 +53,20 @@ def convert(data: bytes, limits: Limits) -> Converted:
     except (ConversionRefused, MemoryError):  # MemoryError: the child reports it with the limit
         raise
     except RecursionError:
-        raise ConversionRefused("corrupt", "the Word file is not readable: its XML nests too deep",
-                                hint=_CORRUPT_HINT) from None  # fmt: skip
+        raise ConversionRefused(
+            "corrupt", "the Word file is not readable: its XML nests too deep", hint=_CORRUPT_HINT
+        ) from None
     except Exception as exc:  # noqa: BLE001 - python-docx, lxml and zipfile errors; this is their boundary
-        raise ConversionRefused("corrupt", f"the Word file is not readable ({type(exc).__name__}: {exc})"[:300],
-                                hint=_CORRUPT_HINT) from None  # fmt: skip
+        raise ConversionRefused(
+            "corrupt", f"the Word file is not readable ({type(exc).__name__}: {exc})"[:300], hint=_CORRUPT_HINT
+        ) from None
     text = clean_text("\n\n".join(parts))
     if not text:
-        raise ConversionRefused("empty", "the Word file holds no text",
-                                hint="Write some text into the document, then move it back to the inbox.")  # fmt: skip
+        raise ConversionRefused(
+            "empty",
+            "the Word file holds no text",
+            hint="Write some text into the document, then move it back to the inbox.",
+        )
     return Converted(text, metadata)
 
 
@@ -70,19 +75,24 @@ def _check_zip(data: bytes, limits: Limits) -> set[str]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise ConversionRefused("corrupt", f"not a readable Word file: the zip is damaged or cut short ({exc})"[:300],
-                                hint=_CORRUPT_HINT) from None  # fmt: skip
+        raise ConversionRefused(
+            "corrupt", f"not a readable Word file: the zip is damaged or cut short ({exc})"[:300], hint=_CORRUPT_HINT
+        ) from None
     unzipped = sum(member.file_size for member in members)
     if len(members) > MAX_MEMBERS or unzipped > limits.max_unzipped_bytes:
         raise ConversionRefused(
-            "zip_bomb", f"the Word file unpacks to {unzipped:,} bytes in {len(members):,} members, over the limit "
+            "zip_bomb",
+            f"the Word file unpacks to {unzipped:,} bytes in {len(members):,} members, over the limit "
             f"of {limits.max_unzipped_bytes:,} bytes and {MAX_MEMBERS:,} members (a zip bomb, or not a document)",
             hint="Only ordinary Word documents are read; check where this file came from.",
-        )  # fmt: skip
+        )
     names = {member.filename for member in members}
     if "word/document.xml" not in names:
-        raise ConversionRefused("corrupt", "not a Word document: the zip holds no word/document.xml",
-                                hint="Save the file as a Word document (.docx), then move it back to the inbox.")  # fmt: skip
+        raise ConversionRefused(
+            "corrupt",
+            "not a Word document: the zip holds no word/document.xml",
+            hint="Save the file as a Word document (.docx), then move it back to the inbox.",
+        )
     return names
 
 

@@ -33,11 +33,23 @@ MAX_DEPTH = 3
 MAX_LISTED = 100
 _HEADERS = ("Subject", "From", "To", "Cc", "Date")
 # Attachment formats by file name, then by content type.
-_BY_EXTENSION = {".txt": "txt", ".md": "md", ".pdf": "pdf", ".html": "html", ".htm": "html", ".docx": "docx",
-                 ".eml": "eml"}  # fmt: skip
-_BY_TYPE = {"text/plain": "txt", "text/markdown": "md", "application/pdf": "pdf", "text/html": "html",
-            "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
-            "message/rfc822": "eml"}  # fmt: skip
+_BY_EXTENSION = {
+    ".txt": "txt",
+    ".md": "md",
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".docx": "docx",
+    ".eml": "eml",
+}
+_BY_TYPE = {
+    "text/plain": "txt",
+    "text/markdown": "md",
+    "application/pdf": "pdf",
+    "text/html": "html",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "message/rfc822": "eml",
+}
 _ENCODING_HINT = "Save the e-mail again from the mail client (as .eml), then move it back to the inbox."
 
 
@@ -51,8 +63,11 @@ def convert(data: bytes, limits: Limits, *, depth: int = 0) -> Converted:
     assert isinstance(message, EmailMessage)
     headers = _headers(message)
     if not any(headers.get(name.lower()) for name in _HEADERS):
-        raise ConversionRefused("corrupt", "not an e-mail: it has none of the headers From, To, Subject, Date",
-                                hint="Save the message from the mail client as .eml, then move it back to the inbox.")  # fmt: skip
+        raise ConversionRefused(
+            "corrupt",
+            "not an e-mail: it has none of the headers From, To, Subject, Date",
+            hint="Save the message from the mail client as .eml, then move it back to the inbox.",
+        )
     sections = ["\n".join(f"{name}: {headers[name.lower()]}" for name in _HEADERS if headers.get(name.lower()))]
     body = message.get_body(preferencelist=("plain", "html"))
     if body is not None:
@@ -87,15 +102,19 @@ def _headers(message: Message) -> dict[str, str]:
         except MemoryError:  # the child reports it with the limit
             raise
         except Exception as exc:  # noqa: BLE001 - a header the parser cannot model
-            raise ConversionRefused("bad_encoding", f"the {name} header cannot be read ({exc})"[:300],
-                                    hint=_ENCODING_HINT) from None  # fmt: skip
+            raise ConversionRefused(
+                "bad_encoding", f"the {name} header cannot be read ({exc})"[:300], hint=_ENCODING_HINT
+            ) from None
         if value is None:
             continue
         text = str(value)
         # The parser puts U+FFFD (or, for some headers, a surrogate) where bytes were not valid in their charset.
         if "\ufffd" in text or any("\udc80" <= char <= "\udcff" for char in text):
-            raise ConversionRefused("bad_encoding", f"the {name} header holds bytes that are not valid text "
-                                    "in any charset it declares", hint=_ENCODING_HINT)  # fmt: skip
+            raise ConversionRefused(
+                "bad_encoding",
+                f"the {name} header holds bytes that are not valid text in any charset it declares",
+                hint=_ENCODING_HINT,
+            )
         out[name.lower()] = clean_value(text)
     return out
 
@@ -114,11 +133,15 @@ def _decoded(part: Message, what: str) -> str:
     try:
         return raw.decode(charset)
     except LookupError:
-        raise ConversionRefused("bad_encoding", f"the {what} declares the charset {charset!r}, which is unknown",
-                                hint=_ENCODING_HINT) from None  # fmt: skip
+        raise ConversionRefused(
+            "bad_encoding", f"the {what} declares the charset {charset!r}, which is unknown", hint=_ENCODING_HINT
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConversionRefused("bad_encoding", f"the {what} is not valid {charset}: byte {exc.start} is "
-                                f"0x{raw[exc.start]:02x}", hint=_ENCODING_HINT) from None  # fmt: skip
+        raise ConversionRefused(
+            "bad_encoding",
+            f"the {what} is not valid {charset}: byte {exc.start} is 0x{raw[exc.start]:02x}",
+            hint=_ENCODING_HINT,
+        ) from None
 
 
 def _body_text(part: Message, limits: Limits) -> str:

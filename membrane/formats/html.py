@@ -32,27 +32,36 @@ def convert(data: bytes | str, limits: Limits) -> Converted:
     if isinstance(data, bytes) and b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ConversionRefused("binary", "not a web page: binary content (a NUL byte near the start)")
     try:
-        document = trafilatura.bare_extraction(data, with_metadata=True, include_comments=False,
-                                               date_extraction_params=_DATE_PARAMS)  # fmt: skip
+        document = trafilatura.bare_extraction(
+            data, with_metadata=True, include_comments=False, date_extraction_params=_DATE_PARAMS
+        )
     except RecursionError:
         raise ConversionRefused("corrupt", "the web page is not readable: its elements nest too deep") from None
     except MemoryError:  # the child reports it with the limit
         raise
     except Exception as exc:  # noqa: BLE001 - trafilatura and lxml's errors; this is their boundary
-        raise ConversionRefused("corrupt", f"the web page is not readable ({type(exc).__name__}: {exc})"[:300]) from None
+        raise ConversionRefused(
+            "corrupt", f"the web page is not readable ({type(exc).__name__}: {exc})"[:300]
+        ) from None
     text = clean_text(getattr(document, "text", None) or "") if document is not None else ""
     if not text:
-        raise ConversionRefused("empty", "the web page holds no main text (only navigation and boilerplate, "
-                                "or no HTML at all)",
-                                hint="Save the article's page itself (not a menu or a redirect), "
-                                "then move it back to the inbox.")  # fmt: skip
+        raise ConversionRefused(
+            "empty",
+            "the web page holds no main text (only navigation and boilerplate, or no HTML at all)",
+            hint="Save the article's page itself (not a menu or a redirect), then move it back to the inbox.",
+        )
     return Converted(text, _metadata(document))
 
 
 def _metadata(document: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for attribute, key in (("title", "title"), ("author", "author"), ("date", "date"), ("url", "source"),
-                           ("sitename", "site")):  # fmt: skip
+    for attribute, key in (
+        ("title", "title"),
+        ("author", "author"),
+        ("date", "date"),
+        ("url", "source"),
+        ("sitename", "site"),
+    ):
         value = getattr(document, attribute, None)
         if isinstance(value, str) and value.strip():
             out[key] = clean_value(value)

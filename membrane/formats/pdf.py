@@ -54,8 +54,11 @@ def convert(data: bytes, limits: Limits) -> Converted:
     except ImportError:
         raise refuse_missing("pdf", "pdfminer.six") from None
     if b"%%EOF" not in data[-1024:]:
-        raise ConversionRefused("truncated", "the PDF is cut short: it does not end with %%EOF",
-                                hint="Save or download the PDF again, then move it back to the inbox.")  # fmt: skip
+        raise ConversionRefused(
+            "truncated",
+            "the PDF is cut short: it does not end with %%EOF",
+            hint="Save or download the PDF again, then move it back to the inbox.",
+        )
     try:
         document = PDFDocument(PDFParser(io.BytesIO(data)), password="")
     except MemoryError:  # the child reports it with the limit
@@ -81,21 +84,30 @@ def convert(data: bytes, limits: Limits) -> Converted:
         device.close()
     text = _LINE_BREAK.sub(" ", _HYPHEN_BREAK.sub("", clean_text(out.getvalue())))
     if not text:
-        raise ConversionRefused("no_text_layer", f"the PDF has no text layer: its {pages} page(s) hold no text "
-                                "(a scan or images), so it needs OCR", hint=_OCR_HINT)  # fmt: skip
+        raise ConversionRefused(
+            "no_text_layer",
+            f"the PDF has no text layer: its {pages} page(s) hold no text (a scan or images), so it needs OCR",
+            hint=_OCR_HINT,
+        )
     return Converted(text, {**_information(document), "pages": pages})
 
 
 def _refusal(exc: Exception) -> ConversionRefused:
     name = type(exc).__name__
     if name in ("PDFPasswordIncorrect", "PDFEncryptionError", "PDFEncryptionWarning"):
-        return ConversionRefused("encrypted", "the PDF is encrypted and needs a password to open",
-                                 hint="Save an unprotected copy (print to PDF), then put that in the inbox.")  # fmt: skip
+        return ConversionRefused(
+            "encrypted",
+            "the PDF is encrypted and needs a password to open",
+            hint="Save an unprotected copy (print to PDF), then put that in the inbox.",
+        )
     if isinstance(exc, RecursionError):
         return ConversionRefused("corrupt", "the PDF is not readable: its objects nest without end")
     detail = str(exc).strip()[:200] or name
-    return ConversionRefused("corrupt", f"the PDF is not readable ({name}: {detail})",
-                             hint="Save or export the PDF again, then move it back to the inbox.")  # fmt: skip
+    return ConversionRefused(
+        "corrupt",
+        f"the PDF is not readable ({name}: {detail})",
+        hint="Save or export the PDF again, then move it back to the inbox.",
+    )
 
 
 def _information(document: Any) -> dict[str, Any]:

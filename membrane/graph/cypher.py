@@ -292,8 +292,7 @@ def write_queries() -> dict[str, str]:
 # ---------------------------------------------------------------- migrations
 
 MIGRATION_CONSTRAINT = (
-    "CREATE CONSTRAINT membrane_migration_name IF NOT EXISTS "
-    "FOR (m:MembraneMigration) REQUIRE m.name IS UNIQUE"
+    "CREATE CONSTRAINT membrane_migration_name IF NOT EXISTS FOR (m:MembraneMigration) REQUIRE m.name IS UNIQUE"
 )
 APPLIED_MIGRATIONS = "MATCH (m:MembraneMigration) RETURN m.name AS name"
 RECORD_MIGRATION = """
@@ -340,7 +339,9 @@ CALL () {
 }
 """
 SEARCH_ENTITIES = _SEARCH_ENTITIES + "RETURN entities, [] AS captures"
-SEARCH = _SEARCH_ENTITIES + """CALL () {
+SEARCH = (
+    _SEARCH_ENTITIES
+    + """CALL () {
   CALL db.index.fulltext.queryNodes('capture_text', $words) YIELD node
   WITH node AS c WHERE c.sha256 IS NOT NULL
   WITH c ORDER BY c.ingested_at DESC, c.sha256 LIMIT $limit
@@ -348,6 +349,7 @@ SEARCH = _SEARCH_ENTITIES + """CALL () {
 }
 RETURN entities, captures
 """
+)
 
 # For each entity hit: its $facts relationships with the most captures behind
 # them (then type, the other end's key, outgoing first), and its newest capture.

@@ -63,4 +63,7 @@ class SavedQuestion:
 @cache
 def saved_questions() -> dict[str, SavedQuestion]:
     """Every saved question by name (the file stem), read once."""
-    return {path.stem: SavedQuestion(path.stem, path.read_text(encoding="utf-8")) for path in sorted(QUERIES_DIR.glob("*.cypher"))}
+    return {
+        path.stem: SavedQuestion(path.stem, path.read_text(encoding="utf-8"))
+        for path in sorted(QUERIES_DIR.glob("*.cypher"))
+    }

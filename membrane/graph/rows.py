@@ -47,20 +47,42 @@ def mention_rows(capture: CaptureFacts | None) -> list[Row]:
 
 
 def _capture_row(c: CaptureFacts, fingerprint: str) -> Row:
-    return {"sha256": c.sha256, "path": c.path, "ingested_at": _moment(c.ingested_at), "model": c.model,
-            "prompt_version": c.prompt_version, "fingerprint": fingerprint, "mentions": mention_rows(c),
-            "title": c.title, "captured_at": c.captured_at, "captured_utc": _moment(c.captured_utc),
-            "text": c.text, "tags": list(c.tags)}  # fmt: skip
+    return {
+        "sha256": c.sha256,
+        "path": c.path,
+        "ingested_at": _moment(c.ingested_at),
+        "model": c.model,
+        "prompt_version": c.prompt_version,
+        "fingerprint": fingerprint,
+        "mentions": mention_rows(c),
+        "title": c.title,
+        "captured_at": c.captured_at,
+        "captured_utc": _moment(c.captured_utc),
+        "text": c.text,
+        "tags": list(c.tags),
+    }
 
 
 def _entity_row(e: MergedEntity) -> Row:
-    return {"key": e.key, "name": e.name, "aliases": list(e.aliases), "first_seen": _moment(e.first_seen),
-            "last_seen": _moment(e.last_seen)}  # fmt: skip
+    return {
+        "key": e.key,
+        "name": e.name,
+        "aliases": list(e.aliases),
+        "first_seen": _moment(e.first_seen),
+        "last_seen": _moment(e.last_seen),
+    }
 
 
 def _relationship_row(r: MergedRelationship) -> Row:
-    return {"source": r.source_key, "type": r.type, "target": r.target_key, "sources": list(r.sources),
-            "first_seen": _moment(r.first_seen), "last_seen": _moment(r.last_seen), "model": r.model}  # fmt: skip
+    return {
+        "source": r.source_key,
+        "type": r.type,
+        "target": r.target_key,
+        "sources": list(r.sources),
+        "first_seen": _moment(r.first_seen),
+        "last_seen": _moment(r.last_seen),
+        "model": r.model,
+    }
 
 
 @lru_cache(maxsize=4096)
@@ -74,7 +96,12 @@ def fingerprint(facts: CaptureFacts) -> str:
     unchanged re-ingest is recognised with one lookup and writes nothing."""
     text = hashlib.sha256(facts.text.encode("utf-8")).hexdigest() if facts.text is not None else None
     payload = [
-        facts.sha256, facts.path, facts.ingested_at, facts.captured_utc, facts.model, facts.prompt_version,
+        facts.sha256,
+        facts.path,
+        facts.ingested_at,
+        facts.captured_utc,
+        facts.model,
+        facts.prompt_version,
         list(facts.tags),
         [[e.key, e.name, e.role, e.aliases] for e in facts.entities],
         [[r.source_key, r.type, r.target_key] for r in facts.relationships],

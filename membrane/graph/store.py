@@ -376,12 +376,22 @@ class GraphStore:
 
     # -- search (membrane/search.py ranks and checks what these return)
 
-    def search(self, terms: Sequence[str], key: str, limit: int, *, captures: bool, facts: int,
-               pick: Callable[[list[dict[str, Any]]], list[str]], fuzzy: bool = False) -> SearchRows:  # fmt: skip
+    def search(
+        self,
+        terms: Sequence[str],
+        key: str,
+        limit: int,
+        *,
+        captures: bool,
+        facts: int,
+        pick: Callable[[list[dict[str, Any]]], list[str]],
+        fuzzy: bool = False,
+    ) -> SearchRows:
         """One read transaction: up to `limit` entities whose name or an alias holds every term
         (as a word's start, or within two edits with `fuzzy`; exact key first, then shorter keys),
         and with `captures` up to `limit` captures whose title or text holds every term as a whole
-        word (newest first, with their text); then, for the entity keys `pick` chooses from the first, their key facts and
+        word (newest first, with their text); then, for the entity keys `pick` chooses from the first,
+        their key facts and
         newest capture (see SearchRows)."""
         names = cypher.lucene_query(terms, match="fuzzy" if fuzzy else "prefix")
         words = cypher.lucene_query(terms, match="word")
@@ -394,7 +404,9 @@ class GraphStore:
 
         return self._read(work)
 
-    def entity_details(self, keys: Sequence[str], facts: int) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+    def entity_details(
+        self, keys: Sequence[str], facts: int
+    ) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any] | None]]:
         """SearchRows.details for these keys."""
         return self._read(lambda tx: _details(tx, keys, facts))
 

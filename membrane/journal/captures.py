@@ -73,17 +73,19 @@ class CaptureState(StrEnum):
 
 _S = CaptureState
 # The state machine: from each state, the states it may move to. Nothing else changes a state.
-TRANSITIONS: Mapping[CaptureState, frozenset[CaptureState]] = MappingProxyType({
-    _S.QUEUED: frozenset({_S.EXTRACTING, _S.FAILED}),
-    _S.EXTRACTING: frozenset({_S.QUEUED, _S.EXTRACTED, _S.FAILED}),
-    _S.EXTRACTED: frozenset({_S.PROJECTED, _S.DONE, _S.RETRACTED, _S.FAILED}),
-    # -> extracted: a vault's note renamed, projected again under its new path (rekey).
-    _S.PROJECTED: frozenset({_S.DONE, _S.RETRACTED, _S.FAILED, _S.EXTRACTED}),
-    _S.DONE: frozenset({_S.RETRACTED, _S.EXTRACTED}),
-    # A person moved the file back, a promotion requeued it, or the same bytes arrived again.
-    _S.FAILED: frozenset({_S.QUEUED, _S.EXTRACTED}),
-    _S.RETRACTED: frozenset({_S.QUEUED, _S.EXTRACTED}),
-})  # fmt: skip
+TRANSITIONS: Mapping[CaptureState, frozenset[CaptureState]] = MappingProxyType(
+    {
+        _S.QUEUED: frozenset({_S.EXTRACTING, _S.FAILED}),
+        _S.EXTRACTING: frozenset({_S.QUEUED, _S.EXTRACTED, _S.FAILED}),
+        _S.EXTRACTED: frozenset({_S.PROJECTED, _S.DONE, _S.RETRACTED, _S.FAILED}),
+        # -> extracted: a vault's note renamed, projected again under its new path (rekey).
+        _S.PROJECTED: frozenset({_S.DONE, _S.RETRACTED, _S.FAILED, _S.EXTRACTED}),
+        _S.DONE: frozenset({_S.RETRACTED, _S.EXTRACTED}),
+        # A person moved the file back, a promotion requeued it, or the same bytes arrived again.
+        _S.FAILED: frozenset({_S.QUEUED, _S.EXTRACTED}),
+        _S.RETRACTED: frozenset({_S.QUEUED, _S.EXTRACTED}),
+    }
+)
 
 CAPTURE_STATES: tuple[CaptureState, ...] = tuple(CaptureState)
 # States whose extraction is part of the graph (exported, synced, retracted on an edit).
@@ -133,8 +135,15 @@ class CaptureStore(Store):
 
     # -- enqueue and look-up
 
-    def enqueue(self, sha256: str, path: str, text: str, metadata: Mapping[str, Any] | None = None, *,
-                captured_at: str | None = None) -> EnqueueResult:  # fmt: skip
+    def enqueue(
+        self,
+        sha256: str,
+        path: str,
+        text: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        captured_at: str | None = None,
+    ) -> EnqueueResult:
         """Record a capture read from `path`; the same bytes again only add the path.
 
         `captured_at` is the capture's own date (ISO-8601 as the note writes
@@ -157,8 +166,16 @@ class CaptureStore(Store):
                 db.execute(
                     """INSERT INTO captures (sha256, path, text, metadata, state, ingested_at, updated_at, captured_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                    (sha256, path, text, meta, CaptureState.QUEUED, iso_utc(now), iso_utc(now),
-                     captured_at or iso_utc(now)),
+                    (
+                        sha256,
+                        path,
+                        text,
+                        meta,
+                        CaptureState.QUEUED,
+                        iso_utc(now),
+                        iso_utc(now),
+                        captured_at or iso_utc(now),
+                    ),
                 )
             elif known.state == CaptureState.RETRACTED or (
                 known.state == CaptureState.FAILED and not self._crash_failed(known)
@@ -179,8 +196,21 @@ class CaptureStore(Store):
         back_to_facts = capture.state == CaptureState.RETRACTED and has_extraction
         to = CaptureState.EXTRACTED if back_to_facts else CaptureState.QUEUED
         # A graph retraction still pending must not run after the facts are projected again.
-        change_state(db, capture, to, path=path, metadata=meta, updated_at=iso_utc(now), attempts=0, interrupted=0,
-                     last_error=None, stage=None, hint=None, next_attempt_at=None, graph_retraction_pending=0)
+        change_state(
+            db,
+            capture,
+            to,
+            path=path,
+            metadata=meta,
+            updated_at=iso_utc(now),
+            attempts=0,
+            interrupted=0,
+            last_error=None,
+            stage=None,
+            hint=None,
+            next_attempt_at=None,
+            graph_retraction_pending=0,
+        )
 
     def _crash_failed(self, capture: CaptureRecord) -> bool:
         return capture.interrupted >= self._core.max_interrupted
@@ -207,8 +237,9 @@ class CaptureStore(Store):
         )
         return capture_from_row(rows[0]) if rows else None
 
-    def in_states(self, states: Sequence[CaptureState] | None = None, *, limit: int | None = None
-                  ) -> list[CaptureRecord]:
+    def in_states(
+        self, states: Sequence[CaptureState] | None = None, *, limit: int | None = None
+    ) -> list[CaptureRecord]:
         """Captures in the given states (all when None), oldest first."""
         sql, params = "SELECT * FROM captures", list[Any]()
         if states:
@@ -274,15 +305,21 @@ class CaptureStore(Store):
         projected|done -> extracted, so the graph is written again under the new path
         (an extracted one keeps its state: its projection is still to come)."""
         now = self._core.now()
-        columns: dict[str, object] = {"path": path, "updated_at": iso_utc(now), "attempts": 0, "last_error": None,
-                                      "next_attempt_at": None}  # fmt: skip
+        columns: dict[str, object] = {
+            "path": path,
+            "updated_at": iso_utc(now),
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": None,
+        }
         with self._core.write("rekey") as db:
             capture = locked_capture(db, sha256)
             if capture.state == CaptureState.EXTRACTED:
                 _update(db, sha256, **columns)
             else:
-                change_state(db, capture, CaptureState.EXTRACTED, expect=(CaptureState.PROJECTED, CaptureState.DONE),
-                             **columns)
+                change_state(
+                    db, capture, CaptureState.EXTRACTED, expect=(CaptureState.PROJECTED, CaptureState.DONE), **columns
+                )
             record = _get(db, sha256)
         assert record is not None
         log.info("capture_rekeyed", sha256=sha256, path=path)
@@ -298,8 +335,16 @@ class CaptureStore(Store):
         """A move after the extraction, from any state the table allows: the error fields clear."""
         now = self._core.now()
         with self._core.write(f"mark_{to}") as db:
-            change_state(db, locked_capture(db, sha256), to, updated_at=iso_utc(now), attempts=0, last_error=None,
-                         next_attempt_at=None, graph_retraction_pending=int(graph_retraction_pending))
+            change_state(
+                db,
+                locked_capture(db, sha256),
+                to,
+                updated_at=iso_utc(now),
+                attempts=0,
+                last_error=None,
+                next_attempt_at=None,
+                graph_retraction_pending=int(graph_retraction_pending),
+            )
         log.debug("capture_state", sha256=sha256, state=to)
 
     def fail(self, sha256: str, *, stage: str, reason: str, hint: str = "") -> None:
@@ -321,9 +366,19 @@ class CaptureStore(Store):
                 "SELECT * FROM captures WHERE state = ? AND stage = ? ORDER BY seq", (CaptureState.FAILED, stage)
             ).fetchall()
             for row in rows:
-                change_state(db, capture_from_row(row), to, expect=(CaptureState.FAILED,), stage=None,
-                             last_error=None, hint=None, attempts=0, interrupted=0, next_attempt_at=None,
-                             updated_at=iso_utc(now))
+                change_state(
+                    db,
+                    capture_from_row(row),
+                    to,
+                    expect=(CaptureState.FAILED,),
+                    stage=None,
+                    last_error=None,
+                    hint=None,
+                    attempts=0,
+                    interrupted=0,
+                    next_attempt_at=None,
+                    updated_at=iso_utc(now),
+                )
         count = len(rows)
         log.info("captures_requeued", stage=stage, count=count)
         return count
@@ -349,8 +404,14 @@ def held_capture(db: sqlite3.Connection, sha256: str, state: CaptureState) -> Ca
     return capture
 
 
-def change_state(db: sqlite3.Connection, capture: CaptureRecord, to: CaptureState, *,
-                 expect: Collection[CaptureState] | None = None, **columns: object) -> None:
+def change_state(
+    db: sqlite3.Connection,
+    capture: CaptureRecord,
+    to: CaptureState,
+    *,
+    expect: Collection[CaptureState] | None = None,
+    **columns: object,
+) -> None:
     """Move `capture` (read in this transaction) to `to`, setting `columns` in the same UPDATE.
 
     `expect` is the states the caller holds the capture in (default: every state
@@ -359,24 +420,54 @@ def change_state(db: sqlite3.Connection, capture: CaptureRecord, to: CaptureStat
     """
     expected = tuple(expect) if expect is not None else sources(to)
     if capture.state not in expected or to not in TRANSITIONS[capture.state]:
-        raise StaleClaim(f"capture {capture.sha256} is {capture.state}, expected {' or '.join(expected)}: "
-                         f"cannot move {capture.state} -> {to}")
+        raise StaleClaim(
+            f"capture {capture.sha256} is {capture.state}, expected {' or '.join(expected)}: "
+            f"cannot move {capture.state} -> {to}"
+        )
     _update(db, capture.sha256, state=to, **columns)
 
 
-def fail_capture(db: sqlite3.Connection, capture: CaptureRecord, now: float, *, stage: str, reason: str,
-                 hint: str, expect: Collection[CaptureState] | None = None, **columns: object) -> None:
+def fail_capture(
+    db: sqlite3.Connection,
+    capture: CaptureRecord,
+    now: float,
+    *,
+    stage: str,
+    reason: str,
+    hint: str,
+    expect: Collection[CaptureState] | None = None,
+    **columns: object,
+) -> None:
     """-> failed (permanent), with the stage, reason and hint that go into failed/; the claim and any retry end."""
-    change_state(db, capture, CaptureState.FAILED, expect=expect, stage=stage, last_error=reason, hint=hint,
-                 claimed_by=None, lease_until=None, next_attempt_at=None, updated_at=iso_utc(now), **columns)
+    change_state(
+        db,
+        capture,
+        CaptureState.FAILED,
+        expect=expect,
+        stage=stage,
+        last_error=reason,
+        hint=hint,
+        claimed_by=None,
+        lease_until=None,
+        next_attempt_at=None,
+        updated_at=iso_utc(now),
+        **columns,
+    )
 
 
-def retry_columns(capture: CaptureRecord, now: float, *, error: str, delay_s: float, crashed: bool = False
-                  ) -> dict[str, object]:
+def retry_columns(
+    capture: CaptureRecord, now: float, *, error: str, delay_s: float, crashed: bool = False
+) -> dict[str, object]:
     """A retryable error: the attempt counted, the error kept, due again after delay_s; the claim ends."""
-    return {"attempts": capture.attempts + 1, "interrupted": capture.interrupted + int(crashed),
-            "last_error": error, "next_attempt_at": now + max(0.0, delay_s), "claimed_by": None,
-            "lease_until": None, "updated_at": iso_utc(now)}
+    return {
+        "attempts": capture.attempts + 1,
+        "interrupted": capture.interrupted + int(crashed),
+        "last_error": error,
+        "next_attempt_at": now + max(0.0, delay_s),
+        "claimed_by": None,
+        "lease_until": None,
+        "updated_at": iso_utc(now),
+    }
 
 
 def log_retry(record: CaptureRecord, *, delay_s: float, error: str) -> None:

@@ -58,8 +58,14 @@ class ClaimStore(Store):
             if row is None:
                 return None
             sha256 = row["sha256"]
-            change_state(db, locked_capture(db, sha256), CaptureState.EXTRACTING, claimed_by=claimant,
-                         lease_until=now + lease_s, updated_at=iso_utc(now))
+            change_state(
+                db,
+                locked_capture(db, sha256),
+                CaptureState.EXTRACTING,
+                claimed_by=claimant,
+                lease_until=now + lease_s,
+                updated_at=iso_utc(now),
+            )
             record = locked_capture(db, sha256)
         log.debug("capture_claimed", sha256=sha256, worker=claimant)
         return record
@@ -79,8 +85,13 @@ class ClaimStore(Store):
         now = self._core.now()
         with self._core.write("retry") as db:
             capture = locked_capture(db, sha256)
-            change_state(db, capture, CaptureState.QUEUED, expect=(CaptureState.EXTRACTING,),
-                         **retry_columns(capture, now, error=error, delay_s=delay_s, crashed=crashed))
+            change_state(
+                db,
+                capture,
+                CaptureState.QUEUED,
+                expect=(CaptureState.EXTRACTING,),
+                **retry_columns(capture, now, error=error, delay_s=delay_s, crashed=crashed),
+            )
             record = locked_capture(db, sha256)
         log_retry(record, delay_s=delay_s, error=error)
         return record
@@ -115,14 +126,27 @@ class ClaimStore(Store):
         interrupted = capture.interrupted + 1
         if interrupted >= self._core.max_interrupted:
             fail_capture(
-                db, capture, now, expect=(CaptureState.EXTRACTING,), stage="extract", interrupted=interrupted,
+                db,
+                capture,
+                now,
+                expect=(CaptureState.EXTRACTING,),
+                stage="extract",
+                interrupted=interrupted,
                 reason=f"extraction was interrupted {interrupted} times (the process died or hung)",
                 hint="This capture may crash or hang the model; split it or try another model, "
                 "then move it back to the inbox.",
             )
             return
-        change_state(db, capture, CaptureState.QUEUED, expect=(CaptureState.EXTRACTING,), interrupted=interrupted,
-                     claimed_by=None, lease_until=None, updated_at=iso_utc(now))
+        change_state(
+            db,
+            capture,
+            CaptureState.QUEUED,
+            expect=(CaptureState.EXTRACTING,),
+            interrupted=interrupted,
+            claimed_by=None,
+            lease_until=None,
+            updated_at=iso_utc(now),
+        )
 
 
 @functools.cache

@@ -78,13 +78,32 @@ class ExtractionStore(Store):
         marks = ", ".join("?" * (len(_COLUMNS) + 2))
         with self._core.write("record_extraction") as db:
             # A capture no longer extracting (its lease was lost) is refused before anything is stored.
-            change_state(db, locked_capture(db, sha256), CaptureState.EXTRACTED, expect=(CaptureState.EXTRACTING,),
-                         extracted_at=iso_utc(now), updated_at=iso_utc(now), attempts=0, interrupted=0,
-                         last_error=None, next_attempt_at=None, claimed_by=None, lease_until=None)
+            change_state(
+                db,
+                locked_capture(db, sha256),
+                CaptureState.EXTRACTED,
+                expect=(CaptureState.EXTRACTING,),
+                extracted_at=iso_utc(now),
+                updated_at=iso_utc(now),
+                attempts=0,
+                interrupted=0,
+                last_error=None,
+                next_attempt_at=None,
+                claimed_by=None,
+                lease_until=None,
+            )
             # The column names come from ExtractionResult's fields, never from data.
-            cursor = db.execute(f"INSERT INTO extractions ({columns}) VALUES ({marks})", (sha256, *values, iso_utc(now)))
-        log.info("capture_extracted", sha256=sha256, model=result.model, backend=result.backend,
-                 seconds=result.seconds, calls=result.calls)
+            cursor = db.execute(
+                f"INSERT INTO extractions ({columns}) VALUES ({marks})", (sha256, *values, iso_utc(now))
+            )
+        log.info(
+            "capture_extracted",
+            sha256=sha256,
+            model=result.model,
+            backend=result.backend,
+            seconds=result.seconds,
+            calls=result.calls,
+        )
         return int(cursor.lastrowid or 0)
 
     def latest(self, sha256: str) -> StoredExtraction | None:

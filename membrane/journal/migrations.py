@@ -112,9 +112,7 @@ def _m005_graph_retractions(db: sqlite3.Connection) -> None:
     # Journals from before this column: their graph retractions may never have run (the
     # old in-memory set died with the process). Retracting twice is harmless; missing one is not.
     db.execute("UPDATE captures SET graph_retraction_pending = 1 WHERE state = 'retracted'")
-    db.execute(
-        "CREATE INDEX captures_graph_retraction ON captures(seq) WHERE graph_retraction_pending = 1"
-    )
+    db.execute("CREATE INDEX captures_graph_retraction ON captures(seq) WHERE graph_retraction_pending = 1")
 
 
 def _m006_search(db: sqlite3.Connection) -> None:
@@ -130,11 +128,14 @@ def _m007_captured_at(db: sqlite3.Connection) -> None:
     # when this ran (capture.note_date), kept here: a migration never changes.
     rows = db.execute("SELECT sha256, metadata, ingested_at FROM captures").fetchall()
     for sha256, metadata, ingested_at in rows:
-        db.execute("UPDATE captures SET captured_at = ? WHERE sha256 = ?",
-                   (_m007_note_date(metadata) or ingested_at, sha256))  # fmt: skip
+        db.execute(
+            "UPDATE captures SET captured_at = ? WHERE sha256 = ?", (_m007_note_date(metadata) or ingested_at, sha256)
+        )
     # The search index (m006) holds each capture's date: index every capture again.
-    db.execute("INSERT INTO search_dirty (sha256) SELECT sha256 FROM captures WHERE true "
-               "ON CONFLICT (sha256) DO UPDATE SET version = version + 1")
+    db.execute(
+        "INSERT INTO search_dirty (sha256) SELECT sha256 FROM captures WHERE true "
+        "ON CONFLICT (sha256) DO UPDATE SET version = version + 1"
+    )
 
 
 def _m007_note_date(metadata: str) -> str | None:

@@ -50,8 +50,10 @@ _TOKENIZER = "unicode61 remove_diacritics 0 categories ''L* N* Co M* Cf Pc''"
 def create_search_schema(db: sqlite3.Connection) -> None:
     """The index's tables and the triggers that mark captures dirty (migration m006_search)."""
     db.execute("CREATE TABLE search_dirty (sha256 TEXT PRIMARY KEY, version INTEGER NOT NULL DEFAULT 1)")
-    mark = ("INSERT INTO search_dirty (sha256) VALUES (new.sha256) "
-            "ON CONFLICT (sha256) DO UPDATE SET version = version + 1;")  # fmt: skip
+    mark = (
+        "INSERT INTO search_dirty (sha256) VALUES (new.sha256) "
+        "ON CONFLICT (sha256) DO UPDATE SET version = version + 1;"
+    )
     db.execute(f"CREATE TRIGGER search_capture_added AFTER INSERT ON captures BEGIN {mark} END")
     db.execute(
         "CREATE TRIGGER search_capture_changed AFTER UPDATE OF state, path ON captures "
@@ -199,17 +201,22 @@ class SearchStore(Store):
     @staticmethod
     def _insert(db: sqlite3.Connection, c: IndexedCapture) -> set[str]:
         cursor = db.execute(
-            "INSERT INTO search_captures (sha256, path, title, captured_at, ingested_at, model) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO search_captures (sha256, path, title, captured_at, ingested_at, model)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             (c.sha256, c.path, c.title, c.captured_at, c.ingested_at, c.model),
         )
-        db.execute("INSERT INTO search_capture_text (rowid, title, text) VALUES (?, ?, ?)",
-                   (cursor.lastrowid, c.title or "", c.text))  # fmt: skip
+        db.execute(
+            "INSERT INTO search_capture_text (rowid, title, text) VALUES (?, ?, ?)",
+            (cursor.lastrowid, c.title or "", c.text),
+        )
         db.executemany(
             "INSERT INTO search_mentions (key, sha256, name, aliases) VALUES (?, ?, ?, ?)",
             [(m.key, c.sha256, m.name, json.dumps(list(m.aliases), ensure_ascii=False)) for m in c.mentions],
         )
-        db.executemany("INSERT OR IGNORE INTO search_facts (source_key, type, target_key, sha256) VALUES (?, ?, ?, ?)",
-                       [(*fact, c.sha256) for fact in c.facts])  # fmt: skip
+        db.executemany(
+            "INSERT OR IGNORE INTO search_facts (source_key, type, target_key, sha256) VALUES (?, ?, ?, ?)",
+            [(*fact, c.sha256) for fact in c.facts],
+        )
         return {m.key for m in c.mentions}
 
     @staticmethod
@@ -230,13 +237,15 @@ class SearchStore(Store):
         aliases = sorted({alias for m in mentions for alias in json.loads(m["aliases"])})
         encoded = json.dumps(aliases, ensure_ascii=False)
         if old is None:
-            entity_id = db.execute("INSERT INTO search_entities (key, name, aliases) VALUES (?, ?, ?)",
-                                   (key, name, encoded)).lastrowid  # fmt: skip
+            entity_id = db.execute(
+                "INSERT INTO search_entities (key, name, aliases) VALUES (?, ?, ?)", (key, name, encoded)
+            ).lastrowid
         else:
             entity_id = old["id"]
             db.execute("UPDATE search_entities SET name = ?, aliases = ? WHERE id = ?", (name, encoded, entity_id))
-        db.execute("INSERT INTO search_entity_names (rowid, names) VALUES (?, ?)",
-                   (entity_id, "\n".join([name, *aliases])))  # fmt: skip
+        db.execute(
+            "INSERT INTO search_entity_names (rowid, names) VALUES (?, ?)", (entity_id, "\n".join([name, *aliases]))
+        )
 
     # -- reads
 

@@ -228,8 +228,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _details(model: Model) -> dict[str, Any]:
-        return {"parent_model": "", "format": "gguf", "family": model.family, "families": [model.family],
-                "parameter_size": model.parameter_size, "quantization_level": model.quantization_level}  # fmt: skip
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": model.family,
+            "families": [model.family],
+            "parameter_size": model.parameter_size,
+            "quantization_level": model.quantization_level,
+        }
 
     def _listing(self, name: str, model: Model) -> dict[str, Any]:
         return {
@@ -315,11 +321,19 @@ class _Handler(BaseHTTPRequestHandler):
 
         def parts() -> Iterator[dict[str, Any]]:
             if thinking is not None:
-                yield {"model": name, "created_at": _now(), "message": {"role": "assistant", "content": "",
-                                                                        "thinking": thinking}, "done": False}
+                yield {
+                    "model": name,
+                    "created_at": _now(),
+                    "message": {"role": "assistant", "content": "", "thinking": thinking},
+                    "done": False,
+                }
             for i in range(0, len(content), 16):
-                yield {"model": name, "created_at": _now(), "message": {"role": "assistant",
-                                                                        "content": content[i : i + 16]}, "done": False}
+                yield {
+                    "model": name,
+                    "created_at": _now(),
+                    "message": {"role": "assistant", "content": content[i : i + 16]},
+                    "done": False,
+                }
             yield final | {"message": {"role": "assistant", "content": ""}}
 
         self._stream(parts())

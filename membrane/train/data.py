@@ -105,8 +105,9 @@ def distilled_cases(journal: Journal, models: Iterable[str], *, threshold: float
         extraction = stored.result.extraction  # parsed by the journal, under UNBOUNDED_RULES
         if not extraction.entities or not _grounded(extraction, capture.text, max(threshold, 1.0)):
             continue
-        cases.append(Case(id=f"distill-{capture.sha256[:12]}", text=capture.text, extraction=extraction,
-                          source=f"distill:{ref}"))
+        cases.append(
+            Case(id=f"distill-{capture.sha256[:12]}", text=capture.text, extraction=extraction, source=f"distill:{ref}")
+        )
     return cases
 
 

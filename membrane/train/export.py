@@ -40,7 +40,6 @@ def _wheel_cache() -> Path:
     return Path(os.environ.get("MEMBRANE_WHEEL_CACHE", default))
 
 
-
 def _sdist() -> Path:
     found = sorted(glob.glob(str(_wheel_cache() / "sdist" / "llama_cpp_python-*.tar.gz")))
     if not found:
@@ -107,8 +106,10 @@ def convert_lora(adapter_dir: Path, base_config_dir: Path, out_folder: Path, out
     """The peft adapter in `adapter_dir` as out_folder/adapter.gguf."""
     out_folder.mkdir(parents=True, exist_ok=True)
     out = out_folder / ADAPTER_FILE
-    _convert("convert_lora_to_gguf.py",
-             ["--base", str(base_config_dir), "--outtype", outtype, "--outfile", str(out), str(adapter_dir)])
+    _convert(
+        "convert_lora_to_gguf.py",
+        ["--base", str(base_config_dir), "--outtype", outtype, "--outfile", str(out), str(adapter_dir)],
+    )
     return out
 
 

@@ -192,7 +192,9 @@ def answer_loss(model: Any, batch: dict[str, Any]) -> Any:
 
     causal_lm = model.get_base_model()
     decoder = causal_lm.model
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])
@@ -268,12 +270,19 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, config: RunConfig) 
     set_peft_model_state_dict(model, checkpoint["adapter"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"])
-    return _State(int(checkpoint["step"]), checkpoint["best_val_loss"], checkpoint["initial_val_loss"],
-                  list(checkpoint["losses"]), int(checkpoint.get("tokens", 0)), float(checkpoint.get("seconds", 0.0)))
+    return _State(
+        int(checkpoint["step"]),
+        checkpoint["best_val_loss"],
+        checkpoint["initial_val_loss"],
+        list(checkpoint["losses"]),
+        int(checkpoint.get("tokens", 0)),
+        float(checkpoint.get("seconds", 0.0)),
+    )
 
 
-def _train_step(model: Any, optimizer: Any, train: Sequence[Example], step: int, config: RunConfig,
-                max_steps: int, pad_id: int) -> tuple[float, int]:
+def _train_step(
+    model: Any, optimizer: Any, train: Sequence[Example], step: int, config: RunConfig, max_steps: int, pad_id: int
+) -> tuple[float, int]:
     import torch
 
     lr = lr_at(step, config, max_steps)
@@ -318,8 +327,9 @@ def run(
     torch.manual_seed(config.seed)
     model = _wrap_lora(base_model, config)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=0.0
+    )
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoint, best_dir = work_dir / CHECKPOINT_FILE, work_dir / BEST_DIR
     if resume:

@@ -45,12 +45,16 @@ def register_ollama(settings: Settings, name: str) -> str:
 
     model = trained_models(settings).get(name)
     if model is None:
-        raise ModelNotFound(f"no trained model {name!r} in {settings.train.models_dir} or the package",
-                            hint="Train one with `membrane train`, or list them with `membrane models`.")
+        raise ModelNotFound(
+            f"no trained model {name!r} in {settings.train.models_dir} or the package",
+            hint="Train one with `membrane train`, or list them with `membrane models`.",
+        )
     template = OLLAMA_TEMPLATES.get(model.chat_format)
     if template is None:
-        raise ConfigError(f"no Ollama template for chat format {model.chat_format!r} (known: "
-                          f"{', '.join(sorted(OLLAMA_TEMPLATES))})", key="train.base")
+        raise ConfigError(
+            f"no Ollama template for chat format {model.chat_format!r} (known: {', '.join(sorted(OLLAMA_TEMPLATES))})",
+            key="train.base",
+        )
     backend = OllamaBackend(settings)
     backend.create_model(
         name,

@@ -104,8 +104,9 @@ def format_prompt(messages: list[dict[str, str]], chat_format: str) -> tuple[str
     return result.prompt, stop.rstrip(), bool(result.added_special)
 
 
-def render_case(case: Case, tokenizer: Tokenizer, chat_format: str,
-                prompt_version: str = TUNED_PROMPT_VERSION) -> Example:
+def render_case(
+    case: Case, tokenizer: Tokenizer, chat_format: str, prompt_version: str = TUNED_PROMPT_VERSION
+) -> Example:
     """The case as training ids: the rendered prompt (masked) and the answer plus end-of-turn."""
     prompt, stop, added_special = format_prompt(training_messages(case.text, prompt_version), chat_format)
     prompt_ids = tokenizer.encode(prompt, add_bos=not added_special)

@@ -111,18 +111,26 @@ def resolve_base(settings: Settings, options: TrainOptions) -> Base:
     configured = settings.model.embedded.get(spec)
     if configured is not None:
         if configured.lora_path:
-            raise ConfigError(f"train.base = {spec!r} is itself a trained model; train from its base",
-                              key="train.base")
+            raise ConfigError(f"train.base = {spec!r} is itself a trained model; train from its base", key="train.base")
         path = locate_gguf(configured.path)
-        return Base(spec, path.parent, path.name, configured.path, configured.chat_format,
-                    configured.n_ctx, configured.parameters)
+        return Base(
+            spec,
+            path.parent,
+            path.name,
+            configured.path,
+            configured.chat_format,
+            configured.n_ctx,
+            configured.parameters,
+        )
     folder = Path(spec).expanduser()
     if (folder / "config.json").is_file():
-        return Base(folder.name, folder, None, options.base_gguf, options.chat_format,
-                    settings.model.num_ctx, "")
+        return Base(folder.name, folder, None, options.base_gguf, options.chat_format, settings.model.num_ctx, "")
     known = ", ".join(sorted(settings.model.embedded))
-    raise ConfigError(f"train.base = {spec!r} is neither a [model.embedded] name ({known}) nor a "
-                      "Hugging Face model folder (with config.json)", key="train.base")
+    raise ConfigError(
+        f"train.base = {spec!r} is neither a [model.embedded] name ({known}) nor a "
+        "Hugging Face model folder (with config.json)",
+        key="train.base",
+    )
 
 
 def _tokenizer(base: Base) -> Tokenizer:
@@ -140,20 +148,25 @@ def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
         from membrane.journal import Journal
 
         with Journal(settings.journal.path) as journal:
-            cases += distilled_cases(journal, settings.train.distill_from,
-                                     threshold=settings.extraction.grounding_threshold)
+            cases += distilled_cases(
+                journal, settings.train.distill_from, threshold=settings.extraction.grounding_threshold
+            )
     if limit:
         cases = cases[:limit]
     if not cases:
-        raise ConfigError(f"no training cases in {', '.join(settings.train.data)}"
-                          + (f" or from {', '.join(settings.train.distill_from)}" if settings.train.distill_from else ""),
-                          key="train.data")
+        raise ConfigError(
+            f"no training cases in {', '.join(settings.train.data)}"
+            + (f" or from {', '.join(settings.train.distill_from)}" if settings.train.distill_from else ""),
+            key="train.data",
+        )
     held_out = [g.text for path in settings.bench.eval_files for g in load_gold(path)]
     overlaps = gold_overlaps(cases, held_out)
     if overlaps:
-        raise ConfigError(f"{len(overlaps)} training cases equal or near an evaluation text: {', '.join(overlaps[:10])}",
-                          key="train.data",
-                          hint="Training data never overlaps an evaluation set (bench.eval_files); remove those cases.")
+        raise ConfigError(
+            f"{len(overlaps)} training cases equal or near an evaluation text: {', '.join(overlaps[:10])}",
+            key="train.data",
+            hint="Training data never overlaps an evaluation set (bench.eval_files); remove those cases.",
+        )
     return cases
 
 
@@ -170,10 +183,21 @@ def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int,
 
     t = settings.train
     return RunConfig(
-        base=base.name, data_sha256=data_sha256(cases), rank=t.rank, alpha=t.alpha, dropout=t.dropout,
-        learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
-        grad_accumulation=t.grad_accumulation, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
-        seed=t.seed, max_seq_len=t.max_seq_len, train_cases=n_train, val_cases=n_val,
+        base=base.name,
+        data_sha256=data_sha256(cases),
+        rank=t.rank,
+        alpha=t.alpha,
+        dropout=t.dropout,
+        learning_rate=t.learning_rate,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        grad_accumulation=t.grad_accumulation,
+        eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every,
+        seed=t.seed,
+        max_seq_len=t.max_seq_len,
+        train_cases=n_train,
+        val_cases=n_val,
     )
 
 
@@ -197,21 +221,48 @@ def train(settings: Settings, options: TrainOptions, progress: Callable[[Progres
     config = _run_config(settings, base, cases, len(train_examples), len(val_examples))
     name = model_name(settings)
     work_dir = Path(settings.train.work_dir) / name
-    log.info("train_started", name=name, base=base.name, train_cases=len(train_examples),
-             val_cases=len(val_examples), config=asdict(config))
+    log.info(
+        "train_started",
+        name=name,
+        base=base.name,
+        train_cases=len(train_examples),
+        val_cases=len(val_examples),
+        config=asdict(config),
+    )
     model = loop.load_base(base.folder, base.gguf_file)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
-    result = loop.run(model, train_examples, val_examples, config, work_dir, pad_id=int(pad_id or 0),
-                      threads=settings.train.threads, resume=options.resume, progress=progress,
-                      stop_after=options.max_steps or None,
-                      max_seconds=options.max_minutes * 60 or None)
+    result = loop.run(
+        model,
+        train_examples,
+        val_examples,
+        config,
+        work_dir,
+        pad_id=int(pad_id or 0),
+        threads=settings.train.threads,
+        resume=options.resume,
+        progress=progress,
+        stop_after=options.max_steps or None,
+        max_seconds=options.max_minutes * 60 or None,
+    )
     folder = Path(settings.train.models_dir) / name
     base_config = export.save_base_config(model, base.folder, base.gguf_file, work_dir / "base-config")
     adapter = export.convert_lora(result.adapter_dir, base_config, folder, settings.train.outtype)
     merged = _merged(settings, base, result, work_dir, folder) if settings.train.merged else None
     validation = Validation(loss=result.best_val_loss, initial_loss=result.initial_val_loss, scores=None)
-    manifest = _manifest(settings, options, base, cases, val_cases, config, result, adapter, merged,
-                         long_train + long_val, time.monotonic() - started, validation)
+    manifest = _manifest(
+        settings,
+        options,
+        base,
+        cases,
+        val_cases,
+        config,
+        result,
+        adapter,
+        merged,
+        long_train + long_val,
+        time.monotonic() - started,
+        validation,
+    )
     manifest.write(folder)
     if options.score and val_cases and base.inference_path:
         scores = validation_scores(settings, name, val_cases)
@@ -258,35 +309,74 @@ def _data_files(cases: list[Case]) -> tuple[DataFile, ...]:
     counts: dict[str, int] = {}
     for case in cases:
         counts[case.source] = counts.get(case.source, 0) + 1
-    return tuple(DataFile(source=source, cases=n, sha256=file_sha256(Path(source))) if Path(source).is_file()
-                 else DataFile(source=source, cases=n) for source, n in counts.items())
+    return tuple(
+        DataFile(source=source, cases=n, sha256=file_sha256(Path(source)))
+        if Path(source).is_file()
+        else DataFile(source=source, cases=n)
+        for source, n in counts.items()
+    )
 
 
-def _manifest(settings: Settings, options: TrainOptions, base: Base, cases: list[Case], val_cases: list[Case],
-              config: RunConfig, result: RunResult, adapter: Path, merged: Path | None, too_long: int,
-              wall_s: float, validation: Validation) -> Manifest:
+def _manifest(
+    settings: Settings,
+    options: TrainOptions,
+    base: Base,
+    cases: list[Case],
+    val_cases: list[Case],
+    config: RunConfig,
+    result: RunResult,
+    adapter: Path,
+    merged: Path | None,
+    too_long: int,
+    wall_s: float,
+    validation: Validation,
+) -> Manifest:
     base_file = base.folder / base.gguf_file if base.gguf_file else None
     return Manifest(
         name=model_name(settings),
         created_at=iso_utc_seconds(),
-        base=ManifestBase(name=base.name, path=base.inference_path, n_ctx=base.n_ctx, parameters=base.parameters,
-                          sha256=file_sha256(base_file) if base_file else ""),
+        base=ManifestBase(
+            name=base.name,
+            path=base.inference_path,
+            n_ctx=base.n_ctx,
+            parameters=base.parameters,
+            sha256=file_sha256(base_file) if base_file else "",
+        ),
         prompt_version=TUNED_PROMPT_VERSION,
         chat_format=base.chat_format,
-        adapter=AdapterFile(file=ADAPTER_FILE, sha256=file_sha256(adapter), bytes=adapter.stat().st_size,
-                            outtype=settings.train.outtype),
+        adapter=AdapterFile(
+            file=ADAPTER_FILE, sha256=file_sha256(adapter), bytes=adapter.stat().st_size, outtype=settings.train.outtype
+        ),
         merged=MergedFile(file=merged.name, sha256=file_sha256(merged)) if merged else None,
-        data=TrainingData(sha256=config.data_sha256, cases=len(cases), train_cases=config.train_cases,
-                          val_cases=config.val_cases, left_out_too_long=too_long,
-                          val_ids=tuple(sorted(c.id for c in val_cases)), files=_data_files(cases),
-                          distill_from=settings.train.distill_from),
-        hyperparameters={**asdict(config), "target_modules": "all-linear", "optimizer": "AdamW",
-                         "schedule": "linear warm-up, cosine to 10%"},
-        training=TrainingRun(steps=result.steps, max_steps=result.max_steps, resumed_from=result.resumed_from,
-                             wall_time_s=round(wall_s, 1), loop_seconds=round(result.seconds, 1),
-                             tokens=result.train_tokens, tokens_per_second=round(result.tokens_per_second, 1),
-                             first_loss=result.first_loss, last_loss=result.last_loss,
-                             threads=settings.train.threads, seed=settings.train.seed),
+        data=TrainingData(
+            sha256=config.data_sha256,
+            cases=len(cases),
+            train_cases=config.train_cases,
+            val_cases=config.val_cases,
+            left_out_too_long=too_long,
+            val_ids=tuple(sorted(c.id for c in val_cases)),
+            files=_data_files(cases),
+            distill_from=settings.train.distill_from,
+        ),
+        hyperparameters={
+            **asdict(config),
+            "target_modules": "all-linear",
+            "optimizer": "AdamW",
+            "schedule": "linear warm-up, cosine to 10%",
+        },
+        training=TrainingRun(
+            steps=result.steps,
+            max_steps=result.max_steps,
+            resumed_from=result.resumed_from,
+            wall_time_s=round(wall_s, 1),
+            loop_seconds=round(result.seconds, 1),
+            tokens=result.train_tokens,
+            tokens_per_second=round(result.tokens_per_second, 1),
+            first_loss=result.first_loss,
+            last_loss=result.last_loss,
+            threads=settings.train.threads,
+            seed=settings.train.seed,
+        ),
         validation=validation,
         command=options.command,
         versions=_versions(),

@@ -35,11 +35,16 @@ def shared_note(i: int) -> tuple[str, str, str]:
     host, verb = HOSTS[i % len(HOSTS)], VERBS[i % len(VERBS)]
     text = f"Log {i}: {person} {verb.lower()} {system}, which runs on {host}.\n"
     output = {
-        "entities": [{"name": person, "role": "subject"}, {"name": system, "role": "object"},
-                     {"name": host, "role": "object"}],
-        "relationships": [{"source": person, "relation": verb, "target": system},
-                          {"source": system, "relation": "RUNS_ON", "target": host}],
-    }  # fmt: skip
+        "entities": [
+            {"name": person, "role": "subject"},
+            {"name": system, "role": "object"},
+            {"name": host, "role": "object"},
+        ],
+        "relationships": [
+            {"source": person, "relation": verb, "target": system},
+            {"source": system, "relation": "RUNS_ON", "target": host},
+        ],
+    }
     return f"log-{i:05d}.txt", text, json.dumps(output)
 
 
@@ -111,8 +116,11 @@ class Fleet:
         for daemon in range(len(self.sections)):
             self.processes.append(start_daemon(self.workdir / f"daemon-{daemon}" / "membrane.toml", self.log(daemon)))
         for daemon in range(len(self.sections)):
-            wait_for(lambda d=daemon: '"daemon_ready"' in self.log(d).read_text(errors="replace"), 120,
-                     f"daemon {daemon} ready")  # fmt: skip
+            wait_for(
+                lambda d=daemon: '"daemon_ready"' in self.log(d).read_text(errors="replace"),
+                120,
+                f"daemon {daemon} ready",
+            )
 
     def stop(self) -> list[int]:
         for process in self.processes:
@@ -136,8 +144,9 @@ def journal_state(path: Path) -> tuple[dict[str, int], int]:
         return journal.status.counts(), len(journal.captures.retractions_due(limit=None))
 
 
-def run_fleet(workdir: Path, plan: Plan, replay: Path, neo4j: dict[str, Any], *, concurrency: int = 2,
-              timeout_s: float = 300.0) -> dict[str, Any]:  # fmt: skip
+def run_fleet(
+    workdir: Path, plan: Plan, replay: Path, neo4j: dict[str, Any], *, concurrency: int = 2, timeout_s: float = 300.0
+) -> dict[str, Any]:
     """Run one daemon per group of `plan` on one Neo4j until every note is done and every deletion retracted.
 
     Each daemon's notes are staged, then all inboxes are filled at once, the
@@ -165,8 +174,11 @@ def run_fleet(workdir: Path, plan: Plan, replay: Path, neo4j: dict[str, Any], *,
                     os.rename(workdir / f"daemon-{daemon}" / "staging" / name, fleet.inbox(daemon) / name)
         for daemon, deleted in enumerate(plan.deleted):
             processed = fleet.inbox(daemon) / "processed"
-            wait_for(lambda p=processed, d=deleted: all((p / shared_note(i)[0]).exists() for i in d),
-                     timeout_s, f"daemon {daemon}: the notes to delete processed (log {fleet.log(daemon)})")  # fmt: skip
+            wait_for(
+                lambda p=processed, d=deleted: all((p / shared_note(i)[0]).exists() for i in d),
+                timeout_s,
+                f"daemon {daemon}: the notes to delete processed (log {fleet.log(daemon)})",
+            )
             for i in deleted:
                 (processed / shared_note(i)[0]).unlink()
         for daemon, notes in enumerate(plan.notes):
@@ -181,7 +193,12 @@ def run_fleet(workdir: Path, plan: Plan, replay: Path, neo4j: dict[str, Any], *,
     finally:
         codes = fleet.stop()
     counts = [journal_state(fleet.journal(d))[0] for d in range(len(plan.notes))]
-    return {"seconds": seconds, "exit_codes": codes, "counts": counts, "logs": [fleet.log(d) for d in range(len(plan.notes))]}
+    return {
+        "seconds": seconds,
+        "exit_codes": codes,
+        "counts": counts,
+        "logs": [fleet.log(d) for d in range(len(plan.notes))],
+    }
 
 
 def duplicate_facts(driver: Any) -> list[tuple[str, str, str, int]]:
@@ -196,7 +213,8 @@ def duplicate_facts(driver: Any) -> list[tuple[str, str, str, int]]:
 def duplicate_nodes(driver: Any) -> list[tuple[str, str, int]]:
     records = driver.execute_query(
         "CALL () { MATCH (e:Entity) WITH e.key AS key, count(*) AS n WHERE n > 1 RETURN 'Entity' AS label, key, n "
-        "UNION ALL MATCH (c:Capture) WITH c.sha256 AS key, count(*) AS n WHERE n > 1 RETURN 'Capture' AS label, key, n } "
+        "UNION ALL MATCH (c:Capture) WITH c.sha256 AS key, count(*) AS n WHERE n > 1 "
+        "RETURN 'Capture' AS label, key, n } "
         "RETURN label, key, n"
     ).records
     return [(r["label"], r["key"], r["n"]) for r in records]

@@ -44,10 +44,19 @@ class Document:
     date: datetime | None = None
     url: str = ""
     # For web pages: what surrounds the article (menus, cookie banner, footer).
-    boilerplate: tuple[str, ...] = field(default=("Home", "Blog", "About", "Contact", "Subscribe to our newsletter",
-                                                  "We use cookies to improve your experience. Accept all cookies",
-                                                  "Copyright 2026 Example Media. All rights reserved.",
-                                                  "Related posts", "Share on Mastodon"))
+    boilerplate: tuple[str, ...] = field(
+        default=(
+            "Home",
+            "Blog",
+            "About",
+            "Contact",
+            "Subscribe to our newsletter",
+            "We use cookies to improve your experience. Accept all cookies",
+            "Copyright 2026 Example Media. All rights reserved.",
+            "Related posts",
+            "Share on Mastodon",
+        )
+    )
 
     @property
     def text(self) -> str:
@@ -98,8 +107,9 @@ def _pdf_date(moment: datetime) -> str:
     return "D:" + moment.strftime("%Y%m%d%H%M%S") + zone
 
 
-def pdf_bytes(document: Document, *, password: str | None = None, image_only: bool = False,
-              layout: str = "lines") -> bytes:  # fmt: skip
+def pdf_bytes(
+    document: Document, *, password: str | None = None, image_only: bool = False, layout: str = "lines"
+) -> bytes:
     """A PDF whose pages show the document's paragraphs in Helvetica (a real text
     layer), with Title, Author and CreationDate. `layout`: "lines" (one string a
     line), "gaps" (words spaced by displacements, no space characters) or
@@ -109,9 +119,14 @@ def pdf_bytes(document: Document, *, password: str | None = None, image_only: bo
     from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject
 
     writer = PdfWriter()
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica"),
-                             NameObject("/Encoding"): NameObject("/WinAnsiEncoding")})  # fmt: skip
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+            NameObject("/Encoding"): NameObject("/WinAnsiEncoding"),
+        }
+    )
     width, per_page = (44, 2 * _PAGE_LINES) if layout == "columns" else (_LINE_CHARS, _PAGE_LINES)
     for lines in _pdf_pages(document.paragraphs, width, per_page):
         page = writer.add_blank_page(612, 792)
@@ -119,10 +134,16 @@ def pdf_bytes(document: Document, *, password: str | None = None, image_only: bo
         if image_only:
             image = DecodedStreamObject()
             image.set_data(bytes(range(64)) * 64)
-            image.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
-                          NameObject("/Width"): NumberObject(64), NameObject("/Height"): NumberObject(64),
-                          NameObject("/ColorSpace"): NameObject("/DeviceGray"),
-                          NameObject("/BitsPerComponent"): NumberObject(8)})  # fmt: skip
+            image.update(
+                {
+                    NameObject("/Type"): NameObject("/XObject"),
+                    NameObject("/Subtype"): NameObject("/Image"),
+                    NameObject("/Width"): NumberObject(64),
+                    NameObject("/Height"): NumberObject(64),
+                    NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+                    NameObject("/BitsPerComponent"): NumberObject(8),
+                }
+            )
             resources[NameObject("/XObject")] = DictionaryObject({NameObject("/Im1"): writer._add_object(image)})
             content = b"q 468 0 0 600 72 120 cm /Im1 Do Q"
         else:
@@ -176,28 +197,42 @@ def docx_bytes(document: Document, *, table: Sequence[Sequence[str]] = ()) -> by
 # that a converter must leave out.
 _TEASERS = "".join(
     f'<div class="teaser"><h3><a href="/post/{i}">{title}</a></h3><p>{body}</p></div>'
-    for i, (title, body) in enumerate([
-        ("Ten tips for your router", "Most home routers ship with settings that favour convenience over safety, "
-         "and a few minutes in the admin page can change that for good."),
-        ("Why we moved to IPv6", "After years of double NAT and port forwarding headaches, the office network "
-         "finally runs dual stack, and the printers were the hardest part."),
-        ("A quiet fan for the NAS", "The stock fan of the four-bay enclosure was louder than the drives, so we "
-         "measured three replacements with a cheap decibel meter."),
-    ]))
+    for i, (title, body) in enumerate(
+        [
+            (
+                "Ten tips for your router",
+                "Most home routers ship with settings that favour convenience over safety, "
+                "and a few minutes in the admin page can change that for good.",
+            ),
+            (
+                "Why we moved to IPv6",
+                "After years of double NAT and port forwarding headaches, the office network "
+                "finally runs dual stack, and the printers were the hardest part.",
+            ),
+            (
+                "A quiet fan for the NAS",
+                "The stock fan of the four-bay enclosure was louder than the drives, so we "
+                "measured three replacements with a cheap decibel meter.",
+            ),
+        ]
+    )
+)
 _COMMENTS = "".join(
     f'<div class="comment"><p class="who">{who}</p><p>{body}</p></div>'
     for who, body in [
         ("Marta", "Thanks for writing this up, it saved me an afternoon of reading forum threads."),
         ("deploy_bot", "Has anyone tried this with the older firmware? Mine refuses to boot after the update."),
         ("Ken", "Great post. I would add that backups deserve the same attention as the setup itself."),
-    ])
+    ]
+)
 
 
 def html_bytes(document: Document) -> bytes:
     """A saved blog page: meta tags (title, author, published time, canonical URL),
     a menu, a cookie banner, the article, a sidebar of related posts and a footer."""
-    menu = "".join(f'<li><a href="/{escape(item.lower())}">{escape(item)}</a></li>'
-                   for item in document.boilerplate[:4])  # fmt: skip
+    menu = "".join(
+        f'<li><a href="/{escape(item.lower())}">{escape(item)}</a></li>' for item in document.boilerplate[:4]
+    )
     article = "".join(f"<p>{escape(p)}</p>" for p in document.paragraphs)
     published = document.date.isoformat() if document.date is not None else ""
     return f"""<!DOCTYPE html>
@@ -230,9 +265,15 @@ class Attachment:
     mime: str = "application/octet-stream"
 
 
-def eml_bytes(document: Document, *, sender: str = "Grete Lindqvist <grete@example.org>",
-              to: str = "Farid Haddad <farid@example.org>", attachments: Sequence[Attachment] = (),
-              html_alternative: bool = False, charset: str = "utf-8") -> bytes:  # fmt: skip
+def eml_bytes(
+    document: Document,
+    *,
+    sender: str = "Grete Lindqvist <grete@example.org>",
+    to: str = "Farid Haddad <farid@example.org>",
+    attachments: Sequence[Attachment] = (),
+    html_alternative: bool = False,
+    charset: str = "utf-8",
+) -> bytes:
     """An e-mail as a mail client saves it (.eml): Subject, From, To, Date, a text
     body (and an HTML alternative), and attachments."""
     message = EmailMessage()

@@ -36,8 +36,11 @@ def _answer(entities: Iterable[tuple[str, str]], relationships: Iterable[tuple[s
 EXAMPLE_ANSWERS: dict[str, dict[str, Any]] = {
     "homelab.txt": _answer(
         [("Alice", "subject"), ("Nextcloud", "object"), ("Raspberry Pi", "object"), ("Debian 12", "object")],
-        [("Alice", "DEPLOYED", "Nextcloud"), ("Nextcloud", "RUNS_ON", "Raspberry Pi"),
-         ("Debian 12", "RUNS_ON", "Raspberry Pi")],
+        [
+            ("Alice", "DEPLOYED", "Nextcloud"),
+            ("Nextcloud", "RUNS_ON", "Raspberry Pi"),
+            ("Debian 12", "RUNS_ON", "Raspberry Pi"),
+        ],
     ),
     "meeting-notes.md": _answer(
         [("Bob", "subject"), ("Acme Corp", "object"), ("Neo4j", "object")],
@@ -47,11 +50,11 @@ EXAMPLE_ANSWERS: dict[str, dict[str, Any]] = {
         [("Marie Curie", "subject"), ("polonium", "object"), ("Paris", "object")],
         [("Marie Curie", "DISCOVERED", "polonium")],
     ),
-}  # fmt: skip
+}
 
 # Names a model may well return: quotes, backticks, Cypher look-alikes, right-to-left scripts.
 HOSTILE = {
-    "quote": "O'Brien \"the `tick`\"",
+    "quote": 'O\'Brien "the `tick`"',
     "cypher": "x'}) DETACH DELETE n //",
     "backtick": "`Entity` {key: $key}",
     "hebrew": "שלום עולם",
@@ -64,22 +67,37 @@ EXTRA_NOTES: dict[str, tuple[str, dict[str, Any]]] = {
         f"{HOSTILE['quote']} maintains {HOSTILE['cypher']}. {HOSTILE['backtick']} runs on {HOSTILE['hebrew']}, "
         f"which {HOSTILE['arabic']} hosts. {HOSTILE['override']} came by mail.\n",
         _answer(
-            [(HOSTILE["quote"], "subject"), (HOSTILE["cypher"], "object"), (HOSTILE["backtick"], "subject"),
-             (HOSTILE["hebrew"], "object"), (HOSTILE["arabic"], "subject"), (HOSTILE["override"], "object")],
-            [(HOSTILE["quote"], "MAINTAINS", HOSTILE["cypher"]), (HOSTILE["backtick"], "RUNS_ON", HOSTILE["hebrew"]),
-             (HOSTILE["arabic"], "HOSTS", HOSTILE["hebrew"])],
+            [
+                (HOSTILE["quote"], "subject"),
+                (HOSTILE["cypher"], "object"),
+                (HOSTILE["backtick"], "subject"),
+                (HOSTILE["hebrew"], "object"),
+                (HOSTILE["arabic"], "subject"),
+                (HOSTILE["override"], "object"),
+            ],
+            [
+                (HOSTILE["quote"], "MAINTAINS", HOSTILE["cypher"]),
+                (HOSTILE["backtick"], "RUNS_ON", HOSTILE["hebrew"]),
+                (HOSTILE["arabic"], "HOSTS", HOSTILE["hebrew"]),
+            ],
         ),
     ),
     "again.txt": (
         "Alice deployed Nextcloud again last week (Nextclould, says the invoice); NAS1 and NAS2 sit beside "
         "the Raspberry Pi.\n",
         _answer(
-            [("Alice", "subject"), ("Nextcloud", "object"), ("Nextclould", "object"), ("NAS1", "object"),
-             ("NAS2", "object"), ("Raspberry Pi", "object")],
+            [
+                ("Alice", "subject"),
+                ("Nextcloud", "object"),
+                ("Nextclould", "object"),
+                ("NAS1", "object"),
+                ("NAS2", "object"),
+                ("Raspberry Pi", "object"),
+            ],
             [("Alice", "DEPLOYED", "Nextcloud"), ("NAS1", "NEAR", "Raspberry Pi")],
         ),
     ),
-}  # fmt: skip
+}
 
 
 def example_files() -> list[Path]:
@@ -94,7 +112,7 @@ def fill_inbox(inbox: Path, *, extra: bool = True) -> Path:
         shutil.copy(path, inbox / path.name)
         text = read_capture(inbox / path.name, InboxSettings(path=inbox)).text
         records.append((text, json.dumps(EXAMPLE_ANSWERS[path.name], ensure_ascii=False)))
-    for name, (text, answer) in (EXTRA_NOTES.items() if extra else ()):
+    for name, (text, answer) in EXTRA_NOTES.items() if extra else ():
         (inbox / name).write_text(text, encoding="utf-8")
         records.append((text, json.dumps(answer, ensure_ascii=False)))
     return write_replay(inbox.parent / "replay.jsonl", records)

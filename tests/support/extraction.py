@@ -18,8 +18,15 @@ def make_result(
 ) -> ExtractionResult:
     """An ExtractionResult with test defaults; `fields` overrides any other field by name."""
     values: dict[str, Any] = {
-        "model": "m", "backend": "b", "prompt_version": "p", "errors": (), "calls": 1,
-        "first_attempt_valid": True, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0,
+        "model": "m",
+        "backend": "b",
+        "prompt_version": "p",
+        "errors": (),
+        "calls": 1,
+        "first_attempt_valid": True,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "seconds": 0.0,
     }
     values.update(fields)
     return ExtractionResult(

@@ -55,23 +55,73 @@ NAME_MAX = 255
 
 _TRICKY_BYTES = [
     b"\xef\xbb\xbf",  # UTF-8 BOM
-    b"\xff\xfe", b"\xfe\xff",  # UTF-16 BOMs
-    b"\x00", b"\r", b"\r\n", b"\n", b"\t", b"\x1b[31m", b"\x7f", b"\x0c",
-    b"\xff", b"\xc3", b"\xc0\xaf",  # invalid, truncated, overlong
+    b"\xff\xfe",
+    b"\xfe\xff",  # UTF-16 BOMs
+    b"\x00",
+    b"\r",
+    b"\r\n",
+    b"\n",
+    b"\t",
+    b"\x1b[31m",
+    b"\x7f",
+    b"\x0c",
+    b"\xff",
+    b"\xc3",
+    b"\xc0\xaf",  # invalid, truncated, overlong
     b"\xed\xa0\x80",  # an encoded surrogate (invalid UTF-8)
     b"\xf4\x90\x80\x80",  # beyond U+10FFFF
-    "e\u0301".encode(), "\u202e".encode(), "\u2028".encode(), "\ufeff".encode(),
-    "名前".encode(), "🦀".encode(),
+    "e\u0301".encode(),
+    "\u202e".encode(),
+    "\u2028".encode(),
+    "\ufeff".encode(),
+    "名前".encode(),
+    "🦀".encode(),
 ]
 _YAML_SCALARS = [
-    "2001-13-45", "2026-02-30 25:61:61", "1" * 5000, "0x" + "f" * 5000, "-.inf", ".nan", "~", "null",
-    "!!binary aGVsbG8=", "!!python/object/apply:os.system ['true']", "!!set {a, b}", "!!timestamp x",
-    "&a [*a]", "*undefined", "? [a, b]\n: c", "'unterminated", '"\\ud800"', "|\n  block", ">-\n  folded",
-    "%YAML 1.1", "{a: 1, a: 2}", "[1, [2, [3]]]", "@reserved", "`tick", "- - - x",
+    "2001-13-45",
+    "2026-02-30 25:61:61",
+    "1" * 5000,
+    "0x" + "f" * 5000,
+    "-.inf",
+    ".nan",
+    "~",
+    "null",
+    "!!binary aGVsbG8=",
+    "!!python/object/apply:os.system ['true']",
+    "!!set {a, b}",
+    "!!timestamp x",
+    "&a [*a]",
+    "*undefined",
+    "? [a, b]\n: c",
+    "'unterminated",
+    '"\\ud800"',
+    "|\n  block",
+    ">-\n  folded",
+    "%YAML 1.1",
+    "{a: 1, a: 2}",
+    "[1, [2, [3]]]",
+    "@reserved",
+    "`tick",
+    "- - - x",
 ]
 _JSON_ATOMS = [
-    "1" * 5000, "-" + "9" * 4400, "1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1.5e-400",
-    '"\\ud800"', '"\\udfff\\ud800"', '"\\u0000"', '"\\x"', "true", "null", "[]", "{}", '"' + "x" * 50_000 + '"',
+    "1" * 5000,
+    "-" + "9" * 4400,
+    "1e999",
+    "-1e999",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1.5e-400",
+    '"\\ud800"',
+    '"\\udfff\\ud800"',
+    '"\\u0000"',
+    '"\\x"',
+    "true",
+    "null",
+    "[]",
+    "{}",
+    '"' + "x" * 50_000 + '"',
 ]
 
 
@@ -110,30 +160,45 @@ def json_captures() -> st.SearchStrategy[bytes]:
         optional={
             "text": st.one_of(st.text(), json_values()),
             "source": st.one_of(st.text(max_size=20), json_values()),
-            "captured_at": st.one_of(st.sampled_from(["2026-01-31T09:30:00Z", "2026-13-01", "yesterday", ""]),
-                                     json_values()),
+            "captured_at": st.one_of(
+                st.sampled_from(["2026-01-31T09:30:00Z", "2026-13-01", "yesterday", ""]), json_values()
+            ),
             "tags": st.one_of(st.lists(st.text(max_size=10), max_size=4), json_values()),
             "Text": st.text(max_size=10),
             "extra": json_values(),
         },
     ).map(lambda d: json.dumps(d, allow_nan=True))
-    spliced = st.lists(st.one_of(st.sampled_from(_JSON_ATOMS), st.sampled_from(list('{}[]:,"')), st.text(max_size=8)),
-                       max_size=12).map("".join)
+    spliced = st.lists(
+        st.one_of(st.sampled_from(_JSON_ATOMS), st.sampled_from(list('{}[]:,"')), st.text(max_size=8)), max_size=12
+    ).map("".join)
     in_text = st.sampled_from(_JSON_ATOMS).map(lambda a: '{"text": ' + a + "}")
-    text = st.one_of(near_miss, json_values().map(lambda v: json.dumps(v)), spliced, in_text,
-                     deep("[", "]"), deep('{"text": ', "}"), deep("{", "}"))
+    text = st.one_of(
+        near_miss,
+        json_values().map(lambda v: json.dumps(v)),
+        spliced,
+        in_text,
+        deep("[", "]"),
+        deep('{"text": ', "}"),
+        deep("{", "}"),
+    )
     return text.map(lambda s: s.encode("utf-8", "surrogatepass"))
 
 
 def front_matters() -> st.SearchStrategy[bytes]:
     """Markdown with front matter that is valid, broken, empty, huge, deep, aliased or unterminated."""
-    valid = json_values().map(lambda v: json.dumps(v) if not isinstance(v, dict) else
-                              "\n".join(f"{json.dumps(k)}: {json.dumps(x)}" for k, x in v.items()))
+    valid = json_values().map(
+        lambda v: (
+            json.dumps(v)
+            if not isinstance(v, dict)
+            else "\n".join(f"{json.dumps(k)}: {json.dumps(x)}" for k, x in v.items())
+        )
+    )
     scalar = st.sampled_from(_YAML_SCALARS).map(lambda s: f"key: {s}")
     broken = st.text(alphabet=st.sampled_from(list(":-[]{}!&*?|>'\"#%@` \n\tab")), max_size=80)
     huge = st.integers(1, 30_000).map(lambda n: "\n".join(f"k{i}: v{i}" for i in range(n)))
-    bomb = st.integers(1, 12).map(lambda n: "a0: &a0 [x, x]\n" + "".join(
-        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, n)))
+    bomb = st.integers(1, 12).map(
+        lambda n: "a0: &a0 [x, x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, n))
+    )
     nested = st.one_of(deep("[", "]"), deep("{a: ", "}"), deep("- ", ""))
     block = st.one_of(valid, scalar, broken, huge, bomb, nested, st.just(""), st.text(max_size=200))
     opening = st.sampled_from(["---\n", "---\r\n", "--- \n", "---", "\ufeff---\n", "\r---\n"])
@@ -156,17 +221,21 @@ def _fits(name: bytes) -> bool:
 def file_names() -> st.SearchStrategy[bytes]:
     """File names as bytes: newlines, control characters, 255 bytes, non-NFC forms, invalid UTF-8."""
     control = st.characters(min_codepoint=1, max_codepoint=31)
-    chars = st.one_of(control, st.sampled_from(list("\n\r\t \u200b\u202e\ufeffé-._'\"`$\\{}()*?[]")),
-                      st.characters(exclude_categories=("Cs",)))
+    chars = st.one_of(
+        control,
+        st.sampled_from(list("\n\r\t \u200b\u202e\ufeffé-._'\"`$\\{}()*?[]")),
+        st.characters(exclude_categories=("Cs",)),
+    )
     stem = st.text(alphabet=chars, min_size=1, max_size=60)
     non_nfc = st.sampled_from(["e\u0301t\u00e9", "\u212b", "\u1e9b\u0323", "ﬁle", "Å"]).map(
-        lambda s: unicodedata.normalize("NFD", s))
+        lambda s: unicodedata.normalize("NFD", s)
+    )
     suffix = st.sampled_from([".txt", ".md", ".json", ".txt\n", ".TXT", ""])
     text_name = st.tuples(st.one_of(stem, non_nfc), suffix).map(lambda t: os.fsencode(t[0] + t[1]))
     raw = st.tuples(st.binary(min_size=1, max_size=40), st.sampled_from([b".txt", b".md", b""])).map(
-        lambda t: t[0] + t[1])
-    longest = st.tuples(st.sampled_from(["a", "é", "名", "🦀"]), suffix).map(
-        lambda t: _longest(t[0], t[1]))
+        lambda t: t[0] + t[1]
+    )
+    longest = st.tuples(st.sampled_from(["a", "é", "名", "🦀"]), suffix).map(lambda t: _longest(t[0], t[1]))
     return st.one_of(text_name, raw, longest).filter(_fits)
 
 
@@ -179,16 +248,44 @@ def _longest(char: str, suffix: str) -> bytes:
 
 # ---------------------------------------------------------------- documents
 
-_DOC = Document(("Grete Lindqvist moved the Jellyfin server to the garage NAS in March.",
-                 "The NAS runs Debian and backs up to a Hetzner storage box every night."))  # fmt: skip
+_DOC = Document(
+    (
+        "Grete Lindqvist moved the Jellyfin server to the garage NAS in March.",
+        "The NAS runs Debian and backs up to a Hetzner storage box every night.",
+    )
+)
 # Tokens that parsers of each format treat specially, spliced in at random places.
 _DOCUMENT_TOKENS = [
-    b"<<", b">>", b"/Length 999999999", b"/Filter /FlateDecode", b"stream\n", b"endstream", b"obj", b"R",
-    b"%%EOF", b"xref\n0 99999\n", b"trailer", b"/Encrypt", b"/Type /Page",
-    b"<w:p>", b"</w:p>", b"<!DOCTYPE x [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;&a;'>]>", b"&b;", b"<![CDATA[",
-    b"<div>" * 2000, b"<table>", b"<script>", b"<!--", b"\x00",
-    b"\nContent-Type: multipart/mixed; boundary=x\n", b"\n--x\n", b"\n--x--\n",
-    b"Content-Transfer-Encoding: base64\n", b"=?utf-8?b?////?=", b"charset=x-nope", b"\r\n\r\n",
+    b"<<",
+    b">>",
+    b"/Length 999999999",
+    b"/Filter /FlateDecode",
+    b"stream\n",
+    b"endstream",
+    b"obj",
+    b"R",
+    b"%%EOF",
+    b"xref\n0 99999\n",
+    b"trailer",
+    b"/Encrypt",
+    b"/Type /Page",
+    b"<w:p>",
+    b"</w:p>",
+    b"<!DOCTYPE x [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;&a;'>]>",
+    b"&b;",
+    b"<![CDATA[",
+    b"<div>" * 2000,
+    b"<table>",
+    b"<script>",
+    b"<!--",
+    b"\x00",
+    b"\nContent-Type: multipart/mixed; boundary=x\n",
+    b"\n--x\n",
+    b"\n--x--\n",
+    b"Content-Transfer-Encoding: base64\n",
+    b"=?utf-8?b?////?=",
+    b"charset=x-nope",
+    b"\r\n\r\n",
 ]
 
 
@@ -210,12 +307,24 @@ def _document_seeds() -> list[tuple[str, bytes]]:
     if _SEEDS is None:
         pdf = pdf_bytes(_DOC)
         _SEEDS = [
-            (".pdf", pdf), (".pdf", pdf_bytes(_DOC, layout="columns")), (".pdf", pdf_bytes(_DOC, password="x")),
-            (".pdf", pdf_bytes(_DOC, image_only=True)), (".html", html_bytes(_DOC)), (".docx", docx_bytes(_DOC)),
-            (".eml", eml_bytes(_DOC, attachments=[Attachment("a.pdf", pdf, "application/pdf"),
-                                                  Attachment("b.docx", docx_bytes(_DOC), "application/octet-stream")])),
+            (".pdf", pdf),
+            (".pdf", pdf_bytes(_DOC, layout="columns")),
+            (".pdf", pdf_bytes(_DOC, password="x")),
+            (".pdf", pdf_bytes(_DOC, image_only=True)),
+            (".html", html_bytes(_DOC)),
+            (".docx", docx_bytes(_DOC)),
+            (
+                ".eml",
+                eml_bytes(
+                    _DOC,
+                    attachments=[
+                        Attachment("a.pdf", pdf, "application/pdf"),
+                        Attachment("b.docx", docx_bytes(_DOC), "application/octet-stream"),
+                    ],
+                ),
+            ),
             (".eml", eml_bytes(_DOC, html_alternative=True, charset="latin-1")),
-        ]  # fmt: skip
+        ]
     return _SEEDS
 
 
@@ -245,9 +354,15 @@ def document_files() -> st.SearchStrategy[tuple[str, bytes]]:
     xml = st.one_of(
         st.integers(1, 200_000).map(lambda n: b"<w:document><w:body>" + b"<w:p>" * n),
         st.sampled_from(_DOCUMENT_TOKENS).map(lambda t: b"<?xml version='1.0'?>" + t + b"<w:document/>"),
-        st.just(b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a '" + b"x" * 1000 + b"'>"
-                + b"".join(b"<!ENTITY a%d '%s'>" % (i, b"&a;" * 10 if i == 0 else b"&a%d;" % (i - 1) * 10)
-                           for i in range(8)) + b"]><d>&a7;</d>"),
+        st.just(
+            b"<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a '"
+            + b"x" * 1000
+            + b"'>"
+            + b"".join(
+                b"<!ENTITY a%d '%s'>" % (i, b"&a;" * 10 if i == 0 else b"&a%d;" % (i - 1) * 10) for i in range(8)
+            )
+            + b"]><d>&a7;</d>"
+        ),
         st.binary(max_size=256),
     )
     return st.one_of(mutated, xml.map(lambda x: (".docx", _docx_with(template, x))))
@@ -258,8 +373,16 @@ def classify_document(extension: str, data: bytes, limits: Limits | None = None)
     from membrane.formats import DOCUMENT_FORMATS
 
     started = time.perf_counter()
-    limits = limits or Limits(max_bytes={"txt": 1_000_000, "md": 1_000_000, "pdf": 50_000_000,
-                                         "docx": 20_000_000, "html": 5_000_000, "eml": 30_000_000})  # fmt: skip
+    limits = limits or Limits(
+        max_bytes={
+            "txt": 1_000_000,
+            "md": 1_000_000,
+            "pdf": 50_000_000,
+            "docx": 20_000_000,
+            "html": 5_000_000,
+            "eml": 30_000_000,
+        }
+    )
     try:
         converted: Converted = convert_here(DOCUMENT_FORMATS[extension], data, limits)
     except ConversionRefused as exc:
@@ -267,8 +390,11 @@ def classify_document(extension: str, data: bytes, limits: Limits | None = None)
         return Result(outcome, exc.code, time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - the finding this classifier exists to report
         return Result("uncaught:" + type(exc).__name__, str(exc)[:200], time.perf_counter() - started)
-    problem = "empty text" if not converted.text.strip() else _storable(
-        {"text": converted.text, "metadata": dict(converted.metadata)})  # fmt: skip
+    problem = (
+        "empty text"
+        if not converted.text.strip()
+        else _storable({"text": converted.text, "metadata": dict(converted.metadata)})
+    )
     seconds = time.perf_counter() - started
     return Result("parsed", extension, seconds) if problem is None else Result("unusable:" + problem, "", seconds)
 
@@ -277,40 +403,72 @@ def classify_document(extension: str, data: bytes, limits: Limits | None = None)
 
 
 def _entity() -> st.SearchStrategy[Any]:
-    name = st.one_of(st.text(max_size=30), st.just(""), st.just("   "), st.just("x" * 201), st.just("\ud800"),
-                     st.just("a\nb"), json_values())
+    name = st.one_of(
+        st.text(max_size=30),
+        st.just(""),
+        st.just("   "),
+        st.just("x" * 201),
+        st.just("\ud800"),
+        st.just("a\nb"),
+        json_values(),
+    )
     role = st.one_of(st.sampled_from(["subject", "object", "OBJECT", " subject ", "verb", ""]), json_values())
     return st.fixed_dictionaries({}, optional={"name": name, "role": role, "type": st.text(max_size=5)})
 
 
 def _relationship() -> st.SearchStrategy[Any]:
-    relation = st.one_of(st.sampled_from(["WORKS_AT", "works at", "deployedOn", "1ST", "", "____", "é", "x" * 70,
-                                          "KNOWS`]->(x) DETACH DELETE x//"]), st.text(max_size=20), json_values())
+    relation = st.one_of(
+        st.sampled_from(
+            ["WORKS_AT", "works at", "deployedOn", "1ST", "", "____", "é", "x" * 70, "KNOWS`]->(x) DETACH DELETE x//"]
+        ),
+        st.text(max_size=20),
+        json_values(),
+    )
     endpoint = st.one_of(st.sampled_from(["Alice", "Acme", "alice", "", " "]), st.text(max_size=20), json_values())
-    return st.fixed_dictionaries({}, optional={"source": endpoint, "relation": relation, "target": endpoint,
-                                               "weight": json_values()})
+    return st.fixed_dictionaries(
+        {}, optional={"source": endpoint, "relation": relation, "target": endpoint, "weight": json_values()}
+    )
 
 
 def answer_objects() -> st.SearchStrategy[Any]:
     """Objects near the Extraction schema: keys missing, renamed or extra, wrong types, too many items."""
-    items = st.one_of(st.lists(_entity(), max_size=8), json_values(), st.integers(30, 400).map(
-        lambda n: [{"name": f"E{i}", "role": "subject"} for i in range(n)]))
+    items = st.one_of(
+        st.lists(_entity(), max_size=8),
+        json_values(),
+        st.integers(30, 400).map(lambda n: [{"name": f"E{i}", "role": "subject"} for i in range(n)]),
+    )
     rels = st.one_of(st.lists(_relationship(), max_size=8), json_values())
     return st.one_of(
-        st.fixed_dictionaries({}, optional={"entities": items, "relationships": rels, "Entities": items,
-                                            "comment": st.text(max_size=10)}),
+        st.fixed_dictionaries(
+            {}, optional={"entities": items, "relationships": rels, "Entities": items, "comment": st.text(max_size=10)}
+        ),
         json_values(),
     )
 
 
 def model_answers() -> st.SearchStrategy[str]:
     """Raw answers: random JSON, schema near-misses, wrapped in reasoning, fences or prose, cut off."""
-    body = st.one_of(answer_objects().map(lambda v: json.dumps(v, allow_nan=True)),
-                     st.sampled_from(_JSON_ATOMS), deep("[", "]"), deep('{"entities": ', "}"), st.text(max_size=300))
-    wrap = st.sampled_from([
-        "{}", "<think>{}</think>{}", "<think>{}", "{}</think>", "```json\n{}\n```", "```{}", "Sure! Here: {} Done.",
-        "<reasoning>a</reasoning><THINK>b</think>{}", "{}\n{}", "<think>" * 50 + "{}",
-    ])
+    body = st.one_of(
+        answer_objects().map(lambda v: json.dumps(v, allow_nan=True)),
+        st.sampled_from(_JSON_ATOMS),
+        deep("[", "]"),
+        deep('{"entities": ', "}"),
+        st.text(max_size=300),
+    )
+    wrap = st.sampled_from(
+        [
+            "{}",
+            "<think>{}</think>{}",
+            "<think>{}",
+            "{}</think>",
+            "```json\n{}\n```",
+            "```{}",
+            "Sure! Here: {} Done.",
+            "<reasoning>a</reasoning><THINK>b</think>{}",
+            "{}\n{}",
+            "<think>" * 50 + "{}",
+        ]
+    )
     cut = st.one_of(st.none(), st.integers(0, 400))
     return st.tuples(body, wrap, cut).map(lambda t: _wrapped(*t))
 

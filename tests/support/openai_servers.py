@@ -65,15 +65,30 @@ class LlamaCppServer:
 
     def start(self, timeout_s: float = 180.0) -> LlamaCppServer:
         command = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--model_alias", self.alias,
-            "--chat_format", self.chat_format, "--n_ctx", str(self.n_ctx), "--host", "127.0.0.1",
-            "--port", str(self.port), "--verbose", "false",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.alias,
+            "--chat_format",
+            self.chat_format,
+            "--n_ctx",
+            str(self.n_ctx),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--verbose",
+            "false",
+        ]
         if self.api_key:
             command += ["--api_key", self.api_key]
         with self.log.open("ab") as handle:
-            self.process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while not self.answers():
             if self.process.poll() is not None:
@@ -129,10 +144,24 @@ class LlamaServer:
 
     def start(self, timeout_s: float = 180.0) -> LlamaServer:
         command = [
-            str(self.binary), "-m", str(self.model_path), "--alias", self.alias, "--host", "127.0.0.1",
-            "--port", str(self.port), "--parallel", str(self.slots), "--ctx-size", str(self.slots * self.slot_ctx),
-            "--chat-template", self.chat_template, "--threads", str(len(os.sched_getaffinity(0))),
-        ]  # fmt: skip
+            str(self.binary),
+            "-m",
+            str(self.model_path),
+            "--alias",
+            self.alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--parallel",
+            str(self.slots),
+            "--ctx-size",
+            str(self.slots * self.slot_ctx),
+            "--chat-template",
+            self.chat_template,
+            "--threads",
+            str(len(os.sched_getaffinity(0))),
+        ]
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s

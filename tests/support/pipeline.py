@@ -25,11 +25,16 @@ VERBS = ["WORKS_AT", "DEPLOYED_ON", "USES", "MAINTAINS"]
 
 # The DESIGN example as an extraction: the reference answer for bench and schedule tests.
 REFERENCE = {
-    "entities": [{"name": "Docker", "role": "subject"}, {"name": "Kubernetes cluster", "role": "object"},
-                 {"name": "DevOps team", "role": "subject"}],
-    "relationships": [{"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
-                      {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"}],
-}  # fmt: skip
+    "entities": [
+        {"name": "Docker", "role": "subject"},
+        {"name": "Kubernetes cluster", "role": "object"},
+        {"name": "DevOps team", "role": "subject"},
+    ],
+    "relationships": [
+        {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+        {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
+    ],
+}
 
 
 def note(i: int) -> tuple[str, str, str]:
@@ -133,7 +138,10 @@ def start_daemon(config: Path, log: Path, extra_env: dict[str, str] | None = Non
     with log.open("ab") as handle:
         return subprocess.Popen(
             [sys.executable, "-m", "membrane.cli", "--log-level", "info", "run"],
-            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -147,10 +155,19 @@ def journal_counts(path: Path) -> dict[str, int]:
         return journal.status.counts()
 
 
-def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any, *, seed: int,
-                captures: int = 12, expected: dict[str, Any] | None = None,
-                kill_window: tuple[float, float] = (0.0, 0.6),
-                kill_during_startup: float = 0.15, drain_timeout_s: float = 60.0) -> dict[str, Any]:
+def crash_trial(
+    workdir: Path,
+    replay: Path,
+    neo4j: dict[str, Any],
+    driver: Any,
+    *,
+    seed: int,
+    captures: int = 12,
+    expected: dict[str, Any] | None = None,
+    kill_window: tuple[float, float] = (0.0, 0.6),
+    kill_during_startup: float = 0.15,
+    drain_timeout_s: float = 60.0,
+) -> dict[str, Any]:
     """One crash-safety trial: a stream of captures into a daemon subprocess that is
     SIGKILLed at a random moment and restarted; returns what was observed.
 
@@ -201,17 +218,27 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         process.send_signal(signal.SIGKILL)
         process.wait()
         dropped_before_kill = captures
-    killed_counts = journal_counts(Path(sections["journal"]["path"])) if Path(sections["journal"]["path"]).exists() else {}
+    killed_counts = (
+        journal_counts(Path(sections["journal"]["path"])) if Path(sections["journal"]["path"]).exists() else {}
+    )
     ready_before = log.read_text(errors="replace").count('"daemon_ready"')
     process = start_daemon(config, log)
     try:
         # SIGTERM before the handlers exist would kill it the default way; wait for READY.
-        wait_for(lambda: log.read_text(errors="replace").count('"daemon_ready"') > ready_before, 60,
-                 f"trial {seed}: restarted daemon ready", interval=0.05)
         wait_for(
-            lambda: journal_counts(Path(sections["journal"]["path"]))["done"] >= captures
-            and not list(inbox.glob("note-*.txt")),
-            drain_timeout_s, f"trial {seed}: all captures done", interval=0.1,
+            lambda: log.read_text(errors="replace").count('"daemon_ready"') > ready_before,
+            60,
+            f"trial {seed}: restarted daemon ready",
+            interval=0.05,
+        )
+        wait_for(
+            lambda: (
+                journal_counts(Path(sections["journal"]["path"]))["done"] >= captures
+                and not list(inbox.glob("note-*.txt"))
+            ),
+            drain_timeout_s,
+            f"trial {seed}: all captures done",
+            interval=0.1,
         )
     finally:
         process.send_signal(signal.SIGTERM)
@@ -236,8 +263,13 @@ def crash_trial(workdir: Path, replay: Path, neo4j: dict[str, Any], driver: Any,
         problems.append("graph differs from a clean run")
     if problems:
         raise AssertionError(f"trial {seed} (log {log}): " + "; ".join(problems))
-    return {"seed": seed, "killed_at_counts": killed_counts, "counts": counts, "ready_before_kill": ready_before,
-            "dropped_before_kill": dropped_before_kill}
+    return {
+        "seed": seed,
+        "killed_at_counts": killed_counts,
+        "counts": counts,
+        "ready_before_kill": ready_before,
+        "dropped_before_kill": dropped_before_kill,
+    }
 
 
 def wipe(driver: Any) -> None:
