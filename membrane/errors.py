@@ -38,6 +38,7 @@ times per capture, so a capture that crashes the model every time still ends.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ __all__ = [
     "RetryableError",
     "StaleClaim",
     "error_key",
+    "exit_description",
     "error_message",
     "validation_line",
 ]
@@ -242,3 +244,13 @@ def validation_line(exc: ValidationError, describe: Callable[[ErrorDetails], str
     shown = errors if limit is None else errors[:limit]
     more = len(errors) - len(shown)
     return "; ".join(describe(error) for error in shown) + (f" (and {more} more)" if more > 0 else "")
+
+
+def exit_description(code: int) -> str:
+    """A child process's return code in words: its signal's name ("SIGSEGV") or "exit N"."""
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 from membrane.backends.catalogue import extra_embedded_models
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS, ModelSpec, read_frame, write_frame
 from membrane.backends.gguf import locate_gguf, locate_lora
-from membrane.errors import ConfigError, ExtractionFailed, MembraneError, ModelCrashed, ModelNotFound, ModelUnavailable
+from membrane.errors import (
+    ConfigError,
+    ExtractionFailed,
+    MembraneError,
+    ModelCrashed,
+    ModelNotFound,
+    ModelUnavailable,
+    exit_description,
+)
 from membrane.records import BackendCheck, Generation, GenerationRequest
 
 if TYPE_CHECKING:
@@ -108,12 +116,7 @@ class _Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        if code < 0:
-            try:
-                return signal.Signals(-code).name
-            except ValueError:
-                return f"signal {-code}"
-        return f"exit {code}"
+        return exit_description(code)
 
     def last_output(self, limit: int = 400) -> str:
         """The end of what the child wrote to stderr (llama.cpp's assertion, a traceback)."""

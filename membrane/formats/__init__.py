@@ -22,12 +22,12 @@ import importlib
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from membrane.errors import exit_description
 from membrane.formats.base import ConversionRefused, Converted, Limits, refuse_missing, too_long
 
 __all__ = [
@@ -118,19 +118,11 @@ def _answer(fmt: str, done: subprocess.CompletedProcess[bytes], memory_bytes: in
         return Converted(answer["text"], answer.get("metadata", {}))
     raise ConversionRefused(
         "conversion_failed",
-        f"the {_NAMES[fmt]} converter ended without an answer ({_death(done.returncode)}){_tail(done.stderr)}",
+        f"the {_NAMES[fmt]} converter ended without an answer "
+        f"({exit_description(done.returncode)}){_tail(done.stderr)}",
         hint=f"The file may be damaged or built to crash readers; the converter may use "
         f"{memory_bytes // 2**20} MiB (inbox.convert_memory_mb).",
     )
-
-
-def _death(code: int) -> str:
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit {code}"
 
 
 def _tail(stderr: bytes) -> str:
