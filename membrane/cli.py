@@ -807,6 +807,8 @@ def _train_option(key: str, field: FieldInfo) -> Callable[[F], F]:
         return click.option(flag, multiple=True, help="Labelled cases (JSONL glob); repeatable (overrides train.data).")
     if key == "distill_from":
         return click.option(flag, "distill", help="backend:model[,...]: also learn from their journal extractions.")
+    if field.annotation is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", key, default=None, help=field.description)
     return click.option(flag, key, type=_option_type(field.annotation), help=field.description)
 
 

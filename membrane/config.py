@@ -299,6 +299,9 @@ class TrainSettings(_Section):
     seed: int = 0
     threads: int = Field(0, ge=0, description="CPU threads for torch (0: all cores).")
     max_seq_len: int = Field(512, gt=0)  # longer cases are left out (counted in the manifest)
+    fold_labels: bool = Field(
+        False, description="Fold the labels' relation types into extraction.relations' vocabulary first."
+    )
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("q8_0", description="GGUF type of the adapter.")
     merged: Literal["", "f16", "q8_0"] = Field("", description="Also write a merged GGUF of this type.")  # "": none
     work_dir: Path = Path("var/train")  # checkpoints and the exported Hugging Face adapter

@@ -3,7 +3,9 @@ forms around."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +95,21 @@ def test_enum_relations_constrain_decoding_to_the_canonical_types(make_settings:
     assert _triples(folded) == {("A", "DEPENDS_ON", "B")}
     with pytest.raises(ValidationError, match="not in the vocabulary"):
         Extraction.parse({"relationships": [{"source": "A", "relation": "FLIES_OVER", "target": "B"}]}, rules)
+
+
+def test_training_labels_fold_only_when_asked(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """`train.fold_labels` folds a case's relation types as the bench folds gold labels; off, they train as written."""
+    from membrane.train.trainer import gather_cases
+
+    row = {
+        "id": "f1",
+        "text": "Kleopatra is developed by KDE and requires GnuPG to sign mail for its users.",
+        "tags": [],
+        "entities": [{"name": "Kleopatra", "role": "subject"}, {"name": "KDE", "role": "object"}],
+        "relationships": [{"source": "Kleopatra", "relation": "DEVELOPED_BY", "target": "KDE"}],
+    }
+    (tmp_path / "cases.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    as_written = make_settings(train={"data": [str(tmp_path / "*.jsonl")]})
+    folded = make_settings(train={"data": [str(tmp_path / "*.jsonl")], "fold_labels": True})
+    assert _triples(gather_cases(as_written)[0].extraction) == {("Kleopatra", "DEVELOPED_BY", "KDE")}
+    assert _triples(gather_cases(folded)[0].extraction) == {("KDE", "DEVELOPS", "Kleopatra")}

@@ -35,6 +35,7 @@ from membrane.errors import ConfigError
 from membrane.files import file_sha256
 from membrane.logs import get_logger
 from membrane.prompts import TUNED_PROMPT_VERSION
+from membrane.schema import UNBOUNDED_RULES
 from membrane.train.data import (
     Case,
     data_sha256,
@@ -143,7 +144,8 @@ def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
     """Labelled and distilled cases, refused if any equals or nears a text of an evaluation set."""
     from membrane.score import load_gold
 
-    cases = labelled_cases(settings.train.data, settings.extraction.rules())
+    rules = settings.extraction.rules() if settings.train.fold_labels else UNBOUNDED_RULES
+    cases = labelled_cases(settings.train.data, rules)
     if settings.train.distill_from:
         from membrane.journal import Journal
 
