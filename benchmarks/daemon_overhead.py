@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -37,17 +36,15 @@ from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
+from tests.support.neo4j_env import neo4j_from_env  # noqa: E402
 from tests.support.pipeline import note, replay_for, settings_sections  # noqa: E402
 
 
 def _neo4j() -> dict[str, Any]:
-    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
-    if not uri:
+    server = neo4j_from_env()
+    if server is None:
         raise SystemExit('--neo4j needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
-    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
-    if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
-        password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
-    return {"uri": uri, "user": os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), "password": password}
+    return server
 
 
 def _wipe(neo4j: dict[str, Any]) -> None:

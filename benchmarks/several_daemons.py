@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,17 +37,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checks import count_problems, exit_code, mark  # noqa: E402
 
 from tests.support.daemons import Plan, duplicate_facts, duplicate_nodes, run_fleet, shared_replay  # noqa: E402
+from tests.support.neo4j_env import neo4j_from_env  # noqa: E402
 from tests.support.pipeline import graph_snapshot, wipe  # noqa: E402
 
 
 def _neo4j() -> dict[str, Any]:
-    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
-    if not uri:
+    server = neo4j_from_env()
+    if server is None:
         raise SystemExit('needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
-    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
-    if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
-        password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
-    return {"uri": uri, "user": os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), "password": password}
+    return server
 
 
 def run(

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from membrane.config import Settings
+from tests.support.neo4j_env import neo4j_from_env
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -37,14 +38,8 @@ class Neo4jServer:
 
 
 def _server_from_env() -> Neo4jServer | None:
-    uri = os.environ.get("MEMBRANE_TEST_NEO4J_URI")
-    if not uri:
-        return None
-    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
-    password_file = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE")
-    if password_file:
-        password = Path(password_file).read_text(encoding="utf-8").strip()
-    return Neo4jServer(uri, os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), password)
+    server = neo4j_from_env()
+    return None if server is None else Neo4jServer(server["uri"], server["user"], server["password"])
 
 
 def _docker_answers() -> bool:
