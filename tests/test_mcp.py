@@ -64,24 +64,19 @@ def _stdio(config: Path) -> StdioServerParameters:
     )
 
 
+def _http_command(config: Path, port: int) -> list[str]:
+    """The command line of `membrane mcp` over streamable HTTP on `port`."""
+    mcp = ["mcp", "--transport", "http", "--port", str(port)]
+    return [sys.executable, "-m", "membrane.cli", "--config", str(config), *mcp]
+
+
 @contextlib.contextmanager
 def _http_server(config: Path, port: int, log: Path) -> Iterator[str]:
     """`membrane mcp --transport http` as a subprocess; yields its URL once it answers."""
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MEMBRANE_")}, "PYTHONPATH": str(ROOT)}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "membrane.cli",
-                "--config",
-                str(config),
-                "mcp",
-                "--transport",
-                "http",
-                "--port",
-                str(port),
-            ],
+            _http_command(config, port),
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -239,18 +234,7 @@ def test_an_address_off_loopback_needs_a_token(tmp_path: Path) -> None:
     config = tmp_path / "membrane.toml"
     config.write_text(f'[journal]\npath = "{tmp_path / "j.sqlite3"}"\n[mcp]\nhost = "0.0.0.0"\n', encoding="utf-8")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "membrane.cli",
-            "--config",
-            str(config),
-            "mcp",
-            "--transport",
-            "http",
-            "--port",
-            str(_free_port()),
-        ],
+        _http_command(config, _free_port()),
         cwd=ROOT,
         capture_output=True,
         text=True,
