@@ -17,16 +17,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
-from membrane.formats.base import (
-    ConversionRefused,
-    Converted,
-    Limits,
-    clean_text,
-    clean_value,
-    iso_date,
-    refuse_missing,
-    too_long,
-)
+from membrane.formats import base
+from membrane.formats.base import ConversionRefused, Converted, Limits
 
 __all__ = ["convert"]
 
@@ -38,7 +30,7 @@ def convert(data: bytes, limits: Limits) -> Converted:
     try:
         import docx
     except ImportError:
-        raise refuse_missing("docx", "python-docx") from None
+        raise base.refuse_missing("docx", "python-docx") from None
     names = _check_zip(data, limits)
     try:
         word = docx.Document(io.BytesIO(data))
@@ -48,7 +40,7 @@ def convert(data: bytes, limits: Limits) -> Converted:
             parts.append(block)
             size += len(block) + 1
             if size > 2 * limits.max_text_chars:
-                raise too_long("Word file", f"over {size:,}", limits)
+                raise base.too_long("Word file", f"over {size:,}", limits)
         metadata = _properties(word) if "docProps/core.xml" in names else {}
     except (ConversionRefused, MemoryError):  # MemoryError: the child reports it with the limit
         raise
@@ -60,7 +52,7 @@ def convert(data: bytes, limits: Limits) -> Converted:
         raise ConversionRefused(
             "corrupt", f"the Word file is not readable ({type(exc).__name__}: {exc})"[:300], hint=_CORRUPT_HINT
         ) from None
-    text = clean_text("\n\n".join(parts))
+    text = base.clean_text("\n\n".join(parts))
     if not text:
         raise ConversionRefused(
             "empty",
@@ -114,8 +106,8 @@ def _properties(word: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for value, key in ((core.title, "title"), (core.author, "author"), (core.subject, "subject")):
         if isinstance(value, str) and value.strip():
-            out[key] = clean_value(value)
-    created = iso_date(core.created)
+            out[key] = base.clean_value(value)
+    created = base.iso_date(core.created)
     if created is not None:
         out["date"] = created
     return out

@@ -181,25 +181,15 @@ def _render_all(cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: in
 
 
 def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int, n_val: int) -> RunConfig:
+    """The run's identity: the base, the data's hash and counts, and every train setting RunConfig names."""
+    from dataclasses import fields
+
     from membrane.train.loop import RunConfig
 
-    t = settings.train
+    derived = {"base", "data_sha256", "train_cases", "val_cases"}
+    from_settings = {f.name: getattr(settings.train, f.name) for f in fields(RunConfig) if f.name not in derived}
     return RunConfig(
-        base=base.name,
-        data_sha256=data_sha256(cases),
-        rank=t.rank,
-        alpha=t.alpha,
-        dropout=t.dropout,
-        learning_rate=t.learning_rate,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        grad_accumulation=t.grad_accumulation,
-        eval_every=t.eval_every,
-        checkpoint_every=t.checkpoint_every,
-        seed=t.seed,
-        max_seq_len=t.max_seq_len,
-        train_cases=n_train,
-        val_cases=n_val,
+        base=base.name, data_sha256=data_sha256(cases), train_cases=n_train, val_cases=n_val, **from_settings
     )
 
 
