@@ -166,6 +166,8 @@ class ExtractionSettings(_Section):
     chunk_overlap: int = Field(0, ge=0, le=5)  # sentences a chunk repeats from the one before
     grounding_threshold: float = Field(90.0, ge=0, le=100)  # 0: keep ungrounded entities
     relations: Literal["canonical", "enum", "open"] = "canonical"
+    # "entities": the embedded backend keeps relationship endpoints to the answer's entity names
+    endpoints: Literal["any", "entities"] = "any"
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
     relation_inverses: dict[str, str] = Field(default_factory=dict)

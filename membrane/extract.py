@@ -359,6 +359,7 @@ class Extractor:
         self.max_repairs = settings.extraction.max_repairs
         self.few_shot = settings.extraction.few_shot
         self.grounding_threshold = settings.extraction.grounding_threshold
+        self.endpoints = settings.extraction.endpoints
         self.num_predict = settings.model.num_predict
         self.temperature = settings.model.temperature
         self.seed = settings.model.seed
@@ -471,6 +472,7 @@ class Extractor:
             seed=self.seed,
             text=text,
             attempt=attempt,
+            endpoints=self.endpoints,
         )
 
     def _merge(self, parts: list[Extraction]) -> Extraction:

@@ -31,6 +31,7 @@ class GenerationRequest:
     seed: int = 0
     text: str = ""  # the chunk being extracted; the replay backend's key
     attempt: int = 0  # 0 first try, 1.. repairs
+    endpoints: str = "any"  # "entities": endpoints kept to the answer's entity names (embedded backend)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@ llama-cpp-python's own sampler chain gives, with real tiny models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from membrane.backends.embedded_child import Engine, ModelSpec
-from membrane.backends.sampling import GrammarLastSampler
+from membrane.backends.sampling import EndpointGuard, GrammarLastSampler
 from membrane.extract import build_messages, model_schema
 from membrane.schema import ExtractionRules
 
@@ -46,3 +47,75 @@ def test_grammar_last_sampling_gives_the_chains_answers(model: str, request: pyt
     finally:
         ours.close()
         chain.close()
+
+
+# ---------------------------------------------------------------- relationship endpoints kept to entity names
+
+ANSWER_HEAD = b'{"entities": [{"name": "Raspberry Pi", "role": "subject"}, {"name": "Debian 12", "role": "object"}], '
+
+
+def _guard_at(text: bytes) -> EndpointGuard:
+    guard = EndpointGuard()
+    for i in range(0, len(text), 3):  # fed in pieces, as tokens arrive
+        guard.accept(text[i : i + 3])
+    return guard
+
+
+def test_endpoint_guard_passes_everything_before_the_relationships() -> None:
+    guard = _guard_at(b'{"entities": [{"name": "Raspberry Pi", "role": "sub')
+    assert guard.allows(b'ject"}') and guard.allows(b"anything") and guard.completions() == []
+
+
+def test_endpoint_guard_keeps_an_open_endpoint_to_a_name_prefix() -> None:
+    guard = _guard_at(ANSWER_HEAD + b'"relationships": [{"source": "Rasp')
+    assert guard.allows(b"berry") and guard.allows(b"berry Pi") and guard.allows(b'berry Pi", ')
+    assert not guard.allows(b"utin") and not guard.allows(b'berry"') and not guard.allows(b'"')
+    assert guard.completions() == [b'berry Pi"']
+
+
+def test_endpoint_guard_checks_the_target_and_a_token_that_opens_the_value() -> None:
+    guard = _guard_at(ANSWER_HEAD + b'"relationships": [{"source": "Raspberry Pi", "relation": "RUNS", "target":')
+    assert guard.allows(b' "Deb') and guard.allows(b' "') and not guard.allows(b' "the Pi"')
+    assert not guard.allows(b' "Ubuntu')
+    assert sorted(_guard_at(guard.text + b' "').completions()) == [b'Debian 12"', b'Raspberry Pi"']
+
+
+def test_endpoint_guard_leaves_the_relation_type_free() -> None:
+    guard = _guard_at(ANSWER_HEAD + b'"relationships": [{"source": "Raspberry Pi", "relation": "')
+    assert guard.allows(b"RUNS_ON") and guard.allows(b'RUNS_ON", ')
+
+
+def test_endpoint_guard_without_entities_passes_everything() -> None:
+    guard = _guard_at(b'{"entities": [], "relationships": [{"source": "')
+    assert guard.allows(b"Anything") and guard.completions() == []
+
+
+def test_guarded_answers_name_only_their_entities(gemma_model_path: Path) -> None:
+    """With the tuned default and extraction.endpoints = "entities", every relationship's source and target
+    is one of the answer's own entity names, and the answers still parse."""
+    adapter = Path(__file__).parents[1] / "membrane" / "models" / "gemma3-270m-membrane" / "adapter.gguf"
+    schema = model_schema(ExtractionRules(), max_items=6)
+    engine = Engine(ModelSpec(str(gemma_model_path), "gemma", 2048, lora_path=str(adapter), reuse_prefix=False))
+    texts = (
+        *TEXTS,
+        "Alice set up Grafana on the Pi. It now watches the NAS and the router that the ISP installed.",
+    )
+    relationships = 0
+    try:
+        for text in texts:
+            request = {
+                "messages": build_messages(text, schema),
+                "schema": schema,
+                "max_tokens": 300,
+                "temperature": 0.0,
+                "endpoints": "entities",
+            }
+            answer = json.loads(engine.chat(request)["choices"][0]["message"]["content"])
+            names = {e["name"] for e in answer["entities"]}
+            for rel in answer["relationships"]:
+                assert rel["source"] in names and rel["target"] in names, (rel, names)
+            relationships += len(answer["relationships"])
+        assert isinstance(engine.llama._sampler, GrammarLastSampler) and engine.llama._sampler._guard is not None
+    finally:
+        engine.close()
+    assert relationships > 0

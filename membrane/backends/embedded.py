@@ -181,6 +181,7 @@ class LoadedModel:
         temperature: float = 0.0,
         seed: int = 0,
         model: str = "",
+        endpoints: str = "any",
     ) -> dict[str, Any]:
         """One chat completion (the llama.cpp response dict), constrained when `schema` is given.
 
@@ -194,6 +195,7 @@ class LoadedModel:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "seed": seed,
+            "endpoints": endpoints,
         }
         with self.lock:
             child = self._running(label)
@@ -361,6 +363,7 @@ class EmbeddedBackend:
             temperature=request.temperature,
             seed=request.seed,
             model=request.model,
+            endpoints=request.endpoints,
         )
         usage = response.get("usage") or {}
         choice = response["choices"][0]

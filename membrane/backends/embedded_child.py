@@ -43,7 +43,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from membrane.backends.sampling import Sampling
 
 __all__ = ["FAULT_ENV", "FAULTS", "Engine", "ModelSpec", "read_frame", "write_frame"]
 
@@ -127,7 +130,7 @@ class Engine:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.llama = _open_llama(spec)
+        self.llama, self.sampling = _open_llama(spec)
 
     def chat(self, request: dict[str, Any]) -> dict[str, Any]:
         """One chat completion; the llama.cpp response plus this call's prompt evaluation counts."""
@@ -139,6 +142,7 @@ class Engine:
         if not self.spec.reuse_prefix:
             self.llama.reset()
         schema = request.get("schema")
+        self.sampling.endpoints = request.get("endpoints", "any")
         started = time.perf_counter()
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         response: dict[str, Any] = self.llama.create_chat_completion(
@@ -163,7 +167,7 @@ class Engine:
         self.llama.close()
 
 
-def _open_llama(spec: ModelSpec) -> Any:
+def _open_llama(spec: ModelSpec) -> tuple[Any, Sampling]:
     try:
         from llama_cpp import Llama
     except ImportError as exc:
@@ -190,8 +194,7 @@ def _open_llama(spec: ModelSpec) -> Any:
         raise LoadError(f"llama.cpp cannot load {what}: not a LoRA adapter for this model (see its log)")
     from membrane.backends.sampling import install
 
-    install(llama)  # greedy constrained answers check only the picked token against the grammar
-    return llama
+    return llama, install(llama)  # greedy constrained answers check only the picked token against the grammar
 
 
 def _handle(engine: Engine, request: dict[str, Any]) -> dict[str, Any]:

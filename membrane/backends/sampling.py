@@ -12,24 +12,90 @@ likely allowed one), so answers are unchanged, byte for byte.
 `install(llama)` makes a Llama use this sampler for grammar-constrained greedy
 calls; every other call keeps llama-cpp-python's own chain. Loaded only in the
 embedded child, where llama_cpp is importable.
+
+With `Sampling.endpoints = "entities"` (extraction.endpoints) a second check
+rides on the same pick: EndpointGuard keeps each relationship's source and
+target to a name the answer's entity list already holds, so a relationship
+cannot invent a near-variant of an entity ("the Pi" beside "Raspberry Pi").
+When the top token breaks it, the next most likely tokens and the first token
+of each name that fits are tried, in logit order, against the guard and then
+the grammar.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import re
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["GrammarLastSampler", "install"]
+__all__ = ["EndpointGuard", "GrammarLastSampler", "Sampling", "install"]
+
+# Tokens tried, by logit, when the top token breaks the endpoint guard.
+_GUARD_TOP_K = 48
+_NAME = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_ENDPOINT_OPEN = re.compile(rb'"(?:source|target)"\s*:\s*"((?:[^"\\]|\\.)*)$')
+_ENDPOINT_CLOSED = re.compile(rb'"(?:source|target)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_RELATIONSHIPS = b'"relationships"'
+
+
+class EndpointGuard:
+    """Watches an answer's JSON text as it is generated and says whether a token's bytes
+    keep every relationship endpoint to an entity name the answer gave before its
+    relationships (compared as written, JSON escapes and all). Without entities, or
+    before the relationships begin, every token passes."""
+
+    def __init__(self, window: int = 1024) -> None:
+        self.text = b""
+        self._window = window  # bytes looked back for an endpoint key (longer than any name)
+        self._start = -1  # where "relationships" begins, once seen
+        self._names: tuple[bytes, ...] = ()
+
+    def accept(self, piece: bytes) -> None:
+        self.text += piece
+        if self._start < 0:
+            self._start = self.text.find(_RELATIONSHIPS)
+            if self._start >= 0:
+                self._names = tuple(dict.fromkeys(_NAME.findall(self.text, 0, self._start)))
+
+    def allows(self, piece: bytes) -> bool:
+        if self._start < 0 or not self._names:
+            return True
+        text = self.text + piece
+        begin = max(self._start, len(self.text) - self._window)
+        for closed in _ENDPOINT_CLOSED.finditer(text, begin):
+            if closed.end() > len(self.text) and closed.group(1) not in self._names:
+                return False  # the token ends an endpoint that is no entity's name
+        open_value = _ENDPOINT_OPEN.search(text, begin)
+        return open_value is None or any(n.startswith(open_value.group(1)) for n in self._names)
+
+    def completions(self) -> list[bytes]:
+        """What may follow an open endpoint: the rest of each name it begins, with the closing quote."""
+        open_value = _ENDPOINT_OPEN.search(self.text, max(self._start, len(self.text) - self._window))
+        if self._start < 0 or open_value is None:
+            return []
+        partial = open_value.group(1)
+        return [n[len(partial) :] + b'"' for n in self._names if n.startswith(partial)]
+
+
+class Sampling:
+    """The switches `install` reads for each generation: set before a call."""
+
+    def __init__(self) -> None:
+        self.endpoints = "any"  # or "entities": EndpointGuard rides on the greedy pick
 
 
 class GrammarLastSampler:
     """A greedy sampler over one generation: the top token, checked against the grammar alone."""
 
-    def __init__(self, llama: Any, grammar: Any) -> None:
+    def __init__(self, llama: Any, grammar: Any, guard: EndpointGuard | None = None) -> None:
         import llama_cpp
         import numpy as np
 
+        self._llama = llama
+        self._guard = guard
+        self._pieces: dict[int, bytes] = {}
         self._cpp = llama_cpp
         self._np = np
         self._n_vocab = int(llama.n_vocab())
@@ -45,27 +111,57 @@ class GrammarLastSampler:
         self._all_view = np.frombuffer(memoryview(self._all).cast("B"), dtype=dtype)
         self._all_view["id"] = np.arange(self._n_vocab, dtype=np.intc)
         self.full_checks = 0  # steps where the top token was refused (for tests and benchmarks)
+        self.guard_picks = 0  # steps where the endpoint guard moved the pick off the top token
         self.steps = 0
 
     def _apply(self, data: Any, size: int) -> None:
         array = self._cpp.llama_token_data_array(data=data, size=size, selected=-1, sorted=False)
         self._cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
 
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._llama.detokenize([token]))
+        return piece
+
+    def _grammar_allows(self, token: int, logit: float) -> bool:
+        self._one[0] = self._cpp.llama_token_data(token, logit, 0.0)
+        self._apply(self._one, 1)
+        return math.isfinite(self._one[0].logit)
+
     def sample(self, ctx: Any, idx: int = -1) -> int:
         pointer = self._cpp.llama_get_logits_ith(ctx.ctx, idx)
         logits = self._np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
         token = int(logits.argmax())
-        self._one[0] = self._cpp.llama_token_data(token, float(logits[token]), 0.0)
-        self._apply(self._one, 1)
         self.steps += 1
-        if not math.isfinite(self._one[0].logit):  # refused: the grammar over the whole vocabulary
+        guard = self._guard
+        if guard is not None and not guard.allows(self._piece(token)):
+            token = self._guarded(logits, guard, token)
+        elif not self._grammar_allows(token, float(logits[token])):  # the grammar over the whole vocabulary
             self.full_checks += 1
             self._all_view["logit"] = logits
             self._all_view["p"] = 0.0
             self._apply(self._all, self._n_vocab)
             token = int(self._all_view["logit"].argmax())
+            if guard is not None and not guard.allows(self._piece(token)):
+                token = self._guarded(logits, guard, token)
         self._cpp.llama_sampler_accept(self._grammar, token)
+        if guard is not None:
+            guard.accept(self._piece(token))
         return token
+
+    def _guarded(self, logits: Any, guard: EndpointGuard, fallback: int) -> int:
+        """The most likely token that both the guard and the grammar allow, among the top
+        tokens and the first token of each name the open endpoint may still become;
+        `fallback` (the grammar's own pick) when none is."""
+        top = self._np.argpartition(logits, -_GUARD_TOP_K)[-_GUARD_TOP_K:]
+        firsts = [self._llama.tokenize(rest, add_bos=False, special=False)[:1] for rest in guard.completions()]
+        candidates = {int(t) for t in top} | {int(t[0]) for t in firsts if t}
+        for token in sorted(candidates, key=lambda t: -float(logits[t])):
+            if guard.allows(self._piece(token)) and self._grammar_allows(token, float(logits[token])):
+                self.guard_picks += 1
+                return token
+        return fallback
 
     def close(self) -> None:
         if self._grammar:
@@ -76,14 +172,16 @@ class GrammarLastSampler:
         self.close()
 
 
-def install(llama: Any) -> None:
+def install(llama: Any) -> Sampling:
     """Route `llama`'s grammar-constrained greedy generations through GrammarLastSampler.
 
     Only calls with a grammar, temperature 0 and no penalties or logits
     processors change; those are exactly the calls where the chain's result
-    is the top allowed token.
+    is the top allowed token. The returned Sampling switches the endpoint
+    guard on for the calls that follow.
     """
-    original = llama._init_sampler
+    original: Callable[..., Any] = llama._init_sampler
+    switches = Sampling()
 
     def init_sampler(**options: Any) -> Any:
         plain = (
@@ -95,6 +193,10 @@ def install(llama: Any) -> None:
             and options.get("presence_penalty", 0.0) == 0.0
             and options.get("mirostat_mode", 0) == 0
         )
-        return GrammarLastSampler(llama, options["grammar"]) if plain else original(**options)
+        if not plain:
+            return original(**options)
+        guard = EndpointGuard() if switches.endpoints == "entities" else None
+        return GrammarLastSampler(llama, options["grammar"], guard)
 
     llama._init_sampler = init_sampler
+    return switches
