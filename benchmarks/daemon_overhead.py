@@ -36,15 +36,8 @@ from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
-from tests.support.neo4j_env import neo4j_from_env  # noqa: E402
+from tests.support.neo4j_env import neo4j_required  # noqa: E402
 from tests.support.pipeline import note, replay_for, settings_sections  # noqa: E402
-
-
-def _neo4j() -> dict[str, Any]:
-    server = neo4j_from_env()
-    if server is None:
-        raise SystemExit('--neo4j needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
-    return server
 
 
 def _wipe(neo4j: dict[str, Any]) -> None:
@@ -115,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("warning", "console")
     results = []
-    for neo4j in [None, _neo4j()] if args.neo4j else [None]:
+    for neo4j in [None, neo4j_required()] if args.neo4j else [None]:
         warmup = run(max(1, args.warmup), neo4j, tmp_dir=args.tmp_dir)  # untimed; its failure fails the run
         result = run(args.captures, neo4j, tmp_dir=args.tmp_dir)
         if warmup["status"] == "failed":

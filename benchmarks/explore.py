@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import FAILED, count_problems, exit_code, failed_cell, mark, minimum_problems  # noqa: E402
-from daemon_overhead import _neo4j, _wipe  # noqa: E402
+from daemon_overhead import _wipe  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
@@ -40,6 +40,7 @@ from membrane.explore import find_entity, open_reader  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
 from membrane.logs import configure_logging  # noqa: E402
 from membrane.pipeline import sync  # noqa: E402
+from tests.support.neo4j_env import neo4j_required  # noqa: E402
 from tests.support.pipeline import note, replay_for, settings_sections  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     configure_logging("warning", "console")
-    neo4j = _neo4j()
+    neo4j = neo4j_required()
     with tempfile.TemporaryDirectory(prefix="membrane-explore-") as tmp:
         started = time.perf_counter()
         journal_only, graph = _build(Path(tmp), args.captures, neo4j)

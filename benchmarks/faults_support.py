@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from daemon_overhead import _neo4j as neo4j_from_env  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.daemon import ingest  # noqa: E402
 from membrane.inbox import SIDECAR_SUFFIX  # noqa: E402
 from membrane.journal import Journal  # noqa: E402
+from tests.support.neo4j_env import neo4j_required as neo4j_from_env  # noqa: E402
 from tests.support.pipeline import (  # noqa: E402
     graph_snapshot,
     settings_sections,

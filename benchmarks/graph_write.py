@@ -40,11 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import count_problems, exit_code, failed, failed_cell, mark, timed_runs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.neo4j_env import neo4j_required  # noqa: E402
+
 ANCHORS = ROOT / ".rig" / "anchors-graph"
 WRITERS = ("membrane", "membrane-per-capture", "neo4j-graphrag", "langchain", "raw-create")
 TYPES = ("DEPLOYED_ON", "DEPENDS_ON", "RUNS_ON", "BACKS_UP", "CONNECTS_TO", "MONITORS", "OWNS", "USES")
@@ -106,11 +109,8 @@ def expected_graph(writer: str, data: list[dict[str, Any]], writes: int = 1) -> 
 
 
 def _neo4j_auth() -> tuple[str, tuple[str, str]]:
-    uri = os.environ["MEMBRANE_TEST_NEO4J_URI"]
-    password = os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD", "")
-    if os.environ.get("MEMBRANE_TEST_NEO4J_PASSWORD_FILE"):
-        password = Path(os.environ["MEMBRANE_TEST_NEO4J_PASSWORD_FILE"]).read_text(encoding="utf-8").strip()
-    return uri, (os.environ.get("MEMBRANE_TEST_NEO4J_USER", "neo4j"), password)
+    server = neo4j_required()
+    return server["uri"], (server["user"], server["password"])
 
 
 def _membrane(data: list[dict[str, Any]], *, per_capture: bool) -> Any:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from checks import FAILED, exit_code, failed_cell, mark  # noqa: E402
-from daemon_overhead import _neo4j, _wipe  # noqa: E402
+from daemon_overhead import _wipe  # noqa: E402
 
 from membrane.config import Settings  # noqa: E402
 from membrane.graph.store import GraphStore  # noqa: E402
@@ -48,6 +48,7 @@ from membrane.journal.search import IndexedCapture, IndexedMention, SearchChange
 from membrane.logs import configure_logging  # noqa: E402
 from membrane.resolve import CaptureFacts, ResolvedEntity, ResolvedRelationship, entity_key  # noqa: E402
 from membrane.search import GraphSource, JournalSource, SearchResult, search  # noqa: E402
+from tests.support.neo4j_env import neo4j_required  # noqa: E402
 
 TYPES = ("RUNS_ON", "DEPENDS_ON", "USES", "OWNS", "BACKS_UP", "MONITORS", "WORKS_AT", "LOCATED_IN")
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "zi", "pe", "sa", "do", "gu", "fi", "be", "xo", "ly"]
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     args = parser.parse_args()
     configure_logging("warning", "console")
-    neo4j = _neo4j()
+    neo4j = neo4j_required()
     names, facts = synthetic(args.entities, args.captures)
     asked = queries(names, facts, args.queries)
     with tempfile.TemporaryDirectory(prefix="membrane-search-") as tmp:

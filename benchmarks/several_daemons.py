@@ -37,15 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from checks import count_problems, exit_code, mark  # noqa: E402
 
 from tests.support.daemons import Plan, duplicate_facts, duplicate_nodes, run_fleet, shared_replay  # noqa: E402
-from tests.support.neo4j_env import neo4j_from_env  # noqa: E402
+from tests.support.neo4j_env import neo4j_required  # noqa: E402
 from tests.support.pipeline import graph_snapshot, wipe  # noqa: E402
-
-
-def _neo4j() -> dict[str, Any]:
-    server = neo4j_from_env()
-    if server is None:
-        raise SystemExit('needs MEMBRANE_TEST_NEO4J_URI: eval "$(scripts/neo4j-local env)"')
-    return server
 
 
 def run(
@@ -84,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     from neo4j import GraphDatabase
 
-    neo4j = _neo4j()
+    neo4j = neo4j_required()
     plan = Plan.overlapping(daemons=3, per_daemon=args.per_daemon, shared=args.shared, deleted=args.deleted)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="membrane-several-"))
     work.mkdir(parents=True, exist_ok=True)
