@@ -26,7 +26,7 @@ from membrane.errors import ConfigError, MembraneError
 from membrane.extract import Extractor, build_messages
 from membrane.journal import Journal
 from membrane.prompts import PROMPT_VERSION, TUNED_PROMPT_VERSION
-from membrane.schema import Extraction
+from membrane.schema import UNBOUNDED_RULES, Extraction
 from membrane.train.anchors import assemble_verified
 from membrane.train.data import Case, data_sha256, distilled_cases, gold_overlaps, labelled_cases, split_cases
 from membrane.train.trainer import command_line, model_name
@@ -226,12 +226,16 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     assert manifest.adapter is not None and manifest.data is not None and manifest.hyperparameters is not None
     assert len(adapter) == manifest.adapter.bytes <= 10 * 1024 * 1024
     assert hashlib.sha256(adapter).hexdigest() == manifest.adapter.sha256
-    cases = labelled_cases([str(ROOT / "config" / "train" / "*.jsonl")])
-    assert data_sha256(cases) == manifest.data.sha256 and len(cases) == manifest.data.cases
     command = shlex.split(manifest.command)
 
     def option(flag: str) -> str:
         return command[command.index(flag) + 1] if flag in command else ""
+
+    # The data the command trains on: its --data patterns (else train.data's), labels folded with --fold-labels.
+    patterns = [command[i + 1] for i, word in enumerate(command) if word == "--data"] or list(defaults.train.data)
+    rules = defaults.extraction.rules() if "--fold-labels" in command else UNBOUNDED_RULES
+    cases = labelled_cases([str(ROOT / p) for p in patterns], rules)
+    assert data_sha256(cases) == manifest.data.sha256 and len(cases) == manifest.data.cases
 
     # The name the command gives: --name, or trainer.model_name's default for --base.
     trained = model_name(Settings.model_validate({"train": {"base": option("--base"), "name": option("--name")}}))
