@@ -67,16 +67,20 @@ class EndpointGuard:
         for closed in _ENDPOINT_CLOSED.finditer(text, begin):
             if closed.end() > len(self.text) and closed.group(1) not in self._names:
                 return False  # the token ends an endpoint that is no entity's name
-        open_value = _ENDPOINT_OPEN.search(text, begin)
-        return open_value is None or any(n.startswith(open_value.group(1)) for n in self._names)
+        partial = self._open_endpoint(text)
+        return partial is None or any(n.startswith(partial) for n in self._names)
 
     def completions(self) -> list[bytes]:
         """What may follow an open endpoint: the rest of each name it begins, with the closing quote."""
-        open_value = _ENDPOINT_OPEN.search(self.text, max(self._start, len(self.text) - self._window))
-        if self._start < 0 or open_value is None:
+        partial = self._open_endpoint(self.text) if self._start >= 0 else None
+        if partial is None:
             return []
-        partial = open_value.group(1)
         return [n[len(partial) :] + b'"' for n in self._names if n.startswith(partial)]
+
+    def _open_endpoint(self, text: bytes) -> bytes | None:
+        """The value written so far of a source or target `text` leaves open (within the window), else None."""
+        found = _ENDPOINT_OPEN.search(text, max(self._start, len(self.text) - self._window))
+        return found.group(1) if found is not None else None
 
 
 class Sampling:
