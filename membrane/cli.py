@@ -805,6 +805,8 @@ def _train_option(key: str, field: FieldInfo) -> Callable[[F], F]:
     flag = _TRAIN_FLAGS.get(key, "--" + key.replace("_", "-"))
     if key == "data":
         return click.option(flag, multiple=True, help="Labelled cases (JSONL glob); repeatable (overrides train.data).")
+    if key == "repeat":
+        return click.option(flag, multiple=True, help="GLOB=N: the training cases of matching files, N times an epoch.")
     if key == "distill_from":
         return click.option(flag, "distill", help="backend:model[,...]: also learn from their journal extractions.")
     if field.annotation is bool:
@@ -848,7 +850,7 @@ class _TrainProgress:
 
 
 def _train_settings(settings: Settings, data: tuple[str, ...], distill: str | None, values: dict[str, Any]) -> Settings:
-    update = {k: v for k, v in values.items() if k in TrainSettings.model_fields and v is not None}
+    update = {k: v for k, v in values.items() if k in TrainSettings.model_fields and v is not None and v != ()}
     if data:
         update["data"] = data
     if distill is not None:

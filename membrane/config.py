@@ -286,6 +286,9 @@ class TrainSettings(_Section):
     # its description the option's help.
     base: str = Field("smollm2-135m", description="A [model.embedded] name or a Hugging Face model folder.")
     data: tuple[str, ...] = ("config/train/*.jsonl",)  # globs of labelled cases (gold.jsonl format)
+    # "GLOB=N": the training cases of files matching GLOB are seen N times an epoch
+    # (the validation split is drawn first, so no copy of a held-out case trains).
+    repeat: tuple[str, ...] = ()
     distill_from: tuple[str, ...] = ()  # "backend:name" models whose journal extractions become cases
     name: str = Field("", description="The trained model's name (default: <base>-membrane).")
     rank: int = Field(8, gt=0)
@@ -310,6 +313,19 @@ class TrainSettings(_Section):
     models_dir: Path = Field(
         Path("var/models"), description="Trained models, one folder each (adapter.gguf + manifest.json)."
     )
+
+    @field_validator("repeat")
+    @classmethod
+    def _repeat(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            pattern, _, count = entry.rpartition("=")
+            if not pattern or not count.isdigit() or int(count) < 1:
+                raise ValueError(f"{entry!r}: expected GLOB=N with N a whole number of at least 1")
+        return value
+
+    def repeats(self) -> dict[str, int]:
+        """repeat as {glob: times}."""
+        return {pattern: int(count) for pattern, _, count in (e.rpartition("=") for e in self.repeat)}
 
 
 class McpSettings(_Section):

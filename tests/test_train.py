@@ -287,3 +287,36 @@ def test_train_refuses_cases_that_near_the_gold_set(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "near an evaluation text: x1" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_repeat_weights_chosen_files_after_the_validation_split(tmp_path: Path) -> None:
+    """train.repeat multiplies a file's training cases; held-out cases are drawn first and never train."""
+    from membrane.config import TrainSettings
+    from membrane.train.data import labelled_cases, repeated, split_cases
+
+    for name, prefix in (("short.jsonl", "s"), ("long.jsonl", "l")):
+        rows = [
+            {"id": f"{prefix}{i}", "text": f"Host {prefix}{i} runs Debian.", "entities": [], "relationships": []}
+            for i in range(20)
+        ]
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = TrainSettings(repeat=(f"{tmp_path}/short*.jsonl=3",))
+    train_cases, val_cases = split_cases(labelled_cases([str(tmp_path / "*.jsonl")]), 0.2, seed=0)
+    weighted = repeated(train_cases, settings.repeats())
+
+    held_out = {c.id for c in val_cases}
+    assert held_out and not held_out & {c.id for c in weighted}
+    short = [c for c in train_cases if c.id.startswith("s")]
+    assert len(weighted) == len(train_cases) + 2 * len(short)
+    assert all(sum(w.id == c.id for w in weighted) == (3 if c.id.startswith("s") else 1) for c in train_cases)
+
+
+def test_repeat_refuses_an_entry_without_a_count(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from membrane.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--repeat", "config/train/*.jsonl", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    assert "expected GLOB=N" in result.output
+    assert not (tmp_path / "m").exists()

@@ -7,6 +7,8 @@ every case must validate as an Extraction. Distilled cases are the journal's
 latest extractions made by the named models, kept only when every entity is
 grounded in the note (so a teacher's invented names never become labels).
 Nothing that equals or nears a gold text (rapidfuzz ratio >= 85) may train.
+`train.repeat` shows the training cases of chosen files more than once an epoch,
+after the validation split, so a held-out case never trains.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import glob
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ __all__ = [
     "gold_overlaps",
     "labelled_cases",
     "load_jsonl_cases",
+    "repeated",
     "split_cases",
 ]
 
@@ -130,6 +133,15 @@ def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[
     if val_fraction > 0 and len(order) > 1:
         n_val = max(1, n_val)
     return order[n_val:], order[:n_val]
+
+
+def repeated(cases: Sequence[Case], repeats: Mapping[str, int]) -> list[Case]:
+    """`cases`, each from a file matching a glob of `repeats` present that many times (the most, if several match)."""
+    times: dict[str, int] = {}
+    for pattern, count in repeats.items():
+        for path in glob.glob(str(Path(pattern).expanduser())):
+            times[str(Path(path))] = max(times.get(str(Path(path)), 1), count)
+    return [case for case in cases for _ in range(times.get(case.source, 1))]
 
 
 def data_sha256(cases: Sequence[Case]) -> str:

@@ -42,6 +42,7 @@ from membrane.train.data import (
     distilled_cases,
     gold_overlaps,
     labelled_cases,
+    repeated,
     split_cases,
 )
 
@@ -186,10 +187,15 @@ def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int,
 
     from membrane.train.loop import RunConfig
 
-    derived = {"base", "data_sha256", "train_cases", "val_cases"}
+    derived = {"base", "data_sha256", "train_cases", "val_cases", "repeat"}
     from_settings = {f.name: getattr(settings.train, f.name) for f in fields(RunConfig) if f.name not in derived}
     return RunConfig(
-        base=base.name, data_sha256=data_sha256(cases), train_cases=n_train, val_cases=n_val, **from_settings
+        base=base.name,
+        data_sha256=data_sha256(cases),
+        train_cases=n_train,
+        val_cases=n_val,
+        repeat="; ".join(settings.train.repeat),
+        **from_settings,
     )
 
 
@@ -205,6 +211,7 @@ def train(settings: Settings, options: TrainOptions, progress: Callable[[Progres
     base = resolve_base(settings, options)
     cases = gather_cases(settings, options.limit)
     train_cases, val_cases = split_cases(cases, settings.train.val_fraction, settings.train.seed)
+    train_cases = repeated(train_cases, settings.train.repeats())
     tokenizer = _tokenizer(base)
     train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len)
     val_examples, long_val = _render_all(val_cases, tokenizer, base, settings.train.max_seq_len)
