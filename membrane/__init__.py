@@ -84,33 +84,16 @@ __all__ = [
 _HOMES: dict[str, tuple[str, ...]] = {
     "membrane.config": ("Settings", "load_settings"),
     "membrane.daemon": ("Daemon", "IngestReport", "ingest"),
-    "membrane.errors": (
-        "BadRequest",
-        "CaptureRejected",
-        "ConfigError",
-        "ExtractionFailed",
-        "GraphAuthFailed",
-        "GraphUnavailable",
-        "GraphWriteError",
-        "JournalError",
-        "MembraneError",
-        "ModelCrashed",
-        "ModelNotFound",
-        "ModelRejected",
-        "ModelUnavailable",
-        "NotFound",
-        "PermanentError",
-        "PromotionRefused",
-        "RetryableError",
-        "StaleClaim",
-    ),
     "membrane.extract": ("Extractor", "build_extractor", "parse_output"),
     "membrane.graph.store": ("GraphStore",),
     "membrane.journal": ("Journal",),
     "membrane.records": ("ExtractionResult",),
     "membrane.schema": ("Entity", "Extraction", "ExtractionRules", "ModelRef", "Relationship"),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+# Every other name of __all__ is a class of the error tree, membrane.errors.
+_HOME_OF = {name: "membrane.errors" for name in __all__} | {
+    name: module for module, names in _HOMES.items() for name in names
+}
 
 
 def __getattr__(name: str) -> Any:
