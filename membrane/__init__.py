@@ -91,7 +91,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "membrane.schema": ("Entity", "Extraction", "ExtractionRules", "ModelRef", "Relationship"),
 }
 # Every other name of __all__ is a class of the error tree, membrane.errors.
-_HOME_OF = {name: "membrane.errors" for name in __all__} | {
+_HOME_OF = dict.fromkeys(__all__, "membrane.errors") | {
     name: module for module, names in _HOMES.items() for name in names
 }
 

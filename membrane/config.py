@@ -307,6 +307,10 @@ class TrainSettings(_Section):
     fold_labels: bool = Field(
         False, description="Fold the labels' relation types into extraction.relations' vocabulary first."
     )
+    answer: Literal["objects", "compact"] = Field(
+        "objects",
+        description="The answer the model learns to write: objects (prompt extract-t1) or compact (extract-t2).",
+    )
     outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("q8_0", description="GGUF type of the adapter.")
     merged: Literal["", "f16", "q8_0"] = Field("", description="Also write a merged GGUF of this type.")  # "": none
     work_dir: Path = Path("var/train")  # checkpoints and the exported Hugging Face adapter

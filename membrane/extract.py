@@ -40,9 +40,16 @@ from membrane.backends import Backend, Generation, GenerationRequest, RecordedOu
 from membrane.backends.catalogue import prompt_version_for
 from membrane.errors import ExtractionFailed, error_key, error_message, validation_line
 from membrane.logs import get_logger
-from membrane.prompts import PROMPT_VERSION
+from membrane.prompts import PROMPT_VERSION, is_compact
 from membrane.records import ExtractionResult
-from membrane.schema import UNBOUNDED_RULES, Extraction, ExtractionRules, extraction_json_schema, relation_pattern
+from membrane.schema import (
+    UNBOUNDED_RULES,
+    Extraction,
+    ExtractionRules,
+    compact_json_schema,
+    extraction_json_schema,
+    relation_pattern,
+)
 
 if TYPE_CHECKING:
     from membrane.config import Settings
@@ -139,23 +146,29 @@ def item_budget(rules: ExtractionRules, num_predict: int) -> int:
     return min(fits, max(rules.max_entities, rules.max_relationships))
 
 
-def model_schema(rules: ExtractionRules, max_items: int | None = None) -> dict[str, Any]:
-    """The schema sent to the model: extraction_json_schema, tightened for decoding.
+def model_schema(rules: ExtractionRules, max_items: int | None = None, *, compact: bool = False) -> dict[str, Any]:
+    """The schema sent to the model: extraction_json_schema (compact_json_schema for a
+    compact-answer model), tightened for decoding.
 
     Arrays get min(rule limit, max_items) items; names at most MODEL_NAME_CHARS;
     a free relation must already be UPPER_SNAKE_CASE (a pattern), an enum when
     a vocabulary is configured.
     """
-    schema = extraction_json_schema(rules)
+    schema = compact_json_schema(rules) if compact else extraction_json_schema(rules)
     props = schema["properties"]
     if max_items is not None:
         for key in ("entities", "relationships"):
             props[key]["maxItems"] = max(1, min(props[key]["maxItems"], max_items))
-    props["entities"]["items"]["properties"]["name"]["maxLength"] = MODEL_NAME_CHARS
-    rel = props["relationships"]["items"]["properties"]
-    rel["source"]["maxLength"] = rel["target"]["maxLength"] = MODEL_NAME_CHARS
-    if "enum" not in rel["relation"]:
-        rel["relation"] = {"type": "string", "pattern": MODEL_RELATION_PATTERN}
+    if compact:
+        name, (source, relation, target) = props["entities"]["items"], props["relationships"]["items"]["prefixItems"]
+    else:
+        name = props["entities"]["items"]["properties"]["name"]
+        fields = props["relationships"]["items"]["properties"]
+        source, relation, target = fields["source"], fields["relation"], fields["target"]
+    name["maxLength"] = source["maxLength"] = target["maxLength"] = MODEL_NAME_CHARS
+    if "enum" not in relation:
+        relation.clear()
+        relation.update({"type": "string", "pattern": MODEL_RELATION_PATTERN})
     return schema
 
 
@@ -368,6 +381,7 @@ class Extractor:
         if callable(n_ctx):  # an in-process model's context is fixed when it is loaded
             self.num_ctx = min(self.num_ctx, int(n_ctx(model)))
         self.prompt_version = prompt_version_for(settings, backend.name, model)
+        self.compact = is_compact(self.prompt_version)  # the answer's shape the model was tuned on
         self.chunk_chars = min(
             settings.extraction.chunk_chars or self._derived_chunk_chars(), self._derived_chunk_chars()
         )
@@ -377,7 +391,7 @@ class Extractor:
         return build_messages(text, schema, few_shot=self.few_shot, version=self.prompt_version)
 
     def _derived_chunk_chars(self) -> int:
-        schema = model_schema(self.rules, item_budget(self.rules, self.num_predict))
+        schema = model_schema(self.rules, item_budget(self.rules, self.num_predict), compact=self.compact)
         prompt_chars = sum(len(m["content"]) for m in self._messages("", schema))
         repair_chars = REPAIR_ECHO_CHARS + len(_repair_message(["x" * 200] * MAX_ERRORS_SHOWN, self.prompt_version))
         spare_tokens = self.num_ctx - self.num_predict - (prompt_chars + repair_chars) / CHARS_PER_TOKEN
@@ -418,7 +432,7 @@ class Extractor:
 
     def _extract_chunk(self, chunk: Chunk, index: int, total: int, tally: _Tally) -> Extraction:
         max_items = item_budget(self.rules, self.num_predict)
-        schema = model_schema(self.rules, max_items)
+        schema = model_schema(self.rules, max_items, compact=self.compact)
         base = self._messages(chunk.text, schema)
         messages = base
         errors: list[str] = []
@@ -432,7 +446,7 @@ class Extractor:
                 if generation.truncated:
                     error = f"cut off at the {self.num_predict}-token cap, give fewer items ({error})"
                     max_items = max(1, max_items // 2)
-                    schema = model_schema(self.rules, max_items)
+                    schema = model_schema(self.rules, max_items, compact=self.compact)
                     base = [{"role": "system", "content": system_prompt(schema, self.prompt_version)}, *base[1:]]
                 errors.append(error)
                 tally.errors.append(error)

@@ -17,6 +17,11 @@ Decisions (also in docs/design-notes.md):
   ((A, FOUNDED_BY, B) -> (B, FOUNDED, A)); the shipped maps are
   membrane/relations.toml. With a relation vocabulary configured, any other
   relation is a validation error (which triggers repair).
+- The compact answer (what models tuned on extract-t2 write) is the same
+  content in fewer tokens: entities as a list of names, relationships as
+  [source, RELATION, target] lists. Roles are derived from the relationships
+  by LABELLING.md's rule (subject when the source of one or of none, object
+  when only ever a target). Extraction accepts either shape.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "ExtractionRules",
     "ModelRef",
     "Relationship",
+    "compact_json_schema",
     "extraction_json_schema",
     "is_relation_type",
     "normalize_relation",
@@ -197,6 +203,14 @@ class Relationship(BaseModel):
         return (self.source, self.relation, self.target)
 
 
+def _compact_relationship(item: Any) -> Any:
+    if isinstance(item, list) and len(item) == 3:
+        return dict(zip(("source", "relation", "target"), item, strict=True))
+    if isinstance(item, list):
+        raise ValueError(f"a relationship is a [source, relation, target] list, got {len(item)} items")
+    return item
+
+
 class Extraction(BaseModel):
     """One capture's (or chunk's) entities and relationships, validated."""
 
@@ -204,6 +218,29 @@ class Extraction(BaseModel):
 
     entities: tuple[Entity, ...] = ()
     relationships: tuple[Relationship, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_compact(cls, data: Any) -> Any:
+        # The compact answer: names for entities, [source, relation, target] lists for relationships.
+        if not isinstance(data, dict):
+            return data
+        entities, relationships = data.get("entities"), data.get("relationships")
+        if isinstance(relationships, list) and any(isinstance(r, list) for r in relationships):
+            relationships = [_compact_relationship(r) for r in relationships]
+        if isinstance(entities, list) and any(isinstance(e, str) for e in entities):
+            ends = [r for r in relationships if isinstance(r, dict)] if isinstance(relationships, list) else []
+            sources = {r.get("source") for r in ends if isinstance(r.get("source"), str)}
+            targets = {r.get("target") for r in ends if isinstance(r.get("target"), str)}
+            entities = [
+                {"name": e, "role": "object" if e in targets and e not in sources else "subject"}
+                if isinstance(e, str)
+                else e
+                for e in entities
+            ]
+        if entities is data.get("entities") and relationships is data.get("relationships"):
+            return data
+        return {**data, "entities": entities, "relationships": relationships}
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Extraction:
@@ -236,6 +273,13 @@ class Extraction(BaseModel):
     @classmethod
     def parse_json(cls, text: str, rules: ExtractionRules | None = None) -> Extraction:
         return cls.model_validate_json(text, context={"rules": rules or ExtractionRules()})
+
+    def compact(self) -> dict[str, Any]:
+        """The compact answer of this extraction: entity names, relationships as lists."""
+        return {
+            "entities": [e.name for e in self.entities],
+            "relationships": [[r.source, r.relation, r.target] for r in self.relationships],
+        }
 
     def merged_with(self, other: Extraction, rules: ExtractionRules | None = None) -> Extraction:
         """Union of two extractions (chunk results), deduplicated, limits not applied."""
@@ -286,6 +330,37 @@ def extraction_json_schema(rules: ExtractionRules | None = None) -> dict[str, An
     flat["required"] = ["entities", "relationships"]
     flat["additionalProperties"] = False
     return flat
+
+
+def compact_json_schema(rules: ExtractionRules | None = None) -> dict[str, Any]:
+    """The JSON schema of the compact answer, bounded like extraction_json_schema."""
+    full = extraction_json_schema(rules)
+    entity = full["properties"]["entities"]
+    relationship = full["properties"]["relationships"]
+    fields = relationship["items"]["properties"]
+    return {
+        "type": "object",
+        "properties": {
+            "entities": {
+                "type": "array",
+                "items": entity["items"]["properties"]["name"],
+                "maxItems": entity["maxItems"],
+            },
+            "relationships": {
+                "type": "array",
+                "items": {
+                    "type": "array",
+                    "prefixItems": [fields["source"], fields["relation"], fields["target"]],
+                    "items": False,
+                    "minItems": 3,
+                    "maxItems": 3,
+                },
+                "maxItems": relationship["maxItems"],
+            },
+        },
+        "required": ["entities", "relationships"],
+        "additionalProperties": False,
+    }
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,12 @@ def test_model_schema_is_tightened_for_decoding() -> None:
     assert props["entities"]["items"]["properties"]["name"]["maxLength"] == 80
     vocab = model_schema(ExtractionRules(relation_vocabulary=("USES",)), max_items=5)
     assert vocab["properties"]["relationships"]["items"]["properties"]["relation"]["enum"] == ["USES"]
+    compact = model_schema(ExtractionRules(max_entities=24, max_relationships=2), max_items=5, compact=True)
+    props = compact["properties"]
+    assert (props["entities"]["maxItems"], props["relationships"]["maxItems"]) == (5, 2)
+    source, relation, target = props["relationships"]["items"]["prefixItems"]
+    assert relation == {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,39}$"}
+    assert props["entities"]["items"]["maxLength"] == source["maxLength"] == target["maxLength"] == 80
 
 
 # ---------------------------------------------------------------- chunking

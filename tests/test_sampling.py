@@ -90,6 +90,22 @@ def test_endpoint_guard_without_entities_passes_everything() -> None:
     assert guard.allows(b"Anything") and guard.completions() == []
 
 
+COMPACT_HEAD = b'{"entities": ["Raspberry Pi", "Debian 12"], '
+
+
+def test_endpoint_guard_reads_the_compact_answer() -> None:
+    """In the compact shape the first and third strings of each relationship list are the endpoints."""
+    guard = _guard_at(COMPACT_HEAD + b'"relationships": [["Rasp')
+    assert guard.allows(b"berry Pi") and not guard.allows(b"utin") and guard.completions() == [b'berry Pi"']
+    guard = _guard_at(guard.text + b'berry Pi", "')
+    assert guard.allows(b'RUNS_ON", ') and guard.completions() == []  # the relation type stays free
+    guard = _guard_at(guard.text + b'RUNS_ON", "')
+    assert guard.allows(b"Deb") and not guard.allows(b'the Pi"')
+    assert sorted(guard.completions()) == [b'Debian 12"', b'Raspberry Pi"']
+    guard = _guard_at(guard.text + b'Debian 12"], ["')
+    assert not guard.allows(b"Ubuntu") and guard.allows(b"Debian")
+
+
 def test_guarded_answers_name_only_their_entities(gemma_model_path: Path) -> None:
     """With the tuned default and extraction.endpoints = "entities", every relationship's source and target
     is one of the answer's own entity names, and the answers still parse."""
@@ -116,6 +132,39 @@ def test_guarded_answers_name_only_their_entities(gemma_model_path: Path) -> Non
                 assert rel["source"] in names and rel["target"] in names, (rel, names)
             relationships += len(answer["relationships"])
         assert isinstance(engine.llama._sampler, GrammarLastSampler) and engine.llama._sampler._guard is not None
+    finally:
+        engine.close()
+    assert relationships > 0
+
+
+def test_compact_schema_answers_parse_with_the_guard(tiny_model_path: Path) -> None:
+    """A real model decoding under the compact schema (extract-t2) writes names and three-item lists that
+    parse as Extractions; with the guard on, every endpoint is one of the answer's names."""
+    from membrane.extract import parse_output
+    from membrane.prompts import COMPACT_PROMPT_VERSION
+
+    rules = ExtractionRules()
+    schema = model_schema(rules, max_items=4, compact=True)
+    engine = Engine(ModelSpec(str(tiny_model_path), "chatml", 2048, reuse_prefix=False))
+    relationships = 0
+    try:
+        for text in TEXTS:
+            request = {
+                "messages": build_messages(text, schema, version=COMPACT_PROMPT_VERSION),
+                "schema": schema,
+                "max_tokens": 200,
+                "temperature": 0.0,
+                "endpoints": "entities",
+            }
+            content = engine.chat(request)["choices"][0]["message"]["content"]
+            answer = json.loads(content)
+            assert all(isinstance(name, str) for name in answer["entities"])
+            assert all(isinstance(rel, list) and len(rel) == 3 for rel in answer["relationships"])
+            names = set(answer["entities"])
+            assert all(rel[0] in names and rel[2] in names for rel in answer["relationships"]), answer
+            extraction = parse_output(content, rules)
+            assert [e.name for e in extraction.entities][: len(names)] == list(dict.fromkeys(answer["entities"]))
+            relationships += len(answer["relationships"])
     finally:
         engine.close()
     assert relationships > 0

@@ -13,6 +13,7 @@ from membrane.schema import (
     RELATION_PATTERN,
     Extraction,
     ExtractionRules,
+    compact_json_schema,
     extraction_json_schema,
     normalize_relation,
 )
@@ -189,3 +190,50 @@ def test_json_schema_vocabulary_becomes_enum() -> None:
     schema = extraction_json_schema(ExtractionRules(relation_vocabulary=("DEPLOYED_ON", "WORKS_AT")))
     relation = schema["properties"]["relationships"]["items"]["properties"]["relation"]
     assert relation == {"type": "string", "enum": ["DEPLOYED_ON", "WORKS_AT"]}
+
+
+def test_compact_answer_parses_to_the_same_extraction() -> None:
+    """Names and [source, RELATION, target] lists give the extraction the objects give, roles derived
+    by the labelling rule (object only when never a source), and compact() writes it back."""
+    objects = Extraction.parse(
+        {
+            "entities": [
+                {"name": "Docker", "role": "subject"},
+                {"name": "Kubernetes cluster", "role": "object"},
+                {"name": "DevOps team", "role": "subject"},
+                {"name": "Helm", "role": "subject"},
+            ],
+            "relationships": [
+                {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
+                {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
+            ],
+        }
+    )
+    compact = {
+        "entities": ["Docker", "Kubernetes cluster", "DevOps team", "Helm"],
+        "relationships": [
+            ["Docker", "deployed on", "Kubernetes cluster"],
+            ["DevOps team", "MANAGES", "Kubernetes cluster"],
+        ],
+    }
+    assert Extraction.parse(compact) == objects
+    assert Extraction.parse(objects.compact()) == objects
+    assert objects.compact()["relationships"][0] == ["Docker", "DEPLOYED_ON", "Kubernetes cluster"]
+
+
+@pytest.mark.parametrize("bad", [["Docker", "RUNS_ON"], ["a", "B", "c", "d"], []])
+def test_compact_relationship_must_be_a_triple(bad: list[str]) -> None:
+    with pytest.raises(ValidationError, match="source, relation, target"):
+        Extraction.parse({"entities": ["a"], "relationships": [bad]})
+
+
+def test_compact_schema_is_bounded_and_fixes_three_items() -> None:
+    """The compact schema bounds both lists by the rules and each relationship to exactly three strings."""
+    schema = compact_json_schema(ExtractionRules(max_entities=7, max_relationships=5, relation_vocabulary=("USES",)))
+    entities, relationships = schema["properties"]["entities"], schema["properties"]["relationships"]
+    assert entities["maxItems"] == 7 and entities["items"]["type"] == "string"
+    assert relationships["maxItems"] == 5
+    item = relationships["items"]
+    assert item["minItems"] == item["maxItems"] == 3 and item["items"] is False
+    assert item["prefixItems"][1] == {"type": "string", "enum": ["USES"]}
+    assert schema["additionalProperties"] is False and schema["required"] == ["entities", "relationships"]

@@ -100,6 +100,27 @@ def test_training_prompt_tokens_equal_llamacpp_inference(
     assert example.labels[n_prompt:] == example.input_ids[n_prompt:]
 
 
+def test_a_compact_answer_model_learns_the_compact_answer_after_its_own_prompt(tiny_model_path: Path) -> None:
+    """train.answer = "compact": the example's prompt is extract-t2's and its labels are the compact JSON."""
+    from membrane.config import TrainSettings
+    from membrane.prompts import COMPACT_PROMPT_VERSION
+    from membrane.train.trainer import prompt_version
+
+    settings = Settings(train=TrainSettings(answer="compact"))
+    assert prompt_version(settings) == COMPACT_PROMPT_VERSION
+    tokenizer = LlamaTokenizer(tiny_model_path)
+    case = _case(_rows()[0])
+    example = render_case(case, tokenizer, "chatml", COMPACT_PROMPT_VERSION)
+    answer = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE_INDEX]
+    text = tokenizer.llama.detokenize(answer, special=True).decode()
+    assert text.startswith('{"entities":["Priya","Jellyfin","Synology NAS"],"relationships":[["Priya","DEPLOYED"')
+    learned = Extraction.parse(json.loads(text[: text.rindex("}") + 1]))
+    assert [e.name for e in learned.entities] == [e.name for e in case.extraction.entities]
+    assert learned.relationships == case.extraction.relationships
+    objects = render_case(case, tokenizer, "chatml")
+    assert len(example.input_ids) < len(objects.input_ids)
+
+
 def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     """Every epoch visits each case once, and the same (seed, step) always picks the same cases."""
     config = RunConfig("b", "d", 8, 16, 0.0, 1e-3, 2, 2, 1, 10, 10, 3, 512, train_cases=5, val_cases=0)

@@ -164,6 +164,31 @@ def test_extractor_uses_the_prompt_version_of_the_model(make_settings: Callable[
     assert [m["role"] for m in messages] == ["system", "user"] and "schema" not in messages[0]["content"]
 
 
+def test_a_compact_answer_model_gets_the_compact_schema_and_its_answers_parse(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A model whose manifest names extract-t2 is asked for the compact shape, and its answer becomes the
+    same Extraction the object shape gives."""
+    from membrane.backends.replay import ReplayBackend
+    from membrane.prompts import COMPACT_PROMPT_VERSION
+
+    _trained_folder(tmp_path / "models", "tiny-compact", COMPACT_PROMPT_VERSION)
+    settings = make_settings(train={"models_dir": tmp_path / "models"}, model={"backend": "replay"})
+    text = "Ada runs Loki on Vega."
+    answer = '{"entities":["Ada","Loki","Vega"],"relationships":[["Ada","RUNS","Loki"],["Loki","RUNS_ON","Vega"]]}'
+    backend = ReplayBackend([(text, answer)])
+    extractor = Extractor(backend, "tiny-compact", settings)
+    assert extractor.compact and extractor.prompt_version == COMPACT_PROMPT_VERSION
+    result = extractor.extract(text)
+    assert [r.triple for r in result.extraction.relationships] == [("Ada", "RUNS", "Loki"), ("Loki", "RUNS_ON", "Vega")]
+    assert [(e.name, e.role) for e in result.extraction.entities] == [
+        ("Ada", "subject"),
+        ("Loki", "subject"),
+        ("Vega", "object"),
+    ]
+    assert result.prompt_version == COMPACT_PROMPT_VERSION and not Extractor(backend, "smollm2-135m", settings).compact
+
+
 def test_tuned_prompt_is_short_and_schema_free() -> None:
     """extract-t1 has one system paragraph and the note; extract-v1 carries the schema and the example."""
     tuned = build_messages("Ada uses Vim.", {"type": "object"}, version=TUNED_PROMPT_VERSION)

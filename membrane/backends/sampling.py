@@ -15,7 +15,7 @@ embedded child, where llama_cpp is importable.
 
 With `Sampling.endpoints = "entities"` (extraction.endpoints) a second check
 rides on the same pick: EndpointGuard keeps each relationship's source and
-target to a name the answer's entity list already holds, so a relationship
+target (in either answer shape) to a name the answer's entity list already holds, so a relationship
 cannot invent a near-variant of an entity ("the Pi" beside "Raspberry Pi").
 When the top token breaks it, the next most likely tokens and the first token
 of each name that fits are tried, in logit order, against the guard and then
@@ -34,9 +34,16 @@ __all__ = ["EndpointGuard", "GrammarLastSampler", "Sampling", "install"]
 
 # Tokens tried, by logit, when the top token breaks the endpoint guard.
 _GUARD_TOP_K = 48
-_NAME = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_ENDPOINT_OPEN = re.compile(rb'"(?:source|target)"\s*:\s*"((?:[^"\\]|\\.)*)$')
-_ENDPOINT_CLOSED = re.compile(rb'"(?:source|target)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_STRING = rb'"((?:[^"\\]|\\.)*)'  # a JSON string's opening quote and its value so far
+_NAME = re.compile(rb'"name"\s*:\s*' + _STRING + b'"')
+_ENDPOINT_OPEN = re.compile(rb'"(?:source|target)"\s*:\s*' + _STRING + b"$")
+_ENDPOINT_CLOSED = re.compile(rb'"(?:source|target)"\s*:\s*' + _STRING + b'"')
+# The compact answer: entity names in one list, relationships as [source, RELATION, target].
+_COMPACT_ENTITIES = re.compile(rb'"entities"\s*:\s*\[\s*"')
+_COMPACT_NAME = re.compile(_STRING + b'"')
+_COMPACT_ENDPOINT = rb'\[\s*(?:"(?:[^"\\]|\\.)*"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*)?' + _STRING
+_COMPACT_OPEN = re.compile(_COMPACT_ENDPOINT + b"$")
+_COMPACT_CLOSED = re.compile(_COMPACT_ENDPOINT + b'"')
 _RELATIONSHIPS = b'"relationships"'
 
 
@@ -51,20 +58,27 @@ class EndpointGuard:
         self._window = window  # bytes looked back for an endpoint key (longer than any name)
         self._start = -1  # where "relationships" begins, once seen
         self._names: tuple[bytes, ...] = ()
+        self._open, self._closed = _ENDPOINT_OPEN, _ENDPOINT_CLOSED  # the compact answer's, once seen
 
     def accept(self, piece: bytes) -> None:
         self.text += piece
         if self._start < 0:
             self._start = self.text.find(_RELATIONSHIPS)
             if self._start >= 0:
-                self._names = tuple(dict.fromkeys(_NAME.findall(self.text, 0, self._start)))
+                entities = _COMPACT_ENTITIES.search(self.text, 0, self._start)
+                if entities is not None:  # the compact answer
+                    self._open, self._closed = _COMPACT_OPEN, _COMPACT_CLOSED
+                    names = _COMPACT_NAME.findall(self.text, entities.end() - 1, self._start)
+                else:
+                    names = _NAME.findall(self.text, 0, self._start)
+                self._names = tuple(dict.fromkeys(names))
 
     def allows(self, piece: bytes) -> bool:
         if self._start < 0 or not self._names:
             return True
         text = self.text + piece
         begin = max(self._start, len(self.text) - self._window)
-        for closed in _ENDPOINT_CLOSED.finditer(text, begin):
+        for closed in self._closed.finditer(text, begin):
             if closed.end() > len(self.text) and closed.group(1) not in self._names:
                 return False  # the token ends an endpoint that is no entity's name
         partial = self._open_endpoint(text)
@@ -79,7 +93,7 @@ class EndpointGuard:
 
     def _open_endpoint(self, text: bytes) -> bytes | None:
         """The value written so far of a source or target `text` leaves open (within the window), else None."""
-        found = _ENDPOINT_OPEN.search(text, max(self._start, len(self.text) - self._window))
+        found = self._open.search(text, max(self._start, len(self.text) - self._window))
         return found.group(1) if found is not None else None
 
 

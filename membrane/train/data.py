@@ -56,9 +56,10 @@ class Case:
     extraction: Extraction
     source: str  # the file it came from, or "distill:<backend>:<model>"
 
-    def answer(self) -> str:
-        """The canonical compact JSON of the extraction: the exact training target."""
-        return json.dumps(self.extraction.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
+    def answer(self, *, compact: bool = False) -> str:
+        """The extraction as minified JSON, objects or the compact shape: the exact training target."""
+        data = self.extraction.compact() if compact else self.extraction.model_dump(mode="json")
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def _case(row: dict[str, Any], source: str, line: int, rules: ExtractionRules) -> Case:

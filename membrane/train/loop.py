@@ -55,6 +55,7 @@ class RunConfig:
     max_seq_len: int
     train_cases: int
     val_cases: int
+    answer: str = "objects"  # train.answer: the answer's shape, objects or compact
     repeat: str = ""  # train.repeat joined by "; ": files whose cases train more than once an epoch
 
 

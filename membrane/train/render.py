@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from membrane.errors import ConfigError
 from membrane.extract import build_messages
-from membrane.prompts import TUNED_PROMPT_VERSION
+from membrane.prompts import TUNED_PROMPT_VERSION, is_compact
 from membrane.train.data import Case
 
 __all__ = [
@@ -110,7 +110,7 @@ def render_case(
     """The case as training ids: the rendered prompt (masked) and the answer plus end-of-turn."""
     prompt, stop, added_special = format_prompt(training_messages(case.text, prompt_version), chat_format)
     prompt_ids = tokenizer.encode(prompt, add_bos=not added_special)
-    answer_ids = tokenizer.encode(case.answer() + stop, add_bos=False)
+    answer_ids = tokenizer.encode(case.answer(compact=is_compact(prompt_version)) + stop, add_bos=False)
     return Example(
         case_id=case.id,
         input_ids=tuple(prompt_ids + answer_ids),

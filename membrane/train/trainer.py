@@ -34,7 +34,7 @@ from membrane.clock import iso_utc_seconds
 from membrane.errors import ConfigError
 from membrane.files import file_sha256
 from membrane.logs import get_logger
-from membrane.prompts import TUNED_PROMPT_VERSION
+from membrane.prompts import COMPACT_PROMPT_VERSION, TUNED_PROMPT_VERSION
 from membrane.schema import UNBOUNDED_RULES
 from membrane.train.data import (
     Case,
@@ -173,10 +173,17 @@ def gather_cases(settings: Settings, limit: int = 0) -> list[Case]:
     return cases
 
 
-def _render_all(cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: int) -> tuple[list[Example], int]:
+def prompt_version(settings: Settings) -> str:
+    """The prompt version (and so the answer's shape) a model trained with `settings` is asked with."""
+    return COMPACT_PROMPT_VERSION if settings.train.answer == "compact" else TUNED_PROMPT_VERSION
+
+
+def _render_all(
+    cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: int, version: str
+) -> tuple[list[Example], int]:
     from membrane.train.render import render_case
 
-    examples = [render_case(case, tokenizer, base.chat_format) for case in cases]
+    examples = [render_case(case, tokenizer, base.chat_format, version) for case in cases]
     kept = [e for e in examples if len(e.input_ids) <= max_len]
     return kept, len(examples) - len(kept)
 
@@ -213,8 +220,9 @@ def train(settings: Settings, options: TrainOptions, progress: Callable[[Progres
     train_cases, val_cases = split_cases(cases, settings.train.val_fraction, settings.train.seed)
     train_cases = repeated(train_cases, settings.train.repeats())
     tokenizer = _tokenizer(base)
-    train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len)
-    val_examples, long_val = _render_all(val_cases, tokenizer, base, settings.train.max_seq_len)
+    version = prompt_version(settings)
+    train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len, version)
+    val_examples, long_val = _render_all(val_cases, tokenizer, base, settings.train.max_seq_len, version)
     if not train_examples:
         raise ConfigError("every training case is longer than train.max_seq_len", key="train.max_seq_len")
     config = _run_config(settings, base, cases, len(train_examples), len(val_examples))
@@ -341,7 +349,7 @@ def _manifest(
             parameters=base.parameters,
             sha256=file_sha256(base_file) if base_file else "",
         ),
-        prompt_version=TUNED_PROMPT_VERSION,
+        prompt_version=prompt_version(settings),
         chat_format=base.chat_format,
         adapter=AdapterFile(
             file=ADAPTER_FILE, sha256=file_sha256(adapter), bytes=adapter.stat().st_size, outtype=settings.train.outtype
