@@ -195,20 +195,10 @@ def test_json_schema_vocabulary_becomes_enum() -> None:
 def test_compact_answer_parses_to_the_same_extraction() -> None:
     """Names and [source, RELATION, target] lists give the extraction the objects give, roles derived
     by the labelling rule (object only when never a source), and compact() writes it back."""
-    objects = Extraction.parse(
-        {
-            "entities": [
-                {"name": "Docker", "role": "subject"},
-                {"name": "Kubernetes cluster", "role": "object"},
-                {"name": "DevOps team", "role": "subject"},
-                {"name": "Helm", "role": "subject"},
-            ],
-            "relationships": [
-                {"source": "Docker", "relation": "DEPLOYED_ON", "target": "Kubernetes cluster"},
-                {"source": "DevOps team", "relation": "MANAGES", "target": "Kubernetes cluster"},
-            ],
-        }
-    )
+    from tests.support.pipeline import REFERENCE
+
+    helm = {"name": "Helm", "role": "subject"}  # in no relationship: a subject by the rule
+    objects = Extraction.parse({**REFERENCE, "entities": [*REFERENCE["entities"], helm]})
     compact = {
         "entities": ["Docker", "Kubernetes cluster", "DevOps team", "Helm"],
         "relationships": [
