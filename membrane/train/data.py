@@ -85,10 +85,14 @@ def load_jsonl_cases(path: Path, rules: ExtractionRules = UNBOUNDED_RULES) -> li
         raise ConfigError(f"{path}:{exc.number}: not JSON ({exc.error.msg})", key="train.data") from None
 
 
+def matching_files(patterns: Iterable[str]) -> list[Path]:
+    """The files the globs `patterns` name (~ expanded), sorted, each once."""
+    return sorted({Path(p) for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
+
+
 def labelled_cases(patterns: Sequence[str], rules: ExtractionRules = UNBOUNDED_RULES) -> list[Case]:
     """The cases of every file matching `patterns`, files in sorted order, labels folded by `rules`."""
-    files = sorted({Path(p) for pattern in patterns for p in glob.glob(str(Path(pattern).expanduser()))})
-    return [case for path in files for case in load_jsonl_cases(path, rules)]
+    return [case for path in matching_files(patterns) for case in load_jsonl_cases(path, rules)]
 
 
 def _grounded(extraction: Extraction, text: str, threshold: float) -> bool:
@@ -140,8 +144,8 @@ def repeated(cases: Sequence[Case], repeats: Mapping[str, int]) -> list[Case]:
     """`cases`, each from a file matching a glob of `repeats` present that many times (the most, if several match)."""
     times: dict[str, int] = {}
     for pattern, count in repeats.items():
-        for path in glob.glob(str(Path(pattern).expanduser())):
-            times[str(Path(path))] = max(times.get(str(Path(path)), 1), count)
+        for path in matching_files([pattern]):  # the very paths labelled_cases names as sources
+            times[str(path)] = max(times.get(str(path), 1), count)
     return [case for case in cases for _ in range(times.get(case.source, 1))]
 
 
