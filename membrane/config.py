@@ -281,6 +281,14 @@ class BenchSettings(_Section):
     retry_failed_after_promotion: bool = True
 
 
+def _glob_times(entry: str) -> tuple[str, int]:
+    """A train.repeat entry "GLOB=N" as (glob, N); ValueError when it is not one."""
+    pattern, _, count = entry.rpartition("=")
+    if not pattern or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{entry!r}: expected GLOB=N with N a whole number of at least 1")
+    return pattern, int(count)
+
+
 class TrainSettings(_Section):
     # Every key but work_dir is also an option of `membrane train` (cli.train_options),
     # its description the option's help.
@@ -322,14 +330,12 @@ class TrainSettings(_Section):
     @classmethod
     def _repeat(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for entry in value:
-            pattern, _, count = entry.rpartition("=")
-            if not pattern or not count.isdigit() or int(count) < 1:
-                raise ValueError(f"{entry!r}: expected GLOB=N with N a whole number of at least 1")
+            _glob_times(entry)
         return value
 
     def repeats(self) -> dict[str, int]:
         """repeat as {glob: times}."""
-        return {pattern: int(count) for pattern, _, count in (e.rpartition("=") for e in self.repeat)}
+        return dict(_glob_times(entry) for entry in self.repeat)
 
 
 class McpSettings(_Section):

@@ -313,7 +313,7 @@ def test_train_refuses_cases_that_near_the_gold_set(tmp_path: Path) -> None:
 def test_repeat_weights_chosen_files_after_the_validation_split(tmp_path: Path) -> None:
     """train.repeat multiplies a file's training cases; held-out cases are drawn first and never train."""
     from membrane.config import TrainSettings
-    from membrane.train.data import labelled_cases, repeated, split_cases
+    from membrane.train.data import labelled_cases, repeat_counts, repeated, split_cases
 
     for name, prefix in (("short.jsonl", "s"), ("long.jsonl", "l")):
         rows = [
@@ -323,13 +323,30 @@ def test_repeat_weights_chosen_files_after_the_validation_split(tmp_path: Path) 
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     settings = TrainSettings(repeat=(f"{tmp_path}/short*.jsonl=3",))
     train_cases, val_cases = split_cases(labelled_cases([str(tmp_path / "*.jsonl")]), 0.2, seed=0)
-    weighted = repeated(train_cases, settings.repeats())
+    weighted = repeated(train_cases, repeat_counts(train_cases, settings.repeats()))
 
     held_out = {c.id for c in val_cases}
     assert held_out and not held_out & {c.id for c in weighted}
     short = [c for c in train_cases if c.id.startswith("s")]
     assert len(weighted) == len(train_cases) + 2 * len(short)
     assert all(sum(w.id == c.id for w in weighted) == (3 if c.id.startswith("s") else 1) for c in train_cases)
+
+
+def test_a_repeated_case_renders_once_and_a_too_long_one_counts_once(tiny_model_path: Path) -> None:
+    """Repetition copies the rendered example; a case over max_seq_len is left out once, however often it repeats."""
+    from membrane.prompts import TUNED_PROMPT_VERSION
+    from membrane.train.trainer import Base, _render_all
+
+    base = Base("tiny", tiny_model_path.parent, tiny_model_path.name, str(tiny_model_path), "chatml", 512, "tiny")
+    short, long = _case(_rows()[0]), _case(_rows()[1])
+    long = Case(long.id, " ".join([long.text] * 40), long.extraction, long.source)
+    tokenizer = LlamaTokenizer(tiny_model_path)
+    max_len = len(render_case(short, tokenizer, "chatml").input_ids)
+    assert len(render_case(long, tokenizer, "chatml").input_ids) > max_len
+
+    kept, too_long = _render_all([short, long], tokenizer, base, max_len, TUNED_PROMPT_VERSION, [3, 4])
+    assert too_long == 1
+    assert len(kept) == 3 and all(e.input_ids == kept[0].input_ids for e in kept)
 
 
 def test_repeat_refuses_an_entry_without_a_count(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from rapidfuzz import fuzz, process
@@ -40,11 +40,13 @@ __all__ = [
     "gold_overlaps",
     "labelled_cases",
     "load_jsonl_cases",
+    "repeat_counts",
     "repeated",
     "split_cases",
 ]
 
 GOLD_NEAR_RATIO = 85.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -140,13 +142,19 @@ def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[
     return order[n_val:], order[:n_val]
 
 
-def repeated(cases: Sequence[Case], repeats: Mapping[str, int]) -> list[Case]:
-    """`cases`, each from a file matching a glob of `repeats` present that many times (the most, if several match)."""
+def repeat_counts(cases: Sequence[Case], repeats: Mapping[str, int]) -> list[int]:
+    """How many times an epoch each of `cases` trains: the count of the glob in `repeats` its file
+    matches (the most, if several match), else 1."""
     times: dict[str, int] = {}
     for pattern, count in repeats.items():
         for path in matching_files([pattern]):  # the very paths labelled_cases names as sources
             times[str(path)] = max(times.get(str(path), 1), count)
-    return [case for case in cases for _ in range(times.get(case.source, 1))]
+    return [times.get(case.source, 1) for case in cases]
+
+
+def repeated(items: Sequence[T], counts: Sequence[int]) -> list[T]:
+    """Each of `items` `counts` times, copies side by side (the loop shuffles)."""
+    return [item for item, count in zip(items, counts, strict=True) for _ in range(count)]
 
 
 def data_sha256(cases: Sequence[Case]) -> str:

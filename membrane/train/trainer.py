@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import shlex
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +42,7 @@ from membrane.train.data import (
     distilled_cases,
     gold_overlaps,
     labelled_cases,
+    repeat_counts,
     repeated,
     split_cases,
 )
@@ -179,13 +180,19 @@ def prompt_version(settings: Settings) -> str:
 
 
 def _render_all(
-    cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: int, version: str
+    cases: list[Case], tokenizer: Tokenizer, base: Base, max_len: int, version: str, counts: Sequence[int] = ()
 ) -> tuple[list[Example], int]:
+    """Each case rendered once, kept when it fits `max_len` and then repeated `counts` times (default once);
+    and how many cases were too long."""
     from membrane.train.render import render_case
 
     examples = [render_case(case, tokenizer, base.chat_format, version) for case in cases]
-    kept = [e for e in examples if len(e.input_ids) <= max_len]
-    return kept, len(examples) - len(kept)
+    fits = [len(e.input_ids) <= max_len for e in examples]
+    kept = repeated(
+        [e for e, ok in zip(examples, fits, strict=True) if ok],
+        [n for n, ok in zip(counts or [1] * len(cases), fits, strict=True) if ok],
+    )
+    return kept, fits.count(False)
 
 
 def _run_config(settings: Settings, base: Base, cases: list[Case], n_train: int, n_val: int) -> RunConfig:
@@ -218,10 +225,10 @@ def train(settings: Settings, options: TrainOptions, progress: Callable[[Progres
     base = resolve_base(settings, options)
     cases = gather_cases(settings, options.limit)
     train_cases, val_cases = split_cases(cases, settings.train.val_fraction, settings.train.seed)
-    train_cases = repeated(train_cases, settings.train.repeats())
     tokenizer = _tokenizer(base)
     version = prompt_version(settings)
-    train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len, version)
+    counts = repeat_counts(train_cases, settings.train.repeats())
+    train_examples, long_train = _render_all(train_cases, tokenizer, base, settings.train.max_seq_len, version, counts)
     val_examples, long_val = _render_all(val_cases, tokenizer, base, settings.train.max_seq_len, version)
     if not train_examples:
         raise ConfigError("every training case is longer than train.max_seq_len", key="train.max_seq_len")
