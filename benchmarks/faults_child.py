@@ -33,10 +33,6 @@ from faults_support import (
     Daemon,
     Workspace,
     clean_snapshot,
-    duplicated_facts,
-    failure_reasons,
-    graph_diff,
-    journal_duplicates,
     neo4j_from_env,
     outcome_counts,
     report,
@@ -47,7 +43,7 @@ from membrane.backends.embedded import close_models
 from membrane.backends.embedded_child import FAULT_ENV, FAULTS
 from membrane.inbox import SIDECAR_SUFFIX
 from membrane.logs import configure_logging
-from tests.support.pipeline import graph_snapshot, note, wipe
+from tests.support.pipeline import note, wipe
 
 TRIGGER = "KABOOM"
 CHILD_MODULE = b"membrane.backends.embedded_child"
@@ -174,7 +170,6 @@ def main() -> None:
         watch.done.set()
         wall = time.monotonic() - started
         counts = outcome_counts(workspace, list(files))
-        reasons = failure_reasons(workspace)
         crashes = logged_crashes(daemon.log)
         signal_name = SIGNALS[args.fault]
         named = sum(1 for name in crashing if signal_name in _reason(workspace, name))
@@ -188,9 +183,10 @@ def main() -> None:
                 "retry_base_s": args.retry_base_s,
                 "max_model_crashes": args.max_crashes,
             },
+            workspace,
             counts,
-            duplicated_facts(driver),
-            graph_diff(graph_snapshot(driver), expected),
+            driver,
+            expected,
             wall,
             daemon,
             expected_failures=len(crashing) + len(clean_failed),
@@ -200,8 +196,6 @@ def main() -> None:
             crash_signals=sorted({str(e.get("signal")) for e in crashes}),
             children_seen=len(watch.pids),
             daemon_never_died=daemon.starts == 1 and daemon.exit_codes == [0],
-            extractions_done_twice=journal_duplicates(workspace.journal),
-            failure_reasons=reasons,
             sample_reason=next((_reason(workspace, n) for n in sorted(crashing)), ""),
         )
         failed = _failed_names(workspace.settings.inbox.failed)

@@ -27,10 +27,6 @@ from faults_support import (
     Daemon,
     Workspace,
     clean_snapshot,
-    duplicated_facts,
-    failure_reasons,
-    graph_diff,
-    journal_duplicates,
     neo4j_from_env,
     outcome_counts,
     report,
@@ -38,7 +34,7 @@ from faults_support import (
 )
 
 from membrane.logs import configure_logging
-from tests.support.pipeline import graph_snapshot, note, replay_for, wipe
+from tests.support.pipeline import note, replay_for, wipe
 
 
 def _mount(folder: Path, mib: int) -> None:
@@ -119,9 +115,10 @@ def main() -> None:
                 figures = report(
                     "faults_disk",
                     {"captures": args.captures, "tmpfs_mib": args.tmpfs_mib, "headroom_kib": args.headroom_kib},
+                    workspace,
                     counts,
-                    duplicated_facts(driver),
-                    graph_diff(graph_snapshot(driver), expected),
+                    driver,
+                    expected,
                     wall,
                     daemon,
                     first_stop_s=stopped_at,
@@ -129,8 +126,6 @@ def main() -> None:
                     files_waiting_when_freed=left_when_full,
                     disk_full_log_lines=log.count("full"),
                     free_kib_after=_free_kib(small),
-                    extractions_done_twice=journal_duplicates(workspace.journal),
-                    failure_reasons=failure_reasons(workspace),
                 )
         finally:
             subprocess.run(["umount", "-l", str(small)], check=False)

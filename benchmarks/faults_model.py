@@ -29,10 +29,6 @@ from faults_support import (
     Daemon,
     Workspace,
     clean_snapshot,
-    duplicated_facts,
-    failure_reasons,
-    graph_diff,
-    journal_duplicates,
     neo4j_from_env,
     outcome_counts,
     report,
@@ -41,7 +37,7 @@ from faults_support import (
 
 from membrane.logs import configure_logging
 from membrane.testing.ollama_server import FakeOllama, ScriptedModel
-from tests.support.pipeline import graph_snapshot, note, wipe
+from tests.support.pipeline import note, wipe
 
 MODEL = "faulty:1b"
 _NOTE = re.compile(r"Note (\d+): ")
@@ -145,16 +141,15 @@ def main() -> None:
         figures = report(
             "faults_model",
             {"captures": args.captures, "hang_s": args.hang_s, "timeout_s": args.timeout_s},
+            workspace,
             counts,
-            duplicated_facts(driver),
-            graph_diff(graph_snapshot(driver), expected),
+            driver,
+            expected,
             wall,
             daemon,
             expected_failures=must_fail,
             behaviours=dict(model.behaviours),
             model_calls=sum(model.seen.values()),
-            extractions_done_twice=journal_duplicates(workspace.journal),
-            failure_reasons=failure_reasons(workspace),
             threads=threading.active_count(),
         )
         ok = figures["ok"] and counts["failed_with_reason"] == must_fail

@@ -30,10 +30,6 @@ from faults_support import (
     Daemon,
     Workspace,
     clean_snapshot,
-    duplicated_facts,
-    failure_reasons,
-    graph_diff,
-    journal_duplicates,
     neo4j_from_env,
     outcome_counts,
     report,
@@ -41,7 +37,7 @@ from faults_support import (
 )
 
 from membrane.logs import configure_logging
-from tests.support.pipeline import graph_snapshot, note, replay_for, wipe
+from tests.support.pipeline import note, replay_for, wipe
 
 RIG = ROOT / "scripts" / "neo4j-local"
 
@@ -129,14 +125,13 @@ def main() -> None:
             figures = report(
                 "faults_neo4j",
                 {"captures": args.captures, "restarts": args.restarts, "up_s": args.up_s, "down_s": args.down_s},
+                workspace,
                 counts,
-                duplicated_facts(driver),
-                graph_diff(graph_snapshot(driver), expected),
+                driver,
+                expected,
                 wall,
                 daemon,
                 outages_s=outages.outages_s,
-                extractions_done_twice=journal_duplicates(workspace.journal),
-                failure_reasons=failure_reasons(workspace),
             )
     raise SystemExit(0 if figures["ok"] else 1)
 

@@ -293,14 +293,18 @@ def graph_diff(actual: dict[str, Any], expected: dict[str, Any]) -> dict[str, in
 def report(
     name: str,
     scale: dict[str, Any],
+    workspace: Workspace,
     counts: dict[str, Any],
-    duplicates: dict[str, int],
-    diff: dict[str, int] | None,
+    driver: Any,
+    expected: dict[str, Any],
     wall_s: float,
     daemon: Daemon,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Print and return the figures; `ok` says whether the promises held."""
+    """Judge the run against the clean graph `expected`, print and return the figures; `ok` says
+    whether the promises held. `counts` is outcome_counts' (a script may correct it first)."""
+    duplicates = duplicated_facts(driver)
+    diff = graph_diff(graph_snapshot(driver), expected)
     figures = {
         "benchmark": name,
         "scale": scale,
@@ -312,13 +316,15 @@ def report(
         "daemon_peak_rss_mib": round(daemon.peak_rss_kib / 1024, 1),
         "daemon_starts": daemon.starts,
         "daemon_exit_codes": daemon.exit_codes,
+        "extractions_done_twice": journal_duplicates(workspace.journal),
+        "failure_reasons": failure_reasons(workspace),
         **extra,
     }
     figures["ok"] = (
         counts["lost"] == 0
         and counts["failed_without_reason"] == 0
         and figures["duplicated_facts"] == 0
-        and (diff is None or not any(diff.values()))
+        and not any(diff.values())
     )
     print(json.dumps(figures, ensure_ascii=False), flush=True)
     return figures

@@ -28,10 +28,6 @@ from faults_support import (
     Daemon,
     Workspace,
     clean_snapshot,
-    duplicated_facts,
-    failure_reasons,
-    graph_diff,
-    journal_duplicates,
     neo4j_from_env,
     outcome_counts,
     report,
@@ -39,7 +35,7 @@ from faults_support import (
 )
 
 from membrane.logs import configure_logging
-from tests.support.pipeline import graph_snapshot, note, wipe, write_replay
+from tests.support.pipeline import note, wipe, write_replay
 
 
 def _rewritten(k: int, version: str) -> tuple[str, str]:
@@ -134,15 +130,14 @@ def main() -> None:
         figures = report(
             "faults_volume",
             {"captures": args.captures, "duplicates": args.duplicates, "rewritten": args.rewritten},
+            workspace,
             counts,
-            duplicated_facts(driver),
-            graph_diff(graph_snapshot(driver), expected),
+            driver,
+            expected,
             wall,
             daemon,
-            extractions_done_twice=journal_duplicates(workspace.journal),
             drop_s=round(dropped_s, 2),
             captures_per_s=round(len(final) / wall, 1),
-            failure_reasons=failure_reasons(workspace),
         )
     raise SystemExit(0 if figures["ok"] else 1)
 
