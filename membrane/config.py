@@ -292,7 +292,9 @@ def _glob_times(entry: str) -> tuple[str, int]:
 class TrainSettings(_Section):
     # Every key but work_dir is also an option of `membrane train` (cli.train_options),
     # its description the option's help.
-    base: str = Field("smollm2-135m", description="A [model.embedded] name or a Hugging Face model folder.")
+    base: str = Field(
+        "smollm2-135m", description="A [model.embedded] name, an installed anchor or a Hugging Face model folder."
+    )
     data: tuple[str, ...] = ("config/train/*.jsonl",)  # globs of labelled cases (gold.jsonl format)
     # "GLOB=N": the training cases of files matching GLOB are seen N times an epoch
     # (the validation split is drawn first, so no copy of a held-out case trains).

@@ -273,3 +273,28 @@ def test_the_default_model_is_a_shipped_adapter_its_manifest_reproduces(
     assert result.prompt_version == TUNED_PROMPT_VERSION
     assert isinstance(result.extraction, Extraction)
     assert "Docker" in {e.name for e in result.extraction.entities}
+
+
+def test_an_installed_anchor_is_a_training_base_named_the_same_on_every_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.base may be an installed anchor; the manifest's base is "cache:anchors/<file>", found in the cache."""
+    from membrane.backends.catalogue import ANCHORS, anchor_path
+    from membrane.backends.gguf import locate_gguf
+    from membrane.errors import ModelNotFound
+    from membrane.train.trainer import TrainOptions, resolve_base
+
+    monkeypatch.setenv("MEMBRANE_MODEL_CACHE", str(tmp_path / "cache"))
+    anchor = ANCHORS["qwen2.5-coder-0.5b"]
+    settings = Settings.model_validate({"train": {"base": anchor.name}})
+    with pytest.raises(ConfigError, match="membrane anchors"):
+        resolve_base(settings, TrainOptions())
+    with pytest.raises(ModelNotFound, match="not in the model cache"):
+        locate_gguf(f"cache:anchors/{anchor.file_name}")
+
+    anchor_path(anchor).parent.mkdir(parents=True)
+    anchor_path(anchor).write_bytes(b"GGUF")
+    base = resolve_base(settings, TrainOptions())
+    assert base.inference_path == f"cache:anchors/{anchor.file_name}"
+    assert base.folder / str(base.gguf_file) == anchor_path(anchor) == locate_gguf(base.inference_path)
+    assert (base.chat_format, base.parameters) == ("chatml", anchor.parameters)

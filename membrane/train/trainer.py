@@ -29,6 +29,7 @@ from membrane.backends.catalogue import (
     TrainingData,
     TrainingRun,
     Validation,
+    installed_anchor_models,
 )
 from membrane.clock import iso_utc_seconds
 from membrane.errors import ConfigError
@@ -107,11 +108,12 @@ class TrainReport:
 
 
 def resolve_base(settings: Settings, options: TrainOptions) -> Base:
-    """train.base as a [model.embedded] name (GGUF) or a Hugging Face model folder."""
+    """train.base as a [model.embedded] name or an installed anchor (GGUF), or a Hugging Face model folder."""
     from membrane.backends.gguf import locate_gguf
 
     spec = settings.train.base
-    configured = settings.model.embedded.get(spec)
+    bases = {**installed_anchor_models(), **settings.model.embedded}
+    configured = bases.get(spec)
     if configured is not None:
         if configured.lora_path:
             raise ConfigError(f"train.base = {spec!r} is itself a trained model; train from its base", key="train.base")
@@ -128,10 +130,10 @@ def resolve_base(settings: Settings, options: TrainOptions) -> Base:
     folder = Path(spec).expanduser()
     if (folder / "config.json").is_file():
         return Base(folder.name, folder, None, options.base_gguf, options.chat_format, settings.model.num_ctx, "")
-    known = ", ".join(sorted(settings.model.embedded))
+    known = ", ".join(sorted(bases))
     raise ConfigError(
-        f"train.base = {spec!r} is neither a [model.embedded] name ({known}) nor a "
-        "Hugging Face model folder (with config.json)",
+        f"train.base = {spec!r} is neither a [model.embedded] name or installed anchor ({known}) nor a "
+        "Hugging Face model folder (with config.json); `membrane anchors` installs the anchors",
         key="train.base",
     )
 
