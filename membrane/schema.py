@@ -97,8 +97,14 @@ class ExtractionRules:
             object.__setattr__(self, name, mapping)
 
     def unbounded(self) -> ExtractionRules:
-        """The same vocabulary without count limits (for labelled sets and merged chunks)."""
+        """The same vocabulary without count limits (for merged chunks)."""
         return replace(self, max_entities=UNBOUNDED, max_relationships=UNBOUNDED)
+
+    def for_labels(self) -> ExtractionRules:
+        """For labelled sets: relation types folded the same way, with no count limits and no closed
+        vocabulary. A label is the truth: one outside the decoding vocabulary stays, a fact such a
+        model cannot state (a miss), not an error."""
+        return replace(self.unbounded(), relation_vocabulary=())
 
     def turned_around(self, relation: str) -> str | None:
         """The canonical type `relation` is the inverse form of, or None."""

@@ -282,10 +282,11 @@ def _read_jsonl(path: Path, what: str) -> Iterable[tuple[int, dict[str, Any]]]:
 def load_gold(path: Path, rules: ExtractionRules | None = None) -> list[GoldCase]:
     """The gold cases of a JSONL file; raises ConfigError naming the bad line.
 
-    `rules` (count limits ignored) fold the labels' relation types the way
-    model answers are folded, so both are compared in the graph's vocabulary.
+    `rules` fold the labels' relation types the way model answers are folded, so
+    both are compared in the graph's vocabulary (ExtractionRules.for_labels: no
+    count limits, and a closed vocabulary never rejects a label).
     """
-    labels = rules.unbounded() if rules else UNBOUNDED_RULES
+    labels = rules.for_labels() if rules else UNBOUNDED_RULES
     cases: list[GoldCase] = []
     seen: set[str] = set()
     for number, record in _read_jsonl(path, "gold"):

@@ -248,6 +248,32 @@ def test_bad_gold_file_names_the_line(tmp_path: Path) -> None:
         load_gold(path)
 
 
+def test_labels_fold_into_a_closed_vocabulary_and_stay_when_outside_it(tmp_path: Path) -> None:
+    """Under relations = "enum" both evaluation sets load: a synonym folds, a type outside the
+    vocabulary stays as labelled (a fact such a model cannot state), and the answer's rules still refuse it."""
+    from membrane.config import Settings
+
+    rules = Settings.model_validate({"extraction": {"relations": "enum"}}).extraction.rules()
+    assert rules.relation_vocabulary and "UPGRADED_TO" not in rules.relation_vocabulary
+    row = {
+        "id": "a",
+        "text": "Ana upgraded Ubuntu to Debian; Grafana requires Loki.",
+        "entities": [{"name": n} for n in ("Ana", "Ubuntu", "Debian", "Grafana", "Loki")],
+        "relationships": [
+            {"source": "Ubuntu", "relation": "UPGRADED_TO", "target": "Debian"},
+            {"source": "Grafana", "relation": "REQUIRES", "target": "Loki"},
+        ],
+    }
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (case,) = load_gold(path, rules)
+    assert [r.relation for r in case.extraction.relationships] == ["UPGRADED_TO", "DEPENDS_ON"]
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        Extraction.parse({"entities": row["entities"], "relationships": row["relationships"][:1]}, rules)
+    for eval_file in Settings().bench.eval_files:
+        assert load_gold(eval_file, rules)
+
+
 # ---------------------------------------------------------------- membrane score
 
 

@@ -80,7 +80,7 @@ def load_jsonl_cases(path: Path, rules: ExtractionRules = UNBOUNDED_RULES) -> li
     `rules` (count limits ignored) fold the labels' relation types into the
     vocabulary the model should answer in, as the bench folds the gold labels.
     """
-    labels = rules.unbounded()
+    labels = rules.for_labels()
     try:
         return [_case(row, str(path), number, labels) for number, row in read_jsonl(path)]
     except JsonlLineError as exc:
