@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from membrane.backends.embedded_child import Engine, ModelSpec
-from membrane.backends.sampling import EndpointGuard, GrammarLastSampler
+from membrane.backends.sampling import EndpointGuard, GrammarLastSampler, Guards, RepeatGuard
 from membrane.extract import build_messages, model_schema
 from membrane.schema import ExtractionRules
 
@@ -168,3 +168,71 @@ def test_compact_schema_answers_parse_with_the_guard(tiny_model_path: Path) -> N
     finally:
         engine.close()
     assert relationships > 0
+
+
+# ---------------------------------------------------------------- a list ends once an item repeats
+
+
+def _repeat_guard_at(text: bytes) -> RepeatGuard:
+    guard = RepeatGuard()
+    guard.accept(text)
+    return guard
+
+
+def test_repeat_guard_lets_only_the_closing_bracket_follow_a_repeated_item() -> None:
+    """Objects: a repeated entity name (any role) closes the list; a new item keeps it open."""
+    head = b'{"entities":[{"name":"A","role":"subject"},{"name":"B","role":"object"}'
+    guard = _repeat_guard_at(head)
+    assert guard.allows(b",") and guard.completions() == []
+    guard = _repeat_guard_at(head + b',{"name":"A","role":"object"}')
+    assert not guard.allows(b",") and not guard.allows(b"},") and guard.allows(b"]") and guard.allows(b"],")
+    assert guard.completions() == [b"]"]
+    guard = _repeat_guard_at(head + b',{"name":"A","role":"object"}],"relationships":[')
+    assert guard.allows(b'{"') and guard.completions() == []  # the next list starts afresh
+
+
+def test_repeat_guard_reads_the_compact_answer_and_strings_with_brackets() -> None:
+    """Compact: a repeated [source, RELATION, target] closes the relationships; brackets inside names are text."""
+    guard = _repeat_guard_at(b'{"entities":["A]","B{"],"relationships":[["A]","USES","B{"],["A]","USES","B{"')
+    assert guard.allows(b"]") and guard.allows(b"]]") and not guard.allows(b"],")
+    guard = _repeat_guard_at(guard.text + b"]")
+    assert guard.completions() == [b"]"] and not guard.allows(b",")
+    guard = _repeat_guard_at(b'{"entities":["A","A"')
+    assert not guard.allows(b",") and guard.allows(b"]")
+
+
+def test_guards_combine_by_all_allowing() -> None:
+    both = Guards([EndpointGuard(), RepeatGuard()])
+    both.accept(b'{"entities":[{"name":"A","role":"subject"},{"name":"A","role":"subject"}')
+    assert not both.allows(b",") and both.allows(b"]") and both.completions() == [b"]"]
+
+
+def test_a_real_model_stops_a_repeating_list_with_the_guard(tiny_model_path: Path) -> None:
+    """The tiny model repeats items on a repetitive note; with extraction.repeats = "end_list" no list
+    holds a repeat except as its last item, and the answer costs fewer tokens."""
+    schema = model_schema(ExtractionRules(), max_items=12)
+    text = "The NAS backs up the NAS. The NAS, the NAS and the NAS run Debian on the NAS."
+    runs = {}
+    for repeats in ("allow", "end_list"):
+        engine = Engine(ModelSpec(str(tiny_model_path), "chatml", 2048, reuse_prefix=False))
+        try:
+            request = {
+                "messages": build_messages(text, schema),
+                "schema": schema,
+                "max_tokens": 300,
+                "temperature": 0.0,
+                "repeats": repeats,
+            }
+            response = engine.chat(request)
+            guard = engine.llama._sampler._guard
+            assert isinstance(guard, RepeatGuard) if repeats == "end_list" else guard is None
+        finally:
+            engine.close()
+        answer = json.loads(response["choices"][0]["message"]["content"])
+        runs[repeats] = (answer, response["usage"]["completion_tokens"])
+    (loose, loose_tokens), (guarded, guarded_tokens) = runs["allow"], runs["end_list"]
+    names = [e["name"] for e in loose["entities"]]
+    assert len(names) - len(set(names)) >= 2  # without the guard the model goes on repeating
+    for items in ([e["name"] for e in guarded["entities"]], [json.dumps(r) for r in guarded["relationships"]]):
+        assert len(set(items[:-1])) == len(items[:-1])
+    assert guarded_tokens < loose_tokens

@@ -182,6 +182,7 @@ class LoadedModel:
         seed: int = 0,
         model: str = "",
         endpoints: str = "any",
+        repeats: str = "allow",
     ) -> dict[str, Any]:
         """One chat completion (the llama.cpp response dict), constrained when `schema` is given.
 
@@ -196,6 +197,7 @@ class LoadedModel:
             "temperature": temperature,
             "seed": seed,
             "endpoints": endpoints,
+            "repeats": repeats,
         }
         with self.lock:
             child = self._running(label)
@@ -364,6 +366,7 @@ class EmbeddedBackend:
             seed=request.seed,
             model=request.model,
             endpoints=request.endpoints,
+            repeats=request.repeats,
         )
         usage = response.get("usage") or {}
         choice = response["choices"][0]

@@ -20,17 +20,24 @@ cannot invent a near-variant of an entity ("the Pi" beside "Raspberry Pi").
 When the top token breaks it, the next most likely tokens and the first token
 of each name that fits are tried, in logit order, against the guard and then
 the grammar.
+
+With `Sampling.repeats = "end_list"` (extraction.repeats) RepeatGuard ends a
+list of the answer (entities or relationships, either shape) right after the
+model writes an item that list already holds. A small model that repeats one
+item tends to repeat it until maxItems: seconds of tokens the validator then
+drops as duplicates.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-__all__ = ["EndpointGuard", "GrammarLastSampler", "Sampling", "install"]
+__all__ = ["EndpointGuard", "GrammarLastSampler", "Guard", "Guards", "RepeatGuard", "Sampling", "install"]
 
 # Tokens tried, by logit, when the top token breaks the endpoint guard.
 _GUARD_TOP_K = 48
@@ -45,6 +52,24 @@ _COMPACT_ENDPOINT = rb'\[\s*(?:"(?:[^"\\]|\\.)*"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*)
 _COMPACT_OPEN = re.compile(_COMPACT_ENDPOINT + b"$")
 _COMPACT_CLOSED = re.compile(_COMPACT_ENDPOINT + b'"')
 _RELATIONSHIPS = b'"relationships"'
+# RepeatGuard: a list's key and opening bracket, and one complete item of each kind.
+_LIST_OPEN = re.compile(rb'"(?:entities|relationships)"\s*:\s*\[')
+_ITEMS = {
+    ord("{"): re.compile(rb'\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}'),  # an object: an entity or a relationship
+    ord("["): re.compile(rb'\[(?:[^\[\]"]|"(?:[^"\\]|\\.)*")*\]'),  # a compact relationship
+    ord('"'): re.compile(rb'"(?:[^"\\]|\\.)*"'),  # a compact entity name
+}
+_SPACE = b" \t\r\n"
+
+
+class Guard(Protocol):
+    """A check riding on the greedy pick: sees the answer's bytes, judges a token's bytes."""
+
+    def accept(self, piece: bytes) -> None: ...
+
+    def allows(self, piece: bytes) -> bool: ...
+
+    def completions(self) -> list[bytes]: ...
 
 
 class EndpointGuard:
@@ -97,17 +122,97 @@ class EndpointGuard:
         return found.group(1) if found is not None else None
 
 
+def _item_key(item: bytes) -> object:
+    """What makes two items of one list the same: an entity's name, a relationship's triple."""
+    try:
+        value = json.loads(item)
+    except ValueError:
+        return item
+    if isinstance(value, dict):
+        if "name" in value:
+            return ("name", value["name"])
+        return ("rel", value.get("source"), value.get("relation"), value.get("target"))
+    return json.dumps(value)
+
+
+def _open_list(text: bytes) -> tuple[list[object], bytes] | None:
+    """For the last list `text` opened and has not closed: the keys of its complete items and
+    the bytes after the last of them; None outside a list."""
+    opened = max(_LIST_OPEN.finditer(text), key=lambda m: m.start(), default=None)
+    if opened is None:
+        return None
+    keys: list[object] = []
+    at, end = opened.end(), len(text)
+    tail_from = at
+    while True:
+        while at < end and (text[at] in _SPACE or text[at] == ord(",")):
+            at += 1
+        if at >= end:
+            return keys, text[tail_from:]
+        if text[at] == ord("]"):
+            return None  # the list is closed
+        pattern = _ITEMS.get(text[at])
+        item = pattern.match(text, at) if pattern is not None else None
+        if item is None:  # an item still being written
+            return keys, text[tail_from:]
+        keys.append(_item_key(item.group(0)))
+        at = tail_from = item.end()
+
+
+class RepeatGuard:
+    """Ends a list right after an item it already holds: once the last complete item of the
+    open list repeats an earlier one, only the list's closing bracket may follow."""
+
+    def __init__(self) -> None:
+        self.text = b""
+
+    def accept(self, piece: bytes) -> None:
+        self.text += piece
+
+    def allows(self, piece: bytes) -> bool:
+        state = _open_list(self.text + piece)
+        if state is None:
+            return True
+        keys, tail = state
+        return not (keys and keys[-1] in keys[:-1] and b"," in tail)
+
+    def completions(self) -> list[bytes]:
+        state = _open_list(self.text)
+        if state is None:
+            return []
+        keys, _ = state
+        return [b"]"] if keys and keys[-1] in keys[:-1] else []
+
+
+class Guards:
+    """Several guards as one: a token passes when every guard allows it."""
+
+    def __init__(self, guards: Sequence[Guard]) -> None:
+        self.guards = tuple(guards)
+
+    def accept(self, piece: bytes) -> None:
+        for guard in self.guards:
+            guard.accept(piece)
+
+    def allows(self, piece: bytes) -> bool:
+        return all(guard.allows(piece) for guard in self.guards)
+
+    def completions(self) -> list[bytes]:
+        return [c for guard in self.guards for c in guard.completions()]
+
+
 class Sampling:
     """The switches `install` reads for each generation: set before a call."""
 
     def __init__(self) -> None:
         self.endpoints = "any"  # or "entities": EndpointGuard rides on the greedy pick
+        self.repeats = "allow"  # or "end_list": RepeatGuard rides on the greedy pick
 
 
 class GrammarLastSampler:
     """A greedy sampler over one generation: the top token, checked against the grammar alone."""
 
-    def __init__(self, llama: Any, grammar: Any, guard: EndpointGuard | None = None) -> None:
+    def __init__(self, llama: Any, grammar: Any, guard: Guard | None = None) -> None:
         import llama_cpp
         import numpy as np
 
@@ -168,7 +273,7 @@ class GrammarLastSampler:
             guard.accept(self._piece(token))
         return token
 
-    def _guarded(self, logits: Any, guard: EndpointGuard, fallback: int) -> int:
+    def _guarded(self, logits: Any, guard: Guard, fallback: int) -> int:
         """The most likely token that both the guard and the grammar allow, among the top
         tokens and the first token of each name the open endpoint may still become;
         `fallback` (the grammar's own pick) when none is."""
@@ -213,7 +318,12 @@ def install(llama: Any) -> Sampling:
         )
         if not plain:
             return original(**options)
-        guard = EndpointGuard() if switches.endpoints == "entities" else None
+        guards: list[Guard] = []
+        if switches.endpoints == "entities":
+            guards.append(EndpointGuard())
+        if switches.repeats == "end_list":
+            guards.append(RepeatGuard())
+        guard = guards[0] if len(guards) == 1 else Guards(guards) if guards else None
         return GrammarLastSampler(llama, options["grammar"], guard)
 
     llama._init_sampler = init_sampler
