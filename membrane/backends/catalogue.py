@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from membrane.backends.gguf import model_cache_dir
+from membrane.backends.gguf import CACHE_PREFIX, model_cache_dir
 from membrane.files import atomic_write
 from membrane.logs import get_logger
 from membrane.prompts import PROMPT_VERSION
@@ -220,6 +220,16 @@ class Anchor:
     def file_name(self) -> str:
         return f"{self.name}-instruct-q4_k_m.gguf"
 
+    @property
+    def cached(self) -> str:
+        """Its place in the model cache, relative to it: anchor_path's tail, the spec's path."""
+        return f"anchors/{self.file_name}"
+
+    @property
+    def spec(self) -> str:
+        """How a model config or manifest names it: "cache:anchors/<file>" (gguf.locate_gguf)."""
+        return CACHE_PREFIX + self.cached
+
 
 ANCHORS = {
     a.name: a
@@ -247,8 +257,8 @@ ANCHORS = {
 
 
 def anchor_path(anchor: Anchor) -> Path:
-    """Where `membrane anchors` installs it; models name it "cache:anchors/<file>" (gguf.locate_gguf)."""
-    return model_cache_dir() / "anchors" / anchor.file_name
+    """Where `membrane anchors` installs it; models name it by `anchor.spec`."""
+    return model_cache_dir() / anchor.cached
 
 
 def installed_anchor_models() -> dict[str, EmbeddedModel]:
@@ -256,7 +266,7 @@ def installed_anchor_models() -> dict[str, EmbeddedModel]:
     from membrane.config import EmbeddedModel
 
     return {
-        a.name: EmbeddedModel(path=f"cache:anchors/{a.file_name}", chat_format="chatml", parameters=a.parameters)
+        a.name: EmbeddedModel(path=a.spec, chat_format="chatml", parameters=a.parameters)
         for a in ANCHORS.values()
         if anchor_path(a).is_file()
     }

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from membrane.errors import ModelNotFound
 
-__all__ = ["SHIPPED_MODELS", "locate_gguf", "locate_lora", "model_cache_dir"]
+__all__ = ["CACHE_PREFIX", "SHIPPED_MODELS", "locate_gguf", "locate_lora", "model_cache_dir"]
 
 PYPI_PREFIX = "pypi:"
 CACHE_PREFIX = "cache:"
