@@ -169,7 +169,7 @@ class ExtractionSettings(_Section):
     # "entities": the embedded backend keeps relationship endpoints to the answer's entity names
     endpoints: Literal["any", "entities"] = "any"
     # "end_list": the embedded backend ends a list once the model repeats one of its items
-    repeats: Literal["allow", "end_list"] = "allow"
+    loops: Literal["allow", "end_list"] = "allow"
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
     relation_inverses: dict[str, str] = Field(default_factory=dict)

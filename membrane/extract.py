@@ -373,7 +373,7 @@ class Extractor:
         self.few_shot = settings.extraction.few_shot
         self.grounding_threshold = settings.extraction.grounding_threshold
         self.endpoints = settings.extraction.endpoints
-        self.repeats = settings.extraction.repeats
+        self.loops = settings.extraction.loops
         self.num_predict = settings.model.num_predict
         self.temperature = settings.model.temperature
         self.seed = settings.model.seed
@@ -488,7 +488,7 @@ class Extractor:
             text=text,
             attempt=attempt,
             endpoints=self.endpoints,
-            repeats=self.repeats,
+            loops=self.loops,
         )
 
     def _merge(self, parts: list[Extraction]) -> Extraction:

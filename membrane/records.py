@@ -32,7 +32,7 @@ class GenerationRequest:
     text: str = ""  # the chunk being extracted; the replay backend's key
     attempt: int = 0  # 0 first try, 1.. repairs
     endpoints: str = "any"  # "entities": endpoints kept to the answer's entity names (embedded backend)
-    repeats: str = "allow"  # "end_list": a list ends once an item repeats (embedded backend)
+    loops: str = "allow"  # "end_list": a list ends once an item repeats (embedded backend)
 
 
 @dataclass(frozen=True)

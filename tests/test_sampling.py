@@ -208,12 +208,12 @@ def test_guards_combine_by_all_allowing() -> None:
 
 
 def test_a_real_model_stops_a_repeating_list_with_the_guard(tiny_model_path: Path) -> None:
-    """The tiny model repeats items on a repetitive note; with extraction.repeats = "end_list" no list
+    """The tiny model repeats items on a repetitive note; with extraction.loops = "end_list" no list
     holds a repeat except as its last item, and the answer costs fewer tokens."""
     schema = model_schema(ExtractionRules(), max_items=12)
     text = "The NAS backs up the NAS. The NAS, the NAS and the NAS run Debian on the NAS."
     runs = {}
-    for repeats in ("allow", "end_list"):
+    for loops in ("allow", "end_list"):
         engine = Engine(ModelSpec(str(tiny_model_path), "chatml", 2048, reuse_prefix=False))
         try:
             request = {
@@ -221,15 +221,15 @@ def test_a_real_model_stops_a_repeating_list_with_the_guard(tiny_model_path: Pat
                 "schema": schema,
                 "max_tokens": 300,
                 "temperature": 0.0,
-                "repeats": repeats,
+                "loops": loops,
             }
             response = engine.chat(request)
             guard = engine.llama._sampler._guard
-            assert isinstance(guard, RepeatGuard) if repeats == "end_list" else guard is None
+            assert isinstance(guard, RepeatGuard) if loops == "end_list" else guard is None
         finally:
             engine.close()
         answer = json.loads(response["choices"][0]["message"]["content"])
-        runs[repeats] = (answer, response["usage"]["completion_tokens"])
+        runs[loops] = (answer, response["usage"]["completion_tokens"])
     (loose, loose_tokens), (guarded, guarded_tokens) = runs["allow"], runs["end_list"]
     names = [e["name"] for e in loose["entities"]]
     assert len(names) - len(set(names)) >= 2  # without the guard the model goes on repeating

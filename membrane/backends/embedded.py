@@ -182,7 +182,7 @@ class LoadedModel:
         seed: int = 0,
         model: str = "",
         endpoints: str = "any",
-        repeats: str = "allow",
+        loops: str = "allow",
     ) -> dict[str, Any]:
         """One chat completion (the llama.cpp response dict), constrained when `schema` is given.
 
@@ -197,7 +197,7 @@ class LoadedModel:
             "temperature": temperature,
             "seed": seed,
             "endpoints": endpoints,
-            "repeats": repeats,
+            "loops": loops,
         }
         with self.lock:
             child = self._running(label)
@@ -366,7 +366,7 @@ class EmbeddedBackend:
             seed=request.seed,
             model=request.model,
             endpoints=request.endpoints,
-            repeats=request.repeats,
+            loops=request.loops,
         )
         usage = response.get("usage") or {}
         choice = response["choices"][0]

@@ -143,7 +143,7 @@ class Engine:
             self.llama.reset()
         schema = request.get("schema")
         self.sampling.endpoints = request.get("endpoints", "any")
-        self.sampling.repeats = request.get("repeats", "allow")
+        self.sampling.loops = request.get("loops", "allow")
         started = time.perf_counter()
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         response: dict[str, Any] = self.llama.create_chat_completion(

@@ -21,7 +21,7 @@ When the top token breaks it, the next most likely tokens and the first token
 of each name that fits are tried, in logit order, against the guard and then
 the grammar.
 
-With `Sampling.repeats = "end_list"` (extraction.repeats) RepeatGuard ends a
+With `Sampling.loops = "end_list"` (extraction.loops) RepeatGuard ends a
 list of the answer (entities or relationships, either shape) right after the
 model writes an item that list already holds. A small model that repeats one
 item tends to repeat it until maxItems: seconds of tokens the validator then
@@ -206,7 +206,7 @@ class Sampling:
 
     def __init__(self) -> None:
         self.endpoints = "any"  # or "entities": EndpointGuard rides on the greedy pick
-        self.repeats = "allow"  # or "end_list": RepeatGuard rides on the greedy pick
+        self.loops = "allow"  # or "end_list": RepeatGuard rides on the greedy pick
 
 
 class GrammarLastSampler:
@@ -321,7 +321,7 @@ def install(llama: Any) -> Sampling:
         guards: list[Guard] = []
         if switches.endpoints == "entities":
             guards.append(EndpointGuard())
-        if switches.repeats == "end_list":
+        if switches.loops == "end_list":
             guards.append(RepeatGuard())
         guard = guards[0] if len(guards) == 1 else Guards(guards) if guards else None
         return GrammarLastSampler(llama, options["grammar"], guard)
