@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic_core import ErrorDetails
 
 from membrane.errors import ConfigError, error_key, error_message, validation_line
+from membrane.records import DecodingGuards
 from membrane.schema import ExtractionRules
 
 __all__ = [
@@ -173,6 +174,9 @@ class ExtractionSettings(_Section):
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
     relation_inverses: dict[str, str] = Field(default_factory=dict)
+
+    def guards(self) -> DecodingGuards:
+        return DecodingGuards(endpoints=self.endpoints, loops=self.loops)
 
     def rules(self) -> ExtractionRules:
         synonyms: dict[str, str] = {}

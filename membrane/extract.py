@@ -372,8 +372,7 @@ class Extractor:
         self.max_repairs = settings.extraction.max_repairs
         self.few_shot = settings.extraction.few_shot
         self.grounding_threshold = settings.extraction.grounding_threshold
-        self.endpoints = settings.extraction.endpoints
-        self.loops = settings.extraction.loops
+        self.guards = settings.extraction.guards()
         self.num_predict = settings.model.num_predict
         self.temperature = settings.model.temperature
         self.seed = settings.model.seed
@@ -487,8 +486,7 @@ class Extractor:
             seed=self.seed,
             text=text,
             attempt=attempt,
-            endpoints=self.endpoints,
-            loops=self.loops,
+            guards=self.guards,
         )
 
     def _merge(self, parts: list[Extraction]) -> Extraction:

@@ -10,12 +10,29 @@ these field names), resolution and the pipeline read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from membrane.schema import Extraction
 
-__all__ = ["BackendCheck", "ExtractionResult", "Generation", "GenerationRequest"]
+__all__ = ["NO_GUARDS", "BackendCheck", "DecodingGuards", "ExtractionResult", "Generation", "GenerationRequest"]
+
+
+@dataclass(frozen=True)
+class DecodingGuards:
+    """The checks the embedded backend adds to its greedy pick (extraction.endpoints and
+    extraction.loops); other backends decode without them. Crosses to the model's child as a dict."""
+
+    endpoints: str = "any"  # "entities": endpoints kept to the answer's entity names
+    loops: str = "allow"  # "end_list": a list ends once an item repeats
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any] | None) -> DecodingGuards:
+        """The guards a child request names; a missing key keeps its default."""
+        return cls(**{f.name: str(data[f.name]) for f in fields(cls) if data and f.name in data})
+
+
+NO_GUARDS = DecodingGuards()
 
 
 @dataclass(frozen=True)
@@ -31,8 +48,7 @@ class GenerationRequest:
     seed: int = 0
     text: str = ""  # the chunk being extracted; the replay backend's key
     attempt: int = 0  # 0 first try, 1.. repairs
-    endpoints: str = "any"  # "entities": endpoints kept to the answer's entity names (embedded backend)
-    loops: str = "allow"  # "end_list": a list ends once an item repeats (embedded backend)
+    guards: DecodingGuards = NO_GUARDS
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ from membrane.errors import (
     ModelUnavailable,
     exit_description,
 )
-from membrane.records import BackendCheck, Generation, GenerationRequest
+from membrane.records import NO_GUARDS, BackendCheck, DecodingGuards, Generation, GenerationRequest
 
 if TYPE_CHECKING:
     from membrane.config import EmbeddedModel, Settings
@@ -181,8 +182,7 @@ class LoadedModel:
         temperature: float = 0.0,
         seed: int = 0,
         model: str = "",
-        endpoints: str = "any",
-        loops: str = "allow",
+        guards: DecodingGuards = NO_GUARDS,
     ) -> dict[str, Any]:
         """One chat completion (the llama.cpp response dict), constrained when `schema` is given.
 
@@ -196,8 +196,7 @@ class LoadedModel:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "seed": seed,
-            "endpoints": endpoints,
-            "loops": loops,
+            "guards": asdict(guards),
         }
         with self.lock:
             child = self._running(label)
@@ -365,8 +364,7 @@ class EmbeddedBackend:
             temperature=request.temperature,
             seed=request.seed,
             model=request.model,
-            endpoints=request.endpoints,
-            loops=request.loops,
+            guards=request.guards,
         )
         usage = response.get("usage") or {}
         choice = response["choices"][0]

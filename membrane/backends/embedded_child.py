@@ -45,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import IO, TYPE_CHECKING, Any
 
+from membrane.records import DecodingGuards
+
 if TYPE_CHECKING:
     from membrane.backends.sampling import Sampling
 
@@ -142,8 +144,7 @@ class Engine:
         if not self.spec.reuse_prefix:
             self.llama.reset()
         schema = request.get("schema")
-        self.sampling.endpoints = request.get("endpoints", "any")
-        self.sampling.loops = request.get("loops", "allow")
+        self.sampling.guards = DecodingGuards.from_wire(request.get("guards"))
         started = time.perf_counter()
         llama_cpp.llama_perf_context_reset(self.llama.ctx)
         response: dict[str, Any] = self.llama.create_chat_completion(

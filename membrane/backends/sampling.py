@@ -13,7 +13,7 @@ likely allowed one), so answers are unchanged, byte for byte.
 calls; every other call keeps llama-cpp-python's own chain. Loaded only in the
 embedded child, where llama_cpp is importable.
 
-With `Sampling.endpoints = "entities"` (extraction.endpoints) a second check
+With `Sampling.guards.endpoints = "entities"` (extraction.endpoints) a second check
 rides on the same pick: EndpointGuard keeps each relationship's source and
 target (in either answer shape) to a name the answer's entity list already holds, so a relationship
 cannot invent a near-variant of an entity ("the Pi" beside "Raspberry Pi").
@@ -21,7 +21,7 @@ When the top token breaks it, the next most likely tokens and the first token
 of each name that fits are tried, in logit order, against the guard and then
 the grammar.
 
-With `Sampling.loops = "end_list"` (extraction.loops) RepeatGuard ends a
+With `Sampling.guards.loops = "end_list"` (extraction.loops) RepeatGuard ends a
 list of the answer (entities or relationships, either shape) right after the
 model writes an item that list already holds. A small model that repeats one
 item tends to repeat it until maxItems: seconds of tokens the validator then
@@ -36,6 +36,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from membrane.records import NO_GUARDS
 
 __all__ = ["EndpointGuard", "GrammarLastSampler", "Guard", "Guards", "RepeatGuard", "Sampling", "install"]
 
@@ -205,8 +207,7 @@ class Sampling:
     """The switches `install` reads for each generation: set before a call."""
 
     def __init__(self) -> None:
-        self.endpoints = "any"  # or "entities": EndpointGuard rides on the greedy pick
-        self.loops = "allow"  # or "end_list": RepeatGuard rides on the greedy pick
+        self.guards = NO_GUARDS  # which guards ride on the greedy pick
 
 
 class GrammarLastSampler:
@@ -319,9 +320,9 @@ def install(llama: Any) -> Sampling:
         if not plain:
             return original(**options)
         guards: list[Guard] = []
-        if switches.endpoints == "entities":
+        if switches.guards.endpoints == "entities":
             guards.append(EndpointGuard())
-        if switches.loops == "end_list":
+        if switches.guards.loops == "end_list":
             guards.append(RepeatGuard())
         guard = guards[0] if len(guards) == 1 else Guards(guards) if guards else None
         return GrammarLastSampler(llama, options["grammar"], guard)
