@@ -92,7 +92,7 @@ def test_gold_set_covers_the_required_kinds_of_text() -> None:
 
 
 def test_gold_set_holds_the_reference_example() -> None:
-    """The Docker / Kubernetes cluster / DevOps team example is labelled exactly as in the README."""
+    """The Docker / Kubernetes cluster / DevOps team example is labelled exactly as the README states it."""
     case = next(c for c in load_gold(GOLD_FILE) if "reference-example" in c.tags)
     assert [e.name for e in case.extraction.entities] == ["Docker", "Kubernetes cluster", "DevOps team"]
     assert {r.triple for r in case.extraction.relationships} == {
