@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 from membrane.cli import main
 from membrane.config import Settings, load_settings
 from membrane.errors import ConfigError
+from membrane.records import NO_GUARDS, DecodingGuards
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FILE = ROOT / "config" / "membrane.toml"
@@ -206,3 +209,16 @@ def test_relation_synonyms_are_normalised() -> None:
     )
     assert settings.extraction.relation_synonyms == {"RUNS_ON": "DEPLOYED_ON"}
     assert settings.extraction.rules().canonical_relation("runs on") == "DEPLOYED_ON"
+
+
+def test_the_configured_guards_cross_to_the_child_whole() -> None:
+    """extraction.endpoints and extraction.loops travel as one record, and the child reads back what was sent;
+    a request that names no guards gets none."""
+    settings = load_settings(
+        CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__LOOPS": "end_list", "MEMBRANE_EXTRACTION__ENDPOINTS": "entities"}
+    )
+    guards = settings.extraction.guards()
+    assert guards == DecodingGuards(endpoints="entities", loops="end_list")
+    assert DecodingGuards.from_wire(json.loads(json.dumps(asdict(guards)))) == guards
+    assert DecodingGuards.from_wire({"loops": "end_list"}) == DecodingGuards(loops="end_list")
+    assert DecodingGuards.from_wire(None) == NO_GUARDS == load_settings(CONFIG_FILE, environ={}).extraction.guards()

@@ -4,19 +4,14 @@ llama-cpp-python's own sampler chain gives, with real tiny models."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from membrane.backends.embedded_child import Engine, ModelSpec
 from membrane.backends.sampling import EndpointGuard, GrammarLastSampler, Guards, RepeatGuard
-from membrane.config import load_settings
 from membrane.extract import build_messages, model_schema
-from membrane.records import NO_GUARDS, DecodingGuards
 from membrane.schema import ExtractionRules
-
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "config" / "membrane.toml"
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -173,22 +168,6 @@ def test_compact_schema_answers_parse_with_the_guard(tiny_model_path: Path) -> N
     finally:
         engine.close()
     assert relationships > 0
-
-
-# ---------------------------------------------------------------- which guards a call gets
-
-
-def test_the_configured_guards_cross_to_the_child_whole() -> None:
-    """extraction.endpoints and extraction.loops travel as one record, and the child reads back what was sent;
-    a request that names no guards gets none."""
-    settings = load_settings(
-        CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__LOOPS": "end_list", "MEMBRANE_EXTRACTION__ENDPOINTS": "entities"}
-    )
-    guards = settings.extraction.guards()
-    assert guards == DecodingGuards(endpoints="entities", loops="end_list")
-    assert DecodingGuards.from_wire(json.loads(json.dumps(asdict(guards)))) == guards
-    assert DecodingGuards.from_wire({"loops": "end_list"}) == DecodingGuards(loops="end_list")
-    assert DecodingGuards.from_wire(None) == NO_GUARDS == load_settings(CONFIG_FILE, environ={}).extraction.guards()
 
 
 # ---------------------------------------------------------------- a list ends once an item repeats
