@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic_core import ErrorDetails
 
 from membrane.errors import ConfigError, error_key, error_message, validation_line
-from membrane.records import DecodingGuards
+from membrane.records import DecodingGuards, Endpoints, Loops
 from membrane.schema import ExtractionRules
 
 __all__ = [
@@ -168,9 +168,9 @@ class ExtractionSettings(_Section):
     grounding_threshold: float = Field(90.0, ge=0, le=100)  # 0: keep ungrounded entities
     relations: Literal["canonical", "enum", "open"] = "canonical"
     # "entities": the embedded backend keeps relationship endpoints to the answer's entity names
-    endpoints: Literal["any", "entities"] = "any"
+    endpoints: Endpoints = "any"
     # "end_list": the embedded backend ends a list once the model repeats one of its items
-    loops: Literal["allow", "end_list"] = "allow"
+    loops: Loops = "allow"
     relation_vocabulary: tuple[str, ...] = ()
     relation_synonyms: dict[str, str] = Field(default_factory=dict)
     relation_inverses: dict[str, str] = Field(default_factory=dict)

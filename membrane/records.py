@@ -11,11 +11,23 @@ these field names), resolution and the pipeline read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from membrane.schema import Extraction
 
-__all__ = ["NO_GUARDS", "BackendCheck", "DecodingGuards", "ExtractionResult", "Generation", "GenerationRequest"]
+__all__ = [
+    "NO_GUARDS",
+    "BackendCheck",
+    "DecodingGuards",
+    "Endpoints",
+    "ExtractionResult",
+    "Generation",
+    "GenerationRequest",
+    "Loops",
+]
+
+Endpoints = Literal["any", "entities"]  # "entities": endpoints kept to the answer's entity names
+Loops = Literal["allow", "end_list"]  # "end_list": a list ends once an item repeats
 
 
 @dataclass(frozen=True)
@@ -23,13 +35,18 @@ class DecodingGuards:
     """The checks the embedded backend adds to its greedy pick (extraction.endpoints and
     extraction.loops); other backends decode without them. Crosses to the model's child as a dict."""
 
-    endpoints: str = "any"  # "entities": endpoints kept to the answer's entity names
-    loops: str = "allow"  # "end_list": a list ends once an item repeats
+    endpoints: Endpoints = "any"
+    loops: Loops = "allow"
 
     @classmethod
     def from_wire(cls, data: dict[str, Any] | None) -> DecodingGuards:
-        """The guards a child request names; a missing key keeps its default."""
-        return cls(**{f.name: str(data[f.name]) for f in fields(cls) if data and f.name in data})
+        """The guards a child request names; a missing key keeps its default, an unknown value is a ValueError."""
+        allowed = {"endpoints": get_args(Endpoints), "loops": get_args(Loops)}
+        named = {f.name: data[f.name] for f in fields(cls) if data and f.name in data}
+        for name, value in named.items():
+            if value not in allowed[name]:
+                raise ValueError(f"decoding guard {name}={value!r}: expected one of {', '.join(allowed[name])}")
+        return cls(**named)
 
 
 NO_GUARDS = DecodingGuards()

@@ -222,3 +222,11 @@ def test_the_configured_guards_cross_to_the_child_whole() -> None:
     assert DecodingGuards.from_wire(json.loads(json.dumps(asdict(guards)))) == guards
     assert DecodingGuards.from_wire({"loops": "end_list"}) == DecodingGuards(loops="end_list")
     assert DecodingGuards.from_wire(None) == NO_GUARDS == load_settings(CONFIG_FILE, environ={}).extraction.guards()
+
+
+def test_a_guard_value_the_child_does_not_know_is_refused_not_dropped() -> None:
+    """A misspelt guard would otherwise decode without it, silently; the settings and the wire both refuse it."""
+    with pytest.raises(ValueError, match="end_list"):
+        DecodingGuards.from_wire({"loops": "endlist"})
+    with pytest.raises(ConfigError, match="loops"):
+        load_settings(CONFIG_FILE, environ={"MEMBRANE_EXTRACTION__LOOPS": "endlist"})
