@@ -10,6 +10,11 @@ they are processed, while the rest are still arriving. The replay backend
 answers, so what is timed is the daemons and the graph writes. The same plan
 then runs on one daemon alone, on a wiped graph.
 
+Each row gives the wall time, captures lost (neither done nor retracted in
+their journal), duplicate nodes and relationships, and the write transactions
+the driver ran again after a transient error (a deadlock) or MemBrane retried
+after a uniqueness race, counted from the daemons' logs; the three-daemon row
+also gives its difference from the one daemon's graph (elements either lacks).
 A row is failed, with the reason, unless every daemon exits 0 on SIGTERM, its
 journal holds every capture done or retracted, and the graph holds no duplicate
 node or relationship; the three-daemon row also fails unless its graph equals
@@ -60,11 +65,27 @@ def run(
         )
     except AssertionError as exc:
         return mark(row, [str(exc)]), None
-    row.update(seconds=round(result["seconds"], 1), captures_per_s=round(captures / result["seconds"], 1))
+    logs = "".join(Path(log).read_text(errors="replace") for log in result["logs"])
+    accounted = sum(counts.get("done", 0) + counts.get("retracted", 0) for counts in result["counts"])
+    facts, nodes = duplicate_facts(driver), duplicate_nodes(driver)
+    row.update(
+        seconds=round(result["seconds"], 1),
+        captures_per_s=round(captures / result["seconds"], 1),
+        lost=captures - accounted,
+        duplicate_nodes=len(nodes),
+        duplicate_relationships=len(facts),
+        transactions_retried=logs.count('"graph_transaction_retried"'),
+        write_races_retried=logs.count('"graph_write_race_retried"'),
+    )
     problems = count_problems({"exit codes": 0}, {"exit codes": max(result["exit_codes"])})
-    problems += [f"duplicate relationship {fact}" for fact in duplicate_facts(driver)[:3]]
-    problems += [f"duplicate node {node}" for node in duplicate_nodes(driver)[:3]]
+    problems += [f"duplicate relationship {fact}" for fact in facts[:3]]
+    problems += [f"duplicate node {node}" for node in nodes[:3]]
     return mark(row, problems), graph_snapshot(driver)
+
+
+def difference(expected: dict[str, Any], graph: dict[str, Any]) -> int:
+    """Captures, entities, mentions and relationships (with their sources) that one graph has and the other lacks."""
+    return sum(len(set(expected[kind]) ^ set(graph[kind])) for kind in expected)
 
 
 def main() -> None:
@@ -85,6 +106,8 @@ def main() -> None:
     with GraphDatabase.driver(neo4j["uri"], auth=(neo4j["user"], neo4j["password"])) as driver:
         alone, expected = run("one daemon", plan.alone(), replay, neo4j, driver, work, args.concurrency)
         three, graph = run("three daemons", plan, replay, neo4j, driver, work, args.concurrency)
+    if expected is not None and graph is not None:
+        three["graph_difference"] = difference(expected, graph)
     if expected is None or graph is None or graph != expected:
         mark(three, ["the graph differs from the one daemon's" if expected and graph else "no graph to compare"])
     for row in (alone, three):

@@ -98,7 +98,8 @@ def test_sync_on_a_shared_graph_leaves_the_other_daemons_captures(
 
 
 def test_the_benchmark_runs_at_a_tiny_scale(tmp_path: Path, neo4j: Any, neo4j_server: Any) -> None:
-    """benchmarks/several_daemons.py with 3 x 6 captures: both rows ok (the graphs equal), exit 0."""
+    """benchmarks/several_daemons.py with 3 x 6 captures: both rows ok, nothing lost or duplicated, the graphs
+    equal, the retries counted; exit 0."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -129,6 +130,9 @@ def test_the_benchmark_runs_at_a_tiny_scale(tmp_path: Path, neo4j: Any, neo4j_se
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(row["run"], row["status"]) for row in rows] == [("one daemon", "ok"), ("three daemons", "ok")]
+    assert [(row["lost"], row["duplicate_nodes"], row["duplicate_relationships"]) for row in rows] == [(0, 0, 0)] * 2
+    assert rows[1]["graph_difference"] == 0
+    assert all(row["transactions_retried"] >= 0 and row["write_races_retried"] >= 0 for row in rows)
 
 
 def test_an_upsert_waiting_on_an_entity_that_a_retraction_deletes_keeps_its_facts(

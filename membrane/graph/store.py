@@ -425,10 +425,20 @@ class GraphStore:
             raise _translated(exc, None)
 
     def _write(self, work: Callable[[ManagedTransaction], T], *, capture: str | None) -> T:
+        calls = 0
+
+        def counted(tx: ManagedTransaction) -> T:
+            # The driver calls the function again after a transient error (a deadlock, a leader switch).
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                log.info("graph_transaction_retried", sha256=capture, attempt=calls)
+            return work(tx)
+
         for attempt in range(_CONSTRAINT_RETRIES + 1):
             try:
                 with self._driver.session(database=self._database) as session:
-                    return session.execute_write(work)
+                    return session.execute_write(counted)
             except ConstraintError as exc:
                 if exc.code not in _RACE_CODES or attempt == _CONSTRAINT_RETRIES:
                     raise _translated(exc, capture)
