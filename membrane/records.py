@@ -11,7 +11,7 @@ these field names), resolution and the pipeline read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_type_hints
 
 from membrane.schema import Extraction
 
@@ -41,15 +41,16 @@ class DecodingGuards:
     @classmethod
     def from_wire(cls, data: dict[str, Any] | None) -> DecodingGuards:
         """The guards a child request names; a missing key keeps its default, an unknown value is a ValueError."""
-        allowed = {"endpoints": get_args(Endpoints), "loops": get_args(Loops)}
         named = {f.name: data[f.name] for f in fields(cls) if data and f.name in data}
         for name, value in named.items():
-            if value not in allowed[name]:
-                raise ValueError(f"decoding guard {name}={value!r}: expected one of {', '.join(allowed[name])}")
+            if value not in _GUARD_VALUES[name]:
+                raise ValueError(f"decoding guard {name}={value!r}: expected one of {', '.join(_GUARD_VALUES[name])}")
         return cls(**named)
 
 
 NO_GUARDS = DecodingGuards()
+# Each guard's values, read from its Literal type, so a new guard is declared once.
+_GUARD_VALUES = {name: get_args(hint) for name, hint in get_type_hints(DecodingGuards).items()}
 
 
 @dataclass(frozen=True)

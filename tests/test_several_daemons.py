@@ -132,7 +132,7 @@ def test_the_benchmark_runs_at_a_tiny_scale(tmp_path: Path, neo4j: Any, neo4j_se
     assert [(row["run"], row["status"]) for row in rows] == [("one daemon", "ok"), ("three daemons", "ok")]
     assert [(row["lost"], row["duplicate_nodes"], row["duplicate_relationships"]) for row in rows] == [(0, 0, 0)] * 2
     assert rows[1]["graph_difference"] == 0
-    assert all(row["transactions_retried"] >= 0 and row["write_races_retried"] >= 0 for row in rows)
+    assert all(isinstance(row[key], int) for row in rows for key in ("transactions_retried", "write_races_retried"))
 
 
 def test_an_upsert_waiting_on_an_entity_that_a_retraction_deletes_keeps_its_facts(

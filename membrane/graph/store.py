@@ -436,6 +436,7 @@ class GraphStore:
             return work(tx)
 
         for attempt in range(_CONSTRAINT_RETRIES + 1):
+            calls = 0  # per execute_write: a uniqueness-race retry below is logged as that, not as the driver's
             try:
                 with self._driver.session(database=self._database) as session:
                     return session.execute_write(counted)
